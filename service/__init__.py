@@ -1,0 +1,1 @@
+"""The HTTP service and the store beneath it (installed with the ``service`` extra)."""

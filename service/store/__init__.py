@@ -1,0 +1,21 @@
+"""The store: the only layer that speaks SQL (SQLAlchemy Core over MariaDB/MySQL or SQLite)."""
+
+from .database import Database, PoolOptions, normalize_url, redact
+from .model import AcquiredTask, NewTask, Task, TaskStatus
+from .queue import Counts, Page, QueueStore
+from .schema import check_table_name
+
+__all__ = [
+    "AcquiredTask",
+    "Counts",
+    "Database",
+    "NewTask",
+    "Page",
+    "PoolOptions",
+    "QueueStore",
+    "Task",
+    "TaskStatus",
+    "check_table_name",
+    "normalize_url",
+    "redact",
+]

@@ -1,0 +1,217 @@
+"""One database: its engine, its dialect's few differences, and error translation.
+
+Every statement the queue runs goes through :meth:`Database.transaction`, which retries
+deadlocks, lock-wait timeouts and SQLite's busy errors, retries a lost connection once, and
+turns any other driver failure into :class:`UnavailableError` — driver errors never leave the
+store.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from ...errors import AlreadyExistsError, ConfigError, UnavailableError
+
+log = logging.getLogger("perfectqueue.store")
+
+T = TypeVar("T")
+
+MYSQL_RETRYABLE = {1205, 1213}  # lock wait timeout, deadlock (also Galera certification failure)
+MAX_LOCK_RETRIES = 8
+LOCK_WAIT_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    """Connection pool sizing; every waiting long-poll holds none of these."""
+
+    size: int = 10
+    overflow: int = 10
+    timeout: float = 10.0
+
+
+def normalize_url(url: str) -> str:
+    """The seed's ``mysql://`` (and the Ruby original's ``mysql2://``) mean PyMySQL here."""
+    for prefix in ("mysql2://", "mysql://"):
+        if url.startswith(prefix):
+            url = "mysql+pymysql://" + url[len(prefix) :]
+    if url.startswith("mysql+pymysql://") and "charset=" not in url:
+        url += ("&" if "?" in url else "?") + "charset=utf8mb4"
+    if not (url.startswith("mysql+pymysql://") or url.startswith("sqlite://")):
+        raise ConfigError(f"unsupported database url {redact(url)!r}: use mysql:// or sqlite://")
+    return url
+
+
+def redact(url: str) -> str:
+    """The url with its password hidden, for logs and errors."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except SQLAlchemyError:
+        return "<unparsable url>"
+
+
+class Database:
+    """An engine plus what the queue needs to know about its dialect."""
+
+    def __init__(self, url: str, pool: PoolOptions | None = None, isolation: str | None = None):
+        self.url = normalize_url(url)
+        pool = pool or PoolOptions()
+        self.is_sqlite = self.url.startswith("sqlite")
+        self.engine = _sqlite_engine(self.url, pool) if self.is_sqlite else _mysql_engine(self.url, pool, isolation)
+        self._skip_locked: bool | None = None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def now(self) -> sa.ColumnElement[int]:
+        """The database's clock in whole unix seconds, as an SQL expression."""
+        if self.is_sqlite:
+            return sa.cast(sa.func.strftime("%s", "now"), sa.Integer)
+        return sa.func.unix_timestamp()
+
+    def supports_skip_locked(self) -> bool:
+        """MariaDB 10.6+ and MySQL 8+ have ``FOR UPDATE SKIP LOCKED``; SQLite needs none."""
+        if self._skip_locked is None:
+            with self.engine.connect() as conn:
+                info = conn.dialect.server_version_info or ()
+                mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
+            self._skip_locked = tuple(info) >= ((10, 6) if mariadb else (8, 0))
+        return self._skip_locked
+
+    @contextmanager
+    def connect(self, readonly: bool = False, lock: str | None = None) -> Iterator[Connection]:
+        """A connection inside one transaction (SQLite: IMMEDIATE unless readonly).
+
+        ``lock`` names a MySQL ``GET_LOCK`` taken before the transaction begins and released
+        after it commits, so that whoever takes the lock next sees everything this one wrote.
+        """
+        with self.engine.connect() as conn:
+            if readonly and self.is_sqlite:
+                conn = conn.execution_options(sqlite_begin="DEFERRED")
+            if lock is not None:
+                _get_lock(conn, lock)
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                if lock is not None:
+                    _release_lock(conn, lock)
+
+    def transaction(
+        self, work: Callable[[Connection], T], readonly: bool = False, lock: str | None = None
+    ) -> T:
+        """Run ``work`` in one transaction, retrying what is safe to retry.
+
+        A duplicate primary key surfaces as AlreadyExistsError; other driver errors that are
+        not retried become UnavailableError.
+        """
+        lock_retries = 0
+        reconnected = False
+        while True:
+            try:
+                with self.connect(readonly, lock) as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if is_duplicate_key(exc):
+                    raise AlreadyExistsError("a task with this id already exists") from exc
+                if self._is_lock_conflict(exc) and lock_retries < MAX_LOCK_RETRIES:
+                    lock_retries += 1
+                    time.sleep(random.uniform(0, 0.01 * 2**lock_retries))
+                    continue
+                if exc.connection_invalidated and not reconnected:
+                    reconnected = True
+                    continue
+                raise UnavailableError(f"database error: {_describe(exc)}") from exc
+            except SQLAlchemyError as exc:
+                raise UnavailableError(f"database error: {type(exc).__name__}") from exc
+
+    def _is_lock_conflict(self, exc: DBAPIError) -> bool:
+        if self.is_sqlite:
+            return "locked" in str(exc.orig) or "busy" in str(exc.orig)
+        return _mysql_errno(exc) in MYSQL_RETRYABLE
+
+
+def is_duplicate_key(exc: DBAPIError) -> bool:
+    """Did an INSERT meet an existing primary key?"""
+    return _mysql_errno(exc) == 1062 or "UNIQUE constraint failed" in str(exc.orig)
+
+
+def is_missing_table(exc: BaseException) -> bool:
+    cause = exc.__cause__ if isinstance(exc, UnavailableError) else exc
+    if not isinstance(cause, DBAPIError):
+        return False
+    return _mysql_errno(cause) == 1146 or "no such table" in str(cause.orig)
+
+
+def _get_lock(conn: Connection, name: str) -> None:
+    got = conn.execute(sa.select(sa.func.get_lock(name, LOCK_WAIT_SECONDS))).scalar()
+    conn.commit()
+    if got != 1:
+        raise UnavailableError(f"could not take the lock {name!r} within {LOCK_WAIT_SECONDS} s")
+
+
+def _release_lock(conn: Connection, name: str) -> None:
+    try:
+        conn.execute(sa.select(sa.func.release_lock(name)))
+        conn.commit()
+    except SQLAlchemyError:
+        conn.invalidate()  # the server drops a session's locks with the session
+
+
+def _mysql_errno(exc: DBAPIError) -> int | None:
+    args: Any = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _describe(exc: DBAPIError) -> str:
+    errno = _mysql_errno(exc)
+    first = str(exc.orig).splitlines()[0] if str(exc.orig) else type(exc.orig).__name__
+    return f"{errno} {first}" if errno is not None and not first.startswith("(") else first
+
+
+def _sqlite_engine(url: str, pool: PoolOptions) -> Engine:
+    engine = sa.create_engine(
+        url,
+        pool_size=pool.size,
+        max_overflow=pool.overflow,
+        pool_timeout=pool.timeout,
+        connect_args={"check_same_thread": False, "timeout": 30},
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def _mysql_engine(url: str, pool: PoolOptions, isolation: str | None) -> Engine:
+    return sa.create_engine(
+        url,
+        pool_size=pool.size,
+        max_overflow=pool.overflow,
+        pool_timeout=pool.timeout,
+        pool_pre_ping=True,
+        pool_recycle=3600,
+        isolation_level=isolation or "READ COMMITTED",
+        connect_args={"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
+    )

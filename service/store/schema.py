@@ -1,0 +1,102 @@
+"""The ``rdb_compat`` table: its columns (the original's), its indexes, and ``init``.
+
+The columns are exactly those of the Ruby PerfectQueue's ``rdb_compat`` backend. This
+implementation adds one index, ``index_<table>_on_resource`` on (resource, timeout), so that
+fair acquisition costs what the number of users costs and not what the backlog does; ``init``
+adds it to a table the original created. Nothing else about the original's table changes.
+"""
+
+from __future__ import annotations
+
+import re
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.exc import DBAPIError
+
+from ...errors import ConfigError
+from .database import Database
+
+TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,45}")
+"""Table names: letters, digits and underscores, so that every index name fits in 64 chars."""
+
+
+def check_table_name(name: str) -> str:
+    if not isinstance(name, str) or not TABLE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"invalid table name {name!r}: use 1 to 46 letters, digits or underscores, "
+            "not starting with a digit"
+        )
+    return name
+
+
+def timeout_index(name: str) -> str:
+    return f"index_{name}_on_timeout"
+
+
+def resource_index(name: str) -> str:
+    return f"index_{name}_on_resource"
+
+
+def build_table(name: str, db: Database) -> sa.Table:
+    """The table's SQLAlchemy description (for statements; :func:`init_table` creates it)."""
+    check_table_name(name)
+    collation = None if db.is_sqlite else _binary_collation(db)
+    return sa.Table(
+        name,
+        sa.MetaData(),
+        sa.Column("id", sa.String(255, collation=collation), primary_key=True),
+        sa.Column("timeout", sa.Integer, nullable=False),
+        sa.Column("data", sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql"), nullable=False),
+        sa.Column("created_at", sa.Integer, nullable=True),
+        sa.Column("resource", sa.String(255), nullable=True),
+        sa.Column("max_running", sa.Integer, nullable=True),
+        sa.Column(
+            "owner",
+            sa.BigInteger().with_variant(mysql.BIGINT(unsigned=True), "mysql"),
+            nullable=False,
+            server_default="0",
+        ),
+        sa.Index(timeout_index(name), "timeout"),
+        sa.Index(resource_index(name), "resource", "timeout"),
+        mysql_charset="utf8mb4",
+    )
+
+
+def init_table(db: Database, table: sa.Table) -> list[str]:
+    """Create the table, or add what an existing one lacks; safe to run again and concurrently.
+
+    Returns what it did, for the command line to print.
+    """
+    done: list[str] = []
+    try:
+        with db.engine.begin() as conn:
+            if not sa.inspect(conn).has_table(table.name):
+                done.append(f"created table {table.name}")
+            conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
+        with db.engine.connect() as conn:
+            existing = {ix["name"] for ix in sa.inspect(conn).get_indexes(table.name)}
+        for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
+            if index.name not in existing:
+                _create_index(db, index)
+                done.append(f"created index {index.name}")
+    except DBAPIError as exc:
+        raise ConfigError(f"cannot initialise table {table.name}: {exc.orig}") from exc
+    return done
+
+
+def _create_index(db: Database, index: sa.Index) -> None:
+    try:
+        with db.engine.begin() as conn:
+            index.create(conn)
+    except DBAPIError as exc:
+        if "already exists" in str(exc.orig) or "Duplicate key name" in str(exc.orig):
+            return  # another process created it first
+        raise
+
+
+def _binary_collation(db: Database) -> str:
+    """Ids compare byte for byte, trailing spaces included, in tables this project creates."""
+    with db.engine.connect() as conn:
+        mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
+    return "utf8mb4_nopad_bin" if mariadb else "utf8mb4_0900_bin"

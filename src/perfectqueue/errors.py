@@ -1,0 +1,150 @@
+"""The one exception hierarchy shared by the store, the service, the SDK and the worker.
+
+The names are the original PerfectQueue's; each class carries the stable machine-readable
+``code`` that the service puts in its ``application/problem+json`` bodies and the HTTP status
+it answers with, so that the SDK maps a response back to exactly the class the store raised::
+
+    PerfectQueueError
+    ├── TaskError                      a task-level outcome of an operation
+    │   ├── AlreadyExistsError         409 already_exists   (IdempotentError)
+    │   ├── NotFoundError              404 not_found        (IdempotentError)
+    │   ├── AlreadyFinishedError       409 already_finished (IdempotentError)
+    │   ├── PreemptedError             409 preempted
+    │   └── NotSupportedError          501 not_supported
+    ├── RequestError                   the request itself is wrong; nothing was changed
+    │   ├── InvalidError               422 invalid
+    │   ├── UnknownQueueError          404 unknown_queue
+    │   ├── UnauthorizedError          401 unauthorized
+    │   ├── ForbiddenError             403 forbidden
+    │   └── TooLargeError              413 too_large
+    ├── UnavailableError               503 unavailable (retryable: the database is out of reach)
+    └── ConfigError                    bad configuration, refused at start-up
+
+``IdempotentError`` is a marker (as in the original): an application that retried a request may
+treat these as success, e.g. a retried submit meeting its own earlier success.
+"""
+
+from __future__ import annotations
+
+
+class PerfectQueueError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    code = "error"
+    status = 500
+
+
+class IdempotentError:
+    """Marker mixin: the outcome a retried request may treat as success."""
+
+
+class TaskError(PerfectQueueError):
+    """The operation met a task in a state that does not allow it."""
+
+    code = "task_error"
+    status = 409
+
+
+class AlreadyExistsError(TaskError, IdempotentError):
+    """A task with this id exists (in any state, finished within retention included)."""
+
+    code = "already_exists"
+    status = 409
+
+
+class NotFoundError(TaskError, IdempotentError):
+    """No task with this id (never submitted, or its finished row was cleaned up)."""
+
+    code = "not_found"
+    status = 404
+
+
+class AlreadyFinishedError(TaskError, IdempotentError):
+    """The task is already finished."""
+
+    code = "already_finished"
+    status = 409
+
+
+class PreemptedError(TaskError):
+    """The caller's lease is no longer valid: another acquisition holds or finished the task."""
+
+    code = "preempted"
+    status = 409
+
+
+class NotSupportedError(TaskError):
+    """The backend does not support this operation."""
+
+    code = "not_supported"
+    status = 501
+
+
+class RequestError(PerfectQueueError):
+    """The request is malformed or not allowed; nothing was changed."""
+
+    code = "bad_request"
+    status = 400
+
+
+class InvalidError(RequestError):
+    """A value in the request is not acceptable."""
+
+    code = "invalid"
+    status = 422
+
+
+class UnknownQueueError(RequestError):
+    """The queue name is not declared in the service's configuration."""
+
+    code = "unknown_queue"
+    status = 404
+
+
+class UnauthorizedError(RequestError):
+    """No valid credentials."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class ForbiddenError(RequestError):
+    """Valid credentials that do not allow this operation."""
+
+    code = "forbidden"
+    status = 403
+
+
+class TooLargeError(RequestError):
+    """The request or a part of it is over a size limit."""
+
+    code = "too_large"
+    status = 413
+
+
+class UnavailableError(PerfectQueueError):
+    """The database cannot be reached or did not answer in time; the request may be retried."""
+
+    code = "unavailable"
+    status = 503
+
+
+class ConfigError(PerfectQueueError):
+    """The configuration is invalid."""
+
+    code = "config_error"
+    status = 500
+
+
+def _all_subclasses(cls: type[PerfectQueueError]) -> list[type[PerfectQueueError]]:
+    found: list[type[PerfectQueueError]] = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_all_subclasses(sub))
+    return found
+
+
+ERRORS_BY_CODE: dict[str, type[PerfectQueueError]] = {
+    cls.code: cls for cls in [PerfectQueueError, *_all_subclasses(PerfectQueueError)]
+}
+"""Every error code the service can answer with, mapped to its class."""

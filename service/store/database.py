@@ -67,7 +67,9 @@ class Database:
         self.url = normalize_url(url)
         pool = pool or PoolOptions()
         self.is_sqlite = self.url.startswith("sqlite")
-        self.engine = _sqlite_engine(self.url, pool) if self.is_sqlite else _mysql_engine(self.url, pool, isolation)
+        self.engine = (
+            _sqlite_engine(self.url, pool) if self.is_sqlite else _mysql_engine(self.url, pool, isolation)
+        )
         self._skip_locked: bool | None = None
 
     def dispose(self) -> None:
@@ -95,9 +97,8 @@ class Database:
         ``lock`` names a MySQL ``GET_LOCK`` taken before the transaction begins and released
         after it commits, so that whoever takes the lock next sees everything this one wrote.
         """
-        with self.engine.connect() as conn:
-            if readonly and self.is_sqlite:
-                conn = conn.execution_options(sqlite_begin="DEFERRED")
+        with self.engine.connect() as raw:
+            conn = raw.execution_options(sqlite_begin="DEFERRED") if readonly and self.is_sqlite else raw
             if lock is not None:
                 _get_lock(conn, lock)
             try:

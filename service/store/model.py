@@ -24,7 +24,7 @@ MAX_NAME_BYTES = 255
 """Task ids, types and users are stored in VARCHAR(255) columns (or the data's JSON)."""
 
 
-class TaskStatus(str, enum.Enum):
+class TaskStatus(enum.StrEnum):
     """The task states of the time model (CONTRACT.md §2)."""
 
     WAITING = "waiting"

@@ -124,7 +124,7 @@ class QueueStore:
                 self.db.transaction(work)
             except AlreadyExistsError:
                 # A concurrent submit took one of the ids between our check and insert.
-                for task_id, i in first.items():
+                for i in first.values():
                     try:
                         self.submit(tasks[i])
                         results[i] = None
@@ -157,7 +157,11 @@ class QueueStore:
 
         def work(conn: Connection) -> list[AcquiredTask]:
             now = conn.execute(sa.select(self.db.now())).scalar_one()
-            rows = self._fair_rows(conn, now, max_tasks) if self.fair else self._oldest_rows(conn, now, max_tasks)
+            rows = (
+                self._fair_rows(conn, now, max_tasks)
+                if self.fair
+                else self._oldest_rows(conn, now, max_tasks)
+            )
             if not rows:
                 return []
             timeout = now + alive_time
@@ -280,7 +284,9 @@ class QueueStore:
     ) -> Sequence[Row[Any]]:
         query = (
             sa.select(self.table)
-            .where(self._t.resource.is_(None) if user is None else self._t.resource == user, self._waiting(now))
+            .where(
+                self._t.resource.is_(None) if user is None else self._t.resource == user, self._waiting(now)
+            )
             .order_by(self._t.timeout)
             .limit(limit)
             .offset(offset)
@@ -345,7 +351,12 @@ class QueueStore:
             done: set[str] = set()
             for task_id, lease in items:
                 row = state.get(task_id)
-                if row is not None and row.created_at is not None and row.owner == lease and task_id not in done:
+                if (
+                    row is not None
+                    and row.created_at is not None
+                    and row.owner == lease
+                    and task_id not in done
+                ):
                     done.add(task_id)
                     results.append(None)
                 else:
@@ -378,7 +389,9 @@ class QueueStore:
 
     def _finish_where(self, where: sa.ColumnElement[bool]) -> sa.Update:
         retained_until = self.db.now() - DELETE_OFFSET + self.retention_time
-        return sa.update(self.table).where(where).values(timeout=retained_until, created_at=None, resource=None)
+        return (
+            sa.update(self.table).where(where).values(timeout=retained_until, created_at=None, resource=None)
+        )
 
     def _finish_error(self, conn: Connection, task_id: str, lease: int) -> PerfectQueueError:
         row = conn.execute(

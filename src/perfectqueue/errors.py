@@ -137,14 +137,13 @@ class ConfigError(PerfectQueueError):
 
 
 def _all_subclasses(cls: type[PerfectQueueError]) -> list[type[PerfectQueueError]]:
-    found: list[type[PerfectQueueError]] = []
+    found: list[type[PerfectQueueError]] = [cls]
     for sub in cls.__subclasses__():
-        found.append(sub)
         found.extend(_all_subclasses(sub))
     return found
 
 
 ERRORS_BY_CODE: dict[str, type[PerfectQueueError]] = {
-    cls.code: cls for cls in [PerfectQueueError, *_all_subclasses(PerfectQueueError)]
+    cls.code: cls for cls in _all_subclasses(PerfectQueueError)
 }
 """Every error code the service can answer with, mapped to its class."""

@@ -1,0 +1,183 @@
+"""The service's settings: the seed's keys and defaults, from YAML, the environment and flags.
+
+A YAML file may hold the settings at its top level or in per-environment sections (the seed's
+``yml[ENV['RAILS_ENV'] || 'development']``); ``PERFECTQUEUE_<KEY>`` environment variables
+override the file; command-line flags override both. Worker-only keys of the seed are accepted
+and ignored here, so one file serves the service and the workers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import ConfigError
+from .store import check_table_name
+from .store.model import MAX_DURATION
+
+QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+ENV_PREFIX = "PERFECTQUEUE_"
+DEFAULT_URL = "sqlite:///perfectqueue.sqlite3"
+
+WORKER_KEYS = frozenset(
+    {
+        "log",
+        "processors",
+        "processor_type",
+        "poll_interval",
+        "task_heartbeat_interval",
+        "child_kill_interval",
+        "child_graceful_kill_limit",
+        "child_heartbeat_interval",
+        "child_heartbeat_limit",
+        "detach_wait",
+        "max_request_per_child",
+        "task_prefetch",
+        "queue",
+        "token",
+    }
+)
+"""Keys of the seed (and of the original's worker) that only the worker reads."""
+
+
+class QueueSettings(BaseModel):
+    """One named queue: its table, and what it overrides of the service-wide settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    table: str | None = None
+    url: str | None = None
+    alive_time: int | None = Field(default=None, ge=1, le=MAX_DURATION)
+    retry_wait: int | None = Field(default=None, ge=0, le=MAX_DURATION)
+    retention_time: int | None = Field(default=None, ge=0, le=MAX_DURATION)
+    disable_resource_limit: bool | None = None
+    acquire_lock: Literal["skip_locked", "get_lock"] | None = None
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, value: str | None) -> str | None:
+        return None if value is None else check_table_name(value)
+
+
+class Settings(BaseModel):
+    """Every setting of the service, validated at start-up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["rdb_compat"] = "rdb_compat"
+    url: str = DEFAULT_URL
+    table: str | None = None
+    alive_time: int = Field(default=300, ge=1, le=MAX_DURATION)
+    retry_wait: int = Field(default=300, ge=0, le=MAX_DURATION)
+    retention_time: int = Field(default=300, ge=0, le=MAX_DURATION)
+    disable_resource_limit: bool = False
+    acquire_lock: Literal["skip_locked", "get_lock"] = "skip_locked"
+    queues: dict[str, QueueSettings] = Field(default_factory=dict)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    auto_init: bool | None = None  # None: create missing tables on SQLite only
+    isolation_level: Literal["READ COMMITTED", "REPEATABLE READ"] | None = None
+    pool_size: int = Field(default=10, ge=1, le=1000)
+    pool_overflow: int = Field(default=10, ge=0, le=1000)
+    cleanup_interval: float = Field(default=20.0, gt=0, le=MAX_DURATION)
+    cleanup_batch: int = Field(default=1000, ge=1, le=100_000)
+    max_poll_wait: float = Field(default=20.0, ge=0, le=300)
+    poll_check_interval: float = Field(default=0.5, gt=0, le=60)
+    shutdown_grace: float = Field(default=25.0, ge=0, le=3600)
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, value: str | None) -> str | None:
+        return None if value is None else check_table_name(value)
+
+    @model_validator(mode="after")
+    def _queues(self) -> Settings:
+        if not self.queues:
+            name = self.table or "default"
+            self.queues = {name: QueueSettings(table=name if self.table is None else self.table)}
+        for name, queue in self.queues.items():
+            if not QUEUE_NAME.fullmatch(name):
+                raise ValueError(f"invalid queue name {name!r}: use letters, digits, '_', '.', '-'")
+            if queue.table is None:
+                queue.table = check_table_name(name)
+        return self
+
+    def queue(self, name: str) -> ResolvedQueue:
+        """One queue's settings with the service-wide defaults filled in."""
+        q = self.queues[name]
+        return ResolvedQueue(
+            name=name,
+            table=q.table or name,
+            url=q.url or self.url,
+            alive_time=self.alive_time if q.alive_time is None else q.alive_time,
+            retry_wait=self.retry_wait if q.retry_wait is None else q.retry_wait,
+            retention_time=self.retention_time if q.retention_time is None else q.retention_time,
+            fair=not (
+                self.disable_resource_limit if q.disable_resource_limit is None else q.disable_resource_limit
+            ),
+            acquire_lock=q.acquire_lock or self.acquire_lock,
+        )
+
+
+class ResolvedQueue(BaseModel):
+    name: str
+    table: str
+    url: str
+    alive_time: int
+    retry_wait: int
+    retention_time: int
+    fair: bool
+    acquire_lock: Literal["skip_locked", "get_lock"]
+
+
+def load_settings(
+    path: str | Path | None = None,
+    environment: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Settings from a YAML file (optional), ``PERFECTQUEUE_*`` variables and overrides."""
+    environ = dict(os.environ if environ is None else environ)
+    path = path or environ.get(ENV_PREFIX + "CONFIG")
+    environment = environment or environ.get(ENV_PREFIX + "ENV") or "development"
+    values: dict[str, Any] = read_yaml(Path(path), environment) if path else {}
+    for key in Settings.model_fields:
+        if ENV_PREFIX + key.upper() in environ and key != "queues":
+            values[key] = environ[ENV_PREFIX + key.upper()]
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return settings_from(values, str(path or "settings"))
+
+
+def settings_from(values: dict[str, Any], origin: str = "settings") -> Settings:
+    values = {k: v for k, v in values.items() if k not in WORKER_KEYS}
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid {origin}: {problems}") from None
+
+
+def read_yaml(path: Path, environment: str) -> dict[str, Any]:
+    """The file's section for ``environment`` if it has one, else the whole file."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    section = loaded.get(environment)
+    if isinstance(section, dict):
+        return dict(section)
+    known = set(Settings.model_fields) | WORKER_KEYS
+    if loaded and all(isinstance(v, dict) for v in loaded.values()) and not known & set(loaded):
+        raise ConfigError(f"{path} has no section {environment!r} (it has: {', '.join(map(str, loaded))})")
+    return loaded

@@ -1,0 +1,130 @@
+"""Long-polls that hold no database connection and no thread while they wait.
+
+A poll that finds nothing joins its queue's line of waiters: an asyncio future, nothing more.
+One dispatcher per queue, running only while somebody waits, acquires on the waiters' behalf —
+at once when a task is submitted or released through this replica, otherwise after an index
+probe every ``check_interval`` seconds finds work (submits through other replicas) — and hands
+the tasks out in arrival order, one acquisition for as many waiters as it can serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ..errors import PerfectQueueError
+from .store import AcquiredTask, QueueStore
+
+log = logging.getLogger("perfectqueue.service")
+
+T = TypeVar("T")
+Runner = Callable[..., Awaitable[Any]]
+MAX_ACQUIRE = 100
+
+
+@dataclass
+class Waiter:
+    max: int
+    alive_time: int
+    future: asyncio.Future[list[AcquiredTask]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class LongPoll:
+    """The waiting polls of one queue."""
+
+    def __init__(self, store: QueueStore, run: Runner, check_interval: float) -> None:
+        self.store = store
+        self.run = run
+        self.check_interval = check_interval
+        self.waiters: deque[Waiter] = deque()
+        self.wake = asyncio.Event()
+        self.closing = False
+        self.dispatcher: asyncio.Task[None] | None = None
+
+    async def poll(self, max_tasks: int, alive_time: int, wait: float) -> list[AcquiredTask]:
+        """Acquire now, or wait up to ``wait`` seconds for tasks (arrival order among waiters)."""
+        if not self._live_waiters():
+            tasks: list[AcquiredTask] = await self.run(self.store.acquire, max_tasks, alive_time)
+            if tasks or wait <= 0 or self.closing:
+                return tasks
+        if wait <= 0 or self.closing:
+            return []
+        waiter = Waiter(max_tasks, alive_time)
+        self.waiters.append(waiter)
+        self._start_dispatcher()
+        try:
+            await asyncio.wait({waiter.future}, timeout=wait)
+        finally:
+            if not waiter.future.done():
+                waiter.future.cancel()
+        return [] if waiter.future.cancelled() else waiter.future.result()
+
+    def notify(self) -> None:
+        """A task became waiting through this replica: serve the waiters now."""
+        if self.waiters:
+            self.wake.set()
+
+    def close(self) -> None:
+        """Shutting down: every waiting poll returns empty at once."""
+        self.closing = True
+        for waiter in self.waiters:
+            if not waiter.future.done():
+                waiter.future.set_result([])
+        self.waiters.clear()
+        self.wake.set()
+
+    def _live_waiters(self) -> bool:
+        while self.waiters and self.waiters[0].future.done():
+            self.waiters.popleft()
+        return bool(self.waiters)
+
+    def _start_dispatcher(self) -> None:
+        if self.dispatcher is None or self.dispatcher.done():
+            self.dispatcher = asyncio.create_task(self._dispatch())
+
+    async def _dispatch(self) -> None:
+        probe = False
+        while self._live_waiters() and not self.closing:
+            if probe:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), self.check_interval)
+            woken, probe = self.wake.is_set(), True
+            self.wake.clear()
+            try:
+                if woken or await self.run(self.store.has_waiting):
+                    while self._live_waiters() and not self.closing and await self._serve_head():
+                        pass
+            except PerfectQueueError as exc:
+                log.warning("long-poll could not acquire: %s", exc)
+                self._fail_head(exc)
+
+    async def _serve_head(self) -> bool:
+        """One acquisition for the waiters at the head of the line; False when none was waiting."""
+        batch: list[Waiter] = []
+        alive_time, wanted = self.waiters[0].alive_time, 0
+        for waiter in self.waiters:
+            if waiter.alive_time != alive_time or wanted + waiter.max > MAX_ACQUIRE:
+                break
+            if not waiter.future.done():
+                batch.append(waiter)
+                wanted += waiter.max
+        tasks: list[AcquiredTask] = await self.run(self.store.acquire, wanted, alive_time)
+        got = bool(tasks)
+        for waiter in batch:
+            if tasks and not waiter.future.done():
+                waiter.future.set_result(tasks[: waiter.max])
+                tasks = tasks[waiter.max :]
+        for leftover in tasks:  # its waiter left while we acquired: give the task back at once
+            await self.run(self.store.release, leftover.task.id, leftover.lease)
+        return got
+
+    def _fail_head(self, exc: PerfectQueueError) -> None:
+        if self._live_waiters():
+            self.waiters[0].future.set_exception(exc)

@@ -1,0 +1,279 @@
+"""The HTTP endpoints: each translates a request into one store call and nothing more."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from ..errors import InvalidError, PerfectQueueError, UnknownQueueError
+from . import models as m
+from .store import NewTask, TaskStatus
+from .store.queue import MAX_LEASE
+
+if TYPE_CHECKING:
+    from .app import Queue, Runtime
+
+PROBLEM = {"model": m.Problem, "content": {"application/problem+json": {}}}
+
+health = APIRouter(tags=["health"])
+router = APIRouter(prefix="/v1", tags=["queue"])
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem responses an operation can give."""
+    return {status: PROBLEM for status in (*statuses, 422, 503)}
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def queue_of(request: Request, queue: Annotated[str, Path(max_length=64)]) -> Queue:
+    found = runtime_of(request).queues.get(queue)
+    if found is None:
+        raise UnknownQueueError(f"queue {queue!r} is not declared in this service's configuration")
+    return found
+
+
+RuntimeDep = Annotated["Runtime", Depends(runtime_of)]
+QueueDep = Annotated["Queue", Depends(queue_of)]
+
+
+def lease_of(value: str) -> int:
+    lease = int(value)
+    if lease > MAX_LEASE:
+        raise InvalidError("lease is out of range")
+    return lease
+
+
+def new_task(body: m.SubmitRequest) -> NewTask:
+    return NewTask(**body.model_dump())
+
+
+# -- health ----------------------------------------------------------------------------------
+
+
+@health.get("/livez", operation_id="livez", summary="The process answers")
+async def livez() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@health.get("/readyz", operation_id="readyz", summary="The databases answer and the service is not stopping")
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    if runtime.draining:
+        return JSONResponse({"status": "stopping"}, status_code=503)
+    for queue in runtime.queues.values():
+        try:
+            await runtime.run(queue.store.counts)
+        except PerfectQueueError as exc:
+            return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+# -- queues ----------------------------------------------------------------------------------
+
+
+@router.get(
+    "/queues", operation_id="listQueues", summary="Every declared queue with its counts", responses=problems()
+)
+async def list_queues(runtime: RuntimeDep) -> m.QueueList:
+    infos = []
+    for name, queue in runtime.queues.items():
+        counts = await runtime.run(queue.store.counts)
+        infos.append(
+            m.QueueInfo(name=name, waiting=counts.waiting, running=counts.running, finished=counts.finished)
+        )
+    return m.QueueList(queues=infos)
+
+
+@router.get("/queues/{queue}", operation_id="getQueue", summary="One queue's counts", responses=problems(404))
+async def get_queue(queue: QueueDep, runtime: RuntimeDep) -> m.QueueInfo:
+    counts = await runtime.run(queue.store.counts)
+    return m.QueueInfo(
+        name=queue.settings.name, waiting=counts.waiting, running=counts.running, finished=counts.finished
+    )
+
+
+# -- submit ----------------------------------------------------------------------------------
+
+
+@router.post(
+    "/queues/{queue}/submit",
+    operation_id="submitTask",
+    summary="Submit one task",
+    status_code=201,
+    responses=problems(404, 409),
+)
+async def submit(body: m.SubmitRequest, queue: QueueDep, runtime: RuntimeDep) -> m.Submitted:
+    await runtime.run(queue.store.submit, new_task(body))
+    queue.longpoll.notify()
+    return m.Submitted(id=body.id)
+
+
+@router.post(
+    "/queues/{queue}/submit-batch",
+    operation_id="submitTasks",
+    summary="Submit up to 1,000 tasks; per-task results",
+    responses=problems(404),
+)
+async def submit_batch(body: m.SubmitBatchRequest, queue: QueueDep, runtime: RuntimeDep) -> m.BatchResult:
+    tasks: list[NewTask] = []
+    failed: list[m.Failure] = []
+    for item in body.tasks:
+        try:
+            tasks.append(new_task(item))
+        except PerfectQueueError as exc:
+            failed.append(m.Failure(id=item.id, code=exc.code, detail=str(exc)))
+    results = await runtime.run(queue.store.submit_many, tasks)
+    queue.longpoll.notify()
+    successful = [m.Submitted(id=t.id) for t, err in zip(tasks, results, strict=True) if err is None]
+    failed += [
+        m.Failure(id=t.id, code=err.code, detail=str(err))
+        for t, err in zip(tasks, results, strict=True)
+        if err is not None
+    ]
+    return m.BatchResult(successful=successful, failed=failed)
+
+
+# -- work ------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/queues/{queue}/poll",
+    operation_id="pollTasks",
+    summary="Lease up to `max` waiting tasks, waiting up to `wait` seconds for one",
+    responses=problems(404),
+)
+async def poll(body: m.PollRequest, queue: QueueDep, runtime: RuntimeDep) -> m.PollResponse:
+    if body.wait > runtime.settings.max_poll_wait:
+        raise InvalidError(f"wait must be at most {runtime.settings.max_poll_wait} seconds")
+    alive_time = body.alive_time or queue.settings.alive_time
+    wait = 0.0 if runtime.draining else body.wait
+    tasks = await queue.longpoll.poll(body.max, alive_time, wait)
+    return m.PollResponse(tasks=[m.AcquiredTaskOut.of_acquired(t) for t in tasks])
+
+
+@router.post(
+    "/queues/{queue}/heartbeat",
+    operation_id="heartbeatTask",
+    summary="Extend a lease, optionally replacing the task's data",
+    responses=problems(404, 409),
+    status_code=204,
+    response_class=Response,
+)
+async def heartbeat(body: m.HeartbeatRequest, queue: QueueDep, runtime: RuntimeDep) -> Response:
+    alive_time = body.alive_time or queue.settings.alive_time
+    await runtime.run(queue.store.heartbeat, body.id, lease_of(body.lease), alive_time, body.data)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/queues/{queue}/finish",
+    operation_id="finishTask",
+    summary="Finish a leased task",
+    responses=problems(404, 409),
+    status_code=204,
+    response_class=Response,
+)
+async def finish(body: m.LeaseRequest, queue: QueueDep, runtime: RuntimeDep) -> Response:
+    await runtime.run(queue.store.finish, body.id, lease_of(body.lease))
+    return Response(status_code=204)
+
+
+@router.post(
+    "/queues/{queue}/finish-batch",
+    operation_id="finishTasks",
+    summary="Finish up to 1,000 leased tasks; per-task results",
+    responses=problems(404),
+)
+async def finish_batch(body: m.FinishBatchRequest, queue: QueueDep, runtime: RuntimeDep) -> m.BatchResult:
+    items = [(item.id, lease_of(item.lease)) for item in body.tasks]
+    results = await runtime.run(queue.store.finish_many, items)
+    return m.BatchResult(
+        successful=[m.Submitted(id=i) for (i, _), err in zip(items, results, strict=True) if err is None],
+        failed=[
+            m.Failure(id=i, code=err.code, detail=str(err))
+            for (i, _), err in zip(items, results, strict=True)
+            if err is not None
+        ],
+    )
+
+
+@router.post(
+    "/queues/{queue}/retry",
+    operation_id="retryTask",
+    summary="Give a leased task back, to be delivered again after `retry_wait` seconds",
+    responses=problems(404, 409),
+    status_code=204,
+    response_class=Response,
+)
+async def retry(body: m.RetryRequest, queue: QueueDep, runtime: RuntimeDep) -> Response:
+    retry_wait = queue.settings.retry_wait if body.retry_wait is None else body.retry_wait
+    await runtime.run(queue.store.retry, body.id, lease_of(body.lease), retry_wait)
+    if retry_wait == 0:
+        queue.longpoll.notify()
+    return Response(status_code=204)
+
+
+@router.post(
+    "/queues/{queue}/release",
+    operation_id="releaseTask",
+    summary="Give a leased task back, deliverable at once",
+    responses=problems(404, 409),
+    status_code=204,
+    response_class=Response,
+)
+async def release(body: m.LeaseRequest, queue: QueueDep, runtime: RuntimeDep) -> Response:
+    await runtime.run(queue.store.release, body.id, lease_of(body.lease))
+    queue.longpoll.notify()
+    return Response(status_code=204)
+
+
+@router.post(
+    "/queues/{queue}/force-finish",
+    operation_id="forceFinishTask",
+    summary="Finish a task regardless of any lease (operator)",
+    responses=problems(404, 409),
+    status_code=204,
+    response_class=Response,
+)
+async def force_finish(body: m.ForceFinishRequest, queue: QueueDep, runtime: RuntimeDep) -> Response:
+    await runtime.run(queue.store.force_finish, body.id)
+    return Response(status_code=204)
+
+
+# -- read ------------------------------------------------------------------------------------
+
+
+@router.get(
+    "/queues/{queue}/tasks",
+    operation_id="listTasks",
+    summary="Tasks in id order, filtered, one page at a time",
+    responses=problems(404),
+)
+async def list_tasks(
+    queue: QueueDep,
+    runtime: RuntimeDep,
+    status: Annotated[TaskStatus | None, Query()] = None,
+    type: Annotated[str | None, Query(max_length=255)] = None,
+    user: Annotated[str | None, Query(max_length=255)] = None,
+    cursor: Annotated[str | None, Query(max_length=255, description="next_cursor of the page before")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> m.TaskPage:
+    page = await runtime.run(
+        lambda: queue.store.list(status=status, task_type=type, user=user, cursor=cursor, limit=limit)
+    )
+    return m.TaskPage(tasks=[m.TaskOut.of(t) for t in page.tasks], next_cursor=page.cursor)
+
+
+@router.get(
+    "/queues/{queue}/tasks/{task_id:path}",
+    operation_id="getTask",
+    summary="One task",
+    responses=problems(404),
+)
+async def get_task(task_id: str, queue: QueueDep, runtime: RuntimeDep) -> m.TaskOut:
+    return m.TaskOut.of(await runtime.run(queue.store.get, task_id))

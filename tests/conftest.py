@@ -1,0 +1,87 @@
+"""Fixtures shared by the suite: real databases (SQLite and MariaDB), never a mock.
+
+MariaDB tests run whenever the server answers; with CI=true they fail (not skip) when it does
+not. ``PERFECTQUEUE_TEST_MYSQL_URL`` points them at another server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from perfectqueue.service.store import Database, QueueStore
+
+MYSQL_URL = os.environ.get("PERFECTQUEUE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+_mysql_reachable: bool | None = None
+
+
+def mysql_reachable() -> bool:
+    global _mysql_reachable
+    if _mysql_reachable is None:
+        try:
+            db = Database(MYSQL_URL)
+            with db.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            db.dispose()
+            _mysql_reachable = True
+        except Exception:
+            _mysql_reachable = False
+    return _mysql_reachable
+
+
+def require_mysql() -> str:
+    """The MariaDB url, or skip (fail in CI) when the server does not answer."""
+    if not mysql_reachable():
+        message = f"MariaDB/MySQL is not reachable at {MYSQL_URL}"
+        if IN_CI:
+            pytest.fail(message + " (mandatory in CI)")
+        pytest.skip(message)
+    return MYSQL_URL
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database url for each backend; tests using it run once per backend."""
+    if request.param == "mysql":
+        return require_mysql()
+    return f"sqlite:///{tmp_path / 'queue.sqlite3'}"
+
+
+@pytest.fixture
+def table_name() -> str:
+    return "t_" + uuid.uuid4().hex[:16]
+
+
+@pytest.fixture
+def database(db_url: str, table_name: str) -> Iterator[Database]:
+    db = Database(db_url)
+    yield db
+    drop_table(db, table_name)
+    db.dispose()
+
+
+@pytest.fixture
+def store(database: Database, table_name: str) -> QueueStore:
+    """A fresh, initialised queue table on each backend (fair scheduling on, as by default)."""
+    queue = QueueStore(database, table_name)
+    queue.init()
+    return queue
+
+
+def drop_table(db: Database, table: str) -> None:
+    with db.engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+
+
+def expire_lease(store: QueueStore, task_id: str) -> None:
+    """Move a running task's lease into the past: what waiting alive_time seconds would do."""
+    with store.db.engine.begin() as conn:
+        conn.execute(
+            sa.update(store.table).where(store.table.c.id == task_id).values(timeout=store.db.now() - 1)
+        )

@@ -32,6 +32,7 @@ from .model import (
     NewTask,
     Task,
     TaskStatus,
+    check_data,
     check_duration,
     check_int,
     check_name,
@@ -252,13 +253,18 @@ class QueueStore:
             .with_hint(self.table, f"FORCE INDEX ({resource_index(self.table.name)})", "mysql")
             .subquery()
         )
-        query = sa.select(heads.c.resource, heads.c.head, self._t.max_running).join(
-            self.table,
-            sa.and_(self._t.resource.is_not_distinct_from(heads.c.resource), self._t.timeout == heads.c.head),
+        same = self.table.alias("same")  # the head row itself, for its max_running: one lookup per user
+        max_running = (
+            sa.select(same.c.max_running)
+            .where(same.c.resource.is_not_distinct_from(heads.c.resource), same.c.timeout == heads.c.head)
+            .limit(1)
+            .with_hint(same, f"FORCE INDEX ({resource_index(self.table.name)})", "mysql")
+            .scalar_subquery()
         )
+        query = sa.select(heads.c.resource, heads.c.head, max_running)
         seen: dict[str | None, fair.Head] = {}
-        for user, head, max_running in conn.execute(query).all():
-            seen.setdefault(user, fair.Head(user, head, max_running))
+        for user, head, limit in conn.execute(query).all():
+            seen.setdefault(user, fair.Head(user, head, limit))
         return list(seen.values())
 
     def _heads_by_skip_scan(self, conn: Connection, now: int) -> list[fair.Head]:
@@ -313,8 +319,8 @@ class QueueStore:
                 values["data"] = encode_data(task_type, data, compression)
             self._update_held(conn, task_id, lease, values)
 
-        if data is not None and "type" in data:
-            raise InvalidError("data must not contain the key 'type': it holds the task type")
+        if data is not None:
+            check_data(data)
         self.db.transaction(work)
 
     def retry(self, task_id: str, lease: int, retry_wait: int) -> None:

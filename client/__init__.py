@@ -1,5 +1,106 @@
-"""The Python SDK over the HTTP service (``perfectqueue.client``).
+"""The Python SDK (``perfectqueue.client``): the seed's API overview in Python.
 
-Not written yet: the service's HTTP API (see ``openapi/openapi.json``) is what it will wrap.
-It must never import the service, FastAPI, SQLAlchemy or a database driver.
+    import perfectqueue
+
+    with perfectqueue.open({"url": "http://127.0.0.1:8000", "queue": "default"}) as queue:
+        queue.submit("task-id", "type1", {"key": "value"})
+        task = queue.poll()
+        if task:
+            task.finish()
+
+``type: http`` (the default) talks to the service; ``type: rdb_compat`` with the seed's ``url``
+(of the database) and ``table`` uses the store in-process, importing SQLAlchemy and the driver
+only then. The HTTP mode needs httpx alone.
 """
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ConfigError
+from ._calls import Backoff
+from ._types import BatchResult, Failure, QueueStats, SubmitSpec, TaskMetadata
+from .aqueue import AsyncAcquiredTask, AsyncQueue, AsyncTask
+from .queue import AcquiredTask, Queue, Task
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+RDB_KEYS = ("alive_time", "retry_wait", "retention_time")
+
+
+def open(config: Mapping[str, Any] | None = None, **options: Any) -> Queue:
+    """Open a queue from the seed's configuration keys (a dict or a loaded YAML section)."""
+    kind, settings = _settings(config, options)
+    if kind == "rdb_compat":
+        from ._rdb import RdbBackend
+
+        return Queue(RdbBackend(**_rdb_options(settings)))
+    from ._http import HttpBackend
+
+    return Queue(HttpBackend(**_http_options(settings)))
+
+
+def open_async(config: Mapping[str, Any] | None = None, **options: Any) -> AsyncQueue:
+    """The asyncio twin of :func:`open`."""
+    kind, settings = _settings(config, options)
+    if kind == "rdb_compat":
+        from ._rdb import AsyncRdbBackend
+
+        return AsyncQueue(AsyncRdbBackend(**_rdb_options(settings)))
+    from ._http import AsyncHttpBackend
+
+    return AsyncQueue(AsyncHttpBackend(**_http_options(settings)))
+
+
+def _settings(config: Mapping[str, Any] | None, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    settings = {**(config or {}), **options}
+    kind = settings.get("type") or "http"
+    if kind not in ("http", "rdb_compat"):
+        raise ConfigError(f"unknown backend type {kind!r}: use 'http' or 'rdb_compat'")
+    return kind, settings
+
+
+def _http_options(settings: dict[str, Any]) -> dict[str, Any]:
+    url = str(settings.get("url") or DEFAULT_URL)
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"the http backend needs an http(s):// url, not {url.split(':', 1)[0]}://")
+    retries = settings.get("retries", 5)
+    timeout = settings.get("timeout", 10.0)
+    if not isinstance(retries, int) or retries < 0:
+        raise ConfigError("retries must be a whole number >= 0")
+    if not isinstance(timeout, int | float) or timeout <= 0:
+        raise ConfigError("timeout must be a positive number of seconds")
+    return {
+        "url": url,
+        "queue": str(settings.get("queue") or "default"),
+        "token": settings.get("token"),
+        "timeout": float(timeout),
+        "backoff": Backoff(retries=retries),
+    }
+
+
+def _rdb_options(settings: dict[str, Any]) -> dict[str, Any]:
+    if not settings.get("url") or not settings.get("table"):
+        raise ConfigError("the rdb_compat backend needs 'url' (the database) and 'table'")
+    options: dict[str, Any] = {"url": settings["url"], "table": settings["table"]}
+    options.update({key: int(settings[key]) for key in RDB_KEYS if settings.get(key) is not None})
+    options["fair"] = not settings.get("disable_resource_limit", False)
+    options["lock"] = settings.get("acquire_lock", "skip_locked")
+    return options
+
+
+__all__ = [
+    "AcquiredTask",
+    "AsyncAcquiredTask",
+    "AsyncQueue",
+    "AsyncTask",
+    "BatchResult",
+    "Failure",
+    "Queue",
+    "QueueStats",
+    "SubmitSpec",
+    "Task",
+    "TaskMetadata",
+    "open",
+    "open_async",
+]

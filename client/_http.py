@@ -1,0 +1,182 @@
+"""The HTTP backend: calls become requests to the service; answers and problems come back as
+records and as the same exception classes the service raised.
+
+Every request has a timeout (a long-poll's exceeds its wait), carries a User-Agent with the
+version and the bearer token when one is configured, and reuses connections. A try that fails
+for want of the service (connection error, 502/503/504) is repeated with jittered exponential
+backoff, honouring Retry-After — always when the request never left (connect errors, 503s), and
+when its outcome is unknown only for calls that are safe to repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from .. import __version__
+from ..errors import ERRORS_BY_CODE, PerfectQueueError, UnavailableError
+from ._calls import Backoff, Call
+from ._types import BatchResult, Failure, Leased, Page, QueueStats, TaskMetadata
+
+RETRY_STATUSES = {502, 503, 504}
+STATUS_ERRORS = {
+    code_cls.status: code_cls
+    for code_cls in ERRORS_BY_CODE.values()
+    if code_cls.code in {"unauthorized", "forbidden", "too_large", "invalid", "unavailable"}
+}
+
+
+class Request:
+    """The HTTP form of a call, and how to read its answer (shared by sync and async)."""
+
+    def __init__(self, call: Call, queue: str) -> None:
+        self.call = call
+        args = call.args
+        base = f"/v1/queues/{quote(queue, safe='')}"
+        self.method, self.params, self.json = "POST", None, None
+        op = call.op
+        if op == "submit":
+            self.path, self.json = f"{base}/submit", args["task"].to_json()
+        elif op == "submit_many":
+            self.path, self.json = f"{base}/submit-batch", {"tasks": [t.to_json() for t in args["tasks"]]}
+        elif op == "finish_many":
+            self.path = f"{base}/finish-batch"
+            self.json = {"tasks": [{"id": key, "lease": lease} for key, lease in args["tasks"]]}
+        elif op == "get":
+            self.method, self.path = "GET", f"{base}/tasks/{quote(args['id'], safe='')}"
+        elif op == "list":
+            self.method, self.path, self.params = "GET", f"{base}/tasks", _present(args)
+        elif op == "stats":
+            self.method, self.path = "GET", base
+        else:  # poll, heartbeat, finish, retry, release, force_finish
+            self.path, self.json = f"{base}/{op.replace('_', '-')}", _present(args)
+
+    def result(self, response: httpx.Response) -> Any:
+        op = self.call.op
+        body: Any = response.json() if response.content else None
+        if op == "poll":
+            return [Leased(TaskMetadata.from_json(t), t["lease"]) for t in body["tasks"]]
+        if op in ("submit_many", "finish_many"):
+            failed = [Failure(f["id"], error_of(f["code"], f["detail"])) for f in body["failed"]]
+            return BatchResult([s["id"] for s in body["successful"]], failed)
+        if op == "get":
+            return TaskMetadata.from_json(body)
+        if op == "list":
+            return Page([TaskMetadata.from_json(t) for t in body["tasks"]], body["next_cursor"])
+        if op == "stats":
+            return QueueStats(body["name"], body["waiting"], body["running"], body["finished"])
+        return None
+
+
+def error_of(code: str, detail: str, status: int = 500) -> PerfectQueueError:
+    """The exception class the service named by ``code`` (by status when the code is unknown)."""
+    cls = ERRORS_BY_CODE.get(code) or STATUS_ERRORS.get(status) or PerfectQueueError
+    return cls(detail)
+
+
+def raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+        code, detail = str(body.get("code", "")), str(body.get("detail") or body.get("title") or "")
+    except ValueError:
+        code, detail = "", response.text[:200]
+    raise error_of(code, detail or f"HTTP {response.status_code}", response.status_code)
+
+
+def retry_delay(request: Request, backoff: Backoff, attempt: int, outcome: object) -> float | None:
+    """Seconds to wait before trying again, or None to give up and raise."""
+    if attempt >= backoff.retries:
+        return None
+    if isinstance(outcome, httpx.Response):
+        if outcome.status_code not in RETRY_STATUSES:
+            return None
+        after = outcome.headers.get("Retry-After", "")
+        return backoff.delay(attempt, float(after) if after.isdigit() else 0.0)
+    never_sent = isinstance(outcome, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    return backoff.delay(attempt) if never_sent or request.call.repeatable else None
+
+
+def client_options(url: str, token: str | None, timeout: float) -> dict[str, Any]:
+    headers = {"User-Agent": f"perfectqueue-python/{__version__}"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return {"base_url": url, "headers": headers, "timeout": timeout}
+
+
+class HttpBackend:
+    """Synchronous HTTP backend (one connection pool per queue object)."""
+
+    def __init__(self, url: str, queue: str, token: str | None, timeout: float, backoff: Backoff) -> None:
+        self.queue, self.timeout, self.backoff = queue, timeout, backoff
+        self.client = httpx.Client(**client_options(url, token, timeout))
+
+    def execute(self, call: Call) -> Any:
+        request, attempt = Request(call, self.queue), 0
+        while True:
+            outcome: httpx.Response | httpx.TransportError
+            try:
+                outcome = self.client.request(
+                    request.method,
+                    request.path,
+                    json=request.json,
+                    params=request.params,
+                    timeout=self.timeout + call.wait,
+                )
+            except httpx.TransportError as exc:
+                outcome = exc
+            delay = retry_delay(request, self.backoff, attempt, outcome)
+            if delay is None:
+                return _finish(request, outcome)
+            time.sleep(delay)
+            attempt += 1
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class AsyncHttpBackend:
+    """The asyncio twin of :class:`HttpBackend`."""
+
+    def __init__(self, url: str, queue: str, token: str | None, timeout: float, backoff: Backoff) -> None:
+        self.queue, self.timeout, self.backoff = queue, timeout, backoff
+        self.client = httpx.AsyncClient(**client_options(url, token, timeout))
+
+    async def execute(self, call: Call) -> Any:
+        request, attempt = Request(call, self.queue), 0
+        while True:
+            outcome: httpx.Response | httpx.TransportError
+            try:
+                outcome = await self.client.request(
+                    request.method,
+                    request.path,
+                    json=request.json,
+                    params=request.params,
+                    timeout=self.timeout + call.wait,
+                )
+            except httpx.TransportError as exc:
+                outcome = exc
+            delay = retry_delay(request, self.backoff, attempt, outcome)
+            if delay is None:
+                return _finish(request, outcome)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _finish(request: Request, outcome: httpx.Response | httpx.TransportError) -> Any:
+    if isinstance(outcome, httpx.TransportError):
+        raise UnavailableError(f"cannot reach the service: {type(outcome).__name__}: {outcome}") from outcome
+    raise_for(outcome)
+    return request.result(outcome)
+
+
+def _present(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in args.items() if v is not None}

@@ -1,0 +1,138 @@
+"""The direct ``rdb_compat`` backend: the seed's configuration (``url`` of the database and
+``table``) served in-process by the store, with no service in between.
+
+Only this module imports the store (and so SQLAlchemy and the driver), and only when a queue is
+opened with ``type: rdb_compat``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from ._calls import Call
+from ._types import BatchResult, Failure, Leased, Page, QueueStats, SubmitSpec, TaskMetadata
+
+WAIT_STEP = 0.2
+
+
+class RdbBackend:
+    """Synchronous backend over :class:`perfectqueue.service.store.QueueStore`."""
+
+    def __init__(
+        self,
+        url: str,
+        table: str,
+        *,
+        alive_time: int = 300,
+        retry_wait: int = 300,
+        retention_time: int = 300,
+        fair: bool = True,
+        lock: str = "skip_locked",
+    ) -> None:
+        from ..service.store import Database, QueueStore
+
+        self.db = Database(url)
+        self.store = QueueStore(self.db, table, retention_time=retention_time, fair=fair, lock=lock)
+        self.alive_time, self.retry_wait, self.name = alive_time, retry_wait, table
+
+    def execute(self, call: Call) -> Any:
+        handler = getattr(self, f"_{call.op}")
+        return handler(**call.args)
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    def _submit(self, task: SubmitSpec) -> None:
+        self.store.submit(_new_task(task))
+
+    def _submit_many(self, tasks: list[SubmitSpec]) -> BatchResult:
+        results = self.store.submit_many([_new_task(t) for t in tasks])
+        return _batch([t.key for t in tasks], results)
+
+    def _poll(self, max: int, alive_time: int | None, wait: float) -> list[Leased]:
+        deadline = time.monotonic() + wait
+        while True:
+            acquired = self.store.acquire(max, alive_time or self.alive_time)
+            if acquired or time.monotonic() >= deadline:
+                return [Leased(_metadata(a.task), str(a.lease)) for a in acquired]
+            time.sleep(min(WAIT_STEP, deadline - time.monotonic()))
+
+    def _heartbeat(self, id: str, lease: str, alive_time: int | None, data: dict[str, Any] | None) -> None:
+        self.store.heartbeat(id, int(lease), alive_time or self.alive_time, data)
+
+    def _finish(self, id: str, lease: str) -> None:
+        self.store.finish(id, int(lease))
+
+    def _finish_many(self, tasks: list[tuple[str, str]]) -> BatchResult:
+        results = self.store.finish_many([(key, int(lease)) for key, lease in tasks])
+        return _batch([key for key, _ in tasks], results)
+
+    def _retry(self, id: str, lease: str, retry_wait: int | None) -> None:
+        self.store.retry(id, int(lease), self.retry_wait if retry_wait is None else retry_wait)
+
+    def _release(self, id: str, lease: str) -> None:
+        self.store.release(id, int(lease))
+
+    def _force_finish(self, id: str) -> None:
+        self.store.force_finish(id)
+
+    def _get(self, id: str) -> TaskMetadata:
+        return _metadata(self.store.get(id))
+
+    def _list(
+        self, status: str | None, type: str | None, user: str | None, cursor: str | None, limit: int
+    ) -> Page:
+        from ..service.store import TaskStatus
+
+        page = self.store.list(
+            status=TaskStatus(status) if status else None,
+            task_type=type,
+            user=user,
+            cursor=cursor,
+            limit=limit,
+        )
+        return Page([_metadata(t) for t in page.tasks], page.cursor)
+
+    def _stats(self) -> QueueStats:
+        counts = self.store.counts()
+        return QueueStats(self.name, counts.waiting, counts.running, counts.finished)
+
+
+class AsyncRdbBackend:
+    """The asyncio face of :class:`RdbBackend`: each call runs in a worker thread."""
+
+    def __init__(self, **options: Any) -> None:
+        self.sync = RdbBackend(**options)
+
+    async def execute(self, call: Call) -> Any:
+        return await asyncio.to_thread(self.sync.execute, call)
+
+    async def close(self) -> None:
+        self.sync.close()
+
+
+def _new_task(spec: SubmitSpec) -> Any:
+    from ..service.store import NewTask
+
+    return NewTask(spec.key, spec.type, spec.data, spec.user, spec.max_running, spec.run_at, spec.compression)
+
+
+def _metadata(task: Any) -> TaskMetadata:
+    return TaskMetadata(
+        key=task.id,
+        type=task.type,
+        data=task.data,
+        status=task.status.value,
+        user=task.user,
+        created_at=task.created_at,
+        timeout=task.timeout,
+        max_running=task.max_running,
+        compression=task.compression,
+    )
+
+
+def _batch(keys: list[str], results: list[Any]) -> BatchResult:
+    failed = [Failure(key, err) for key, err in zip(keys, results, strict=True) if err is not None]
+    return BatchResult([key for key, err in zip(keys, results, strict=True) if err is None], failed)

@@ -1,0 +1,141 @@
+"""The asyncio SDK: the same queue, tasks and calls as :mod:`.queue`, awaited."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any, Protocol
+
+from ..errors import NotFoundError
+from . import _calls as calls
+from ._types import BatchResult, Leased, QueueStats, SubmitSpec, TaskMetadata
+from .queue import _spec
+
+
+class AsyncBackend(Protocol):
+    async def execute(self, call: calls.Call) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+class AsyncQueue:
+    """One queue, for asyncio applications. Use ``async with``, or await :meth:`close`."""
+
+    def __init__(self, backend: AsyncBackend) -> None:
+        self.backend = backend
+
+    async def __aenter__(self) -> AsyncQueue:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    async def submit(
+        self,
+        key: str,
+        type: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        user: str | None = None,
+        max_running: int | None = None,
+        run_at: int | None = None,
+        compression: str | None = None,
+    ) -> AsyncTask:
+        spec = SubmitSpec(key, type, dict(data or {}), user, max_running, run_at, compression)
+        await self.backend.execute(calls.submit(spec))
+        return AsyncTask(self, key)
+
+    async def submit_many(self, tasks: Iterable[SubmitSpec | Mapping[str, Any]]) -> BatchResult:
+        return await self.backend.execute(calls.submit_many([_spec(t) for t in tasks]))  # type: ignore[no-any-return]
+
+    async def poll(self, *, alive_time: int | None = None) -> AsyncAcquiredTask | None:
+        tasks = await self.poll_multi(max=1, alive_time=alive_time)
+        return tasks[0] if tasks else None
+
+    async def poll_multi(
+        self, *, max: int = 10, alive_time: int | None = None, wait: float = 0.0
+    ) -> list[AsyncAcquiredTask]:
+        leased: list[Leased] = await self.backend.execute(calls.poll(max, alive_time, wait))
+        return [AsyncAcquiredTask(self, item) for item in leased]
+
+    def __getitem__(self, key: str) -> AsyncTask:
+        return AsyncTask(self, key)
+
+    async def tasks(
+        self,
+        *,
+        status: str | None = None,
+        type: str | None = None,
+        user: str | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[TaskMetadata]:
+        cursor: str | None = None
+        while True:
+            page = await self.backend.execute(calls.list_tasks(status, type, user, cursor, page_size))
+            for task in page.tasks:
+                yield task
+            if page.cursor is None:
+                return
+            cursor = page.cursor
+
+    def __aiter__(self) -> AsyncIterator[TaskMetadata]:
+        return self.tasks()
+
+    async def stats(self) -> QueueStats:
+        return await self.backend.execute(calls.stats())  # type: ignore[no-any-return]
+
+
+class AsyncTask:
+    def __init__(self, queue: AsyncQueue, key: str) -> None:
+        self.queue, self.key = queue, key
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.key!r})"
+
+    async def metadata(self) -> TaskMetadata:
+        return await self.queue.backend.execute(calls.get(self.key))  # type: ignore[no-any-return]
+
+    async def exists(self) -> bool:
+        try:
+            await self.metadata()
+        except NotFoundError:
+            return False
+        return True
+
+    async def force_finish(self) -> None:
+        await self.queue.backend.execute(calls.force_finish(self.key))
+
+
+class AsyncAcquiredTask(AsyncTask):
+    def __init__(self, queue: AsyncQueue, leased: Leased) -> None:
+        super().__init__(queue, leased.metadata.key)
+        self.acquired = leased.metadata
+        self.lease = leased.lease
+        self.data: dict[str, Any] = dict(leased.metadata.data)
+
+    @property
+    def type(self) -> str:
+        return self.acquired.type
+
+    @property
+    def user(self) -> str | None:
+        return self.acquired.user
+
+    async def finish(self) -> None:
+        await self.queue.backend.execute(calls.finish(self.key, self.lease))
+
+    async def retry(self, retry_wait: int | None = None) -> None:
+        await self.queue.backend.execute(calls.retry(self.key, self.lease, retry_wait))
+
+    async def release(self) -> None:
+        await self.queue.backend.execute(calls.release(self.key, self.lease))
+
+    async def heartbeat(self, alive_time: int | None = None) -> None:
+        await self.queue.backend.execute(calls.heartbeat(self.key, self.lease, alive_time, None))
+
+    async def update_data(self, changes: Mapping[str, Any], alive_time: int | None = None) -> None:
+        data = {**self.data, **changes}
+        await self.queue.backend.execute(calls.heartbeat(self.key, self.lease, alive_time, data))
+        self.data = data

@@ -1,0 +1,165 @@
+"""The synchronous SDK: the seed's ``Queue``, ``Task`` and ``AcquiredTask`` in Python idiom."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol
+
+from ..errors import NotFoundError
+from . import _calls as calls
+from ._types import BatchResult, Leased, QueueStats, SubmitSpec, TaskMetadata
+
+
+class Backend(Protocol):
+    def execute(self, call: calls.Call) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class Queue:
+    """One queue. Use it as a context manager, or call :meth:`close`."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def submit(
+        self,
+        key: str,
+        type: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        user: str | None = None,
+        max_running: int | None = None,
+        run_at: int | None = None,
+        compression: str | None = None,
+    ) -> Task:
+        """Submit a task; AlreadyExistsError (an IdempotentError) if the key was used before."""
+        spec = SubmitSpec(key, type, dict(data or {}), user, max_running, run_at, compression)
+        self.backend.execute(calls.submit(spec))
+        return Task(self, key)
+
+    def submit_many(self, tasks: Iterable[SubmitSpec | Mapping[str, Any]]) -> BatchResult:
+        """Submit up to 1,000 tasks in one request; per-task results."""
+        return self.backend.execute(calls.submit_many([_spec(t) for t in tasks]))  # type: ignore[no-any-return]
+
+    def poll(self, *, alive_time: int | None = None) -> AcquiredTask | None:
+        """One waiting task, leased to this caller, or None."""
+        tasks = self.poll_multi(max=1, alive_time=alive_time)
+        return tasks[0] if tasks else None
+
+    def poll_multi(
+        self, *, max: int = 10, alive_time: int | None = None, wait: float = 0.0
+    ) -> list[AcquiredTask]:
+        """Up to ``max`` tasks, waiting up to ``wait`` seconds when none is waiting (long-poll)."""
+        leased: list[Leased] = self.backend.execute(calls.poll(max, alive_time, wait))
+        return [AcquiredTask(self, item) for item in leased]
+
+    def __getitem__(self, key: str) -> Task:
+        return Task(self, key)
+
+    def tasks(
+        self,
+        *,
+        status: str | None = None,
+        type: str | None = None,
+        user: str | None = None,
+        page_size: int = 100,
+    ) -> Iterator[TaskMetadata]:
+        """Every task matching the filters, fetched lazily one page at a time."""
+        cursor: str | None = None
+        while True:
+            page = self.backend.execute(calls.list_tasks(status, type, user, cursor, page_size))
+            yield from page.tasks
+            if page.cursor is None:
+                return
+            cursor = page.cursor
+
+    def __iter__(self) -> Iterator[TaskMetadata]:
+        return self.tasks()
+
+    def stats(self) -> QueueStats:
+        """Waiting, running and retained finished counts."""
+        return self.backend.execute(calls.stats())  # type: ignore[no-any-return]
+
+
+class Task:
+    """A task known by its key (the seed's ``Task``)."""
+
+    def __init__(self, queue: Queue, key: str) -> None:
+        self.queue, self.key = queue, key
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.key!r})"
+
+    def metadata(self) -> TaskMetadata:
+        """The task's current state; NotFoundError if it does not exist."""
+        return self.queue.backend.execute(calls.get(self.key))  # type: ignore[no-any-return]
+
+    def exists(self) -> bool:
+        try:
+            self.metadata()
+        except NotFoundError:
+            return False
+        return True
+
+    def force_finish(self) -> None:
+        """Finish the task whatever holds it (an operator's action)."""
+        self.queue.backend.execute(calls.force_finish(self.key))
+
+
+class AcquiredTask(Task):
+    """A task leased to this caller: finish it, retry it, release it, or keep it alive."""
+
+    def __init__(self, queue: Queue, leased: Leased) -> None:
+        super().__init__(queue, leased.metadata.key)
+        self.acquired = leased.metadata
+        self.lease = leased.lease
+        self.data: dict[str, Any] = dict(leased.metadata.data)
+
+    @property
+    def type(self) -> str:
+        return self.acquired.type
+
+    @property
+    def user(self) -> str | None:
+        return self.acquired.user
+
+    def finish(self) -> None:
+        """Done: never delivered again (AlreadyFinishedError if it already was finished)."""
+        self.queue.backend.execute(calls.finish(self.key, self.lease))
+
+    def retry(self, retry_wait: int | None = None) -> None:
+        """Give it back, to be delivered again after ``retry_wait`` s (default: the queue's)."""
+        self.queue.backend.execute(calls.retry(self.key, self.lease, retry_wait))
+
+    def release(self) -> None:
+        """Give it back, deliverable again at once."""
+        self.queue.backend.execute(calls.release(self.key, self.lease))
+
+    def heartbeat(self, alive_time: int | None = None) -> None:
+        """Extend the lease (PreemptedError if another acquisition holds the task now)."""
+        self.queue.backend.execute(calls.heartbeat(self.key, self.lease, alive_time, None))
+
+    def update_data(self, changes: Mapping[str, Any], alive_time: int | None = None) -> None:
+        """Merge ``changes`` into the task's data and store it with a heartbeat."""
+        data = {**self.data, **changes}
+        self.queue.backend.execute(calls.heartbeat(self.key, self.lease, alive_time, data))
+        self.data = data
+
+
+def _spec(task: SubmitSpec | Mapping[str, Any]) -> SubmitSpec:
+    if isinstance(task, SubmitSpec):
+        return task
+    fields = dict(task)
+    if "id" in fields and "key" not in fields:
+        fields["key"] = fields.pop("id")
+    return SubmitSpec(**fields)

@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_options(init)
     init.set_defaults(command=_init)
 
+    from . import commands as task_commands
+
+    task_commands.add_parsers(commands)
+
     openapi = commands.add_parser("openapi", help="print the service's OpenAPI document")
     openapi.set_defaults(command=_openapi)
     return parser

@@ -1,0 +1,157 @@
+"""The seed's command-line tool for tasks: list, submit, force_finish, show, stats.
+
+They talk to the service (``type: http``, the default) or straight to the database
+(``type: rdb_compat`` with the seed's ``url`` and ``table``), configured as the SDK is: a YAML
+file (``-c``, per-environment sections chosen by ``-e``) and flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .client import Queue, TaskMetadata, open
+from .errors import InvalidError
+
+COLUMNS = ("key", "type", "user", "status", "created_at", "timeout", "data")
+
+
+def add_parsers(commands: Any) -> None:
+    """The task commands, added to the ``perfectqueue`` command's subparsers."""
+    listing = _parser(commands, "list", "list tasks (a readable table, or JSON lines with --json)")
+    listing.add_argument("--status", choices=["waiting", "running", "finished"])
+    listing.add_argument("--type", dest="task_type")
+    listing.add_argument("--user")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.set_defaults(command=list_tasks)
+
+    submit = _parser(commands, "submit", "submit a task")
+    submit.add_argument("key")
+    submit.add_argument("type")
+    submit.add_argument("data", help="the task's data, a JSON object")
+    submit.add_argument("-u", "--user", help="the user the task runs for")
+    submit.add_argument("-t", "--time", type=int, dest="run_at", help="run at this unix time")
+    submit.add_argument("-m", "--max-running", type=int, help="the user's max_running")
+    submit.set_defaults(command=submit_task)
+
+    for name in ("force_finish", "force-finish"):
+        finish = _parser(commands, name, "finish a task whatever holds it")
+        finish.add_argument("key")
+        finish.set_defaults(command=force_finish)
+
+    show = _parser(commands, "show", "show one task")
+    show.add_argument("key")
+    show.set_defaults(command=show_task)
+
+    stats = _parser(commands, "stats", "waiting, running and finished counts")
+    stats.set_defaults(command=show_stats)
+
+
+def _parser(commands: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
+    parser.add_argument(
+        "-c", "--config", help="YAML file with the seed's keys (type, url, queue, table, token)"
+    )
+    parser.add_argument("-e", "--environment", help="section of the file (default development)")
+    parser.add_argument("--url", help="service url (default http://127.0.0.1:8000), or database url")
+    parser.add_argument("--queue", help="queue name on the service (default 'default')")
+    parser.add_argument("--table", help="table, with --backend rdb_compat")
+    parser.add_argument(
+        "--backend", choices=["http", "rdb_compat"], help="the seed's type: http or rdb_compat"
+    )
+    return parser
+
+
+def open_queue(args: argparse.Namespace) -> Queue:
+    config: dict[str, Any] = {}
+    if args.config:
+        from .service.config import read_yaml
+
+        config = read_yaml(
+            Path(args.config), args.environment or os.environ.get("PERFECTQUEUE_ENV", "development")
+        )
+    flags = {"url": args.url, "queue": args.queue, "table": args.table, "type": args.backend}
+    config.update({k: v for k, v in flags.items() if v is not None})
+    config.setdefault("token", os.environ.get("PERFECTQUEUE_TOKEN"))
+    return open(config)
+
+
+def list_tasks(args: argparse.Namespace) -> int:
+    with open_queue(args) as queue:
+        tasks = queue.tasks(status=args.status, type=args.task_type, user=args.user)
+        if args.json:
+            for task in tasks:
+                print(json.dumps(_row(task), ensure_ascii=False), flush=True)
+            return 0
+        print(_format_row({c: c for c in COLUMNS}), file=sys.stdout)
+        for count, task in enumerate(tasks, 1):
+            print(_format_row({k: _text(k, v) for k, v in _row(task).items()}), flush=count % 100 == 0)
+    return 0
+
+
+def submit_task(args: argparse.Namespace) -> int:
+    try:
+        data = json.loads(args.data)
+    except ValueError as exc:
+        raise InvalidError(f"data is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidError("data must be a JSON object")
+    with open_queue(args) as queue:
+        queue.submit(
+            args.key, args.type, data, user=args.user, run_at=args.run_at, max_running=args.max_running
+        )
+    print(f"submitted {args.key}")
+    return 0
+
+
+def force_finish(args: argparse.Namespace) -> int:
+    with open_queue(args) as queue:
+        queue[args.key].force_finish()
+    print(f"finished {args.key}")
+    return 0
+
+
+def show_task(args: argparse.Namespace) -> int:
+    with open_queue(args) as queue:
+        print(json.dumps(_row(queue[args.key].metadata()), indent=2, ensure_ascii=False))
+    return 0
+
+
+def show_stats(args: argparse.Namespace) -> int:
+    with open_queue(args) as queue:
+        stats = queue.stats()
+    print(f"{stats.name}: waiting {stats.waiting}, running {stats.running}, finished {stats.finished}")
+    return 0
+
+
+def _row(task: TaskMetadata) -> dict[str, Any]:
+    return {
+        "key": task.key,
+        "type": task.type,
+        "user": task.user,
+        "status": task.status,
+        "created_at": task.created_at,
+        "timeout": task.timeout,
+        "data": task.data,
+    }
+
+
+def _text(column: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if column in ("created_at", "timeout") and value > 1_300_000_000:
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if column == "data":
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _format_row(row: dict[str, str]) -> str:
+    widths = {"key": 24, "type": 14, "user": 12, "status": 9, "created_at": 19, "timeout": 19}
+    cells = [row[c].ljust(widths[c]) for c in COLUMNS[:-1]]  # the table reads on a terminal
+    return "  ".join([*cells, row["data"]])

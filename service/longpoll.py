@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..errors import PerfectQueueError
+from ..errors import PerfectQueueError, UnavailableError
 from .store import AcquiredTask, QueueStore
 
 log = logging.getLogger("perfectqueue.service")
@@ -50,12 +50,10 @@ class LongPoll:
 
     async def poll(self, max_tasks: int, alive_time: int, wait: float) -> list[AcquiredTask]:
         """Acquire now, or wait up to ``wait`` seconds for tasks (arrival order among waiters)."""
-        if not self._live_waiters():
+        if wait <= 0 or self.closing or not self._live_waiters():
             tasks: list[AcquiredTask] = await self.run(self.store.acquire, max_tasks, alive_time)
             if tasks or wait <= 0 or self.closing:
                 return tasks
-        if wait <= 0 or self.closing:
-            return []
         waiter = Waiter(max_tasks, alive_time)
         self.waiters.append(waiter)
         self._start_dispatcher()
@@ -104,6 +102,9 @@ class LongPoll:
             except PerfectQueueError as exc:
                 log.warning("long-poll could not acquire: %s", exc)
                 self._fail_head(exc)
+            except Exception as exc:  # never leave waiters without a dispatcher
+                log.exception("long-poll dispatcher failed")
+                self._fail_head(UnavailableError(f"long-poll failed: {type(exc).__name__}"))
 
     async def _serve_head(self) -> bool:
         """One acquisition for the waiters at the head of the line; False when none was waiting."""

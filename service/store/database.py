@@ -211,8 +211,7 @@ def _mysql_engine(url: str, pool: PoolOptions, isolation: str | None) -> Engine:
         pool_size=pool.size,
         max_overflow=pool.overflow,
         pool_timeout=pool.timeout,
-        pool_pre_ping=True,
-        pool_recycle=3600,
+        pool_recycle=3600,  # no pre-ping: a lost connection is retried once (the pool is invalidated)
         isolation_level=isolation or "READ COMMITTED",
         connect_args={"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,10 +73,7 @@ class NewTask:
         check_name("type", self.type)
         if self.user is not None:
             check_name("user", self.user)
-        if not isinstance(self.data, dict):
-            raise InvalidError("data must be a JSON object")
-        if "type" in self.data:
-            raise InvalidError("data must not contain the key 'type': it holds the task type")
+        check_data(self.data)
         if self.max_running is not None:
             check_int("max_running", self.max_running, 1, MAX_TIMESTAMP)
         if self.run_at is not None:
@@ -94,6 +92,18 @@ def check_name(what: str, value: object) -> None:
         raise InvalidError(f"{what} must not contain control characters")
     if any(0xD800 <= ord(ch) < 0xE000 for ch in value):
         raise InvalidError(f"{what} must be valid Unicode text")
+
+
+def check_data(data: object) -> None:
+    """A task's data: a JSON object without the key 'type' that encodes as standard UTF-8 JSON."""
+    if not isinstance(data, dict):
+        raise InvalidError("data must be a JSON object")
+    if "type" in data:
+        raise InvalidError("data must not contain the key 'type': it holds the task type")
+    try:
+        json.dumps(data, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (ValueError, TypeError):  # NaN or Infinity, an unpaired surrogate, a non-JSON value
+        raise InvalidError("data must be standard JSON: no NaN, Infinity or unpaired surrogates") from None
 
 
 def check_int(what: str, value: object, low: int, high: int) -> int:

@@ -85,6 +85,7 @@ class QueueStore:
         self.fair = fair
         self.lock = lock
         self._t = self.table.c
+        self._resource_indexed = False  # known once seen: a table the original created lacks it
 
     # -- schema ----------------------------------------------------------------------------
 
@@ -246,26 +247,38 @@ class QueueStore:
         if self.db.is_sqlite:
             return self._heads_by_skip_scan(conn, now)
         in_range = sa.and_(self._t.timeout > EVENT_HORIZON, self._t.timeout <= now)
-        heads = (
+        heads = self._force_resource_index(
+            conn,
             sa.select(self._t.resource, sa.func.min(self._t.timeout).label("head"))
             .where(in_range)
-            .group_by(self._t.resource)
-            .with_hint(self.table, f"FORCE INDEX ({resource_index(self.table.name)})", "mysql")
-            .subquery()
-        )
+            .group_by(self._t.resource),
+            self.table,
+        ).subquery()
         same = self.table.alias("same")  # the head row itself, for its max_running: one lookup per user
-        max_running = (
+        max_running = self._force_resource_index(
+            conn,
             sa.select(same.c.max_running)
             .where(same.c.resource.is_not_distinct_from(heads.c.resource), same.c.timeout == heads.c.head)
-            .limit(1)
-            .with_hint(same, f"FORCE INDEX ({resource_index(self.table.name)})", "mysql")
-            .scalar_subquery()
-        )
+            .limit(1),
+            same,
+        ).scalar_subquery()
         query = sa.select(heads.c.resource, heads.c.head, max_running)
         seen: dict[str | None, fair.Head] = {}
         for user, head, limit in conn.execute(query).all():
             seen.setdefault(user, fair.Head(user, head, limit))
         return list(seen.values())
+
+    def _force_resource_index(
+        self, conn: Connection, query: sa.Select[Any], table: sa.FromClause
+    ) -> sa.Select[Any]:
+        """Hint the (resource, timeout) index once it exists: hinting a missing one is an error,
+        and a table the original created lacks it until ``init`` adds it."""
+        if not self._resource_indexed:
+            names = {ix["name"] for ix in sa.inspect(conn).get_indexes(self.table.name)}
+            self._resource_indexed = resource_index(self.table.name) in names
+        if not self._resource_indexed:
+            return query
+        return query.with_hint(table, f"FORCE INDEX ({resource_index(self.table.name)})", "mysql")
 
     def _heads_by_skip_scan(self, conn: Connection, now: int) -> list[fair.Head]:
         """SQLite has no loose index scan: step from user to user along the index instead."""

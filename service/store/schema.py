@@ -12,9 +12,9 @@ import re
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from ...errors import ConfigError
+from ...errors import ConfigError, UnavailableError
 from .database import Database
 
 TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,45}")
@@ -41,11 +41,10 @@ def resource_index(name: str) -> str:
 def build_table(name: str, db: Database) -> sa.Table:
     """The table's SQLAlchemy description (for statements; :func:`init_table` creates it)."""
     check_table_name(name)
-    collation = None if db.is_sqlite else _binary_collation(db)
     return sa.Table(
         name,
         sa.MetaData(),
-        sa.Column("id", sa.String(255, collation=collation), primary_key=True),
+        sa.Column("id", sa.String(255), primary_key=True),  # init_table sets its collation
         sa.Column("timeout", sa.Integer, nullable=False),
         sa.Column("data", sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql"), nullable=False),
         sa.Column("created_at", sa.Integer, nullable=True),
@@ -70,6 +69,10 @@ def init_table(db: Database, table: sa.Table) -> list[str]:
     """
     done: list[str] = []
     try:
+        id_type = table.c.id.type
+        if isinstance(id_type, sa.String) and not db.is_sqlite:
+            # Asked here, not in build_table: a store is built before its database may answer.
+            id_type.collation = _binary_collation(db)
         with db.engine.begin() as conn:
             if not sa.inspect(conn).has_table(table.name):
                 done.append(f"created table {table.name}")
@@ -80,6 +83,8 @@ def init_table(db: Database, table: sa.Table) -> list[str]:
             if index.name not in existing:
                 _create_index(db, index)
                 done.append(f"created index {index.name}")
+    except OperationalError as exc:  # the server is out of reach, or refused us
+        raise UnavailableError(f"cannot initialise table {table.name}: {exc.orig}") from exc
     except DBAPIError as exc:
         raise ConfigError(f"cannot initialise table {table.name}: {exc.orig}") from exc
     return done

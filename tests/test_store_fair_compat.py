@@ -1,0 +1,355 @@
+"""Fair acquisition, tables created by the original Ruby PerfectQueue, and the query plans."""
+
+from __future__ import annotations
+
+import gzip
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import drop_table, require_mysql
+
+from perfectqueue.errors import AlreadyExistsError
+from perfectqueue.service.store import Database, NewTask, QueueStore, TaskStatus, fair
+from perfectqueue.service.store.fair import Head
+from perfectqueue.service.store.model import DELETE_OFFSET
+
+
+def db_now(db: Database) -> int:
+    with db.engine.connect() as conn:
+        return int(conn.execute(sa.select(db.now())).scalar_one())
+
+
+def set_timeout(store: QueueStore, task_id: str, timeout: int) -> None:
+    with store.db.engine.begin() as conn:
+        conn.execute(sa.update(store.table).where(store.table.c.id == task_id).values(timeout=timeout))
+
+
+def users_of(acquired: list[Any]) -> Counter[str | None]:
+    return Counter(a.task.user for a in acquired)
+
+
+# -- fair acquisition on both backends -------------------------------------------------------
+
+
+def test_max_running_is_never_exceeded_even_within_one_acquire(store: QueueStore) -> None:
+    store.submit_many([NewTask(f"a{i}", "x", user="A", max_running=2) for i in range(10)])
+    store.submit_many([NewTask(f"b{i}", "x", user="B", max_running=5) for i in range(3)])
+    store.submit_many([NewTask(f"n{i}", "x", max_running=1) for i in range(4)])
+    first = store.acquire(50, 600)
+    assert users_of(first) == {"A": 2, "B": 3, None: 4}
+    assert len({a.task.id for a in first}) == len(first)
+    assert store.acquire(50, 600) == []  # A is at its limit; 8 of A still wait
+    assert store.counts().waiting == 8
+    a_task = next(a for a in first if a.task.user == "A")
+    store.finish(a_task.task.id, a_task.lease)
+    second = store.acquire(50, 600)
+    assert users_of(second) == {"A": 1}
+    expire_one = second[0].task.id
+    set_timeout(store, expire_one, db_now(store.db) - 1)  # a dead worker's lease frees its slot
+    assert [a.task.id for a in store.acquire(50, 600)] == [expire_one]
+
+
+def test_running_tasks_leased_elsewhere_count_against_the_limit(store: QueueStore) -> None:
+    store.submit_many([NewTask(f"a{i}", "x", user="A", max_running=3) for i in range(5)])
+    unfair = QueueStore(store.db, store.table.name, fair=False)
+    assert len(unfair.acquire(2, 600)) == 2
+    assert users_of(store.acquire(50, 600)) == {"A": 1}
+    assert store.acquire(50, 600) == []
+
+
+def test_higher_max_running_per_running_goes_first(store: QueueStore) -> None:
+    now = db_now(store.db)
+    for i in range(6):
+        store.submit(NewTask(f"a{i}", "x", user="A", max_running=5))
+        set_timeout(store, f"a{i}", now - 10 + i)
+    for i in range(3):  # B's tasks are older: only the weights put A first
+        store.submit(NewTask(f"b{i}", "x", user="B", max_running=2))
+        set_timeout(store, f"b{i}", now - 100 + i)
+    order = []
+    for _ in range(8):
+        got = store.acquire(1, 600)
+        order.append(got[0].task.user if got else None)
+    # A 5/1, 5/2 > B 2/1; A 5/3 < B 2; A 5/3 > B 2/2; A 5/4 > 1; A 5/5 = B 2/2: older head (B); A.
+    assert order == ["A", "A", "B", "A", "A", "B", "A", None]
+    assert store.get("a5").status is TaskStatus.WAITING and store.get("b2").status is TaskStatus.WAITING
+
+
+def test_one_acquire_follows_the_weights(store: QueueStore) -> None:
+    store.submit_many([NewTask(f"a{i}", "x", user="A", max_running=5) for i in range(6)])
+    store.submit_many([NewTask(f"b{i}", "x", user="B", max_running=2) for i in range(3)])
+    assert users_of(store.acquire(3, 600)) == {"A": 2, "B": 1}
+
+
+def test_tasks_without_user_are_not_limited(store: QueueStore) -> None:
+    store.submit_many([NewTask(f"n{i}", "x", max_running=1) for i in range(12)])
+    store.submit_many([NewTask(f"a{i}", "x", user="A", max_running=1) for i in range(3)])
+    assert users_of(store.acquire(50, 600)) == {None: 12, "A": 1}
+
+
+def test_fair_false_ignores_users_and_takes_the_oldest(store: QueueStore) -> None:
+    unfair = QueueStore(store.db, store.table.name, fair=False)
+    now = db_now(store.db)
+    ages = {"t0": 30, "t1": 10, "t2": 50, "t3": 0, "t4": 40, "t5": 20}
+    for i, (task_id, age) in enumerate(ages.items()):
+        store.submit(NewTask(task_id, "x", user="A" if i % 2 else "B", max_running=1))
+        set_timeout(store, task_id, now - 100 + age)
+    oldest = ["t3", "t1", "t5", "t0", "t4", "t2"]  # the first three are all A's
+    assert [a.task.id for a in unfair.acquire(3, 600)] == oldest[:3]
+    assert [a.task.id for a in unfair.acquire(10, 600)] == oldest[3:]
+
+
+# -- fair.plan: the pure planner -------------------------------------------------------------
+
+
+def test_plan_takes_nothing_from_nothing() -> None:
+    assert fair.plan([], {}, 10, {}) == {}
+    assert fair.plan([Head("A", 100, 2)], {}, 0, {}) == {}
+
+
+def test_plan_respects_max_running_and_running_counts() -> None:
+    assert fair.plan([Head("A", 100, 2)], {}, 10, {}) == {"A": 2}
+    assert fair.plan([Head("A", 100, 3)], {"A": 2}, 10, {}) == {"A": 1}
+    assert fair.plan([Head("A", 100, 3)], {"A": 3}, 10, {}) == {}
+    assert fair.plan([Head("A", 100, 3)], {"A": 7}, 10, {}) == {}
+
+
+def test_plan_orders_by_weight_then_oldest_head() -> None:
+    heads = [Head("A", 200, 5), Head("B", 100, 2)]
+    assert fair.plan(heads, {}, 1, {}) == {"A": 1}
+    assert fair.plan(heads, {}, 3, {}) == {"A": 2, "B": 1}
+    assert fair.plan(heads, {"A": 4}, 1, {}) == {"B": 1}  # 5/5 < 2/1
+    assert fair.plan([Head("A", 200, 1), Head("B", 100, 1)], {}, 1, {}) == {"B": 1}
+    assert fair.plan([Head("A", 100, 1), Head("B", 200, 1)], {}, 1, {}) == {"A": 1}
+    assert fair.plan(heads, {}, 100, {}) == {"A": 5, "B": 2}
+
+
+def test_plan_leaves_tasks_without_user_or_limit_unlimited() -> None:
+    assert fair.plan([Head(None, 100, 1)], {}, 7, {}) == {None: 7}
+    assert fair.plan([Head("A", 100, None)], {"A": 50}, 4, {}) == {"A": 4}
+    # a user-less head keeps its weight: max_running 3 beats A's 2, 1 and so on.
+    assert fair.plan([Head(None, 100, 3), Head("A", 50, 2)], {}, 4, {}) == {None: 4}
+
+
+def test_plan_caps_users_with_fewer_tasks_available() -> None:
+    heads = [Head("A", 100, 10), Head("B", 200, 10)]
+    assert fair.plan(heads, {}, 6, {"A": 1}) == {"A": 1, "B": 5}
+    assert fair.plan(heads, {}, 6, {"A": 0, "B": 2}) == {"B": 2}
+
+
+def test_allowed() -> None:
+    assert fair.allowed(None, 1, 100)
+    assert fair.allowed("A", None, 100)
+    assert fair.allowed("A", 2, 1)
+    assert not fair.allowed("A", 2, 2)
+
+
+# -- a table created by the original Ruby PerfectQueue ---------------------------------------
+
+ORIGINAL_DDL = {
+    "mysql": (
+        "CREATE TABLE IF NOT EXISTS `{t}` (id VARCHAR(255) NOT NULL, timeout INT NOT NULL, "
+        "data LONGBLOB NOT NULL, created_at INT, resource VARCHAR(255), max_running INT, "
+        "owner BIGINT(21) UNSIGNED NOT NULL DEFAULT 0, PRIMARY KEY (id))"
+    ),
+    "sqlite": (
+        "CREATE TABLE IF NOT EXISTS `{t}` (id VARCHAR(255) NOT NULL, timeout INT NOT NULL, "
+        "data BLOB NOT NULL, created_at INT, resource VARCHAR(255), max_running INT, "
+        "owner BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (id))"
+    ),
+}
+
+
+def create_original_table(db: Database, table: str) -> None:
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(ORIGINAL_DDL["sqlite" if db.is_sqlite else "mysql"].format(t=table))
+        conn.exec_driver_sql(f"CREATE INDEX `index_{table}_on_timeout` ON `{table}` (`timeout`)")
+
+
+def insert_original_rows(db: Database, table: str) -> int:
+    now = db_now(db)
+    rows = [
+        ("plain.1", now - 50, b'{"type":"mail","to":"a@example.com"}', now - 500, "u1", 2),
+        ("gz.1", now - 40, gzip.compress(b'{"type":"zipped","n":1}'), now - 400, None, None),
+        ("report.2024.1", now - 30, b'{"n":3}', now - 300, "u2", 1),
+        ("broken.1", now - 20, b"{not json", now - 200, None, None),
+        ("done.1", now - DELETE_OFFSET + 300, b'{"type":"mail"}', None, None, None),
+    ]
+    with db.engine.begin() as conn:
+        for row in rows:
+            conn.exec_driver_sql(
+                f"INSERT INTO {table} (id, timeout, data, created_at, resource, max_running) "
+                + ("VALUES (?, ?, ?, ?, ?, ?)" if db.is_sqlite else "VALUES (%s, %s, %s, %s, %s, %s)"),
+                row,
+            )
+    return now
+
+
+def index_names(db: Database, table: str) -> set[str]:
+    with db.engine.connect() as conn:
+        return {str(ix["name"]) for ix in sa.inspect(conn).get_indexes(table)}
+
+
+@pytest.mark.parametrize("fair_mode", [True, False])
+def test_original_table_is_served_before_and_after_init(
+    database: Database, table_name: str, fair_mode: bool
+) -> None:
+    create_original_table(database, table_name)
+    insert_original_rows(database, table_name)
+    store = QueueStore(database, table_name, fair=fair_mode)
+    assert f"index_{table_name}_on_resource" not in index_names(database, table_name)
+
+    plain, gz, report, broken, done = (
+        store.get(i) for i in ("plain.1", "gz.1", "report.2024.1", "broken.1", "done.1")
+    )
+    assert (plain.type, plain.data, plain.user, plain.max_running) == (
+        "mail",
+        {"to": "a@example.com"},
+        "u1",
+        2,
+    )
+    assert (gz.type, gz.data, gz.compression) == ("zipped", {"n": 1}, "gzip")
+    assert (report.type, report.data) == ("report", {"n": 3})  # type from the id's prefix
+    assert (broken.type, broken.data) == ("broken", {})  # unreadable JSON reads as {}
+    assert (done.status, done.type, done.created_at) == (TaskStatus.FINISHED, "mail", None)
+    assert {t.status for t in (plain, gz, report, broken)} == {TaskStatus.WAITING}
+    assert [t.id for t in store.list().tasks] == ["broken.1", "done.1", "gz.1", "plain.1", "report.2024.1"]
+    assert [t.id for t in store.list(status=TaskStatus.FINISHED).tasks] == ["done.1"]
+    assert [t.id for t in store.list(task_type="report").tasks] == ["report.2024.1"]
+    counts = store.counts()
+    assert (counts.waiting, counts.running, counts.finished) == (4, 0, 1)
+    with pytest.raises(AlreadyExistsError):
+        store.submit(NewTask("done.1", "mail"))
+
+    acquired = store.acquire(10, 600)
+    oldest_first = ["plain.1", "gz.1", "report.2024.1", "broken.1"]
+    assert sorted(a.task.id for a in acquired) == sorted(oldest_first)
+    if not fair_mode:
+        assert [a.task.id for a in acquired] == oldest_first
+    by_id = {a.task.id: a for a in acquired}
+    store.heartbeat("gz.1", by_id["gz.1"].lease, 600, data={"n": 2})
+    assert (store.get("gz.1").data, store.get("gz.1").compression) == ({"n": 2}, "gzip")
+    for a in acquired:
+        store.finish(a.task.id, a.lease)
+    assert store.acquire(10, 600) == []
+    assert store.counts().finished == 5
+
+    assert store.init() == [f"created index index_{table_name}_on_resource"]
+    assert store.init() == []
+    assert f"index_{table_name}_on_resource" in index_names(database, table_name)
+    with database.engine.connect() as conn:
+        columns = [c["name"] for c in sa.inspect(conn).get_columns(table_name)]
+    assert columns == ["id", "timeout", "data", "created_at", "resource", "max_running", "owner"]
+    store.submit(NewTask("new.1", "x", user="u1", max_running=1))
+    [got] = store.acquire(10, 600)
+    assert got.task.id == "new.1"
+    store.finish("new.1", got.lease)
+
+
+def test_init_is_idempotent_on_a_fresh_table(store: QueueStore) -> None:
+    assert store.init() == []
+    names = index_names(store.db, store.table.name)
+    assert {f"index_{store.table.name}_on_timeout", f"index_{store.table.name}_on_resource"} <= names
+
+
+# -- MariaDB: collation and query plans ------------------------------------------------------
+
+
+@pytest.fixture
+def mysql_db() -> Iterator[Database]:
+    db = Database(require_mysql())
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def loaded(mysql_db: Database) -> Iterator[QueueStore]:
+    """A MariaDB table with 5,000 rows: waiting tasks of 30 users (and none), 1,000 finished."""
+    name = "t_" + uuid.uuid4().hex[:16]
+    store = QueueStore(mysql_db, name)
+    store.init()
+    now = db_now(mysql_db)
+    rows = []
+    for i in range(5000):
+        finished = i % 5 == 0
+        rows.append(
+            {
+                "id": f"task-{i:05d}",
+                "timeout": now - DELETE_OFFSET + 300 if finished else now - 1000 + i % 977,
+                "data": b'{"type":"x"}',
+                "created_at": None if finished else now - 2000,
+                "resource": None if finished or i % 7 == 0 else f"user{i % 30}",
+                "max_running": 3,
+                "owner": 0,
+            }
+        )
+    with mysql_db.engine.begin() as conn:
+        conn.execute(sa.insert(store.table), rows)
+        conn.exec_driver_sql(f"ANALYZE TABLE {name}").all()
+    yield store
+    drop_table(mysql_db, name)
+
+
+def explain_statements(store: QueueStore, operation: Any) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Run ``operation`` and EXPLAIN every SELECT it sent to the server, with its parameters."""
+    sent: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and store.table.name in statement:
+            sent.append((statement, parameters))
+
+    sa.event.listen(store.db.engine, "before_cursor_execute", capture)
+    try:
+        operation()
+    finally:
+        sa.event.remove(store.db.engine, "before_cursor_execute", capture)
+    plans = []
+    with store.db.engine.connect() as conn:
+        for statement, parameters in sent:
+            plan = [dict(r) for r in conn.exec_driver_sql("EXPLAIN " + statement, parameters).mappings()]
+            plans.append((statement, plan))
+    return plans
+
+
+def test_mysql_non_fair_acquire_scans_the_timeout_index_range(loaded: QueueStore) -> None:
+    unfair = QueueStore(loaded.db, loaded.table.name, fair=False)
+    plans = explain_statements(unfair, lambda: unfair.acquire(10, 600))
+    [plan] = [p for s, p in plans if "ORDER BY" in s and "FOR UPDATE" in s]
+    [step] = plan
+    assert step["key"] == f"index_{loaded.table.name}_on_timeout", plan
+    assert step["type"] == "range", plan
+
+
+def test_mysql_fair_heads_use_index_for_group_by(loaded: QueueStore) -> None:
+    acquired: list[Any] = []
+    plans = explain_statements(loaded, lambda: acquired.extend(loaded.acquire(50, 600)))
+    assert users_of(acquired)[None] > 0 and len(acquired) == 50
+    [plan] = [p for s, p in plans if "GROUP BY" in s and "min(" in s.lower()]
+    grouped = [step for step in plan if "Using index for group-by" in (step["Extra"] or "")]
+    assert grouped, plan
+    assert grouped[0]["key"] == f"index_{loaded.table.name}_on_resource", plan
+    for statement, plan in plans:  # and nothing acquisition reads walks the whole table
+        assert all(step["type"] != "ALL" or step["table"].startswith("<derived") for step in plan), (
+            statement,
+            plan,
+        )
+
+
+def test_mysql_ids_use_a_binary_no_pad_collation(mysql_db: Database) -> None:
+    name = "t_" + uuid.uuid4().hex[:16]
+    try:
+        QueueStore(mysql_db, name).init()
+        with mysql_db.engine.connect() as conn:
+            collation = conn.execute(
+                sa.text(
+                    "SELECT collation_name FROM information_schema.columns "
+                    "WHERE table_schema = DATABASE() AND table_name = :t AND column_name = 'id'"
+                ),
+                {"t": name},
+            ).scalar_one()
+        assert collation in ("utf8mb4_nopad_bin", "utf8mb4_0900_bin")
+    finally:
+        drop_table(mysql_db, name)

@@ -16,8 +16,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
-from .store import check_table_name
+from .store import check_table_name, normalize_url
 from .store.model import MAX_DURATION
+from .store.schema import TABLE_NAME
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 ENV_PREFIX = "PERFECTQUEUE_"
@@ -62,6 +63,13 @@ class QueueSettings(BaseModel):
     def _table(cls, value: str | None) -> str | None:
         return None if value is None else check_table_name(value)
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value:  # empty: the service's url
+            normalize_url(value)
+        return value
+
 
 class Settings(BaseModel):
     """Every setting of the service, validated at start-up."""
@@ -95,16 +103,25 @@ class Settings(BaseModel):
     def _table(cls, value: str | None) -> str | None:
         return None if value is None else check_table_name(value)
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        normalize_url(value)
+        return value
+
     @model_validator(mode="after")
     def _queues(self) -> Settings:
+        if self.queues and self.table is not None:
+            raise ValueError("set either 'table' (one queue) or 'queues', not both")
         if not self.queues:
             name = self.table or "default"
-            self.queues = {name: QueueSettings(table=name if self.table is None else self.table)}
+            self.queues = {name: QueueSettings(table=name)}
         for name, queue in self.queues.items():
             if not QUEUE_NAME.fullmatch(name):
                 raise ValueError(f"invalid queue name {name!r}: use letters, digits, '_', '.', '-'")
-            if queue.table is None:
-                queue.table = check_table_name(name)
+            if queue.table is None and not TABLE_NAME.fullmatch(name):
+                raise ValueError(f"queue {name!r} needs a 'table': its name is not a valid table name")
+            queue.table = queue.table or name
         return self
 
     def queue(self, name: str) -> ResolvedQueue:
@@ -170,8 +187,8 @@ def read_yaml(path: Path, environment: str) -> dict[str, Any]:
 
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {one_line(exc)}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of settings")
     section = loaded.get(environment)
@@ -181,3 +198,11 @@ def read_yaml(path: Path, environment: str) -> dict[str, Any]:
     if loaded and all(isinstance(v, dict) for v in loaded.values()) and not known & set(loaded):
         raise ConfigError(f"{path} has no section {environment!r} (it has: {', '.join(map(str, loaded))})")
     return loaded
+
+
+def one_line(exc: Exception) -> str:
+    """A YAML error's problem and position (its own text spans several lines), or the error."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())

@@ -18,6 +18,27 @@ Lease = Annotated[
     Field(pattern=r"^[1-9][0-9]{0,18}$", description="The lease token that the poll returned"),
 ]
 
+EXAMPLE_LEASE = "8437261094837261"
+EXAMPLE_TASK: dict[str, Any] = {
+    "id": "mail-42",
+    "type": "send_mail",
+    "data": {"to": "a@example.com"},
+    "user": "acme",
+    "status": "running",
+    "created_at": 1767225600,
+    "timeout": 1767225900,
+    "max_running": 2,
+    "compression": "gzip",
+}
+"""(FastAPI drops every null from the OpenAPI document, examples included: none here.)"""
+EXAMPLE_FAILURE = {"id": "mail-43", "code": "already_exists", "detail": "task 'mail-43' already exists"}
+EXAMPLE_QUEUE = {"name": "default", "waiting": 12, "running": 3, "finished": 40}
+
+
+def examples(*items: dict[str, Any]) -> ConfigDict:
+    """A model's OpenAPI examples (a subclass of Body keeps extra="forbid": configs merge)."""
+    return ConfigDict(json_schema_extra={"examples": list(items)})
+
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -47,15 +68,28 @@ class SubmitRequest(Body):
 class SubmitBatchRequest(Body):
     tasks: Annotated[list[SubmitRequest], Field(min_length=1, max_length=MAX_BATCH)]
 
+    model_config = examples(
+        {
+            "tasks": [
+                {"id": "mail-42", "type": "send_mail"},
+                {"id": "mail-43", "type": "send_mail", "user": "acme"},
+            ]
+        }
+    )
+
 
 class Submitted(BaseModel):
     id: str
+
+    model_config = examples({"id": "mail-42"})
 
 
 class Failure(BaseModel):
     id: str
     code: str
     detail: str
+
+    model_config = examples(EXAMPLE_FAILURE)
 
 
 class BatchResult(BaseModel):
@@ -64,6 +98,8 @@ class BatchResult(BaseModel):
     successful: list[Submitted]
     failed: list[Failure]
 
+    model_config = examples({"successful": [{"id": "mail-42"}], "failed": [EXAMPLE_FAILURE]})
+
 
 class PollRequest(Body):
     max: Annotated[int, Field(ge=1, le=MAX_POLL)] = 1
@@ -71,8 +107,12 @@ class PollRequest(Body):
         default=None, description="Seconds the lease lasts (default: the queue's alive_time)"
     )
     wait: Annotated[float, Field(ge=0, le=300)] = Field(
-        default=0, description="Seconds to wait for a task when none is waiting (long-poll)"
+        default=0,
+        description="Seconds to wait for a task when none is waiting (long-poll); at most the "
+        "service's max_poll_wait (20 by default), a longer wait is refused with 422",
     )
+
+    model_config = examples({"max": 10, "alive_time": 300, "wait": 20}, {})
 
 
 class TaskOut(BaseModel):
@@ -80,11 +120,19 @@ class TaskOut(BaseModel):
     type: str
     data: dict[str, Any]
     user: str | None
-    status: Literal["waiting", "running", "finished"]
-    created_at: int | None
-    timeout: int
+    status: Literal["waiting", "running", "finished"] = Field(
+        description="waiting: deliverable; running: leased, or scheduled for later (run_at, retry_wait); "
+        "finished: retained for retention_time, never delivered again"
+    )
+    created_at: int | None = Field(description="Unix time of the submit; null once finished")
+    timeout: int = Field(
+        description="Unix time the lease ends (running) or the task became deliverable (waiting); for a "
+        "finished task the original's encoding: the row is deleted once now >= timeout + 1000000000"
+    )
     max_running: int | None
     compression: Literal["gzip"] | None
+
+    model_config = examples(EXAMPLE_TASK)
 
     @classmethod
     def of(cls, task: Task) -> TaskOut:
@@ -104,6 +152,8 @@ class TaskOut(BaseModel):
 class AcquiredTaskOut(TaskOut):
     lease: str
 
+    model_config = examples({**EXAMPLE_TASK, "lease": EXAMPLE_LEASE})
+
     @classmethod
     def of_acquired(cls, acquired: AcquiredTask) -> AcquiredTaskOut:
         return cls(**TaskOut.of(acquired.task).model_dump(), lease=str(acquired.lease))
@@ -112,15 +162,24 @@ class AcquiredTaskOut(TaskOut):
 class PollResponse(BaseModel):
     tasks: list[AcquiredTaskOut]
 
+    model_config = examples({"tasks": [{**EXAMPLE_TASK, "lease": EXAMPLE_LEASE}]})
+
 
 class LeaseRequest(Body):
     id: TaskId
     lease: Lease
 
+    model_config = examples({"id": "mail-42", "lease": EXAMPLE_LEASE})
+
 
 class HeartbeatRequest(LeaseRequest):
     alive_time: Annotated[int | None, Field(ge=1, le=MAX_DURATION)] = None
     data: dict[str, Any] | None = Field(default=None, description="New data to store with the task")
+
+    model_config = examples(
+        {"id": "mail-42", "lease": EXAMPLE_LEASE, "alive_time": 300},
+        {"id": "mail-42", "lease": EXAMPLE_LEASE, "data": {"to": "a@example.com", "attempt": 2}},
+    )
 
 
 class RetryRequest(LeaseRequest):
@@ -128,18 +187,28 @@ class RetryRequest(LeaseRequest):
         default=None, description="Seconds before redelivery (default: the queue's retry_wait)"
     )
 
+    model_config = examples({"id": "mail-42", "lease": EXAMPLE_LEASE, "retry_wait": 60})
+
 
 class FinishBatchRequest(Body):
     tasks: Annotated[list[LeaseRequest], Field(min_length=1, max_length=MAX_BATCH)]
+
+    model_config = examples(
+        {"tasks": [{"id": "mail-42", "lease": EXAMPLE_LEASE}, {"id": "mail-43", "lease": EXAMPLE_LEASE}]}
+    )
 
 
 class ForceFinishRequest(Body):
     id: TaskId
 
+    model_config = examples({"id": "mail-42"})
+
 
 class TaskPage(BaseModel):
     tasks: list[TaskOut]
     next_cursor: str | None = Field(description="Pass as 'cursor' for the next page; null at the end")
+
+    model_config = examples({"tasks": [EXAMPLE_TASK], "next_cursor": "mail-42"})
 
 
 class QueueInfo(BaseModel):
@@ -148,9 +217,13 @@ class QueueInfo(BaseModel):
     running: int
     finished: int
 
+    model_config = examples(EXAMPLE_QUEUE)
+
 
 class QueueList(BaseModel):
     queues: list[QueueInfo]
+
+    model_config = examples({"queues": [EXAMPLE_QUEUE]})
 
 
 class Problem(BaseModel):
@@ -162,3 +235,22 @@ class Problem(BaseModel):
     detail: str
     code: str
     errors: list[dict[str, Any]] | None = None
+
+    model_config = examples(
+        {
+            "type": "urn:perfectqueue:problem:preempted",
+            "title": "The caller's lease is no longer valid: another acquisition holds or finished the task.",
+            "status": 409,
+            "detail": "task 'mail-42' is not held by this lease",
+            "code": "preempted",
+        }
+    )
+
+
+class Health(BaseModel):
+    """The answer of /livez and /readyz."""
+
+    status: Literal["ok", "stopping", "unavailable"]
+    detail: str | None = None
+
+    model_config = examples({"status": "ok"}, {"status": "unavailable", "detail": "database error: ..."})

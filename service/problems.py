@@ -34,6 +34,7 @@ def error_problem(exc: PerfectQueueError) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every failure into a problem response."""
+    _document_problems_only(app)
 
     @app.exception_handler(PerfectQueueError)
     async def _domain(_request: Request, exc: PerfectQueueError) -> JSONResponse:
@@ -59,3 +60,20 @@ def install(app: FastAPI) -> None:
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.error("unexpected error", exc_info=exc)
         return problem(500, "internal", "Internal error.", "The service failed; the error is in its log.")
+
+
+def _document_problems_only(app: FastAPI) -> None:
+    """FastAPI lists ``application/json`` beside ``application/problem+json`` for every error
+    response with a model; errors are only ever problem+json, so the document says just that."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            for path in generate()["paths"].values():
+                for operation in path.values():
+                    for status, response in operation.get("responses", {}).items():
+                        if status[0] in "45" and MEDIA_TYPE in response.get("content", {}):
+                            response["content"].pop("application/json", None)
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]

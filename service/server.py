@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
@@ -26,6 +28,15 @@ class Server(uvicorn.Server):
         if self.runtime.loop is not None:
             self.runtime.loop.call_soon_threadsafe(self.runtime.begin_shutdown)
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """As uvicorn's, but a stop asked for by a signal and completed is a normal exit (status 0):
+        uvicorn raises the signal again afterwards, which kills the process with it (-15) or, for
+        SIGINT, ends it with a KeyboardInterrupt traceback."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
 
 def serve(settings: Settings, log_level: str = "info") -> None:

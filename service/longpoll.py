@@ -44,14 +44,21 @@ class LongPoll:
         self.run = run
         self.check_interval = check_interval
         self.waiters: deque[Waiter] = deque()
+        self.acquiring = 0  # polls acquiring outside the line right now
         self.wake = asyncio.Event()
         self.closing = False
         self.dispatcher: asyncio.Task[None] | None = None
 
     async def poll(self, max_tasks: int, alive_time: int, wait: float) -> list[AcquiredTask]:
         """Acquire now, or wait up to ``wait`` seconds for tasks (arrival order among waiters)."""
-        if wait <= 0 or self.closing or not self._live_waiters():
-            tasks: list[AcquiredTask] = await self.run(self.store.acquire, max_tasks, alive_time)
+        # A long-poll arriving while another poll acquires joins the line (the dispatcher probes
+        # first thing), so that a burst of polls costs one acquisition, not one each.
+        if wait <= 0 or self.closing or not (self._live_waiters() or self.acquiring):
+            self.acquiring += 1
+            try:
+                tasks: list[AcquiredTask] = await self.run(self.store.acquire, max_tasks, alive_time)
+            finally:
+                self.acquiring -= 1
             if tasks or wait <= 0 or self.closing:
                 return tasks
         waiter = Waiter(max_tasks, alive_time)
@@ -63,6 +70,13 @@ class LongPoll:
             if not waiter.future.done():
                 waiter.future.cancel()
         return [] if waiter.future.cancelled() else waiter.future.result()
+
+    async def give_back(self, tasks: list[AcquiredTask]) -> None:
+        """Tasks acquired for a poll whose client has gone: deliverable again at once, rather
+        than leased to nobody until their alive_time ends."""
+        for acquired in tasks:
+            await self.run(self.store.release, acquired.task.id, acquired.lease)
+        self.notify()
 
     def notify(self) -> None:
         """A task became waiting through this replica: serve the waiters now."""
@@ -122,8 +136,8 @@ class LongPoll:
             if tasks and not waiter.future.done():
                 waiter.future.set_result(tasks[: waiter.max])
                 tasks = tasks[waiter.max :]
-        for leftover in tasks:  # its waiter left while we acquired: give the task back at once
-            await self.run(self.store.release, leftover.task.id, leftover.lease)
+        if tasks:  # their waiters left while we acquired
+            await self.give_back(tasks)
         return got
 
     def _fail_head(self, exc: PerfectQueueError) -> None:

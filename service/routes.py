@@ -15,7 +15,10 @@ from .store.queue import MAX_LEASE
 if TYPE_CHECKING:
     from .app import Queue, Runtime
 
-PROBLEM = {"model": m.Problem, "content": {"application/problem+json": {}}}
+PROBLEM = {
+    "model": m.Problem,
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
 
 health = APIRouter(tags=["health"])
 router = APIRouter(prefix="/v1", tags=["queue"])
@@ -56,12 +59,17 @@ def new_task(body: m.SubmitRequest) -> NewTask:
 # -- health ----------------------------------------------------------------------------------
 
 
-@health.get("/livez", operation_id="livez", summary="The process answers")
-async def livez() -> dict[str, str]:
-    return {"status": "ok"}
+@health.get("/livez", operation_id="livez", summary="The process answers", response_model_exclude_none=True)
+async def livez() -> m.Health:
+    return m.Health(status="ok")
 
 
-@health.get("/readyz", operation_id="readyz", summary="The databases answer and the service is not stopping")
+@health.get(
+    "/readyz",
+    operation_id="readyz",
+    summary="The databases answer and the service is not stopping",
+    response_model=m.Health,
+)
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     if runtime.draining:
         return JSONResponse({"status": "stopping"}, status_code=503)
@@ -147,12 +155,15 @@ async def submit_batch(body: m.SubmitBatchRequest, queue: QueueDep, runtime: Run
     summary="Lease up to `max` waiting tasks, waiting up to `wait` seconds for one",
     responses=problems(404),
 )
-async def poll(body: m.PollRequest, queue: QueueDep, runtime: RuntimeDep) -> m.PollResponse:
+async def poll(body: m.PollRequest, queue: QueueDep, runtime: RuntimeDep, request: Request) -> m.PollResponse:
     if body.wait > runtime.settings.max_poll_wait:
         raise InvalidError(f"wait must be at most {runtime.settings.max_poll_wait} seconds")
     alive_time = body.alive_time or queue.settings.alive_time
     wait = 0.0 if runtime.draining else body.wait
     tasks = await queue.longpoll.poll(body.max, alive_time, wait)
+    if tasks and wait > 0 and await request.is_disconnected():  # the poller died while it waited
+        await queue.longpoll.give_back(tasks)
+        tasks = []
     return m.PollResponse(tasks=[m.AcquiredTaskOut.of_acquired(t) for t in tasks])
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +78,41 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 30) ->
             pass
         time.sleep(0.05)
     raise RuntimeError("service did not become ready")
+
+
+SERVE = [sys.executable, "-m", "perfectqueue", "serve"]
+
+
+@contextmanager
+def service_process(config: Path, log: Path | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """As :func:`running_service`, but also yield the process, for tests that signal it themselves.
+
+    On leaving, a process still running gets SIGTERM (then SIGKILL after 30 s).
+    """
+    port = free_port()
+    out = open(log or os.devnull, "ab")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [*SERVE, "-c", str(config), "--port", str(port), "--log-level", "warning"],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, proc)
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        out.close()
+
+
+@contextmanager
+def running_services(config: Path, logs: Path, count: int = 2) -> Iterator[list[str]]:
+    """``count`` service processes (replicas) serving the same queue; their base urls."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(running_service(config, logs / f"service-{i}.log")) for i in range(count)]

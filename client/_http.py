@@ -11,6 +11,7 @@ when its outcome is unknown only for calls that are safe to repeat.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 from urllib.parse import quote
@@ -18,7 +19,7 @@ from urllib.parse import quote
 import httpx
 
 from .. import __version__
-from ..errors import ERRORS_BY_CODE, PerfectQueueError, UnavailableError
+from ..errors import ERRORS_BY_CODE, InvalidError, PerfectQueueError, UnavailableError
 from ._calls import Backoff, Call
 from ._types import BatchResult, Failure, Leased, Page, QueueStats, TaskMetadata
 
@@ -47,13 +48,15 @@ class Request:
             self.path = f"{base}/finish-batch"
             self.json = {"tasks": [{"id": key, "lease": lease} for key, lease in args["tasks"]]}
         elif op == "get":
-            self.method, self.path = "GET", f"{base}/tasks/{quote(args['id'], safe='')}"
+            self.method, self.path = "GET", f"{base}/tasks/{_segment(args['id'])}"
         elif op == "list":
             self.method, self.path, self.params = "GET", f"{base}/tasks", _present(args)
         elif op == "stats":
             self.method, self.path = "GET", base
         else:  # poll, heartbeat, finish, retry, release, force_finish
             self.path, self.json = f"{base}/{op.replace('_', '-')}", _present(args)
+        self.content = None if self.json is None else _encode(self.json)
+        self.headers = None if self.content is None else {"Content-Type": "application/json"}
 
     def result(self, response: httpx.Response) -> Any:
         op = self.call.op
@@ -74,7 +77,8 @@ class Request:
 
 def error_of(code: str, detail: str, status: int = 500) -> PerfectQueueError:
     """The exception class the service named by ``code`` (by status when the code is unknown)."""
-    cls = ERRORS_BY_CODE.get(code) or STATUS_ERRORS.get(status) or PerfectQueueError
+    cls = ERRORS_BY_CODE.get(code) or STATUS_ERRORS.get(status)
+    cls = cls or (UnavailableError if status in RETRY_STATUSES else PerfectQueueError)
     return cls(detail)
 
 
@@ -96,6 +100,8 @@ def retry_delay(request: Request, backoff: Backoff, attempt: int, outcome: objec
     if isinstance(outcome, httpx.Response):
         if outcome.status_code not in RETRY_STATUSES:
             return None
+        if outcome.status_code != 503 and not request.call.repeatable:
+            return None  # a gateway's 502/504: the service may have done it
         after = outcome.headers.get("Retry-After", "")
         return backoff.delay(attempt, float(after) if after.isdigit() else 0.0)
     never_sent = isinstance(outcome, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
@@ -124,7 +130,8 @@ class HttpBackend:
                 outcome = self.client.request(
                     request.method,
                     request.path,
-                    json=request.json,
+                    content=request.content,
+                    headers=request.headers,
                     params=request.params,
                     timeout=self.timeout + call.wait,
                 )
@@ -155,7 +162,8 @@ class AsyncHttpBackend:
                 outcome = await self.client.request(
                     request.method,
                     request.path,
-                    json=request.json,
+                    content=request.content,
+                    headers=request.headers,
                     params=request.params,
                     timeout=self.timeout + call.wait,
                 )
@@ -176,6 +184,20 @@ def _finish(request: Request, outcome: httpx.Response | httpx.TransportError) ->
         raise UnavailableError(f"cannot reach the service: {type(outcome).__name__}: {outcome}") from outcome
     raise_for(outcome)
     return request.result(outcome)
+
+
+def _encode(body: Any) -> bytes:
+    """Standard JSON, or the InvalidError the store raises for anything else (not a TypeError)."""
+    try:
+        return json.dumps(body, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except (TypeError, ValueError):  # NaN or Infinity, an unpaired surrogate, a non-JSON value
+        raise InvalidError("data must be standard JSON: no NaN, Infinity or unpaired surrogates") from None
+
+
+def _segment(value: str) -> str:
+    """One path segment; an id of '.' or '..' escaped, or URL normalisation would drop it."""
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 def _present(args: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,173 @@
+"""The task commands (list, submit, force_finish, show, stats) end to end: real
+``python -m perfectqueue`` processes against a real service and straight against the database
+(``--backend rdb_compat``), over SQLite and MariaDB."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sdk_support import Proxy, Target, clean_environ, config, target
+from servers import free_port
+
+import perfectqueue
+
+__all__ = ["config", "target"]  # the fixtures
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "perfectqueue", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean_environ(), **(env or {})},
+        check=False,
+    )
+
+
+def ok(*args: str) -> str:
+    done = run(*args)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr
+    return done.stdout
+
+
+def ok_all(*commands: list[str]) -> list[str]:
+    """Run independent commands at once (each is a whole process start-up); their outputs."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda command: ok(*command), commands))
+
+
+def flags(config: dict[str, Any]) -> list[str]:
+    """The command-line flags that select the queue of ``config``."""
+    if config.get("type") == "rdb_compat":
+        return ["--backend", "rdb_compat", "--url", config["url"], "--table", config["table"]]
+    return ["--url", config["url"], "--queue", config["queue"]]
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("perfectqueue: error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_submit_show_list_finish_and_stats(config: dict[str, Any]) -> None:
+    q = flags(config)
+    run_at = int(time.time()) + 3600
+    submitted = ok("submit", "a1", "mail", '{"to": "x@example.com"}', "-u", "acme", "-m", "3", *q)
+    assert submitted == "submitted a1\n"
+    assert ok_all(
+        ["submit", "b2", "resize", '{"w": 640}', *q],
+        ["submit", "c3", "mail", "{}", "--user", "zeta", "--time", str(run_at), *q],
+    ) == ["submitted b2\n", "submitted c3\n"]
+
+    shown_text, table_text, listed_text, mail_text, zeta_text = ok_all(
+        ["show", "a1", *q],
+        ["list", *q],
+        ["list", "--json", *q],
+        ["list", "--json", "--type", "mail", *q],
+        ["list", "--json", "--user", "zeta", *q],
+    )
+    shown = json.loads(shown_text)
+    assert {k: shown[k] for k in ("key", "type", "user", "status", "data")} == {
+        "key": "a1",
+        "type": "mail",
+        "user": "acme",
+        "status": "waiting",
+        "data": {"to": "x@example.com"},
+    }
+    assert isinstance(shown["created_at"], int)
+    with perfectqueue.open(config) as queue:
+        assert queue["a1"].metadata().max_running == 3
+
+    table = table_text.splitlines()
+    assert table[0].split() == ["key", "type", "user", "status", "created_at", "timeout", "data"]
+    rows = {line.split()[0]: line for line in table[1:]}
+    assert set(rows) == {"a1", "b2", "c3"}
+    assert "acme" in rows["a1"] and "waiting" in rows["a1"] and '{"to": "x@example.com"}' in rows["a1"]
+
+    listed = json_lines(listed_text)
+    assert [t["key"] for t in listed] == ["a1", "b2", "c3"]
+    assert listed[1] == {**listed[1], "type": "resize", "user": None, "data": {"w": 640}}
+    assert (listed[2]["user"], listed[2]["timeout"]) == ("zeta", run_at)
+    assert [t["key"] for t in json_lines(mail_text)] == ["a1", "c3"]
+    assert [t["key"] for t in json_lines(zeta_text)] == ["c3"]
+
+    assert ok_all(["force_finish", "a1", *q], ["force-finish", "b2", *q]) == [
+        "finished a1\n",
+        "finished b2\n",
+    ]
+    finished = json_lines(ok("list", "--json", "--status", "finished", *q))
+    assert [(t["key"], t["status"]) for t in finished] == [("a1", "finished"), ("b2", "finished")]
+    name = config.get("queue") or config["table"]
+    assert ok("stats", *q) == f"{name}: waiting 0, running 1, finished 2\n"  # c3 waits for its time
+
+
+ON_SQLITE = pytest.mark.parametrize("target", ["http-sqlite", "rdb_compat-sqlite"], indirect=True)
+
+
+@ON_SQLITE
+def test_errors_are_one_line_and_exit_2(config: dict[str, Any]) -> None:
+    q = flags(config)
+    assert ok("list", "--json", *q) == ""
+    assert len(ok("list", *q).splitlines()) == 1  # the header
+    ok("submit", "dup", "t", '{"v": 1}', *q)
+    assert_one_line_error(run("submit", "dup", "t", '{"v": 2}', *q), "already exists")
+    assert_one_line_error(run("submit", "bad", "t", "{not json", *q), "JSON")
+    assert_one_line_error(run("show", "missing", *q), "does not exist")
+    ok("force_finish", "dup", *q)
+    assert_one_line_error(run("force-finish", "dup", *q), "already finished")
+    stored = json_lines(ok("list", "--json", *q))
+    assert [(t["key"], t["data"]) for t in stored] == [("dup", {"v": 1})]  # nothing else changed
+
+
+@ON_SQLITE
+def test_a_config_file_with_sections_chosen_by_e(
+    config: dict[str, Any], target: Target, tmp_path: Path
+) -> None:
+    other = target.fresh()
+    try:
+        sections = {}
+        for env, chosen in (("development", config), ("production", other)):
+            keys = ("type", "url", "table") if chosen.get("type") == "rdb_compat" else ("url", "queue")
+            sections[env] = {key: chosen[key] for key in keys}
+        path = tmp_path / "perfectqueue.yml"
+        path.write_text(yaml.safe_dump(sections))
+        ok("submit", "in-prod", "t", "{}", "-c", str(path), "-e", "production")
+        ok("submit", "in-dev", "t", "{}", "-c", str(path))  # development is the default section
+        assert [t["key"] for t in json_lines(ok("list", "--json", *flags(other)))] == ["in-prod"]
+        assert [t["key"] for t in json_lines(ok("list", "--json", *flags(config)))] == ["in-dev"]
+        assert "waiting 1" in ok("stats", "--config", str(path), "--environment", "production")
+    finally:
+        target.recycle(other)
+
+
+def test_an_unreachable_service_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "unreachable.yml"
+    path.write_text(yaml.safe_dump({"url": f"http://127.0.0.1:{free_port()}", "queue": "q", "retries": 0}))
+    assert_one_line_error(run("stats", "-c", str(path)), "cannot reach the service")
+
+
+@pytest.mark.parametrize("target", ["http-sqlite"], indirect=True)
+def test_the_token_from_the_environment_is_sent(config: dict[str, Any]) -> None:
+    with Proxy(config["url"]) as proxy:
+        done = run("stats", "--url", proxy.url, "--queue", config["queue"], env={"PERFECTQUEUE_TOKEN": "t0k"})
+    assert done.returncode == 0, done.stderr
+    assert [seen.header("authorization") for seen in proxy.seen] == ["Bearer t0k"]
+    assert (proxy.seen[0].header("user-agent") or "").startswith("perfectqueue-python/")

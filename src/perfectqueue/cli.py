@@ -16,6 +16,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request of the task commands
     try:
         result: int = args.command(args)
     except PerfectQueueError as exc:
@@ -42,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     from . import commands as task_commands
 
     task_commands.add_parsers(commands)
+
+    from .worker.command import add_parser as add_run_parser
+
+    add_run_parser(commands)  # perfectqueue run MODULE:Dispatch (the worker)
 
     openapi = commands.add_parser("openapi", help="print the service's OpenAPI document")
     openapi.set_defaults(command=_openapi)

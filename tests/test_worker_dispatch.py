@@ -1,0 +1,212 @@
+"""Handlers and dispatch, run in this process against a real service (SQLite)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import running_service, write_config
+
+import perfectqueue
+from perfectqueue.errors import ConfigError
+from perfectqueue.worker import Base, Dispatch, Signals, WorkerConfig, WorkerTask
+from perfectqueue.worker.runner import Runner
+from perfectqueue.worker.task_monitor import TaskMonitor
+
+calls: list[str] = []
+
+
+class Finisher(Base):
+    def run(self) -> None:
+        calls.append(f"finisher {self.task.key}")
+        self.task.finish()
+
+
+class Lazy(Base):
+    def run(self) -> None:
+        calls.append(f"lazy {self.task.key}")
+        self.task.release()
+
+
+class Boom(Base):
+    def run(self) -> None:
+        raise RuntimeError("boom")
+
+
+class Steps(Base):
+    def before_perform(self) -> None:
+        calls.append("before")
+
+    def perform(self) -> None:
+        calls.append("perform")
+        if self.task.data.get("fail"):
+            raise ValueError("bad data")
+
+    def after_perform(self) -> None:
+        calls.append("after")
+
+    def decide(self, error: BaseException) -> None:
+        calls.append(f"decide {type(error).__name__}")
+        self.task.retry(7)
+
+
+class Returns(Base):
+    def run(self) -> None:
+        calls.append("returns")
+
+
+class App(Dispatch):
+    pass
+
+
+App.route("exact", Finisher)
+App.route(re.compile(r"^lazy-"), "Lazy")
+App.route("dotted", "test_worker_dispatch.Finisher")
+App.route("boom", Boom)
+App.route("steps", Steps)
+App.route("returns", Returns)
+App.route("missing", "NoSuchHandler")
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("dispatch")
+    config = write_config(tmp / "service.yaml", f"sqlite:///{tmp / 'q.sqlite3'}", "dispatch")
+    with running_service(config, tmp / "service.log") as base:
+        yield base
+
+
+@pytest.fixture
+def queue(service: str) -> Iterator[perfectqueue.Queue]:
+    calls.clear()
+    with perfectqueue.open({"url": service, "queue": "q"}) as q:
+        yield q
+
+
+def run_one(queue: perfectqueue.Queue, key: str, task_type: str, **data: object) -> WorkerTask:
+    queue.submit(key, task_type, data)
+    acquired = queue.poll()
+    assert acquired is not None and acquired.key == key
+    config = WorkerConfig.from_mapping({"retry_wait": 120})
+    monitor = TaskMonitor(Signals(), 1, 1, lambda: None, lambda: None)
+    return Runner(App, monitor, config).run(acquired)
+
+
+def retried_for(queue: perfectqueue.Queue, key: str) -> int:
+    """Seconds until a retried task is deliverable again."""
+    return queue[key].metadata().timeout - int(time.time())
+
+
+def test_an_exact_type_routes_to_its_handler(queue: perfectqueue.Queue) -> None:
+    task = run_one(queue, "e1", "exact")
+    assert calls == ["finisher e1"]
+    assert task.outcome == "finished" and queue["e1"].metadata().is_finished()
+
+
+def test_a_regex_routes_with_a_lazy_handler_name(queue: perfectqueue.Queue) -> None:
+    task = run_one(queue, "l1", "lazy-thing")
+    assert calls == ["lazy l1"] and task.outcome == "released"
+    assert queue["l1"].metadata().is_waiting()
+    again = queue.poll()
+    assert again is not None and again.key == "l1"
+    again.finish()
+
+
+def test_a_dotted_handler_name_is_imported(queue: perfectqueue.Queue) -> None:
+    assert run_one(queue, "d1", "dotted").outcome == "finished"
+
+
+def test_an_unknown_type_is_retried_and_logged(
+    queue: perfectqueue.Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    task = run_one(queue, "u1", "nobody-handles-this")
+    assert task.outcome == "retried"
+    assert 100 <= retried_for(queue, "u1") <= 121
+    assert "event=unknown_type id=u1" in caplog.text
+
+
+def test_a_missing_handler_name_is_retried_and_logged(
+    queue: perfectqueue.Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert run_one(queue, "m1", "missing").outcome == "retried"
+    assert "NoSuchHandler" in caplog.text
+
+
+def test_an_exception_retries_after_retry_wait_and_is_logged(
+    queue: perfectqueue.Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="perfectqueue.worker"):
+        task = run_one(queue, "b1", "boom")
+    assert task.outcome == "retried"
+    assert 100 <= retried_for(queue, "b1") <= 121
+    assert "RuntimeError: boom" in caplog.text
+    assert "event=retry id=b1 type=boom duration=" in caplog.text
+
+
+def test_before_perform_and_after_run_around_perform(queue: perfectqueue.Queue) -> None:
+    assert run_one(queue, "s1", "steps").outcome == "finished"
+    assert calls == ["before", "perform", "after"]
+
+
+def test_a_failing_perform_goes_to_decide(queue: perfectqueue.Queue) -> None:
+    assert run_one(queue, "s2", "steps", fail=True).outcome == "retried"
+    assert calls == ["before", "perform", "decide ValueError"]
+    assert retried_for(queue, "s2") <= 8
+
+
+def test_returning_without_settling_finishes_the_task(queue: perfectqueue.Queue) -> None:
+    assert run_one(queue, "r1", "returns").outcome == "finished"
+    assert queue["r1"].metadata().is_finished()
+
+
+def test_routes_are_per_subclass_and_checked() -> None:
+    class Other(Dispatch):
+        pass
+
+    Other.route("x", Finisher)
+    assert Other.handler_for("x") is Finisher and Other.handler_for("exact") is None
+    assert App.handler_for("x") is None
+    with pytest.raises(ConfigError):
+        Other.route("y", object)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("processors", 0),
+        ("processors", 1.5),
+        ("poll_interval", "fast"),
+        ("processor_type", "fiber"),
+        ("child_heartbeat_limit", -1),
+        ("task_prefetch", -1),
+        ("max_request_per_child", True),
+        ("log", 3),
+    ],
+)
+def test_a_bad_setting_is_refused_naming_its_key(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=key):
+        WorkerConfig.from_mapping({key: value})
+
+
+def test_the_defaults_are_the_seeds() -> None:
+    config = WorkerConfig.from_mapping({"url": "http://x", "queue": "q", "label": 1})
+    assert (config.processors, config.poll_interval, config.task_heartbeat_interval) == (1, 1.0, 2.0)
+    assert (config.alive_time, config.retry_wait, config.child_kill_interval) == (300, 300, 2.0)
+    assert config.child_graceful_kill_limit is None and config.log is None
+    assert (config.child_heartbeat_interval, config.child_heartbeat_limit) == (2.0, 10.0)
+    assert (config.processor_type, config.detach_wait, config.task_prefetch) == ("process", 10.0, 0)
+    assert config.max_request_per_child is None
+    assert config.backend == {"url": "http://x", "queue": "q"}
+    assert config.raw["label"] == 1
+
+
+def test_the_cli_refuses_a_bad_configuration(tmp_path: Path) -> None:
+    from perfectqueue.cli import main
+
+    (tmp_path / "c.yaml").write_text("processors: zero\n")
+    code = main(["run", "test_worker_dispatch:App", "-c", str(tmp_path / "c.yaml")])
+    assert code == 2

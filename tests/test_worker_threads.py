@@ -1,0 +1,94 @@
+"""The supervisor's loop driven in this process: thread processors, signals recorded by hand."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import running_service, write_config
+from test_worker_harness import wait_for
+
+import perfectqueue
+from perfectqueue.worker import Base, Dispatch, Signals, Supervisor
+
+done: list[tuple[str, str]] = []
+
+
+class Record(Base):
+    def perform(self) -> None:
+        if self.task.data.get("sleep"):
+            time.sleep(self.task.data["sleep"])
+        done.append((self.task.key, threading.current_thread().name))
+
+
+class App(Dispatch):
+    pass
+
+
+App.route("record", Record)
+
+
+@pytest.fixture
+def service(tmp_path: Path, table_name: str) -> Iterator[str]:
+    config = write_config(tmp_path / "service.yaml", f"sqlite:///{tmp_path / 'q.sqlite3'}", table_name)
+    with running_service(config, tmp_path / "service.log") as base:
+        yield base
+
+
+@pytest.fixture
+def supervisor_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    root = logging.getLogger()
+    before = list(root.handlers)
+    with caplog.at_level(logging.INFO, logger="perfectqueue.worker"):
+        yield caplog
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def start(base: str, **settings: object) -> tuple[Supervisor, threading.Thread, list[int]]:
+    config = {"url": base, "queue": "q", "processor_type": "thread", "poll_interval": 0.2, **settings}
+    supervisor = Supervisor(App, lambda: config, perfectqueue.open, Signals())
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(supervisor.run()))
+    thread.start()
+    return supervisor, thread, codes
+
+
+def test_thread_processors_drain_and_stop_on_a_recorded_term(
+    service: str, supervisor_logs: pytest.LogCaptureFixture
+) -> None:
+    done.clear()
+    with perfectqueue.open({"url": service, "queue": "q"}) as queue:
+        queue.submit_many([{"key": f"k{i}", "type": "record"} for i in range(20)])
+        supervisor, thread, codes = start(
+            service, processors=2, max_request_per_child=3, child_fork_frequency_limit=0.2
+        )
+        wait_for(lambda: len(done) >= 20, timeout=60, what="every task")
+        supervisor.signals.record(signal.SIGTERM)
+        thread.join(timeout=30)
+        assert codes == [0]
+        assert sorted(k for k, _ in done) == sorted(f"k{i}" for i in range(20))
+        assert queue.stats().finished == 20
+    starts = supervisor_logs.text.count("event=child_start")
+    assert starts >= 7  # 20 tasks, 3 per child: children were recycled
+
+
+def test_a_recorded_quit_releases_the_task_of_a_thread(
+    service: str, supervisor_logs: pytest.LogCaptureFixture
+) -> None:
+    done.clear()
+    with perfectqueue.open({"url": service, "queue": "q"}) as queue:
+        queue.submit("long", "record", {"sleep": 3})
+        supervisor, thread, codes = start(service)
+        wait_for(lambda: queue["long"].metadata().is_running(), what="the task to start")
+        supervisor.signals.record(signal.SIGQUIT)
+        thread.join(timeout=10)
+        assert codes == [0]
+        assert queue["long"].metadata().is_waiting()
+    assert "event=release id=long" in supervisor_logs.text

@@ -1,0 +1,74 @@
+"""Handlers: ``Base`` (the original's ``Application::Base``) and its decider.
+
+Write a handler by subclassing :class:`Base` and either overriding :meth:`Base.run` (the seed's
+simple form: do the work, then call ``self.task.finish()``, ``retry()`` or ``release()``) or
+overriding :meth:`Base.perform`, which the default ``run`` calls between ``before_perform`` and
+``after_perform``.
+
+An exception that escapes a handler goes to :meth:`Base.decide`, which by default logs it and
+retries the task after the worker's ``retry_wait``. It never crashes the worker.
+
+A handler that returns without finishing, retrying or releasing its task has succeeded: the
+worker finishes the task for it (as returning from a job means "done" in most Python task
+queues). A task that was preempted meanwhile is never finished.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..errors import PerfectQueueError
+from . import logs
+from .task import WorkerTask
+
+log = logging.getLogger("perfectqueue.worker")
+
+
+class Base:
+    """One run of one task. ``self.task`` is the :class:`~perfectqueue.worker.task.WorkerTask`."""
+
+    def __init__(self, task: WorkerTask) -> None:
+        self.task = task
+
+    def run(self) -> None:
+        """Run the task: ``before_perform()``, ``perform()``, ``after_perform()``."""
+        self.before_perform()
+        self.perform()
+        self.after_perform()
+
+    def before_perform(self) -> None:
+        """Called before :meth:`perform` by the default :meth:`run`."""
+
+    def perform(self) -> None:
+        """The work, for handlers that keep the default :meth:`run`."""
+        raise NotImplementedError(f"{type(self).__name__} must override run() or perform()")
+
+    def after_perform(self) -> None:
+        """Called after :meth:`perform` returned, by the default :meth:`run`."""
+
+    def decide(self, error: BaseException) -> None:
+        """What to do with a task whose handler raised ``error``: by default retry it later."""
+        task = self.task
+        log.error(
+            "%s",
+            logs.fields(event="error", id=task.key, type=task.type, error=f"{type(error).__name__}: {error}"),
+            exc_info=error,
+        )
+        if task.in_hand:
+            retry(task)
+
+    def execute(self) -> None:
+        """:meth:`run`, with an escaping exception handed to :meth:`decide`."""
+        try:
+            self.run()
+        except Exception as exc:
+            self.decide(exc)
+
+
+def retry(task: WorkerTask, retry_wait: int | None = None, **reason: Any) -> None:
+    """Retry ``task`` after ``retry_wait`` (the worker's default), logging a failure to do so."""
+    try:
+        task.retry(retry_wait)
+    except PerfectQueueError as exc:
+        log.warning("%s", logs.fields(event="retry_failed", id=task.key, error=exc, **reason))

@@ -1,0 +1,71 @@
+"""Run one acquired task through the application, and settle it.
+
+The application (a :class:`~perfectqueue.worker.Dispatch` subclass, or any :class:`Base`) runs
+under the task monitor. Afterwards:
+
+- the handler finished, retried or released the task: nothing more to do;
+- the task was preempted (its lease taken over): it is left alone, never finished;
+- the handler returned without settling it: the worker finishes it (returning is success);
+- the handler (or its ``decide``) raised: the task is retried after ``retry_wait``.
+
+One log line per task start and one per outcome, with the task's id, type and duration.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ..client import AcquiredTask
+from ..errors import AlreadyFinishedError, PerfectQueueError
+from . import logs
+from .application import Base, retry
+from .config import WorkerConfig
+from .task import WorkerTask
+from .task_monitor import TaskMonitor
+
+log = logging.getLogger("perfectqueue.worker")
+OUTCOME_EVENTS = {"finished": "finish", "retried": "retry", "released": "release", "preempted": "preempted"}
+
+
+class Runner:
+    def __init__(self, application: type[Base], monitor: TaskMonitor, config: WorkerConfig) -> None:
+        self.application, self.monitor, self.config = application, monitor, config
+
+    def run(self, acquired: AcquiredTask) -> WorkerTask:
+        config = self.config
+        task = WorkerTask(acquired, config.retry_wait, config.alive_time, config.raw)
+        log.info("%s", logs.fields(event="start", id=task.key, type=task.type))
+        self.monitor.set_task(task)
+        try:
+            self._execute(task)
+            if task.in_hand:
+                _finish_on_return(task)
+        finally:
+            self.monitor.set_task(None)
+        _log_outcome(task)
+        return task
+
+    def _execute(self, task: WorkerTask) -> None:
+        try:
+            self.application(task).execute()
+        except Exception as exc:  # decide() itself failed: still never crash the worker
+            log.exception("%s", logs.fields(event="error", id=task.key, type=task.type, error=exc))
+            if task.in_hand:
+                retry(task)
+
+
+def _finish_on_return(task: WorkerTask) -> None:
+    try:
+        task.finish()
+    except AlreadyFinishedError:
+        task.outcome = "finished"
+    except PerfectQueueError as exc:
+        log.warning("%s", logs.fields(event="finish_failed", id=task.key, type=task.type, error=exc))
+
+
+def _log_outcome(task: WorkerTask) -> None:
+    event = OUTCOME_EVENTS.get(task.outcome or "", "unsettled")
+    duration = time.monotonic() - task.started
+    level = logging.WARNING if event in ("preempted", "unsettled") else logging.INFO
+    log.log(level, "%s", logs.fields(event=event, id=task.key, type=task.type, duration=duration))

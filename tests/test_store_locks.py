@@ -1,0 +1,81 @@
+"""Locks on MariaDB: the original's GET_LOCK mode, and lock conflicts retried inside the store."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from conftest import drop_table, require_mysql
+
+from perfectqueue.service.store import AcquiredTask, Database, NewTask, QueueStore
+
+
+@pytest.fixture
+def mysql_db(table_name: str) -> Iterator[Database]:
+    db = Database(require_mysql())
+    yield db
+    drop_table(db, table_name)
+    db.dispose()
+
+
+def test_get_lock_mode_waits_for_the_originals_named_lock(mysql_db: Database, table_name: str) -> None:
+    store = QueueStore(mysql_db, table_name, fair=False, lock="get_lock")
+    store.init()
+    store.submit(NewTask("t1", "x"))
+    result: list[list[AcquiredTask]] = []
+    with mysql_db.engine.connect() as ruby:  # a Ruby PerfectQueue process holding GET_LOCK('<table>')
+        assert ruby.execute(sa.select(sa.func.get_lock(table_name, 1))).scalar() == 1
+        poller = threading.Thread(target=lambda: result.append(store.acquire(1, 60)))
+        poller.start()
+        poller.join(timeout=1.0)
+        assert poller.is_alive() and not result, "acquire did not wait for the table's lock"
+        ruby.execute(sa.select(sa.func.release_lock(table_name)))
+        poller.join(timeout=10)
+    assert [[a.task.id for a in acquired] for acquired in result] == [["t1"]]
+
+
+def test_get_lock_mode_never_leases_a_task_twice(mysql_db: Database, table_name: str) -> None:
+    store = QueueStore(mysql_db, table_name, fair=False, lock="get_lock")
+    store.init()
+    store.submit_many([NewTask(f"t{i}", "x") for i in range(300)])
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def poll() -> None:
+        while acquired := store.acquire(5, 300):
+            with lock:
+                seen.extend(a.task.id for a in acquired)
+
+    pollers = [threading.Thread(target=poll) for _ in range(6)]
+    for p in pollers:
+        p.start()
+    for p in pollers:
+        p.join(timeout=60)
+    assert sorted(seen) == sorted(f"t{i}" for i in range(300))
+
+
+def test_a_lock_wait_timeout_is_retried_inside_the_store(mysql_db: Database, table_name: str) -> None:
+    store = QueueStore(mysql_db, table_name)
+    store.init()
+    store.submit(NewTask("t1", "x"))
+    tries: list[float] = []
+
+    def work(conn: sa.Connection) -> int:
+        tries.append(time.monotonic())
+        conn.execute(sa.text("SET SESSION innodb_lock_wait_timeout = 1"))
+        query = sa.update(store.table).where(store.table.c.id == "t1").values(max_running=7)
+        return int(conn.execute(query).rowcount)
+
+    with mysql_db.engine.connect() as other:
+        other.execute(sa.update(store.table).where(store.table.c.id == "t1").values(max_running=3))
+        releaser = threading.Timer(1.5, other.commit)  # hold the row lock past the first try's timeout
+        releaser.start()
+        try:
+            assert mysql_db.transaction(work) == 1
+        finally:
+            releaser.join()
+    assert len(tries) >= 2, "the lock-wait timeout was not retried"
+    assert store.get("t1").max_running == 7

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,12 +23,11 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from conftest import drop_table, require_mysql
-from servers import free_port, wait_ready
+from servers import service_process
 
 from perfectqueue.service.store import Database, QueueStore
 
 SERVICE_QUEUES = 3
-QUIET = ("--log-level", "warning")
 TARGETS = ["http-sqlite", "http-mysql", "rdb_compat-sqlite", "rdb_compat-mysql"]
 
 
@@ -52,28 +48,6 @@ def write_queues_config(path: Path, url: str, tables: dict[str, str], **settings
     queues = {name: {"table": table} for name, table in tables.items()}
     path.write_text(yaml.safe_dump({"url": url, "queues": queues, "auto_init": True, **settings}))
     return path
-
-
-@contextmanager
-def service_on_port(config: Path, port: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A real service process on a chosen port; its base url once ready, and the process."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "perfectqueue", "serve", "-c", str(config), "--port", str(port), *QUIET],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, proc)
-        yield base, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @dataclass
@@ -133,7 +107,7 @@ def open_target(name: str, directory: Path, **service_settings: Any) -> Iterator
             config = write_queues_config(
                 directory / "service.yml", url, dict(target.free), **service_settings
             )
-            with service_on_port(config, free_port()) as (base, _proc):
+            with service_process(config) as (base, _proc):
                 target.base = base
                 yield target
         else:

@@ -33,37 +33,8 @@ def write_config(path: Path, url: str, table: str, **settings: Any) -> Path:
 @contextmanager
 def running_service(config: Path, log: Path | None = None) -> Iterator[str]:
     """Start a service process with ``config``; yield its base url once it is ready."""
-    port = free_port()
-    out = open(log or os.devnull, "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "perfectqueue",
-            "serve",
-            "-c",
-            str(config),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, proc)
+    with service_process(config, log) as (base, _proc):
         yield base
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        out.close()
 
 
 def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -84,31 +55,33 @@ SERVE = [sys.executable, "-m", "perfectqueue", "serve"]
 
 
 @contextmanager
-def service_process(config: Path, log: Path | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """As :func:`running_service`, but also yield the process, for tests that signal it themselves.
+def service_process(
+    config: Path, log: Path | None = None, port: int | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real ``perfectqueue serve`` process (on ``port``, or a free one); its base url once it is
+    ready, and the process, for tests that signal it themselves.
 
     On leaving, a process still running gets SIGTERM (then SIGKILL after 30 s).
     """
-    port = free_port()
-    out = open(log or os.devnull, "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [*SERVE, "-c", str(config), "--port", str(port), "--log-level", "warning"],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, proc)
-        yield base, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        out.close()
+    port = port or free_port()
+    with open(log or os.devnull, "ab") as out:
+        proc = subprocess.Popen(
+            [*SERVE, "-c", str(config), "--port", str(port), "--log-level", "warning"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(base, proc)
+            yield base, proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 @contextmanager

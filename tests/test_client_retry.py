@@ -24,11 +24,10 @@ from sdk_support import (
     Proxy,
     Target,
     open_target,
-    service_on_port,
     wait_for,
     write_queues_config,
 )
-from servers import free_port, running_service, write_config
+from servers import free_port, running_service, service_process, write_config
 
 import perfectqueue
 from perfectqueue.errors import (
@@ -113,7 +112,7 @@ def test_calls_made_before_the_service_is_up_succeed_once_it_is(tmp_path: Path) 
     with ThreadPoolExecutor(3) as pool:
         futures = [pool.submit(call, client) for call in (_submit, _poll, _async_submit)]
         assert not any(f.done() for f in futures)
-        with service_on_port(service_config, port):
+        with service_process(service_config, port=port):
             assert [f.result(timeout=60) for f in futures] == ["sync-submit", "seeded", "async-submit"]
     db = Database(url)
     tasks = {t.id: t for t in QueueStore(db, "t_late").list().tasks}

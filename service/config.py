@@ -8,6 +8,7 @@ and ignored here, so one file serves the service and the workers.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
+from .security import ApiKey
 from .store import check_table_name, normalize_url
 from .store.model import MAX_DURATION
 from .store.schema import TABLE_NAME
@@ -45,6 +47,12 @@ WORKER_KEYS = frozenset(
 """Keys of the seed (and of the original's worker) that only the worker reads."""
 
 
+def check_url(value: str) -> str:
+    """A database url this service can use, else ConfigError."""
+    normalize_url(value)
+    return value
+
+
 class QueueSettings(BaseModel):
     """One named queue: its table, and what it overrides of the service-wide settings."""
 
@@ -63,12 +71,7 @@ class QueueSettings(BaseModel):
     def _table(cls, value: str | None) -> str | None:
         return None if value is None else check_table_name(value)
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        if value:  # empty: the service's url
-            normalize_url(value)
-        return value
+    _url = field_validator("url")(lambda value: check_url(value) if value else None)  # empty: the service's
 
 
 class Settings(BaseModel):
@@ -98,16 +101,17 @@ class Settings(BaseModel):
     poll_check_interval: float = Field(default=0.5, gt=0, le=60)
     shutdown_grace: float = Field(default=25.0, ge=0, le=3600)
 
+    api_keys: list[ApiKey] = Field(default_factory=list)  # none: no authentication (loopback only)
+    insecure: bool = False  # serve a non-loopback address without api_keys
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
+    max_data_bytes: int = Field(default=512 * 1024, ge=64, le=1024**3)
+
     @field_validator("table")
     @classmethod
     def _table(cls, value: str | None) -> str | None:
         return None if value is None else check_table_name(value)
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        normalize_url(value)
-        return value
+    _url = field_validator("url")(check_url)
 
     @model_validator(mode="after")
     def _queues(self) -> Settings:
@@ -122,6 +126,21 @@ class Settings(BaseModel):
             if queue.table is None and not TABLE_NAME.fullmatch(name):
                 raise ValueError(f"queue {name!r} needs a 'table': its name is not a valid table name")
             queue.table = queue.table or name
+        return self
+
+    @model_validator(mode="after")
+    def _keys(self) -> Settings:
+        names = [key.name for key in self.api_keys]
+        if len(set(names)) != len(names):
+            raise ValueError("api_keys: every key needs a name of its own")
+        if len({key.hash for key in self.api_keys}) != len(self.api_keys):
+            raise ValueError("api_keys: two keys have the same hash")
+        for key in self.api_keys:
+            unknown = sorted(set(key.queues or ()) - set(self.queues))
+            if unknown:
+                raise ValueError(f"api key {key.name!r} names undeclared queues: {', '.join(unknown)}")
+        if self.max_data_bytes > self.max_body_bytes:
+            raise ValueError("max_data_bytes must not be over max_body_bytes")
         return self
 
     def queue(self, name: str) -> ResolvedQueue:
@@ -166,8 +185,18 @@ def load_settings(
     for key in Settings.model_fields:
         if ENV_PREFIX + key.upper() in environ and key != "queues":
             values[key] = environ[ENV_PREFIX + key.upper()]
+    if isinstance(values.get("api_keys"), str):
+        values["api_keys"] = api_keys_from_json(values["api_keys"])
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return settings_from(values, str(path or "settings"))
+
+
+def api_keys_from_json(text: str) -> Any:
+    """PERFECTQUEUE_API_KEYS: a JSON list of keys (their hashes), as in the YAML file."""
+    try:
+        return json.loads(text) if text.strip() else []
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}API_KEYS is not valid JSON (a list of keys)") from None
 
 
 def settings_from(values: dict[str, Any], origin: str = "settings") -> Settings:

@@ -79,9 +79,18 @@ def drop_table(db: Database, table: str) -> None:
         conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
 
 
+def db_now(store: QueueStore) -> int:
+    """The database's clock, as the store sees it."""
+    with store.db.engine.connect() as conn:
+        return int(conn.execute(sa.select(store.db.now())).scalar_one())
+
+
+def set_timeout(store: QueueStore, task_id: str, timeout: int) -> None:
+    """Set a task's timeout directly: how tests move time for one task without waiting."""
+    with store.db.engine.begin() as conn:
+        conn.execute(sa.update(store.table).where(store.table.c.id == task_id).values(timeout=timeout))
+
+
 def expire_lease(store: QueueStore, task_id: str) -> None:
     """Move a running task's lease into the past: what waiting alive_time seconds would do."""
-    with store.db.engine.begin() as conn:
-        conn.execute(
-            sa.update(store.table).where(store.table.c.id == task_id).values(timeout=store.db.now() - 1)
-        )
+    set_timeout(store, task_id, db_now(store) - 1)

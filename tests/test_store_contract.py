@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import expire_lease
+from conftest import db_now, expire_lease, set_timeout
 
 from perfectqueue.errors import (
     AlreadyExistsError,
@@ -23,16 +23,6 @@ from perfectqueue.errors import (
 )
 from perfectqueue.service.store import NewTask, QueueStore, TaskStatus
 from perfectqueue.service.store.model import DELETE_OFFSET, EVENT_HORIZON, MAX_TIMESTAMP
-
-
-def db_now(store: QueueStore) -> int:
-    with store.db.engine.connect() as conn:
-        return int(conn.execute(sa.select(store.db.now())).scalar_one())
-
-
-def set_timeout(store: QueueStore, task_id: str, timeout: int) -> None:
-    with store.db.engine.begin() as conn:
-        conn.execute(sa.update(store.table).where(store.table.c.id == task_id).values(timeout=timeout))
 
 
 def raw_row(store: QueueStore, task_id: str) -> Any:

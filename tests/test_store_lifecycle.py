@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
+from conftest import db_now, set_timeout
 
 from perfectqueue.errors import (
     AlreadyFinishedError,
@@ -18,16 +19,6 @@ from perfectqueue.errors import (
 )
 from perfectqueue.service.store import Database, NewTask, QueueStore, TaskStatus
 from perfectqueue.service.store.model import DELETE_OFFSET
-
-
-def db_now(store: QueueStore) -> int:
-    with store.db.engine.connect() as conn:
-        return int(conn.execute(sa.select(store.db.now())).scalar_one())
-
-
-def set_timeout(store: QueueStore, task_id: str, timeout: int) -> None:
-    with store.db.engine.begin() as conn:
-        conn.execute(sa.update(store.table).where(store.table.c.id == task_id).values(timeout=timeout))
 
 
 def row_ids(store: QueueStore) -> set[str]:

@@ -102,8 +102,10 @@ def write_worker_config(path: Path, base: str, **settings: Any) -> Path:
 
 
 @contextmanager
-def worker_process(tmp_path: Path, config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m perfectqueue run pqworker:Dispatcher``; killed (group and all) on leaving."""
+def worker_process(
+    tmp_path: Path, config: Path, log: Path, extra: tuple[str, ...] = ()
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m perfectqueue run pqworker:Dispatcher [EXTRA…]``; killed (group and all) on leaving."""
     write_worker(tmp_path)
     out = open(log, "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -117,6 +119,7 @@ def worker_process(tmp_path: Path, config: Path, log: Path) -> Iterator[subproce
             str(tmp_path),
             "-c",
             str(config),
+            *extra,
         ],
         stdout=out,
         stderr=subprocess.STDOUT,

@@ -92,3 +92,21 @@ def test_a_recorded_quit_releases_the_task_of_a_thread(
         assert codes == [0]
         assert queue["long"].metadata().is_waiting()
     assert "event=release id=long" in supervisor_logs.text
+
+
+def test_a_recorded_detach_of_threads_leaves_after_detach_wait_releasing_their_task(
+    service: str, supervisor_logs: pytest.LogCaptureFixture
+) -> None:
+    done.clear()
+    with perfectqueue.open({"url": service, "queue": "q"}) as queue:
+        queue.submit("long", "record", {"sleep": 4})
+        supervisor, thread, codes = start(service, detach_wait=0.5)
+        wait_for(lambda: queue["long"].metadata().is_running(), what="the task to start")
+        detached = time.monotonic()
+        supervisor.signals.record(signal.SIGTTIN)
+        thread.join(timeout=10)
+        assert codes == [0]
+        assert 0.4 <= time.monotonic() - detached < 3  # detach_wait, not the task's 4 s
+        assert queue["long"].metadata().is_waiting()  # a thread cannot outlive its process: released
+    assert "event=detach " in supervisor_logs.text
+    assert "event=release id=long" in supervisor_logs.text

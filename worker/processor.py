@@ -1,12 +1,14 @@
 """A processor: the loop of one child (a forked process, or a thread of the supervisor).
 
     until a stop is requested (or max_request_per_child tasks were handled):
-        poll one task, long-polling up to poll_interval (so the interval applies only when the
-        queue is empty); run it under the task monitor
+        poll up to 1 + task_prefetch tasks, long-polling up to poll_interval (so the interval
+        applies only when the queue is empty); run them one after another under the task monitor,
+        which keeps every one of them leased while it waits its turn
 
-A graceful stop lets the task in hand finish and takes no more (a task that a poll returned after
-the stop was requested is released at once). An immediate stop releases the task in hand and
-ends the processor from the monitor thread (see :mod:`.task_monitor`).
+A graceful stop lets the running task finish and takes no more: the tasks in hand that have not
+started (prefetched, or returned by a poll after the stop was requested) are released at once.
+An immediate stop releases every task in hand and ends the processor from the monitor thread
+(see :mod:`.task_monitor`). A prefetched task preempted while it waited is skipped.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from .application import Base
 from .config import WorkerConfig
 from .runner import Runner
 from .signals import Signals
-from .task_monitor import TaskMonitor
+from .task import WorkerTask
+from .task_monitor import TaskMonitor, release
 
 log = logging.getLogger("perfectqueue.worker")
 OpenQueue = Callable[[dict[str, Any]], Queue]
@@ -56,41 +59,49 @@ class Processor:
         self.monitor.start()
         try:
             while not self.monitor.stopping() and not self._recycle():
-                task = self._acquire(queue)
-                if task is None:
-                    continue
-                if self.monitor.stopping():
-                    _release(task)
-                    break
-                self.runner.run(task)
-                self.handled += 1
+                self._run_batch([self.runner.wrap(task) for task in self._acquire(queue)])
         finally:
             self.monitor.stop()
             queue.close()
 
     def _recycle(self) -> bool:
-        limit = self.config.max_request_per_child
-        if limit is not None and self.handled >= limit:
+        if self._used_up():
             log.info("%s", logs.fields(event="recycle", handled=self.handled))
             return True
         return False
 
-    def _acquire(self, queue: Queue) -> AcquiredTask | None:
+    def _used_up(self) -> bool:
+        limit = self.config.max_request_per_child
+        return limit is not None and self.handled >= limit
+
+    def _run_batch(self, batch: list[WorkerTask]) -> None:
+        """Run the tasks of one poll in order; release those a stop leaves unstarted."""
+        self.monitor.hold(batch)
+        try:
+            for index, task in enumerate(batch):
+                if self.monitor.stopping() or self._used_up():
+                    for unstarted in batch[index:]:
+                        if unstarted.in_hand:
+                            release(unstarted, "not started")
+                    return
+                if not task.in_hand:  # preempted while it waited its turn
+                    continue
+                self.runner.run(task)
+                self.handled += 1
+        finally:
+            self.monitor.hold([])
+
+    def _acquire(self, queue: Queue) -> list[AcquiredTask]:
         started = time.monotonic()
         interval = self.config.poll_interval
+        count = 1 + self.config.task_prefetch
+        if self.config.max_request_per_child is not None:  # acquire no more than it will run
+            count = max(1, min(count, self.config.max_request_per_child - self.handled))
         try:
-            tasks = queue.poll_multi(max=1, alive_time=self.config.alive_time, wait=interval)
+            tasks = queue.poll_multi(max=count, alive_time=self.config.alive_time, wait=interval)
         except PerfectQueueError as exc:
             log.warning("%s", logs.fields(event="poll_failed", error=f"{type(exc).__name__}: {exc}"))
             tasks = []
         if not tasks:  # a backend without long-polls, or an error: wait out the interval here
             self.monitor.signals.wait(interval - (time.monotonic() - started))
-            return None
-        return tasks[0]
-
-
-def _release(task: AcquiredTask) -> None:
-    try:
-        task.release()
-    except PerfectQueueError as exc:
-        log.warning("%s", logs.fields(event="release_failed", id=task.key, error=exc))
+        return list(tasks)

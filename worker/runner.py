@@ -32,9 +32,14 @@ class Runner:
     def __init__(self, application: type[Base], monitor: TaskMonitor, config: WorkerConfig) -> None:
         self.application, self.monitor, self.config = application, monitor, config
 
-    def run(self, acquired: AcquiredTask) -> WorkerTask:
+    def wrap(self, acquired: AcquiredTask) -> WorkerTask:
         config = self.config
-        task = WorkerTask(acquired, config.retry_wait, config.alive_time, config.raw)
+        return WorkerTask(acquired, config.retry_wait, config.alive_time, config.raw)
+
+    def run(self, acquired: AcquiredTask) -> WorkerTask:
+        """Run ``acquired`` (already wrapped by :meth:`wrap` when prefetched) and settle it."""
+        task = acquired if isinstance(acquired, WorkerTask) else self.wrap(acquired)
+        task.started = time.monotonic()
         log.info("%s", logs.fields(event="start", id=task.key, type=task.type))
         self.monitor.set_task(task)
         try:

@@ -23,8 +23,9 @@ SUPERVISOR_SIGNALS = (
     signal.SIGUSR2,
     signal.SIGWINCH,
     signal.SIGCONT,
+    signal.SIGTTIN,
 )
-CHILD_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR2)
+CHILD_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR2, signal.SIGTTIN)
 CHILD_IGNORED = (signal.SIGUSR1, signal.SIGHUP, signal.SIGWINCH)
 """A child leaves restarts and binary replaces to its supervisor (a shell's ``kill -HUP -PGID``
 reaches every process of the group)."""

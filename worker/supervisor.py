@@ -9,6 +9,8 @@
 | USR2    | reopen the log file (here and in every child) |
 | WINCH   | immediate binary replace: start the same command line again, stop immediately |
 | CONT    | graceful binary replace: start the same command line again, stop gracefully |
+| TTIN    | detach (live restart): stop gracefully, and exit after ``detach_wait`` at most, leaving |
+|         | forked children to finish their task on their own so a new worker can start meanwhile |
 
 Signal handlers only record (:mod:`.signals`); :meth:`Supervisor.step` acts, so a test can drive
 it. Each step also reads the children's heartbeats, kills a child silent for longer than
@@ -45,6 +47,7 @@ ACTIONS: dict[int, tuple[str, str]] = {
     signal.SIGHUP: ("restart", "immediate"),
     signal.SIGWINCH: ("replace", "immediate"),
     signal.SIGCONT: ("replace", "graceful"),
+    signal.SIGTTIN: ("detach", "graceful"),
 }
 
 
@@ -68,13 +71,17 @@ class Supervisor:
         self.slots = [Slot(n) for n in range(1, self.config.processors + 1)]
         self.stopping: str | None = None
         self.replaced_pid: int | None = None
+        self.detach_deadline: float | None = None
 
     def run(self) -> int:
-        """Run until stopped; 0 after a clean stop."""
+        """Run until stopped (or detached); 0 after a clean stop."""
         log.info("%s", logs.fields(event="supervisor_start", application=self.application.__name__))
         try:
             while not self.finished:
                 self.step()
+                if self.detached:
+                    self._leave_children()
+                    break
                 self.signals.wait(TICK)
         finally:
             self._abort()
@@ -84,6 +91,13 @@ class Supervisor:
     @property
     def finished(self) -> bool:
         return self.stopping is not None and all(slot.child is None for slot in self.slots)
+
+    @property
+    def detached(self) -> bool:
+        """Detaching, and ``detach_wait`` is over: the supervisor leaves its children behind."""
+        if self.detach_deadline is None or self.stopping == "immediate":
+            return False  # an immediate stop during the wait is seen through to the end
+        return time.monotonic() >= self.detach_deadline
 
     def step(self) -> None:
         for signum in self.signals.take():
@@ -102,6 +116,8 @@ class Supervisor:
             self.stop(mode)
         elif action == "restart":
             self.restart(mode)
+        elif action == "detach":
+            self.detach()
         else:
             self.replace(mode)
 
@@ -112,6 +128,23 @@ class Supervisor:
         for slot in self.slots:
             if slot.child is not None:
                 slot.child.start_killing(mode)
+
+    def detach(self) -> None:
+        """Stop gracefully, and leave after ``detach_wait`` even if children are still working.
+
+        Forked children are told (SIGTTIN) that they are detached: they finish their task in hand
+        and exit, and no longer stop when their supervisor is gone. The process that started the
+        worker ends within ``detach_wait``, so a new worker can be started while they finish.
+        """
+        if self.detach_deadline is not None or self.stopping == "immediate":
+            return
+        self.detach_deadline = time.monotonic() + self.config.detach_wait
+        log.info("%s", logs.fields(event="detach", wait=self.config.detach_wait))
+        for slot in self.slots:
+            if slot.child is not None:
+                slot.child.send(signal.SIGTTIN)
+        if self.stopping is None:
+            self.stop("graceful")
 
     def restart(self, mode: str) -> None:
         if self.stopping:
@@ -203,6 +236,14 @@ class Supervisor:
         for slot in self.slots:
             if slot.child is not None:
                 slot.child.send(signal.SIGUSR2)
+
+    def _leave_children(self) -> None:
+        """Detached: forked children carry on alone; threads cannot, so their tasks are released."""
+        for slot in self.slots:
+            child = slot.child
+            if isinstance(child, ForkedChild):
+                log.info("%s", logs.fields(event="detached", processor=slot.number, child=child))
+                slot.child = None
 
     def _abort(self) -> None:
         """Leaving abnormally (an exception in the loop): stop the children immediately."""

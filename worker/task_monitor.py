@@ -1,11 +1,13 @@
-"""A processor's second thread: it keeps the task in hand leased and the supervisor informed.
+"""A processor's second thread: it keeps the tasks in hand leased and the supervisor informed.
 
-Every ``task_heartbeat_interval`` it extends the lease of the task in hand by ``alive_time``; a
-heartbeat answered Preempted (or the task gone or finished by someone else) marks the task
-preempted and heart-beating stops. Every ``child_heartbeat_interval`` it tells the supervisor the
-processor is alive. It is also the loop that acts on the processor's recorded signals:
-TERM/INT ask for a graceful stop (the main loop takes no more tasks), QUIT for an immediate one
-(the task in hand is released, then ``on_immediate_stop`` runs), USR2 reopens the log.
+Every ``task_heartbeat_interval`` it extends by ``alive_time`` the lease of the task running and
+of the tasks prefetched (``task_prefetch``) and waiting their turn; a heartbeat answered Preempted
+(or the task gone or finished by someone else) marks that task preempted and heart-beating it
+stops. Every ``child_heartbeat_interval`` it tells the supervisor the processor is alive. It is
+also the loop that acts on the processor's recorded signals: TERM/INT ask for a graceful stop
+(the main loop takes no more tasks), TTIN for a detached graceful stop (the same, and the
+processor carries on when its supervisor exits), QUIT for an immediate one (every task in hand is
+released, then ``on_immediate_stop`` runs), USR2 reopens the log.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ class TaskMonitor:
         self.child_heartbeat, self.on_immediate_stop = child_heartbeat, on_immediate_stop
         self.graceful = threading.Event()
         self.immediate = threading.Event()
+        self.detached = False
         self._task: WorkerTask | None = None
+        self._held: list[WorkerTask] = []
+        self._lock = threading.Lock()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="perfectqueue-task-monitor", daemon=True)
 
@@ -56,7 +61,22 @@ class TaskMonitor:
             self._thread.join()
 
     def set_task(self, task: WorkerTask | None) -> None:
+        """The task running now (cancelled on an immediate stop), or None between tasks."""
         self._task = task
+
+    def hold(self, tasks: list[WorkerTask]) -> None:
+        """The tasks in hand, running or waiting their turn: heart-beaten, released on an immediate stop."""
+        with self._lock:
+            self._held = list(tasks)
+
+    def in_hand(self) -> list[WorkerTask]:
+        """The running task and the held ones that are still this processor's."""
+        running = self._task
+        with self._lock:
+            tasks = list(self._held)
+        if running is not None and running not in tasks:
+            tasks.insert(0, running)
+        return [task for task in tasks if task.in_hand]
 
     def _run(self) -> None:
         next_child = next_task = time.monotonic()
@@ -76,7 +96,10 @@ class TaskMonitor:
 
     def _act_on_signals(self) -> None:
         for signum in self.signals.take():
-            if signum in (signal.SIGTERM, signal.SIGINT):
+            if signum == signal.SIGTTIN:
+                self.detached = True  # the supervisor leaves after detach_wait: do not follow it
+                self.graceful.set()
+            elif signum in (signal.SIGTERM, signal.SIGINT):
                 self.graceful.set()  # repeated every child_kill_interval: escalation is the supervisor's
             elif signum == signal.SIGQUIT:
                 self.immediate.set()
@@ -87,13 +110,16 @@ class TaskMonitor:
         try:
             self.child_heartbeat()
         except OSError:
+            if self.detached:
+                return  # detached: finish the task in hand without the supervisor
             log.error("the supervisor is gone; stopping immediately")
             self.immediate.set()
 
     def _beat_task(self) -> None:
-        task = self._task
-        if task is None or not task.in_hand:
-            return
+        for task in self.in_hand():
+            self._beat_one(task)
+
+    def _beat_one(self, task: WorkerTask) -> None:
         try:
             task.heartbeat()
         except (PreemptedError, NotFoundError, TaskError) as exc:
@@ -104,12 +130,18 @@ class TaskMonitor:
             log.warning("%s", logs.fields(event="heartbeat_failed", id=task.key, error=exc))
 
     def _stop_immediately(self) -> None:
-        task = self._task
-        if task is not None and task.in_hand:
-            try:
-                task.release()
-                log.info("%s", logs.fields(event="release", id=task.key, type=task.type, reason="immediate"))
-            except PerfectQueueError as exc:
-                log.warning("%s", logs.fields(event="release_failed", id=task.key, error=exc))
-            task.cancelled.set()
+        running = self._task
+        for task in self.in_hand():
+            release(task, "immediate")
+        if running is not None:
+            running.cancelled.set()
         self.on_immediate_stop()
+
+
+def release(task: WorkerTask, reason: str) -> None:
+    """Give ``task`` back to the queue (deliverable again at once), logging a failure to do so."""
+    try:
+        task.release()
+        log.info("%s", logs.fields(event="release", id=task.key, type=task.type, reason=reason))
+    except PerfectQueueError as exc:
+        log.warning("%s", logs.fields(event="release_failed", id=task.key, error=exc))

@@ -19,7 +19,9 @@ from .. import __version__
 from ..errors import PerfectQueueError
 from . import problems, routes
 from .config import ResolvedQueue, Settings
+from .limits import BodyLimit
 from .longpoll import LongPoll
+from .security import Authentication
 from .store import Database, PoolOptions, QueueStore
 
 log = logging.getLogger("perfectqueue.service")
@@ -118,6 +120,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.runtime = runtime
     problems.install(app)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(Authentication, keys=settings.api_keys)  # the outer: no key, no body read
     app.include_router(routes.health)
     app.include_router(routes.router)
     return app

@@ -19,12 +19,18 @@ RETRY_AFTER_SECONDS = 1
 HTTP_CODES = {404: "unknown_endpoint", 405: "method_not_allowed", 400: "bad_request"}
 
 
-def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> JSONResponse:
+def problem(
+    status: int, code: str, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     body = {"type": f"urn:perfectqueue:problem:{code}", "title": title, "status": status, "detail": detail}
     body["code"] = code
     body.update({k: v for k, v in extra.items() if v is not None})
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
-    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+    headers = dict(headers or {})
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers or None)
 
 
 def error_problem(exc: PerfectQueueError) -> JSONResponse:

@@ -9,6 +9,8 @@ from fastapi.responses import JSONResponse
 
 from ..errors import InvalidError, PerfectQueueError, UnknownQueueError
 from . import models as m
+from .limits import check_data_size
+from .security import key_of, require
 from .store import NewTask, TaskStatus
 from .store.queue import MAX_LEASE
 
@@ -25,8 +27,14 @@ router = APIRouter(prefix="/v1", tags=["queue"])
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the problem responses an operation can give."""
-    return {status: PROBLEM for status in (*statuses, 422, 503)}
+    """OpenAPI entries for the problem responses an operation can give (every /v1 one needs a key)."""
+    return {status: PROBLEM for status in sorted({*statuses, 401, 403, 413, 422, 503})}
+
+
+SUBMIT = [require("submit")]
+WORK = [require("work")]
+ADMIN = [require("admin")]
+ANY = [require("submit", "work", "admin")]  # one task's status: producers and workers may read it
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -54,6 +62,10 @@ def lease_of(value: str) -> int:
 
 def new_task(body: m.SubmitRequest) -> NewTask:
     return NewTask(**body.model_dump())
+
+
+def max_data(runtime: Runtime) -> int:
+    return runtime.settings.max_data_bytes
 
 
 # -- health ----------------------------------------------------------------------------------
@@ -85,11 +97,18 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
 
 
 @router.get(
-    "/queues", operation_id="listQueues", summary="Every declared queue with its counts", responses=problems()
+    "/queues",
+    operation_id="listQueues",
+    dependencies=ADMIN,
+    summary="Every declared queue with its counts",
+    responses=problems(),
 )
-async def list_queues(runtime: RuntimeDep) -> m.QueueList:
+async def list_queues(runtime: RuntimeDep, request: Request) -> m.QueueList:
+    key = key_of(request)
     infos = []
     for name, queue in runtime.queues.items():
+        if key is not None and not key.allows("admin", name):
+            continue
         counts = await runtime.run(queue.store.counts)
         infos.append(
             m.QueueInfo(name=name, waiting=counts.waiting, running=counts.running, finished=counts.finished)
@@ -97,7 +116,13 @@ async def list_queues(runtime: RuntimeDep) -> m.QueueList:
     return m.QueueList(queues=infos)
 
 
-@router.get("/queues/{queue}", operation_id="getQueue", summary="One queue's counts", responses=problems(404))
+@router.get(
+    "/queues/{queue}",
+    operation_id="getQueue",
+    dependencies=ADMIN,
+    summary="One queue's counts",
+    responses=problems(404),
+)
 async def get_queue(queue: QueueDep, runtime: RuntimeDep) -> m.QueueInfo:
     counts = await runtime.run(queue.store.counts)
     return m.QueueInfo(
@@ -111,11 +136,13 @@ async def get_queue(queue: QueueDep, runtime: RuntimeDep) -> m.QueueInfo:
 @router.post(
     "/queues/{queue}/submit",
     operation_id="submitTask",
+    dependencies=SUBMIT,
     summary="Submit one task",
     status_code=201,
     responses=problems(404, 409),
 )
 async def submit(body: m.SubmitRequest, queue: QueueDep, runtime: RuntimeDep) -> m.Submitted:
+    check_data_size(body.data, max_data(runtime))
     await runtime.run(queue.store.submit, new_task(body))
     queue.longpoll.notify()
     return m.Submitted(id=body.id)
@@ -124,10 +151,13 @@ async def submit(body: m.SubmitRequest, queue: QueueDep, runtime: RuntimeDep) ->
 @router.post(
     "/queues/{queue}/submit-batch",
     operation_id="submitTasks",
+    dependencies=SUBMIT,
     summary="Submit up to 1,000 tasks; per-task results",
     responses=problems(404),
 )
 async def submit_batch(body: m.SubmitBatchRequest, queue: QueueDep, runtime: RuntimeDep) -> m.BatchResult:
+    for index, item in enumerate(body.tasks):
+        check_data_size(item.data, max_data(runtime), f"tasks[{index}].data")
     tasks: list[NewTask] = []
     failed: list[m.Failure] = []
     for item in body.tasks:
@@ -152,6 +182,7 @@ async def submit_batch(body: m.SubmitBatchRequest, queue: QueueDep, runtime: Run
 @router.post(
     "/queues/{queue}/poll",
     operation_id="pollTasks",
+    dependencies=WORK,
     summary="Lease up to `max` waiting tasks, waiting up to `wait` seconds for one",
     responses=problems(404),
 )
@@ -170,12 +201,14 @@ async def poll(body: m.PollRequest, queue: QueueDep, runtime: RuntimeDep, reques
 @router.post(
     "/queues/{queue}/heartbeat",
     operation_id="heartbeatTask",
+    dependencies=WORK,
     summary="Extend a lease, optionally replacing the task's data",
     responses=problems(404, 409),
     status_code=204,
     response_class=Response,
 )
 async def heartbeat(body: m.HeartbeatRequest, queue: QueueDep, runtime: RuntimeDep) -> Response:
+    check_data_size(body.data, max_data(runtime))
     alive_time = body.alive_time or queue.settings.alive_time
     await runtime.run(queue.store.heartbeat, body.id, lease_of(body.lease), alive_time, body.data)
     return Response(status_code=204)
@@ -184,6 +217,7 @@ async def heartbeat(body: m.HeartbeatRequest, queue: QueueDep, runtime: RuntimeD
 @router.post(
     "/queues/{queue}/finish",
     operation_id="finishTask",
+    dependencies=WORK,
     summary="Finish a leased task",
     responses=problems(404, 409),
     status_code=204,
@@ -197,6 +231,7 @@ async def finish(body: m.LeaseRequest, queue: QueueDep, runtime: RuntimeDep) -> 
 @router.post(
     "/queues/{queue}/finish-batch",
     operation_id="finishTasks",
+    dependencies=WORK,
     summary="Finish up to 1,000 leased tasks; per-task results",
     responses=problems(404),
 )
@@ -216,6 +251,7 @@ async def finish_batch(body: m.FinishBatchRequest, queue: QueueDep, runtime: Run
 @router.post(
     "/queues/{queue}/retry",
     operation_id="retryTask",
+    dependencies=WORK,
     summary="Give a leased task back, to be delivered again after `retry_wait` seconds",
     responses=problems(404, 409),
     status_code=204,
@@ -232,6 +268,7 @@ async def retry(body: m.RetryRequest, queue: QueueDep, runtime: RuntimeDep) -> R
 @router.post(
     "/queues/{queue}/release",
     operation_id="releaseTask",
+    dependencies=WORK,
     summary="Give a leased task back, deliverable at once",
     responses=problems(404, 409),
     status_code=204,
@@ -246,6 +283,7 @@ async def release(body: m.LeaseRequest, queue: QueueDep, runtime: RuntimeDep) ->
 @router.post(
     "/queues/{queue}/force-finish",
     operation_id="forceFinishTask",
+    dependencies=ADMIN,
     summary="Finish a task regardless of any lease (operator)",
     responses=problems(404, 409),
     status_code=204,
@@ -262,6 +300,7 @@ async def force_finish(body: m.ForceFinishRequest, queue: QueueDep, runtime: Run
 @router.get(
     "/queues/{queue}/tasks",
     operation_id="listTasks",
+    dependencies=ADMIN,
     summary="Tasks in id order, filtered, one page at a time",
     responses=problems(404),
 )
@@ -283,6 +322,7 @@ async def list_tasks(
 @router.get(
     "/queues/{queue}/tasks/{task_id:path}",
     operation_id="getTask",
+    dependencies=ANY,
     summary="One task",
     responses=problems(404),
 )

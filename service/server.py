@@ -11,6 +11,7 @@ import uvicorn
 
 from .app import Runtime, create_app
 from .config import Settings
+from .security import check_exposure
 
 log = logging.getLogger("perfectqueue.service")
 
@@ -40,7 +41,8 @@ class Server(uvicorn.Server):
 
 
 def serve(settings: Settings, log_level: str = "info") -> None:
-    """Serve until stopped by SIGTERM or SIGINT."""
+    """Serve until stopped by SIGTERM or SIGINT (refused on a public address without keys)."""
+    check_exposure(settings)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -34,7 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow serving a non-loopback address without api_keys (no authentication at all)",
+    )
     serve.set_defaults(command=_serve)
+
+    keygen = commands.add_parser("keygen", help="print a new random API key and its settings entry (hash)")
+    keygen.add_argument("--name", default="client", help="the key's name in the settings and in logs")
+    keygen.add_argument(
+        "--scope",
+        action="append",
+        choices=["submit", "work", "admin"],
+        help="a scope of the key (repeat for several; default: submit and work)",
+    )
+    keygen.add_argument("--queue", action="append", help="limit the key to this queue (repeat; default: all)")
+    keygen.set_defaults(command=_keygen)
 
     init = commands.add_parser("init", help="create each queue's table, or add what it lacks (idempotent)")
     _config_options(init)
@@ -70,7 +87,26 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Any:
 def _serve(args: argparse.Namespace) -> int:
     from .service.server import serve
 
-    serve(_settings(args, host=args.host, port=args.port), log_level=args.log_level)
+    settings = _settings(args, host=args.host, port=args.port, insecure=args.insecure)
+    serve(settings, log_level=args.log_level)
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from .service.security import hash_key, new_key
+
+    key = new_key()
+    entry: dict[str, Any] = {
+        "name": args.name,
+        "hash": hash_key(key),
+        "scopes": args.scope or ["submit", "work"],
+    }
+    if args.queue:
+        entry["queues"] = args.queue
+    print(f"key: {key}")
+    print("# give the key to its client (its `token`); only the hash goes into the settings:")
+    print("api_keys:")
+    print(f"  - {json.dumps(entry)}")
     return 0
 
 

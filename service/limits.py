@@ -1,0 +1,108 @@
+"""Size limits: the request body (counted as it arrives, before anything parses it) and task data."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import InvalidError, TooLargeError
+from . import problems
+
+
+class BodyLimit:
+    """Pure ASGI: a request body over ``limit`` bytes is answered 413 ``too_large`` unread.
+
+    A declared Content-Length over the limit is refused at once; otherwise the body is read here,
+    counting bytes as they arrive (a chunked body has no Content-Length), and replayed to the app,
+    so that nothing downstream ever parses a body over the limit.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = declared_length(scope)
+        if declared is not None and declared > self.limit:
+            await self.too_large()(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client is gone
+                return
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self.too_large()(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, replay(b"".join(chunks), receive), send)
+
+    def too_large(self) -> Any:
+        detail = f"the request body is over the limit of {self.limit} bytes (max_body_bytes)"
+        return problems.problem(413, "too_large", "The request or a part of it is over a size limit.", detail)
+
+
+def declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives the body read already, then what the client sends next (a disconnect)."""
+    sent = False
+
+    async def again() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return again
+
+
+MAX_DEPTH = 64
+"""How deeply task data may nest (objects and arrays): deeper data could be stored but not read back."""
+
+
+def check_data_size(data: dict[str, Any] | None, limit: int, what: str = "data") -> None:
+    """Task data must nest at most MAX_DEPTH deep (422) and encode (as it is stored: compact UTF-8
+    JSON) in at most ``limit`` bytes (413)."""
+    if data is None:
+        return
+    if depth(data) > MAX_DEPTH:
+        raise InvalidError(f"{what} is nested more than {MAX_DEPTH} levels deep")
+    try:
+        size = len(
+            json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        )
+    except (ValueError, TypeError, RecursionError):
+        return  # not storable at all: the store's own check says why (422)
+    if size > limit:
+        raise TooLargeError(f"{what} is {size} bytes, over the limit of {limit} bytes (max_data_bytes)")
+
+
+def depth(value: Any) -> int:
+    """How deeply objects and arrays nest in ``value`` (iterative: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest

@@ -1,0 +1,176 @@
+"""API keys: who is calling (an ASGI middleware) and what that key may do (a route dependency).
+
+Keys are configured as hashes only (``sha256:<hex>`` of a high-entropy random key, as
+``perfectqueue keygen`` prints them). A presented key is hashed and compared with every
+configured hash by ``hmac.compare_digest``, all of them every time, so neither the comparison nor
+the number of comparisons depends on how much of a hash matched. A key's ``name`` may be logged;
+the key itself and its hash never are, and no error body repeats what the caller sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import re
+import secrets
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..errors import ConfigError, ForbiddenError, UnauthorizedError
+from . import problems
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+log = logging.getLogger("perfectqueue.service")
+
+Scope_ = Literal["submit", "work", "admin"]
+HASH = re.compile(r"sha256:[0-9a-f]{64}")
+KEY_PREFIX = "pq_"
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+"""Paths that need no key: the health probes, and the API's own description (it holds no data)."""
+IDENTITY = "perfectqueue.api_key"
+
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiKey",
+    description="An API key of the service (`perfectqueue keygen`), sent as `Authorization: Bearer <key>`. "
+    "Needed on every endpoint but /livez and /readyz once the service has keys configured.",
+)
+
+
+class ApiKey(BaseModel):
+    """One configured key: its name (for logs), the hash of the key, its scopes and queues."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+    hash: str
+    scopes: list[Scope_] = Field(min_length=1)
+    queues: list[str] | None = Field(default=None, min_length=1)  # None: every queue
+
+    @field_validator("hash")
+    @classmethod
+    def _hash(cls, value: str) -> str:
+        if not HASH.fullmatch(value.strip().lower()):  # the value is never repeated: it may be a key
+            raise ValueError("must be 'sha256:' and 64 hex digits (perfectqueue keygen prints one)")
+        return value.strip().lower()
+
+    def allows(self, scope: str, queue: str | None) -> bool:
+        return scope in self.scopes and (queue is None or self.queues is None or queue in self.queues)
+
+
+def hash_key(key: str) -> str:
+    """The settings form of a key: ``sha256:<hex>``."""
+    return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def new_key() -> str:
+    """A new random key: 256 bits from the OS's CSPRNG."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def find_key(keys: list[ApiKey], presented: str) -> ApiKey | None:
+    """The configured key whose hash is the presented key's, compared in constant time."""
+    digest = hash_key(presented).encode("ascii")
+    found = None
+    for key in keys:
+        if hmac.compare_digest(digest, key.hash.encode("ascii")):
+            found = key
+    return found
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve a non-loopback address without keys unless told ``insecure``; warn if told."""
+    if settings.api_keys or is_loopback(settings.host):
+        return
+    if not settings.insecure:
+        raise ConfigError(
+            f"refusing to serve on {settings.host} without api_keys: configure api_keys "
+            "(perfectqueue keygen), or pass --insecure (insecure: true) to serve without authentication"
+        )
+    log.warning(
+        "serving on %s WITHOUT authentication (insecure): anyone who reaches it can submit, take and "
+        "finish tasks",
+        settings.host,
+    )
+
+
+class Authentication:
+    """Pure ASGI: once keys are configured, every request but the open paths needs a valid key.
+
+    The key found is put in the scope for :func:`require`; a request without one is answered 401
+    before its body is read.
+    """
+
+    def __init__(self, app: ASGIApp, keys: list[ApiKey]) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        key = find_key(self.keys, presented_key(scope) or "")
+        if key is None:
+            log.info("%s %s refused: no valid API key", scope["method"], scope["path"])
+            await unauthorized()(scope, receive, send)
+            return
+        scope[IDENTITY] = key
+        await self.app(scope, receive, send)
+
+
+def presented_key(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+def unauthorized() -> Any:
+    detail = "this endpoint needs an API key: send 'Authorization: Bearer <key>'"
+    return problems.problem(401, "unauthorized", "No valid credentials.", detail)
+
+
+def require(*scopes: Scope_) -> Any:
+    """A dependency: the caller's key has one of ``scopes`` (for the path's queue, if it names one)."""
+
+    async def check(
+        request: Request, _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+    ) -> None:
+        if not request.app.state.runtime.settings.api_keys:
+            return
+        key: ApiKey | None = request.scope.get(IDENTITY)
+        if key is None:  # the middleware answers first; this holds if it were ever left out
+            raise UnauthorizedError("this endpoint needs an API key: send 'Authorization: Bearer <key>'")
+        queue = request.path_params.get("queue")
+        if not any(key.allows(scope, queue) for scope in scopes):
+            log.info(
+                "%s %s refused: key %r lacks scope %s", request.method, request.url.path, key.name, scopes
+            )
+            needed = " or ".join(repr(scope) for scope in scopes)
+            where = f" on queue {queue!r}" if queue is not None and set(scopes) & set(key.scopes) else ""
+            raise ForbiddenError(f"the API key {key.name!r} does not have the scope {needed}{where}")
+
+    return Depends(check)
+
+
+def key_of(request: Request) -> ApiKey | None:
+    key: ApiKey | None = request.scope.get(IDENTITY)
+    return key

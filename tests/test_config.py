@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import yaml
 from conftest import require_mysql
 
 from perfectqueue.errors import ConfigError
@@ -393,3 +394,12 @@ def test_a_queue_whose_name_is_no_table_name_must_name_its_table() -> None:
     assert (
         settings_from({"queues": {"mail-out": {"table": "mail_out"}}}).queue("mail-out").table == "mail_out"
     )
+
+
+def test_the_readmes_example_settings_load() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    settings = settings_from(yaml.safe_load(block)["production"])
+    assert sorted(settings.queues) == ["mails", "reports"]
+    assert settings.queue("reports").alive_time == 900
+    assert not settings.queue("reports").fair

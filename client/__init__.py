@@ -76,6 +76,7 @@ def _http_options(settings: dict[str, Any]) -> dict[str, Any]:
         "token": settings.get("token"),
         "timeout": float(timeout),
         "backoff": Backoff(retries=retries),
+        "transport": settings.get("transport"),  # an httpx transport, e.g. httpx.ASGITransport(app)
     }
 
 

@@ -118,9 +118,18 @@ def client_options(url: str, token: str | None, timeout: float) -> dict[str, Any
 class HttpBackend:
     """Synchronous HTTP backend (one connection pool per queue object)."""
 
-    def __init__(self, url: str, queue: str, token: str | None, timeout: float, backoff: Backoff) -> None:
+    def __init__(
+        self,
+        url: str,
+        queue: str,
+        token: str | None,
+        timeout: float,
+        backoff: Backoff,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.queue, self.timeout, self.backoff = queue, timeout, backoff
-        self.client = httpx.Client(**client_options(url, token, timeout))
+        self.client = httpx.Client(**client_options(url, token, timeout), transport=transport)
 
     def execute(self, call: Call) -> Any:
         request, attempt = Request(call, self.queue), 0
@@ -150,9 +159,18 @@ class HttpBackend:
 class AsyncHttpBackend:
     """The asyncio twin of :class:`HttpBackend`."""
 
-    def __init__(self, url: str, queue: str, token: str | None, timeout: float, backoff: Backoff) -> None:
+    def __init__(
+        self,
+        url: str,
+        queue: str,
+        token: str | None,
+        timeout: float,
+        backoff: Backoff,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.queue, self.timeout, self.backoff = queue, timeout, backoff
-        self.client = httpx.AsyncClient(**client_options(url, token, timeout))
+        self.client = httpx.AsyncClient(**client_options(url, token, timeout), transport=transport)
 
     async def execute(self, call: Call) -> Any:
         request, attempt = Request(call, self.queue), 0

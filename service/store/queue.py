@@ -22,7 +22,7 @@ from ...errors import (
     PerfectQueueError,
     PreemptedError,
 )
-from . import fair
+from .acquire import Acquisition
 from .codec import decode_data, encode_data
 from .database import Database
 from .model import (
@@ -37,10 +37,9 @@ from .model import (
     check_int,
     check_name,
 )
-from .schema import build_table, init_table, resource_index, timeout_index
+from .schema import build_table, init_table
 
 MAX_LEASE = 2**63 - 1
-FAIR_ROUNDS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +84,7 @@ class QueueStore:
         self.fair = fair
         self.lock = lock
         self._t = self.table.c
-        self._resource_indexed = False  # known once seen: a table the original created lacks it
+        self._acquisition = Acquisition(db, self.table, fair=fair, lock=lock)
 
     # -- schema ----------------------------------------------------------------------------
 
@@ -159,11 +158,7 @@ class QueueStore:
 
         def work(conn: Connection) -> list[AcquiredTask]:
             now = conn.execute(sa.select(self.db.now())).scalar_one()
-            rows = (
-                self._fair_rows(conn, now, max_tasks)
-                if self.fair
-                else self._oldest_rows(conn, now, max_tasks)
-            )
+            rows = self._acquisition.rows(conn, now, max_tasks)
             if not rows:
                 return []
             timeout = now + alive_time
@@ -174,143 +169,7 @@ class QueueStore:
             )
             return [AcquiredTask(self._task(r, now, timeout=timeout), lease) for r in rows]
 
-        return self.db.transaction(work, lock=self._lock_name())
-
-    def _lock_name(self) -> str | None:
-        """The named lock acquisition takes on MySQL, if this mode needs one.
-
-        Fair acquisition plans from running counts, so it must see every earlier acquisition
-        committed: it serialises on the original's ``GET_LOCK('<table>')``, as ``get_lock`` mode
-        (or a server without SKIP LOCKED) does for all acquisitions.
-        """
-        if self.db.is_sqlite:
-            return None  # BEGIN IMMEDIATE already serialises writers
-        if self.fair or self.lock == "get_lock" or not self.db.supports_skip_locked():
-            return self.table.name
-        return None
-
-    def _lock_rows(self, query: sa.Select[Any], skip_locked: bool = False) -> sa.Select[Any]:
-        """Row locks on what acquisition read, so no concurrent change is overwritten."""
-        if self.db.is_sqlite:
-            return query
-        return query.with_for_update(skip_locked=skip_locked)
-
-    def _waiting(self, now: int) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            self._t.timeout > EVENT_HORIZON, self._t.timeout <= now, self._t.created_at.is_not(None)
-        )
-
-    def _oldest_rows(self, conn: Connection, now: int, limit: int) -> Sequence[Row[Any]]:
-        query = (
-            sa.select(self.table)
-            .where(self._waiting(now))
-            .order_by(self._t.timeout)
-            .limit(limit)
-            .with_hint(self.table, f"FORCE INDEX ({timeout_index(self.table.name)})", "mysql")
-        )
-        return conn.execute(self._lock_rows(query, skip_locked=self._lock_name() is None)).all()
-
-    def _fair_rows(self, conn: Connection, now: int, limit: int) -> list[Row[Any]]:
-        running = self._running_by_user(conn, now)
-        heads = self._heads(conn, now)
-        fetched: dict[str | None, list[Row[Any]]] = {}
-        available: dict[str | None, int] = {}
-        for _ in range(FAIR_ROUNDS):
-            counts = fair.plan(heads, running, limit, available)
-            for user, count in counts.items():
-                rows = fetched.setdefault(user, [])
-                if count > len(rows):
-                    rows += self._user_rows(conn, now, user, count - len(rows), offset=len(rows))
-                    if len(rows) < count:
-                        available[user] = len(rows)
-            if all(count <= len(fetched[user]) for user, count in counts.items()):
-                break
-        chosen: list[Row[Any]] = []
-        for user, count in counts.items():
-            started = running.get(user or "", 0)
-            for row in fetched[user][:count]:
-                if fair.allowed(user, row.max_running, started):
-                    started += 1
-                    chosen.append(row)
-        return chosen
-
-    def _running_by_user(self, conn: Connection, now: int) -> dict[str, int]:
-        query = (
-            sa.select(self._t.resource, sa.func.count())
-            .where(self._t.timeout > now, self._t.created_at.is_not(None), self._t.resource.is_not(None))
-            .group_by(self._t.resource)
-        )
-        return {user: count for user, count in conn.execute(query).all()}
-
-    def _heads(self, conn: Connection, now: int) -> list[fair.Head]:
-        """The oldest waiting task of each user, through the (resource, timeout) index."""
-        if self.db.is_sqlite:
-            return self._heads_by_skip_scan(conn, now)
-        in_range = sa.and_(self._t.timeout > EVENT_HORIZON, self._t.timeout <= now)
-        heads = self._force_resource_index(
-            conn,
-            sa.select(self._t.resource, sa.func.min(self._t.timeout).label("head"))
-            .where(in_range)
-            .group_by(self._t.resource),
-            self.table,
-        ).subquery()
-        same = self.table.alias("same")  # the head row itself, for its max_running: one lookup per user
-        max_running = self._force_resource_index(
-            conn,
-            sa.select(same.c.max_running)
-            .where(same.c.resource.is_not_distinct_from(heads.c.resource), same.c.timeout == heads.c.head)
-            .limit(1),
-            same,
-        ).scalar_subquery()
-        query = sa.select(heads.c.resource, heads.c.head, max_running)
-        seen: dict[str | None, fair.Head] = {}
-        for user, head, limit in conn.execute(query).all():
-            seen.setdefault(user, fair.Head(user, head, limit))
-        return list(seen.values())
-
-    def _force_resource_index(
-        self, conn: Connection, query: sa.Select[Any], table: sa.FromClause
-    ) -> sa.Select[Any]:
-        """Hint the (resource, timeout) index once it exists: hinting a missing one is an error,
-        and a table the original created lacks it until ``init`` adds it."""
-        if not self._resource_indexed:
-            names = {ix["name"] for ix in sa.inspect(conn).get_indexes(self.table.name)}
-            self._resource_indexed = resource_index(self.table.name) in names
-        if not self._resource_indexed:
-            return query
-        return query.with_hint(table, f"FORCE INDEX ({resource_index(self.table.name)})", "mysql")
-
-    def _heads_by_skip_scan(self, conn: Connection, now: int) -> list[fair.Head]:
-        """SQLite has no loose index scan: step from user to user along the index instead."""
-        cols = (self._t.resource, self._t.timeout, self._t.max_running)
-        waiting = sa.and_(self._t.timeout > EVENT_HORIZON, self._t.timeout <= now)
-        first = sa.select(*cols).where(self._t.resource.is_(None), waiting).order_by(self._t.timeout).limit(1)
-        heads = [fair.Head(*row) for row in conn.execute(first).all()]
-        after = ""
-        step = (
-            sa.select(*cols)
-            .where(self._t.resource > sa.bindparam("after"), waiting)
-            .order_by(self._t.resource, self._t.timeout)
-            .limit(1)
-        )
-        while (row := conn.execute(step, {"after": after}).first()) is not None:
-            heads.append(fair.Head(*row))
-            after = row.resource
-        return heads
-
-    def _user_rows(
-        self, conn: Connection, now: int, user: str | None, limit: int, offset: int
-    ) -> Sequence[Row[Any]]:
-        query = (
-            sa.select(self.table)
-            .where(
-                self._t.resource.is_(None) if user is None else self._t.resource == user, self._waiting(now)
-            )
-            .order_by(self._t.timeout)
-            .limit(limit)
-            .offset(offset)
-        )
-        return conn.execute(self._lock_rows(query)).all()
+        return self.db.transaction(work, lock=self._acquisition.lock_name())
 
     # -- lease operations ------------------------------------------------------------------
 

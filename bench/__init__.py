@@ -1,0 +1,1 @@
+"""Benchmarks for PerfectQueue: ``python -m bench --help`` (see docs/benchmarks.md)."""

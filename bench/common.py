@@ -1,0 +1,329 @@
+"""What the scenarios share: statistics, the table (direct SQL), services and client processes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pymysql
+import yaml
+
+HORIZON = 1_300_000_000
+DELETE_OFFSET = 1_000_000_000
+DATA = b'{"type":"bench"}'
+
+
+def summarize(samples: list[float]) -> dict[str, Any]:
+    """Median and spread ((max - min) / median) of a scenario's repeats."""
+    med = statistics.median(samples)
+    return {
+        "samples": [round(s, 3) for s in samples],
+        "median": round(med, 3),
+        "min": round(min(samples), 3),
+        "max": round(max(samples), 3),
+        "spread_pct": round(100 * (max(samples) - min(samples)) / med, 1) if med else 0.0,
+    }
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50, p99 and max of latencies given in seconds, in milliseconds."""
+    if not values:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan"), "n": 0}
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {
+        "p50_ms": round(1000 * pick(0.50), 2),
+        "p99_ms": round(1000 * pick(0.99), 2),
+        "max_ms": round(1000 * ordered[-1], 2),
+        "n": len(ordered),
+    }
+
+
+@dataclass
+class Backend:
+    """One database: ``mysql`` (MariaDB/MySQL at 127.0.0.1) or ``sqlite`` (a file)."""
+
+    kind: str
+    url: str  # as the service takes it
+    workdir: Path
+    sqlite_path: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 3306
+    user: str = "root"
+    database: str = "test"
+
+    @classmethod
+    def create(cls, kind: str, workdir: Path, mysql_url: str) -> Backend:
+        if kind == "sqlite":
+            path = workdir / "bench.sqlite3"
+            return cls("sqlite", f"sqlite:///{path}", workdir, sqlite_path=path)
+        parsed = httpx.URL(mysql_url.replace("mysql+pymysql://", "mysql://"))
+        return cls(
+            "mysql",
+            mysql_url,
+            workdir,
+            host=parsed.host or "127.0.0.1",
+            port=parsed.port or 3306,
+            user=parsed.username or "root",
+            database=parsed.path.strip("/") or "test",
+        )
+
+    def connect(self, isolation: str | None = None) -> Any:
+        if self.kind == "sqlite":
+            assert self.sqlite_path is not None
+            conn = sqlite3.connect(self.sqlite_path, timeout=60, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=60000")
+            return conn
+        conn = pymysql.connect(
+            host=self.host, port=self.port, user=self.user, database=self.database, autocommit=False
+        )
+        if isolation:
+            with conn.cursor() as cur:
+                cur.execute(f"SET SESSION TRANSACTION ISOLATION LEVEL {isolation}")
+        return conn
+
+    def execute(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        conn = self.connect()
+        try:
+            cur = conn.cursor()
+            cur.execute(sql, args) if args is not None else cur.execute(sql)
+            rows = list(cur.fetchall()) if cur.description else []
+            conn.commit()
+            return rows
+        finally:
+            conn.close()
+
+    def create_table(self, table: str) -> None:
+        """Drop and create the queue's table, with the service's columns and indexes."""
+        self.execute(f"DROP TABLE IF EXISTS {table}")
+        if self.kind == "sqlite":
+            conn = self.connect()
+            conn.executescript(
+                f"CREATE TABLE {table} (id VARCHAR(255) NOT NULL PRIMARY KEY, timeout INTEGER NOT NULL,"
+                " data BLOB NOT NULL, created_at INTEGER, resource VARCHAR(255), max_running INTEGER,"
+                " owner BIGINT NOT NULL DEFAULT 0);"
+                f"CREATE INDEX index_{table}_on_timeout ON {table} (timeout);"
+                f"CREATE INDEX index_{table}_on_resource ON {table} (resource, timeout);"
+            )
+            conn.close()
+            return
+        self.execute(
+            f"CREATE TABLE {table} (id VARCHAR(255) COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,"
+            " timeout INT NOT NULL, data LONGBLOB NOT NULL, created_at INT, resource VARCHAR(255),"
+            " max_running INT, owner BIGINT UNSIGNED NOT NULL DEFAULT 0,"
+            f" INDEX index_{table}_on_timeout (timeout), INDEX index_{table}_on_resource (resource, timeout))"
+            " DEFAULT CHARSET=utf8mb4"
+        )
+
+    def truncate(self, table: str) -> None:
+        self.execute(f"DELETE FROM {table}" if self.kind == "sqlite" else f"TRUNCATE TABLE {table}")
+
+    def now(self) -> int:
+        sql = (
+            "SELECT CAST(strftime('%s','now') AS INTEGER)"
+            if self.kind == "sqlite"
+            else "SELECT UNIX_TIMESTAMP()"
+        )
+        return int(self.execute(sql)[0][0])
+
+    def load(
+        self,
+        table: str,
+        count: int,
+        *,
+        prefix: str = "w",
+        state: str = "waiting",
+        users: int = 0,
+        max_running: int | None = None,
+    ) -> float:
+        """Bulk-insert ``count`` rows (waiting, retained finished or expired finished); seconds taken."""
+        now = self.now()
+        start = time.perf_counter()
+        if state == "waiting":
+            timeout, created = f"{now - 10 - count} + seq", str(now - 10 - count)
+        elif state == "finished":
+            timeout, created = str(now - DELETE_OFFSET + 86400), "NULL"
+        else:  # expired: past retention, cleanup deletes them
+            timeout, created = str(now - DELETE_OFFSET - 100), "NULL"
+        user = "NULL" if not users or created == "NULL" else f"'u' || (seq % {users})"
+        maxr = "NULL" if max_running is None else str(max_running)
+        if self.kind == "sqlite":
+            self.execute(
+                f"WITH RECURSIVE s(seq) AS (SELECT 1 UNION ALL SELECT seq + 1 FROM s WHERE seq < {count})"
+                f" INSERT INTO {table} (id, timeout, data, created_at, resource, max_running, owner)"
+                f" SELECT '{prefix}' || seq, {timeout}, CAST('{DATA.decode()}' AS BLOB), {created},"
+                f" {user}, {maxr}, 0 FROM s"
+            )
+        else:
+            if user != "NULL":
+                user = f"CONCAT('u', MOD(seq, {users}))"
+            step = 200_000
+            for lo in range(1, count + 1, step):
+                hi = min(count, lo + step - 1)
+                self.execute(
+                    f"INSERT INTO {table} (id, timeout, data, created_at, resource, max_running, owner)"
+                    f" SELECT CONCAT('{prefix}', seq), {timeout}, '{DATA.decode()}', {created},"
+                    f" {user}, {maxr}, 0 FROM seq_{lo}_to_{hi}"
+                )
+        return time.perf_counter() - start
+
+    def connections(self) -> dict[str, int]:
+        """Server connections to the benchmark database (other than this one), and open transactions."""
+        if self.kind == "sqlite":
+            return {}
+        rows = self.execute(
+            "SELECT COUNT(*), SUM(COMMAND <> 'Sleep') FROM information_schema.PROCESSLIST"
+            " WHERE DB = %s AND ID <> CONNECTION_ID()",
+            (self.database,),
+        )
+        trx = self.execute("SELECT COUNT(*) FROM information_schema.INNODB_TRX")
+        return {
+            "connections": int(rows[0][0] or 0),
+            "busy": int(rows[0][1] or 0),
+            "transactions": int(trx[0][0]),
+        }
+
+    def server_cpu_seconds(self) -> float | None:
+        """CPU time (user + system) of the local mariadbd/mysqld process, from /proc."""
+        if self.kind == "sqlite":
+            return None
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                comm = (entry / "comm").read_text().strip()
+            except OSError:
+                continue
+            if comm in ("mariadbd", "mysqld"):
+                return cpu_seconds(int(entry.name))
+        return None
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process, in KiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            key, value = line.split(":")
+            out[key] = int(value.split()[0])
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Service:
+    base: str
+    proc: subprocess.Popen[bytes]
+    cpu0: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def queue(self) -> str:
+        return self.base + "/v1/queues/q"
+
+
+@contextmanager
+def services(backend: Backend, table: str, count: int = 1, **settings: Any) -> Iterator[list[Service]]:
+    """``count`` ``perfectqueue serve`` processes on 127.0.0.1 serving queue ``q`` on ``table``."""
+    config = backend.workdir / f"service-{table}.yaml"
+    body = {"url": backend.url, "queues": {"q": {"table": table}}, "auto_init": True, **settings}
+    config.write_text(yaml.safe_dump(body))
+    started: list[Service] = []
+    try:
+        for i in range(count):
+            port = free_port()
+            log = open(backend.workdir / f"service-{table}-{i}.log", "ab")  # noqa: SIM115
+            cmd = [sys.executable, "-m", "perfectqueue", "serve", "-c", str(config), "--port", str(port)]
+            proc = subprocess.Popen([*cmd, "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
+            log.close()
+            started.append(Service(f"http://127.0.0.1:{port}", proc))
+        for svc in started:
+            wait_ready(svc)
+        yield started
+    finally:
+        for svc in started:
+            if svc.proc.poll() is None:
+                svc.proc.send_signal(signal.SIGTERM)
+        for svc in started:
+            try:
+                svc.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                svc.proc.kill()
+                svc.proc.wait()
+
+
+def wait_ready(svc: Service, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if svc.proc.poll() is not None:
+            raise RuntimeError(f"service exited with {svc.proc.returncode} before it was ready")
+        try:
+            if httpx.get(svc.base + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("service did not become ready")
+
+
+def run_clients(target: Callable[..., Any], args: list[tuple[Any, ...]], timeout: float = 600) -> list[Any]:
+    """Run ``target(barrier, *a)`` in one process per ``a``; their return values.
+
+    Each target waits on the barrier before it starts its timed work, and returns a dict with
+    ``start`` and ``end`` (time.time()) and ``count``.
+    """
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(len(args))
+    results = ctx.Queue()
+
+    def wrap(*a: Any) -> None:
+        try:
+            results.put(target(barrier, *a))
+        except BaseException as exc:
+            results.put({"error": repr(exc)})
+            raise
+
+    procs = [ctx.Process(target=wrap, args=a) for a in args]
+    for p in procs:
+        p.start()
+    out = [results.get(timeout=timeout) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    errors = [r["error"] for r in out if "error" in r]
+    if errors:
+        raise RuntimeError(f"a client failed: {errors[0]}")
+    return out
+
+
+def throughput(results: list[dict[str, Any]]) -> tuple[float, int, float]:
+    """(tasks per second, tasks, seconds) over the union of the clients' timed windows."""
+    count = sum(r["count"] for r in results)
+    seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
+    return (count / seconds if seconds > 0 else 0.0), count, seconds

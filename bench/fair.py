@@ -1,0 +1,78 @@
+"""Fair scheduling: throughput with users' max_running caps, against fair off; caps never exceeded."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from .common import HORIZON, Backend, run_clients, services, summarize, throughput
+from .service import drain
+
+
+class CapWatch(threading.Thread):
+    """Samples the running count of every user from the table while the clients work."""
+
+    def __init__(self, backend: Backend, table: str) -> None:
+        super().__init__(daemon=True)
+        self.backend, self.table = backend, table
+        self.stop = threading.Event()
+        self.peak: dict[str, int] = {}
+        self.samples = 0
+
+    def run(self) -> None:
+        conn = self.backend.connect("READ COMMITTED")
+        now = "UNIX_TIMESTAMP()" if self.backend.kind == "mysql" else "CAST(strftime('%s','now') AS INTEGER)"
+        sql = (
+            f"SELECT resource, COUNT(*) FROM {self.table} WHERE timeout > {now} AND timeout > {HORIZON}"
+            " AND created_at IS NOT NULL AND resource IS NOT NULL GROUP BY resource"
+        )
+        while not self.stop.is_set():
+            cur = conn.cursor()
+            cur.execute(sql)
+            for user, count in cur.fetchall():
+                self.peak[user] = max(self.peak.get(user, 0), int(count))
+            conn.commit()
+            self.samples += 1
+            time.sleep(0.02)
+        conn.close()
+
+
+def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
+    table = f"{cfg['table_prefix']}_fair"
+    backend.create_table(table)
+    out: dict[str, Any] = {}
+    workers, k = max(cfg["workers"]), cfg["fair_k"]
+    for users, cap in cfg["fair_users"]:
+        for fair_on in (True, False):
+            with services(backend, table, 1, disable_resource_limit=not fair_on) as (svc,):
+                samples: list[float] = []
+                peak: dict[str, int] = {}
+                for _ in range(cfg["repeat"]):
+                    backend.truncate(table)
+                    backend.load(table, cfg["fair_backlog"], users=users, max_running=cap)
+                    watch = CapWatch(backend, table)
+                    watch.start()
+                    quota = cfg["fair_tasks"] // workers
+                    res = run_clients(
+                        drain, [(svc.queue, k, True, quota, cfg["fair_limit_s"]) for _ in range(workers)]
+                    )
+                    watch.stop.set()
+                    watch.join()
+                    samples.append(throughput(res)[0])
+                    for u, c in watch.peak.items():
+                        peak[u] = max(peak.get(u, 0), c)
+                out[f"{users} users x max_running {cap}, fair {'on' if fair_on else 'off'}"] = {
+                    "users": users,
+                    "max_running": cap,
+                    "fair": fair_on,
+                    "backlog": cfg["fair_backlog"],
+                    "tasks_per_run_at_most": quota * workers,
+                    "seconds_per_run_at_most": cfg["fair_limit_s"],
+                    "workers": workers,
+                    "k": k,
+                    "tasks_per_s": summarize(samples),
+                    "max_running_seen": max(peak.values(), default=0),
+                    "users_over_cap": sorted(u for u, c in peak.items() if c > cap) if fair_on else None,
+                }
+    return out

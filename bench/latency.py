@@ -1,0 +1,65 @@
+"""Long-poll delivery latency: from a submit's response to the task's delivery to a waiting poll."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from typing import Any
+
+import httpx
+
+from .common import Backend, percentiles, services
+
+
+def poller(queue: str, stop: Any, out: Any) -> None:
+    got: dict[str, float] = {}
+    with httpx.Client(timeout=60) as http:
+        while True:
+            resp = http.post(queue + "/poll", json={"max": 1, "alive_time": 300, "wait": 2})
+            now = time.time()
+            tasks = resp.json()["tasks"]
+            for t in tasks:
+                got[t["id"]] = now
+                http.post(queue + "/finish", json={"id": t["id"], "lease": t["lease"]})
+            if not tasks and stop.is_set():
+                break
+    out.put(got)
+
+
+def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
+    table = f"{cfg['table_prefix']}_latency"
+    backend.create_table(table)
+    ctx = mp.get_context("fork")
+    out: dict[str, Any] = {}
+    with services(backend, table, 1, disable_resource_limit=True) as (svc,):
+        for _rep in range(cfg["repeat"]):
+            backend.truncate(table)
+            stop, results = ctx.Event(), ctx.Queue()
+            procs = [
+                ctx.Process(target=poller, args=(svc.queue, stop, results)) for _ in range(cfg["pollers"])
+            ]
+            for p in procs:
+                p.start()
+            time.sleep(1.0)  # the polls are waiting
+            submitted: dict[str, float] = {}
+            with httpx.Client(timeout=60) as http:
+                for i in range(cfg["latency_tasks"]):
+                    tid = f"l{_rep}-{i}"
+                    http.post(svc.queue + "/submit", json={"id": tid, "type": "bench"}).raise_for_status()
+                    submitted[tid] = time.time()
+                    time.sleep(cfg["latency_gap"])
+            stop.set()
+            delivered: dict[str, float] = {}
+            for _ in procs:
+                delivered.update(results.get(timeout=60))
+            for p in procs:
+                p.join()
+            lat = [max(0.0, delivered[t] - s) for t, s in submitted.items() if t in delivered]
+            out[f"run {_rep}"] = {**percentiles(lat), "lost": len(submitted) - len(lat)}
+    all_p50 = sorted(v["p50_ms"] for v in out.values())
+    all_p99 = sorted(v["p99_ms"] for v in out.values())
+    out["median_p50_ms"] = all_p50[len(all_p50) // 2]
+    out["median_p99_ms"] = all_p99[len(all_p99) // 2]
+    out["max_ms"] = max(v["max_ms"] for k, v in out.items() if k.startswith("run"))
+    out["pollers"] = cfg["pollers"]
+    return out

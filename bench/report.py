@@ -1,0 +1,51 @@
+"""``python -m bench.report RESULTS.json``: the results as Markdown tables (for docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, dict) and "median" in value:
+        return f"{value['median']:,.0f} (±{value['spread_pct'] / 2:.0f} %)"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return str(value)
+
+
+def report(results: dict[str, Any]) -> str:
+    s = results["scenarios"]
+    lines = [f"Backend: {results['backend']}; machine: {json.dumps(results['machine'])}", ""]
+    if "ceiling" in s:
+        lines += ["| ceiling | W | READ COMMITTED (SQLite: serial) | REPEATABLE READ | best | retries |"]
+        lines += ["|---|---|---|---|---|---|"]
+        for case in (v for v in s["ceiling"].values() if isinstance(v, dict)):
+            iso = case["by_isolation"]
+            rc, rr = iso.get("READ COMMITTED", iso.get("serial")), iso.get("REPEATABLE READ")
+            retries = sum(v["deadlock_retries"] for v in iso.values())
+            lines.append(
+                f"| k={case['k']} | {case['workers']} | {fmt(rc)} | {fmt(rr) if rr else '-'} | "
+                f"{case['tasks_per_s']:,.0f} | {retries} |"
+            )
+        lines.append("")
+    if "service" in s:
+        lines += ["| HTTP | W | services | submit tasks/s | poll+finish tasks/s | service CPU % | DB CPU % |"]
+        lines += ["|---|---|---|---|---|---|---|"]
+        for case in (v for v in s["service"].values() if isinstance(v, dict)):
+            lines.append(
+                f"| {case['mode']} | {case['workers']} | {case['services']} |"
+                f" {fmt(case['submit_tasks_per_s'])} | {fmt(case['drain_tasks_per_s'])} |"
+                f" {case['service_cpu_pct']['median']:.0f} | {case['db_cpu_pct']['median']:.0f} |"
+            )
+        lines += ["", f"Service peak RSS under load: {s['service'].get('service_peak_rss_mb')} MB", ""]
+    for name in ("latency", "fair", "memory", "scale", "profile"):
+        if name in s:
+            lines += [f"### {name}", "", "```json", json.dumps(s[name], indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report(json.loads(Path(sys.argv[1]).read_text())))

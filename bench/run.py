@@ -1,0 +1,190 @@
+"""``python -m bench``: run the scenarios, print a table, write results JSON (and a plot)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import ceiling, fair, latency, memory, profile, scale, service, worker
+from .common import Backend
+
+SCENARIOS = {
+    "ceiling": ceiling.run,
+    "service": service.run,
+    "latency": latency.run,
+    "fair": fair.run,
+    "memory": memory.run,
+    "scale": scale.run,
+    "profile": profile.run,
+    "worker": worker.run,
+}
+DEFAULT = "ceiling,service,latency,fair,memory,scale,profile,worker"
+
+
+def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
+    """The sizes of every scenario; ``smoke`` makes them tiny (seconds, for CI)."""
+    if smoke:
+        return {
+            "repeat": 1,
+            "workers": [1, 2],
+            "ks": [1, 10],
+            "tasks_per_k": {1: 40, 10: 100, 100: 200},
+            "service_counts": [1],
+            "batch_ks": [10],
+            "service_tasks": {"single": 20, "batch k=10": 40, "batch k=100": 200},
+            "pollers": 2,
+            "latency_tasks": 5,
+            "latency_gap": 0.01,
+            "fair_users": [(3, 2)],
+            "fair_backlog": 60,
+            "fair_tasks": 20,
+            "fair_k": 10,
+            "fair_limit_s": 10,
+            "idle_polls": 20,
+            "idle_wait": 5,
+            "idle_settle": 0.5,
+            "scale_small": 100,
+            "scale_big": 500,
+            "scale_latency_ops": 5,
+            "scale_drain": 20,
+            "cleanup_batch": 100,
+            "profile_k": 10,
+            "profile_tasks": 40,
+            "processors": [1],
+            "worker_tasks": 10,
+            "worker_limit_s": 20,
+        }
+    return {
+        "repeat": repeat,
+        "workers": workers,
+        "ks": [1, 10, 100],
+        "tasks_per_k": {1: 3000, 10: 10_000, 100: 30_000},
+        "service_counts": [1, 2],
+        "batch_ks": [10, 100],
+        "service_tasks": {"single": 2000, "batch k=10": 10_000, "batch k=100": 20_000},
+        "pollers": 4,
+        "latency_tasks": 200,
+        "latency_gap": 0.02,
+        "fair_users": [(10, 2), (1000, 1)],
+        "fair_backlog": 20_000,
+        "fair_tasks": 2000,
+        "fair_k": 10,
+        "fair_limit_s": 15,
+        "idle_polls": 1000,
+        "idle_wait": 30,
+        "idle_settle": 3,
+        "scale_small": 10_000,
+        "scale_big": 1_000_000,
+        "scale_latency_ops": 300,
+        "scale_drain": 2000,
+        "cleanup_batch": 1000,
+        "profile_k": 10,
+        "profile_tasks": 20_000,
+        "processors": [1, 2, 4],
+        "worker_tasks": 1000,
+        "worker_limit_s": 60,
+    }
+
+
+def machine() -> dict[str, Any]:
+    mem_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    versions = {}
+    for pkg in ("fastapi", "uvicorn", "sqlalchemy", "pymysql", "httpx", "pydantic"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        **versions,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--scenarios", default=DEFAULT, help=f"comma-separated (default: {DEFAULT})")
+    parser.add_argument("--backend", default="mysql", help="mysql, sqlite or mysql,sqlite")
+    parser.add_argument(
+        "--mysql-url",
+        default=os.environ.get("PERFECTQUEUE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
+    )
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", default="1,2,4", help="client processes, comma-separated")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the harness works")
+    parser.add_argument("--out", default="bench-results", help="directory for results (gitignored)")
+    parser.add_argument("--plot", action="store_true", help="also write a PNG (needs matplotlib)")
+    parser.add_argument("--table-prefix", default="bench", help="tables are PREFIX_<scenario>, dropped after")
+    args = parser.parse_args(argv)
+
+    cfg = config(args.smoke, args.repeat, [int(w) for w in args.workers.split(",")])
+    cfg["table_prefix"] = args.table_prefix
+    outdir = Path(args.out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    wrote = []
+    for kind in args.backend.split(","):
+        with tempfile.TemporaryDirectory(prefix="pqbench-") as tmp:
+            backend = Backend.create(kind, Path(tmp), args.mysql_url)
+            if kind == "mysql":
+                backend.execute("SELECT 1")
+                machine_info = {**machine(), "database": backend.execute("SELECT VERSION()")[0][0]}
+            else:
+                import sqlite3
+
+                machine_info = {**machine(), "database": f"SQLite {sqlite3.sqlite_version}"}
+            results: dict[str, Any] = {
+                "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "backend": kind,
+                "smoke": args.smoke,
+                "started": stamp,
+                "machine": machine_info,
+                "config": {
+                    k: (v if not isinstance(v, dict) else {str(a): b for a, b in v.items()})
+                    for k, v in cfg.items()
+                },
+                "scenarios": {},
+            }
+            for name in args.scenarios.split(","):
+                if kind == "sqlite" and name in ("scale",) and not args.smoke:
+                    results["scenarios"][name] = {"skipped": "MariaDB only outside smoke mode"}
+                    continue
+                t0 = time.perf_counter()
+                print(f"[{kind}] {name} ...", file=sys.stderr, flush=True)
+                results["scenarios"][name] = SCENARIOS[name](backend, cfg)
+                results["scenarios"][name]["_seconds"] = round(time.perf_counter() - t0, 1)
+                backend.execute(f"DROP TABLE IF EXISTS {args.table_prefix}_{name}")
+                path = outdir / f"{stamp}-{kind}.json"
+                path.write_text(json.dumps(results, indent=2))
+            wrote.append(path)
+            print(json.dumps(results["scenarios"], indent=1))
+    if args.plot:
+        from .plot import plot
+
+        for path in wrote:
+            plot(path, path.with_suffix(".png"))
+    print("results:", *map(str, wrote), file=sys.stderr)
+    return 0

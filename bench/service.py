@@ -1,0 +1,112 @@
+"""Through the HTTP service: submit, poll and finish N tasks from W client processes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from .common import Backend, cpu_seconds, memory_kb, run_clients, services, summarize, throughput
+
+
+def submit(barrier: Any, queue: str, prefix: str, count: int, batch: int) -> dict[str, Any]:
+    """Submit ``count`` tasks, one per call (batch 0) or ``batch`` per submit-batch call."""
+    with httpx.Client(timeout=60) as http:
+        barrier.wait()
+        start = time.time()
+        if batch == 0:
+            for i in range(count):
+                http.post(queue + "/submit", json={"id": f"{prefix}-{i}", "type": "bench"}).raise_for_status()
+        else:
+            for lo in range(0, count, batch):
+                tasks = [{"id": f"{prefix}-{i}", "type": "bench"} for i in range(lo, min(count, lo + batch))]
+                resp = http.post(queue + "/submit-batch", json={"tasks": tasks})
+                resp.raise_for_status()
+                assert not resp.json()["failed"], resp.json()["failed"][:1]
+        return {"start": start, "end": time.time(), "count": count}
+
+
+def drain(
+    barrier: Any, queue: str, k: int, batch: bool, quota: int = 0, limit_s: float = 0
+) -> dict[str, Any]:
+    """Poll up to k tasks (no wait) and finish them, one per call or as one finish-batch, until
+    the queue is empty (or ``quota`` tasks are done, or ``limit_s`` seconds have passed)."""
+    count = 0
+    polls: list[float] = []
+    with httpx.Client(timeout=60) as http:
+        barrier.wait()
+        start = time.time()
+        while (not quota or count < quota) and (not limit_s or time.time() - start < limit_s):
+            t0 = time.perf_counter()
+            resp = http.post(queue + "/poll", json={"max": k, "alive_time": 300, "wait": 0})
+            polls.append(time.perf_counter() - t0)
+            resp.raise_for_status()
+            tasks = resp.json()["tasks"]
+            if not tasks:
+                break
+            if batch:
+                done = [{"id": t["id"], "lease": t["lease"]} for t in tasks]
+                r = http.post(queue + "/finish-batch", json={"tasks": done})
+                r.raise_for_status()
+                assert not r.json()["failed"], r.json()["failed"][:1]
+            else:
+                for t in tasks:
+                    http.post(queue + "/finish", json={"id": t["id"], "lease": t["lease"]}).raise_for_status()
+            count += len(tasks)
+        return {"start": start, "end": time.time(), "count": count, "polls": polls}
+
+
+def one_run(
+    backend: Backend, table: str, svcs: list[Any], tasks: int, workers: int, k: int, batched: bool
+) -> dict[str, float]:
+    backend.truncate(table)
+    per = tasks // workers
+    bases = [svcs[i % len(svcs)].queue for i in range(workers)]
+    sub = run_clients(submit, [(bases[i], f"t{i}", per, k if batched else 0) for i in range(workers)])
+    db0 = backend.server_cpu_seconds()
+    svc0 = sum(cpu_seconds(s.proc.pid) for s in svcs)
+    t0 = time.time()
+    res = run_clients(drain, [(bases[i], k, batched) for i in range(workers)])
+    wall = time.time() - t0
+    rate, count, _ = throughput(res)
+    assert count == per * workers, (count, per * workers)
+    db1 = backend.server_cpu_seconds()
+    return {
+        "submit": throughput(sub)[0],
+        "drain": rate,
+        "service_cpu_pct": 100 * (sum(cpu_seconds(s.proc.pid) for s in svcs) - svc0) / wall,
+        "db_cpu_pct": 100 * (db1 - db0) / wall if db0 is not None and db1 is not None else float("nan"),
+    }
+
+
+def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
+    table = f"{cfg['table_prefix']}_service"
+    backend.create_table(table)
+    out: dict[str, Any] = {}
+    peak_kb = 0
+    for nsvc in cfg["service_counts"]:
+        with services(backend, table, nsvc, disable_resource_limit=True) as svcs:
+            cases = [("single", 1, False), *((f"batch k={k}", k, True) for k in cfg["batch_ks"])]
+            for name, k, batched in cases:
+                tasks = cfg["service_tasks"][name]
+                workers_list = cfg["workers"] if nsvc == 1 else [max(cfg["workers"])]
+                for workers in workers_list:
+                    runs = [
+                        one_run(backend, table, svcs, tasks, workers, k, batched)
+                        for _ in range(cfg["repeat"])
+                    ]
+                    out[f"{name} W={workers} services={nsvc}"] = {
+                        "mode": name,
+                        "k": k,
+                        "workers": workers,
+                        "services": nsvc,
+                        "tasks": tasks,
+                        "drain_tasks_per_s": summarize([r["drain"] for r in runs]),
+                        "submit_tasks_per_s": summarize([r["submit"] for r in runs]),
+                        "service_cpu_pct": summarize([r["service_cpu_pct"] for r in runs]),
+                        "db_cpu_pct": summarize([r["db_cpu_pct"] for r in runs]),
+                    }
+            peak_kb = max(peak_kb, *(memory_kb(s.proc.pid).get("VmHWM", 0) for s in svcs))
+    out["service_peak_rss_mb"] = round(peak_kb / 1024, 1)
+    return out

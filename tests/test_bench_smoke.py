@@ -1,0 +1,70 @@
+"""The benchmark harness (bench/) in its tiny smoke mode: it runs and writes the expected results.
+
+No performance number is asserted: this only keeps the harness working.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MYSQL_URL, require_mysql
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ["ceiling", "service", "latency", "fair", "memory", "scale", "worker"]
+
+
+def run_smoke(tmp_path: Path, backend: str) -> dict:
+    out = tmp_path / "results"
+    prefix = "bsmoke_" + secrets.token_hex(3)
+    cmd = [sys.executable, "-m", "bench", "--smoke", "--backend", backend, "--out", str(out)]
+    cmd += ["--scenarios", ",".join(SCENARIOS), "--table-prefix", prefix, "--mysql-url", MYSQL_URL]
+    proc = subprocess.run(
+        cmd,
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = out.glob(f"*-{backend}.json")
+    return json.loads(path.read_text())
+
+
+def check(results: dict, backend: str) -> None:
+    assert results["backend"] == backend
+    assert results["smoke"] is True
+    assert {"cpus", "memory_gib", "python", "database"} <= set(results["machine"])
+    scenarios = results["scenarios"]
+    assert set(SCENARIOS) <= set(scenarios)
+    for case in (v for v in scenarios["ceiling"].values() if isinstance(v, dict)):
+        assert {"k", "workers", "tasks_per_s", "by_isolation", "best_isolation"} <= set(case)
+    single = [v for k, v in scenarios["service"].items() if k.startswith("single")]
+    assert single and {"drain_tasks_per_s", "submit_tasks_per_s", "service_cpu_pct"} <= set(single[0])
+    assert {"median", "spread_pct", "samples"} <= set(single[0]["drain_tasks_per_s"])
+    assert "service_peak_rss_mb" in scenarios["service"]
+    assert {"median_p50_ms", "median_p99_ms", "max_ms"} <= set(scenarios["latency"])
+    fair = [v for v in scenarios["fair"].values() if isinstance(v, dict) and v.get("fair")]
+    assert fair and fair[0]["users_over_cap"] is not None
+    assert {"peak_rss_mb", "db_connections_with_idle_polls"} <= set(scenarios["memory"])
+    assert "cleanup" in scenarios["scale"]
+    assert "median" in scenarios["worker"]["P=1"]["tasks_per_s"]
+
+
+@pytest.mark.slow
+def test_bench_smoke_sqlite(tmp_path: Path) -> None:
+    check(run_smoke(tmp_path, "sqlite"), "sqlite")
+
+
+@pytest.mark.slow
+@pytest.mark.mysql
+def test_bench_smoke_mysql(tmp_path: Path) -> None:
+    require_mysql()
+    check(run_smoke(tmp_path, "mysql"), "mysql")

@@ -41,7 +41,7 @@ def examples(*items: dict[str, Any]) -> ConfigDict:
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "5" is not a number, true not 1
 
 
 class SubmitRequest(Body):

@@ -60,7 +60,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(_request: Request, exc: HTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "bad_request")
-        return problem(exc.status_code, code, str(exc.detail), str(exc.detail))
+        # keep Starlette's headers: a 405 must say which methods are Allowed (RFC 9110 §15.5.6)
+        headers = dict(exc.headers or {})
+        return problem(exc.status_code, code, str(exc.detail), str(exc.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

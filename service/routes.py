@@ -27,8 +27,9 @@ router = APIRouter(prefix="/v1", tags=["queue"])
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the problem responses an operation can give (every /v1 one needs a key)."""
-    return {status: PROBLEM for status in sorted({*statuses, 401, 403, 413, 422, 503})}
+    """OpenAPI entries for the problem responses an operation can give (every /v1 one needs a key;
+    400 answers a body that is not JSON at all)."""
+    return {status: PROBLEM for status in sorted({*statuses, 400, 401, 403, 413, 422, 503})}
 
 
 SUBMIT = [require("submit")]

@@ -235,3 +235,33 @@ def test_nested_data_is_stored_or_refused_never_a_500(client: TestClient) -> Non
         assert response.status_code == (201 if depth + 1 <= 64 else 422), response.text
         stored = [t["id"] for t in everything(client)]
         assert (f"n{depth}" in stored) == (response.status_code == 201)
+
+
+# -- found by tests/test_schemathesis.py -------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["max", "alive_time", "wait"])
+@pytest.mark.parametrize("value", ["5", True])
+def test_a_number_given_as_a_string_or_a_boolean_is_refused(
+    client: TestClient, field: str, value: Any
+) -> None:
+    client.post("/v1/queues/q/submit", json={"id": "a", "type": "t"})
+    response = client.post("/v1/queues/q/poll", json={field: value})
+    assert response.status_code == 422, response.text
+    assert everything(client)[0]["status"] == "waiting"
+
+
+def test_an_unsupported_method_is_a_405_that_says_what_is_allowed(client: TestClient) -> None:
+    response = client.request("TRACE", "/v1/queues/q/submit")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    assert response.headers["Content-Type"].startswith("application/problem+json")
+
+
+def test_a_body_that_is_not_json_is_a_documented_400(client: TestClient) -> None:
+    response = client.post(
+        "/v1/queues/q/submit", content=b"\xff{", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    document = client.get("/openapi.json").json()
+    assert "400" in document["paths"]["/v1/queues/{queue}/submit"]["post"]["responses"]

@@ -65,6 +65,19 @@ def new_task(body: m.SubmitRequest) -> NewTask:
     return NewTask(**body.model_dump())
 
 
+def batch_result(
+    ids: list[str],
+    results: list[PerfectQueueError | None],
+    rejected: list[tuple[str, PerfectQueueError | None]] | None = None,
+) -> m.BatchResult:
+    """SQS-style lists from per-item outcomes (None: done); ``rejected`` never reached the store."""
+    outcomes = [*(rejected or []), *zip(ids, results, strict=True)]
+    return m.BatchResult(
+        successful=[m.Submitted(id=i) for i, err in outcomes if err is None],
+        failed=[m.Failure(id=i, code=err.code, detail=str(err)) for i, err in outcomes if err is not None],
+    )
+
+
 def max_data(runtime: Runtime) -> int:
     return runtime.settings.max_data_bytes
 
@@ -160,21 +173,15 @@ async def submit_batch(body: m.SubmitBatchRequest, queue: QueueDep, runtime: Run
     for index, item in enumerate(body.tasks):
         check_data_size(item.data, max_data(runtime), f"tasks[{index}].data")
     tasks: list[NewTask] = []
-    failed: list[m.Failure] = []
+    rejected: list[tuple[str, PerfectQueueError | None]] = []
     for item in body.tasks:
         try:
             tasks.append(new_task(item))
         except PerfectQueueError as exc:
-            failed.append(m.Failure(id=item.id, code=exc.code, detail=str(exc)))
+            rejected.append((item.id, exc))
     results = await runtime.run(queue.store.submit_many, tasks)
     queue.longpoll.notify()
-    successful = [m.Submitted(id=t.id) for t, err in zip(tasks, results, strict=True) if err is None]
-    failed += [
-        m.Failure(id=t.id, code=err.code, detail=str(err))
-        for t, err in zip(tasks, results, strict=True)
-        if err is not None
-    ]
-    return m.BatchResult(successful=successful, failed=failed)
+    return batch_result([t.id for t in tasks], results, rejected)
 
 
 # -- work ------------------------------------------------------------------------------------
@@ -239,14 +246,7 @@ async def finish(body: m.LeaseRequest, queue: QueueDep, runtime: RuntimeDep) -> 
 async def finish_batch(body: m.FinishBatchRequest, queue: QueueDep, runtime: RuntimeDep) -> m.BatchResult:
     items = [(item.id, lease_of(item.lease)) for item in body.tasks]
     results = await runtime.run(queue.store.finish_many, items)
-    return m.BatchResult(
-        successful=[m.Submitted(id=i) for (i, _), err in zip(items, results, strict=True) if err is None],
-        failed=[
-            m.Failure(id=i, code=err.code, detail=str(err))
-            for (i, _), err in zip(items, results, strict=True)
-            if err is not None
-        ],
-    )
+    return batch_result([i for i, _ in items], results)
 
 
 @router.post(

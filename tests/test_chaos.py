@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -30,7 +29,7 @@ import pytest
 import yaml
 from mariadb_instance import MariaDB, mariadb  # noqa: F401 - the fixture
 from servers import SERVE, free_port, wait_ready, write_config
-from test_worker_harness import children_of, kill_group, ledger, wait_for
+from test_worker_harness import children_of, ledger, wait_for, worker_process
 
 import perfectqueue
 from perfectqueue.errors import AlreadyExistsError, UnavailableError
@@ -41,7 +40,6 @@ CHAOS_SECONDS = float(os.environ.get("PQ_CHAOS_SECONDS", "15"))
 TASKS = int(os.environ.get("PQ_CHAOS_TASKS", "300"))
 SEED = int(os.environ.get("PQ_CHAOS_SEED", "7"))
 DRAIN_SECONDS = 60 + CHAOS_SECONDS / 2
-RUN = [sys.executable, "-m", "perfectqueue", "run", "pqchaos:Dispatcher"]
 
 HANDLERS = """
 import os, time
@@ -126,22 +124,8 @@ def worker(tmp_path: Path, name: str, base: str) -> Iterator[subprocess.Popen[by
         "child_fork_frequency_limit": 0.5,
     }
     config.write_text(yaml.safe_dump(settings))
-    with open(tmp_path / f"{name}.log", "ab") as out:
-        proc = subprocess.Popen(
-            [*RUN, "-I", str(tmp_path), "-c", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    with worker_process(tmp_path, config, tmp_path / f"{name}.log", app="pqchaos:Dispatcher") as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGQUIT)
-            with suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-        kill_group(proc.pid)
-        proc.wait()
 
 
 def produce(base: str, keys: list[str], book: Path, pause: float, acked: set[str], errors: list[str]) -> None:

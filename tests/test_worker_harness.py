@@ -103,10 +103,12 @@ def write_worker_config(path: Path, base: str, **settings: Any) -> Path:
 
 @contextmanager
 def worker_process(
-    tmp_path: Path, config: Path, log: Path, extra: tuple[str, ...] = ()
+    tmp_path: Path, config: Path, log: Path, extra: tuple[str, ...] = (), app: str = "pqworker:Dispatcher"
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m perfectqueue run pqworker:Dispatcher [EXTRA…]``; killed (group and all) on leaving."""
-    write_worker(tmp_path)
+    """``python -m perfectqueue run APP [EXTRA…]``; killed (group and all) on leaving. The default
+    application is written into ``tmp_path`` here; another must already be there."""
+    if app == "pqworker:Dispatcher":
+        write_worker(tmp_path)
     out = open(log, "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [
@@ -114,7 +116,7 @@ def worker_process(
             "-m",
             "perfectqueue",
             "run",
-            "pqworker:Dispatcher",
+            app,
             "-I",
             str(tmp_path),
             "-c",

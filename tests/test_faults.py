@@ -201,8 +201,9 @@ def test_a_replica_killed_mid_polls_loses_nothing(
             with service_process(config, tmp_path / "a2.log", port):
                 wait_for(lambda: all_acked_finished(record), timeout=60, what="every task finished")
                 assert done_at_kill < tasks, "the replica was killed after the work was done"
+                stop_threads(record, threads)  # while both replicas answer: none is left retrying
         finally:
-            stop_threads(record, threads)
+            record.stop.set()
         counts = httpx.get(f"{b}/v1/queues/q", timeout=30).json()
     assert_record_clean(record)
     assert (counts["waiting"], counts["running"], counts["finished"]) == (0, 0, tasks)

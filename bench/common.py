@@ -297,20 +297,14 @@ def run_clients(target: Callable[..., Any], args: list[tuple[Any, ...]], timeout
     """Run ``target(barrier, *a)`` in one process per ``a``; their return values.
 
     Each target waits on the barrier before it starts its timed work, and returns a dict with
-    ``start`` and ``end`` (time.time()) and ``count``.
+    ``start`` and ``end`` (time.time()) and ``count``. The processes come from a fork server, not
+    from a fork of this process: a scenario may have a thread running here (the fair scenario's cap
+    watcher), and a fork taken while that thread holds a lock leaves the child waiting forever.
     """
-    ctx = mp.get_context("fork")
-    barrier = ctx.Barrier(len(args))
+    ctx = mp.get_context("forkserver")
+    barrier = ctx.Barrier(len(args), timeout=timeout)
     results = ctx.Queue()
-
-    def wrap(*a: Any) -> None:
-        try:
-            results.put(target(barrier, *a))
-        except BaseException as exc:
-            results.put({"error": repr(exc)})
-            raise
-
-    procs = [ctx.Process(target=wrap, args=a) for a in args]
+    procs = [ctx.Process(target=_client, args=(target, barrier, results, *a)) for a in args]
     for p in procs:
         p.start()
     out = [results.get(timeout=timeout) for _ in procs]
@@ -320,6 +314,15 @@ def run_clients(target: Callable[..., Any], args: list[tuple[Any, ...]], timeout
     if errors:
         raise RuntimeError(f"a client failed: {errors[0]}")
     return out
+
+
+def _client(target: Callable[..., Any], barrier: Any, results: Any, *args: Any) -> None:
+    try:
+        results.put(target(barrier, *args))
+    except BaseException as exc:
+        results.put({"error": repr(exc)})
+        barrier.abort()  # the others stop waiting for this one
+        raise
 
 
 def throughput(results: list[dict[str, Any]]) -> tuple[float, int, float]:

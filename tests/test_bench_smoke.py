@@ -17,9 +17,6 @@ from conftest import MYSQL_URL, require_mysql
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["ceiling", "service", "latency", "fair", "memory", "scale", "worker"]
-# 'fair' hung once on MariaDB in smoke mode (inside the scenario, between its repeats and its
-# fair-on/fair-off services); it runs on SQLite here until that is understood.
-MYSQL_SCENARIOS = [s for s in SCENARIOS if s != "fair"]
 
 
 def run_smoke(tmp_path: Path, backend: str, scenarios: list[str]) -> dict:
@@ -71,4 +68,4 @@ def test_bench_smoke_sqlite(tmp_path: Path) -> None:
 @pytest.mark.mysql
 def test_bench_smoke_mysql(tmp_path: Path) -> None:
     require_mysql()
-    check(run_smoke(tmp_path, "mysql", MYSQL_SCENARIOS), "mysql", MYSQL_SCENARIOS)
+    check(run_smoke(tmp_path, "mysql", SCENARIOS), "mysql", SCENARIOS)

@@ -28,8 +28,10 @@ INSTALL_DB = shutil.which("mariadb-install-db") or shutil.which(
 class MariaDB:
     """One ``mariadbd`` process at a time over one data directory, on one port."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, options: tuple[str, ...] = ()) -> None:
         self.base = base
+        self.options = options  # more mariadbd options (a Galera node's, say)
+        self.env: dict[str, str] | None = None  # mariadbd's environment (None: this process's)
         self.datadir = base / "data"
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -44,29 +46,35 @@ class MariaDB:
             timeout=60,
         )
 
-    def start(self, timeout: float = 60) -> None:
-        assert MARIADBD is not None and (self.proc is None or self.proc.poll() is not None)
+    def start(self, timeout: float = 60, once: tuple[str, ...] = ()) -> None:
+        """Start on the data directory; ``once``: options for this start only (``--wsrep-new-cluster``)."""
+        assert self.proc is None or self.proc.poll() is not None
         self.proc = subprocess.Popen(
-            [
-                MARIADBD,
-                "--no-defaults",
-                f"--datadir={self.datadir}",
-                f"--port={self.port}",
-                "--bind-address=127.0.0.1",
-                f"--socket={self.base / 'mysqld.sock'}",
-                f"--pid-file={self.base / 'mysqld.pid'}",
-                f"--log-error={self.base / 'error.log'}",
-                "--user=root",
-                "--skip-grant-tables",
-                "--skip-log-bin",
-                "--innodb-buffer-pool-size=32M",
-                "--innodb-log-file-size=16M",
-                "--max-connections=500",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            self.command(*once), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env
         )
         self._wait_answering(timeout)
+
+    def command(self, *once: str) -> list[str]:
+        """The ``mariadbd`` command line for this server, with ``once`` appended."""
+        assert MARIADBD is not None
+        return [
+            MARIADBD,
+            "--no-defaults",
+            f"--datadir={self.datadir}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={self.base / 'mysqld.sock'}",
+            f"--pid-file={self.base / 'mysqld.pid'}",
+            f"--log-error={self.base / 'error.log'}",
+            "--user=root",
+            "--skip-grant-tables",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=32M",
+            "--innodb-log-file-size=16M",
+            "--max-connections=500",
+            *self.options,
+            *once,
+        ]
 
     def _wait_answering(self, timeout: float) -> None:
         assert self.proc is not None
@@ -76,15 +84,16 @@ class MariaDB:
                 raise RuntimeError(f"mariadbd exited with {self.proc.returncode}; see {self.base}/error.log")
             try:
                 conn = pymysql.connect(host="127.0.0.1", port=self.port, user="root", connect_timeout=1)
-            except pymysql.err.OperationalError:
+                try:
+                    with conn.cursor() as cursor:
+                        cursor.execute("CREATE DATABASE IF NOT EXISTS test")
+                finally:
+                    conn.close()
+                return
+            except pymysql.err.MySQLError:  # not listening yet, or a Galera node still joining
                 if time.monotonic() > deadline:
                     raise RuntimeError("mariadbd did not answer in time") from None
                 time.sleep(0.1)
-                continue
-            with conn.cursor() as cursor:
-                cursor.execute("CREATE DATABASE IF NOT EXISTS test")
-            conn.close()
-            return
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, InnoDB recovers on the next start."""

@@ -1,16 +1,20 @@
 """One database: its engine, its dialect's few differences, and error translation.
 
 Every statement the queue runs goes through :meth:`Database.transaction`, which retries
-deadlocks, lock-wait timeouts and SQLite's busy errors, retries a lost connection once, and
-turns any other driver failure into :class:`UnavailableError` — driver errors never leave the
-store.
+deadlocks, lock-wait timeouts, Galera certification failures and SQLite's busy errors, retries a
+lost connection once (or, when the url lists several Galera nodes, moves to the next node: see
+``nodes.py``), and turns any other driver failure into :class:`UnavailableError` — driver errors
+never leave the store.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import re
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ...errors import AlreadyExistsError, ConfigError, UnavailableError
+from .nodes import NODE_ERRNOS, Node, NodeSet, attach, split_hosts, sync_wait_of
 
 log = logging.getLogger("perfectqueue.store")
 
@@ -55,25 +60,48 @@ def normalize_url(url: str) -> str:
 def redact(url: str) -> str:
     """The url with its password hidden, for logs and errors."""
     try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except SQLAlchemyError:
+        hosts = [sa.engine.make_url(host) for host in split_hosts(url)]
+    except (SQLAlchemyError, ValueError):
         return "<unparsable url>"
+    if len(hosts) == 1:
+        return hosts[0].render_as_string(hide_password=True)
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url) if hosts[0].password else url
 
 
 class Database:
-    """An engine plus what the queue needs to know about its dialect."""
+    """An engine (one per node of a Galera url) plus what the queue needs to know of its dialect."""
 
     def __init__(self, url: str, pool: PoolOptions | None = None, isolation: str | None = None):
         self.url = normalize_url(url)
         pool = pool or PoolOptions()
         self.is_sqlite = self.url.startswith("sqlite")
-        self.engine = (
-            _sqlite_engine(self.url, pool) if self.is_sqlite else _mysql_engine(self.url, pool, isolation)
-        )
+        if self.is_sqlite:
+            self.nodes = NodeSet([Node(0, self.url, _sqlite_engine(self.url, pool))])
+        else:
+            plain, sync_wait = sync_wait_of(self.url)
+            hosts = split_hosts(plain)
+            self.nodes = NodeSet([Node(i, u, _mysql_engine(u, pool, isolation)) for i, u in enumerate(hosts)])
+            for node in self.nodes.nodes:
+                attach(node.engine, node, self.nodes.several, sync_wait)
+        self.retried: Counter[str] = Counter()  # conflicts, reconnects, node errors: for logs and tests
         self._skip_locked: bool | None = None
+        self._warned_lock = False
+        self._count_lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of the node in use (the only one unless the url lists several)."""
+        return self.nodes.active().engine
 
     def dispose(self) -> None:
-        self.engine.dispose()
+        if self.retried or self.nodes.switches:
+            log.warning(
+                "database %s: retried %s; moved between nodes %d times",
+                redact(self.url),
+                ", ".join(f"{n} {what}" for what, n in sorted(self.retried.items())) or "nothing",
+                self.nodes.switches,
+            )
+        self.nodes.close()
 
     def now(self) -> sa.ColumnElement[int]:
         """The database's clock in whole unix seconds, as an SQL expression."""
@@ -84,10 +112,7 @@ class Database:
     def supports_skip_locked(self) -> bool:
         """MariaDB 10.6+ and MySQL 8+ have ``FOR UPDATE SKIP LOCKED``; SQLite needs none."""
         if self._skip_locked is None:
-            with self.engine.connect() as conn:
-                info = conn.dialect.server_version_info or ()
-                mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
-            self._skip_locked = tuple(info) >= ((10, 6) if mariadb else (8, 0))
+            self._skip_locked = self.transaction(_has_skip_locked, readonly=True)
         return self._skip_locked
 
     @contextmanager
@@ -97,9 +122,15 @@ class Database:
         ``lock`` names a MySQL ``GET_LOCK`` taken before the transaction begins and released
         after it commits, so that whoever takes the lock next sees everything this one wrote.
         """
-        with self.engine.connect() as raw:
+        with self._connect(self.nodes.active(), readonly, lock) as conn:
+            yield conn
+
+    @contextmanager
+    def _connect(self, node: Node, readonly: bool, lock: str | None) -> Iterator[Connection]:
+        with node.engine.connect() as raw:
             conn = raw.execution_options(sqlite_begin="DEFERRED") if readonly and self.is_sqlite else raw
             if lock is not None:
+                self._warn_lock_on_galera(node)
                 _get_lock(conn, lock)
             try:
                 with conn.begin():
@@ -114,32 +145,73 @@ class Database:
         """Run ``work`` in one transaction, retrying what is safe to retry.
 
         A duplicate primary key surfaces as AlreadyExistsError; other driver errors that are
-        not retried become UnavailableError.
+        not retried become UnavailableError. With several nodes, a node error moves to the next
+        node and tries again, up to twice round the list.
         """
         lock_retries = 0
-        reconnected = False
+        node_retries = 0
         while True:
+            node = self.nodes.active()
             try:
-                with self.connect(readonly, lock) as conn:
+                with self._connect(node, readonly, lock) as conn:
                     return work(conn)
             except DBAPIError as exc:
                 if is_duplicate_key(exc):
                     raise AlreadyExistsError("a task with this id already exists") from exc
                 if self._is_lock_conflict(exc) and lock_retries < MAX_LOCK_RETRIES:
                     lock_retries += 1
+                    self._count("conflicts")
                     time.sleep(random.uniform(0, 0.01 * 2**lock_retries))
                     continue
-                if exc.connection_invalidated and not reconnected:
-                    reconnected = True
+                if self._node_error(node, exc, node_retries):
+                    node_retries += 1
                     continue
                 raise UnavailableError(f"database error: {_describe(exc)}") from exc
             except SQLAlchemyError as exc:
                 raise UnavailableError(f"database error: {type(exc).__name__}") from exc
 
+    def _node_error(self, node: Node, exc: DBAPIError, retries: int) -> bool:
+        """Should a failed transaction be tried again (on this node, or on the next)?"""
+        if not self.nodes.several:
+            if exc.connection_invalidated and retries == 0:
+                self._count("reconnects")
+                return True
+            return False
+        if not (exc.connection_invalidated or _mysql_errno(exc) in NODE_ERRNOS):
+            return False
+        if retries >= 2 * len(self.nodes.nodes):
+            return False
+        self._count("node errors")
+        self.nodes.failed(node, _describe(exc))
+        if retries >= len(self.nodes.nodes) - 1:
+            time.sleep(0.2 * (retries + 2 - len(self.nodes.nodes)))  # all tried: give them time
+        return True
+
     def _is_lock_conflict(self, exc: DBAPIError) -> bool:
         if self.is_sqlite:
             return "locked" in str(exc.orig) or "busy" in str(exc.orig)
         return _mysql_errno(exc) in MYSQL_RETRYABLE
+
+    def _count(self, what: str) -> None:
+        with self._count_lock:
+            self.retried[what] += 1
+
+    def _warn_lock_on_galera(self, node: Node) -> None:
+        if node.galera and not self._warned_lock:
+            self._warned_lock = True
+            log.warning(
+                "%s is a Galera cluster and this queue serialises acquisitions on GET_LOCK, which is "
+                "local to one node: fair scheduling, max_running and acquire_lock: get_lock are exact "
+                "only while every service replica (and every Ruby PerfectQueue process) writes through "
+                "the same node (give every replica the same node list, in the same order)",
+                redact(self.url),
+            )
+
+
+def _has_skip_locked(conn: Connection) -> bool:
+    info = conn.dialect.server_version_info or ()
+    mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
+    return tuple(info) >= ((10, 6) if mariadb else (8, 0))
 
 
 def is_duplicate_key(exc: DBAPIError) -> bool:

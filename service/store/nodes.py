@@ -1,0 +1,198 @@
+"""Several nodes of one Galera cluster behind one database url: a sticky single writer.
+
+A url may list several hosts, ``mysql://user@node1:3306,node2:3306,node3:3306/db``. The store
+then writes through one node at a time, the first in the list that is up and synced, and moves
+to the next when the one in use fails (connection refused or lost, or a node that left the
+primary component: error 1047). While it is not on the first node, a background probe checks
+the nodes before it every few seconds and moves back to the first one that is synced again, so
+that every service replica given the same list ends on the same node: that keeps ``GET_LOCK``
+(local to one node) and certification conflicts to what a single server would have.
+
+Each node has an engine of its own; the sessions of a Galera node get ``wsrep_sync_wait`` (causal
+reads, see :data:`DEFAULT_SYNC_WAIT`) unless the url sets it (``?wsrep_sync_wait=0`` turns it off).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+log = logging.getLogger("perfectqueue.store")
+
+NODE_ERRNOS = {1047, 1053, 1927, 2002, 2003, 2006, 2013, 2055}
+"""The node, not the statement, is the problem: WSREP not ready (non-primary), server shutting
+down, connection killed, cannot connect, server gone, connection lost."""
+
+DEFAULT_SYNC_WAIT = 3
+"""``wsrep_sync_wait`` bits 1 (reads) and 2 (UPDATE/DELETE): a statement first waits until the node
+has applied every write the cluster committed before it, so a finish, heartbeat or get that
+reaches another node than the poll or submit before it still sees that write."""
+
+SYNCED = "4"  # wsrep_local_state
+PROBE_INTERVAL = 3.0
+SYNC_WAIT = re.compile(r"[?&]wsrep_sync_wait=(\d+)")
+
+
+def split_hosts(url: str) -> list[str]:
+    """One url per host of ``url`` (a single one when it lists one host)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return [url]
+    at = rest.split("?", 1)[0].rfind("@")
+    userinfo, hosts_and_path = rest[: at + 1], rest[at + 1 :]
+    hosts, slash, path = hosts_and_path.partition("/")
+    if "," not in hosts:
+        return [url]
+    return [f"{scheme}://{userinfo}{host.strip()}{slash}{path}" for host in hosts.split(",") if host.strip()]
+
+
+def sync_wait_of(url: str) -> tuple[str, int | None]:
+    """The url without its ``wsrep_sync_wait`` parameter, and that parameter's value."""
+    match = SYNC_WAIT.search(url)
+    if match is None:
+        return url, None
+    rest = url[: match.start()] + url[match.end() :]
+    if "?" not in rest and "&" in rest:
+        rest = rest.replace("&", "?", 1)
+    return rest, int(match.group(1))
+
+
+@dataclass
+class Node:
+    index: int
+    url: str
+    engine: Engine
+    galera: bool | None = None  # learnt on the first connection
+
+
+@dataclass
+class NodeSet:
+    """The nodes of one url and which of them the store writes through now."""
+
+    nodes: list[Node]
+    current: int = 0
+    switches: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _probing: bool = False
+    _closed: bool = False
+
+    @property
+    def several(self) -> bool:
+        return len(self.nodes) > 1
+
+    def active(self) -> Node:
+        node = self.nodes[self.current]
+        if node.index != 0:
+            self._probe_soon()
+        return node
+
+    def failed(self, node: Node, reason: str) -> None:
+        """``node`` failed a transaction: move to the next node (if nobody has moved already)."""
+        with self._lock:
+            if self.current != node.index or not self.several:
+                return
+            self.current = (node.index + 1) % len(self.nodes)
+            self.switches += 1
+        log.warning(
+            "database node %d failed (%s): now writing through node %d",
+            node.index + 1,
+            reason,
+            self.current + 1,
+        )
+        node.engine.dispose()
+
+    def close(self) -> None:
+        self._closed = True
+        for node in self.nodes:
+            node.engine.dispose()
+
+    def _probe_soon(self) -> None:
+        with self._lock:
+            if self._probing or self._closed:
+                return
+            self._probing = True
+        threading.Thread(target=self._probe_preferred, name="pq-node-probe", daemon=True).start()
+
+    def _probe_preferred(self) -> None:
+        """After a pause, move back to the first node before the current one that is synced."""
+        try:
+            time.sleep(PROBE_INTERVAL)
+            for node in self.nodes[: self.current]:
+                if not self._closed and is_synced(node.engine):
+                    with self._lock:
+                        left = self.nodes[self.current] if node.index < self.current else None
+                        if left is not None:
+                            log.warning("database node %d is synced again: back to it", node.index + 1)
+                            self.current = node.index
+                            self.switches += 1
+                    if left is not None:
+                        left.engine.dispose()  # its idle connections would be stale when next used
+                    return
+        finally:
+            with self._lock:
+                self._probing = False
+
+
+def is_synced(engine: Engine) -> bool:
+    """Does this node answer, and is it a synced member of the primary component?"""
+    try:
+        with engine.connect() as conn:
+            return wsrep_state(conn.connection.dbapi_connection) in (None, SYNCED)
+    except SQLAlchemyError:
+        return False
+
+
+def wsrep_state(dbapi_conn: Any) -> str | None:
+    """``wsrep_local_state`` of a Galera node ('4': synced), None when the server is no Galera node."""
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute("SHOW VARIABLES LIKE 'wsrep_on'")
+        row = cursor.fetchone()
+        if row is None or str(row[1]).upper() != "ON":
+            return None
+        cursor.execute("SHOW STATUS LIKE 'wsrep_local_state'")
+        row = cursor.fetchone()
+        return "0" if row is None else str(row[1])
+    finally:
+        cursor.close()
+
+
+def on_connect(
+    node: Node, several: bool, sync_wait: int | None, error: Callable[[int, str], Exception]
+) -> Callable[[Any, Any], None]:
+    """The pool's connect hook: learn whether the node is Galera, refuse one that is not synced
+    when there are other nodes to use, and set ``wsrep_sync_wait``."""
+
+    def hook(dbapi_conn: Any, _record: Any) -> None:
+        state = wsrep_state(dbapi_conn)
+        node.galera = state is not None
+        if state is None:
+            if several:
+                raise error(1105, f"node {node.index + 1} is no Galera node; the url lists several")
+            return
+        if several and state != SYNCED:
+            raise error(1047, f"node {node.index + 1} is not synced (wsrep_local_state {state})")
+        cursor = dbapi_conn.cursor()
+        try:
+            wait = DEFAULT_SYNC_WAIT if sync_wait is None else sync_wait
+            cursor.execute(f"SET SESSION wsrep_sync_wait = {wait}")
+        finally:
+            cursor.close()
+
+    return hook
+
+
+def attach(engine: Engine, node: Node, several: bool, sync_wait: int | None) -> None:
+    """Hook ``on_connect`` into the engine; its refusals are the driver's own OperationalError, so
+    that the store handles them as it handles the server's."""
+    error = engine.dialect.loaded_dbapi.OperationalError
+    sa.event.listen(engine, "connect", on_connect(node, several, sync_wait, error))

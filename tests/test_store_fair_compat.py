@@ -237,12 +237,18 @@ def test_original_table_is_served_before_and_after_init(
     assert store.acquire(10, 600) == []
     assert store.counts().finished == 5
 
-    assert store.init() == [f"created index index_{table_name}_on_resource"]
+    added = ["attempts", "max_attempts", "last_error", "outcome", "cancel_requested", "traceparent"]
+    assert store.init() == [
+        *(f"added column {name}" for name in added),
+        f"created index index_{table_name}_on_outcome",
+        f"created index index_{table_name}_on_resource",
+    ]
     assert store.init() == []
     assert f"index_{table_name}_on_resource" in index_names(database, table_name)
     with database.engine.connect() as conn:
         columns = [c["name"] for c in sa.inspect(conn).get_columns(table_name)]
-    assert columns == ["id", "timeout", "data", "created_at", "resource", "max_running", "owner"]
+    assert columns == ["id", "timeout", "data", "created_at", "resource", "max_running", "owner", *added]
+    assert store.get("plain.1").attempts == 0  # rows in place read the added columns' defaults
     store.submit(NewTask("new.1", "x", user="u1", max_running=1))
     [got] = store.acquire(10, 600)
     assert got.task.id == "new.1"

@@ -2,8 +2,9 @@
 
 from .database import Database, PoolOptions, normalize_url, redact
 from .model import AcquiredTask, NewTask, Task, TaskStatus
-from .queue import Counts, Page, QueueStore
+from .queue import Page, QueueStore
 from .schema import check_table_name
+from .stats import Counts, UserLoad
 
 __all__ = [
     "AcquiredTask",
@@ -15,6 +16,7 @@ __all__ = [
     "QueueStore",
     "Task",
     "TaskStatus",
+    "UserLoad",
     "check_table_name",
     "normalize_url",
     "redact",

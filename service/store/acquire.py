@@ -30,6 +30,9 @@ class Acquisition:
     def __init__(self, db: Database, table: sa.Table, *, fair: bool, lock: str) -> None:
         self.db, self.table, self.fair, self.lock = db, table, fair, lock
         self._t = table.c
+        self.columns: list[sa.ColumnElement[Any]] = list(table.c)
+        """What an acquisition reads of each row (the store narrows it for a table the original
+        created, until init adds the columns beyond the original's)."""
         self._resource_indexed = False  # known once seen: a table the original created lacks it
 
     def rows(self, conn: Connection, now: int, limit: int) -> Sequence[Row[Any]]:
@@ -62,7 +65,7 @@ class Acquisition:
 
     def _oldest_rows(self, conn: Connection, now: int, limit: int) -> Sequence[Row[Any]]:
         query = (
-            sa.select(self.table)
+            sa.select(*self.columns)
             .where(self._waiting(now))
             .order_by(self._t.timeout)
             .limit(limit)
@@ -162,7 +165,7 @@ class Acquisition:
         self, conn: Connection, now: int, user: str | None, limit: int, offset: int
     ) -> Sequence[Row[Any]]:
         query = (
-            sa.select(self.table)
+            sa.select(*self.columns)
             .where(
                 self._t.resource.is_(None) if user is None else self._t.resource == user, self._waiting(now)
             )

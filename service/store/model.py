@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import json
+import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,15 @@ MAX_DURATION = 365 * 24 * 3600
 MAX_NAME_BYTES = 255
 """Task ids, types and users are stored in VARCHAR(255) columns (or the data's JSON)."""
 
+MAX_ATTEMPTS = 1_000_000
+"""The largest max_attempts accepted (per task or per queue)."""
+
+LAST_ERROR_CHARS = 1000
+"""A handler's error (type and message) is kept truncated to this many characters."""
+
+TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+"""A W3C trace-context ``traceparent`` of version 00: lowercase hex, ids not all zero."""
+
 
 class TaskStatus(enum.StrEnum):
     """The task states of the time model (CONTRACT.md §2)."""
@@ -31,6 +42,15 @@ class TaskStatus(enum.StrEnum):
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+class Outcome(enum.StrEnum):
+    """How a finished row ended, in its ``outcome`` column (NULL: finished normally)."""
+
+    DEAD = "dead"
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +66,14 @@ class Task:
     timeout: int
     max_running: int | None
     compression: str | None = None
+    attempts: int = 0
+    max_attempts: int | None = None
+    last_error: str | None = None
+    cancel_requested: bool = False
+    traceparent: str | None = None
+    leased: bool = False
+    """Running and held by a worker; a running task nobody holds is scheduled for later
+    (submitted with ``run_at``, or retried with a wait)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +95,8 @@ class NewTask:
     max_running: int | None = None
     run_at: int | None = None
     compression: str | None = None
+    max_attempts: int | None = None
+    traceparent: str | None = None
 
     def __post_init__(self) -> None:
         check_name("id", self.id)
@@ -80,6 +110,66 @@ class NewTask:
             check_int("run_at", self.run_at, EVENT_HORIZON + 1, MAX_TIMESTAMP)
         if self.compression not in (None, "gzip"):
             raise InvalidError("compression must be 'gzip' or absent")
+        if self.max_attempts is not None:
+            check_int("max_attempts", self.max_attempts, 1, MAX_ATTEMPTS)
+        if self.traceparent is not None:
+            check_traceparent(self.traceparent)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When a retry without an explicit wait is delivered again, and when a task is dead.
+
+    ``constant``: after ``retry_wait`` (the original). ``exponential``: after
+    ``retry_wait * 2 ** (attempts - 1)``, at most ``retry_wait_max``, less a random part of up
+    to ``retry_jitter`` of it (so that tasks failing together do not return together).
+    ``max_attempts`` (None: unlimited) applies to tasks submitted without their own.
+    """
+
+    retry_wait: int = 300
+    backoff: str = "constant"
+    retry_wait_max: int = 86400
+    retry_jitter: float = 0.25
+    max_attempts: int | None = None
+    dead_retention_time: int = 604800
+
+    def __post_init__(self) -> None:
+        check_duration("retry_wait", self.retry_wait)
+        check_duration("retry_wait_max", self.retry_wait_max)
+        check_duration("dead_retention_time", self.dead_retention_time)
+        if self.backoff not in ("constant", "exponential"):
+            raise InvalidError("retry_backoff must be 'constant' or 'exponential'")
+        if isinstance(self.retry_jitter, bool) or not 0 <= self.retry_jitter <= 1:
+            raise InvalidError("retry_jitter must be a number from 0 to 1")
+        if self.max_attempts is not None:
+            check_int("max_attempts", self.max_attempts, 1, MAX_ATTEMPTS)
+
+    def wait(self, attempts: int) -> int:
+        """Seconds before the next delivery of a task whose attempt number ``attempts`` failed."""
+        if self.backoff == "constant":
+            return self.retry_wait
+        wait = min(self.retry_wait_max, self.retry_wait << min(max(attempts - 1, 0), 40))
+        return round(wait - random.uniform(0, self.retry_jitter * wait))
+
+    def exhausted(self, attempts: int, max_attempts: int | None) -> bool:
+        """Has a task with this many attempts used up its own limit, or else the queue's?"""
+        limit = self.max_attempts if max_attempts is None else max_attempts
+        return limit is not None and attempts >= limit
+
+
+def check_traceparent(value: object) -> str:
+    """A W3C ``traceparent`` header value (version 00), strictly; else InvalidError."""
+    if not isinstance(value, str) or not TRACEPARENT.fullmatch(value):
+        raise InvalidError("traceparent must be a W3C trace context: 00-<32 hex>-<16 hex>-<2 hex>, lowercase")
+    return value
+
+
+def truncate_error(error: str | None) -> str | None:
+    """A handler's error as stored: at most LAST_ERROR_CHARS characters, no NUL."""
+    if error is None:
+        return None
+    error = error.replace("\x00", "")
+    return error if len(error) <= LAST_ERROR_CHARS else error[: LAST_ERROR_CHARS - 3] + "..."
 
 
 def check_name(what: str, value: object) -> None:

@@ -2,12 +2,25 @@
 
 Time is the database's clock (``Database.now``). Leases are fencing tokens written to ``owner``
 at each acquisition; a heartbeat, finish, retry or release must present the current one.
+
+Beyond the original: each acquisition counts an attempt (in the same UPDATE that leases the
+row); a task that would start an attempt past its ``max_attempts`` ends **dead** instead (kept
+for ``dead_retention_time``, requeueable); a cancel ends a waiting task at once and asks the
+holder of a running one to stop (its next heartbeat, finish, retry or release answers
+CancelRequestedError, and the task ends **cancelled**). Dead and cancelled rows are finished rows
+to the original (``created_at`` NULL, timeout in the finished range); ``outcome`` says how they
+ended.
+
+A table the original created lacks those columns until ``init`` adds them; until then the store
+serves it as the original would (no attempts, no dead or cancelled tasks), checking again every
+few seconds whether another process ran ``init``.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,29 +30,43 @@ from sqlalchemy.engine import Connection, Row
 from ...errors import (
     AlreadyExistsError,
     AlreadyFinishedError,
+    CancelRequestedError,
     InvalidError,
+    NotDeadError,
     NotFoundError,
+    NotSupportedError,
     PerfectQueueError,
     PreemptedError,
 )
+from . import throughput
 from .acquire import Acquisition
 from .codec import decode_data, encode_data
 from .database import Database
+from .listing import Listing
 from .model import (
     DELETE_OFFSET,
     EVENT_HORIZON,
     AcquiredTask,
     NewTask,
+    Outcome,
+    RetryPolicy,
     Task,
     TaskStatus,
     check_data,
     check_duration,
     check_int,
     check_name,
+    truncate_error,
 )
-from .schema import build_table, init_table
+from .schema import EXTENSION_DEFAULTS, build_table, has_extensions, init_table
+from .stats import DEFAULT_LIMIT, Counts, UserLoad, count_states, user_loads
 
 MAX_LEASE = 2**63 - 1
+SCHEMA_RECHECK = 5.0
+"""Seconds between checks whether a table seen without our columns has them now."""
+LEASE_EXPIRED = (
+    "LeaseExpired: the lease of the last attempt expired (its worker died or stopped heart-beating)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +77,6 @@ class Page:
     cursor: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Counts:
-    waiting: int
-    running: int
-    finished: int
-
-
 class QueueStore:
     """One queue: one table in one database.
 
@@ -65,6 +85,7 @@ class QueueStore:
     are kept apart on MySQL: ``skip_locked`` (row locks, in parallel) or ``get_lock`` (the
     original's ``GET_LOCK('<table>')``, for tables shared with Ruby PerfectQueue processes).
     Fair acquisition always serialises on that lock, which is what keeps ``max_running`` exact.
+    ``policy`` holds the queue's retry backoff, ``max_attempts`` and ``dead_retention_time``.
     """
 
     def __init__(
@@ -75,6 +96,7 @@ class QueueStore:
         retention_time: int = 300,
         fair: bool = True,
         lock: str = "skip_locked",
+        policy: RetryPolicy | None = None,
     ) -> None:
         if lock not in ("skip_locked", "get_lock"):
             raise InvalidError("lock must be 'skip_locked' or 'get_lock'")
@@ -83,19 +105,69 @@ class QueueStore:
         self.retention_time = check_duration("retention_time", retention_time)
         self.fair = fair
         self.lock = lock
+        self.policy = policy or RetryPolicy()
         self._t = self.table.c
         self._acquisition = Acquisition(db, self.table, fair=fair, lock=lock)
+        self._listing = Listing(self.table, self._columns)
+        self._extended = False
+        self._checked_at = -SCHEMA_RECHECK
 
     # -- schema ----------------------------------------------------------------------------
 
     def init(self) -> list[str]:
-        """Create the table or add what it lacks (idempotent)."""
-        return init_table(self.db, self.table)
+        """Create the table or add what it lacks, and the per-minute counts' side table
+        (idempotent)."""
+        done = init_table(self.db, self.table)
+        self.db.transaction(throughput.create)  # shared by the queues of a database: not reported
+        self._use_extensions(True)
+        return done
+
+    def extended(self) -> bool:
+        """Has the table the columns beyond the original's? Known once seen; a table seen
+        without them is looked at again every SCHEMA_RECHECK seconds."""
+        if not self._extended and time.monotonic() - self._checked_at >= SCHEMA_RECHECK:
+            self._checked_at = time.monotonic()
+            self._use_extensions(has_extensions(self.db, self.table))
+        return self._extended
+
+    def _use_extensions(self, present: bool) -> None:
+        self._extended = present
+        self._acquisition.columns = self._columns()
+
+    def _columns(self) -> list[sa.ColumnElement[Any]]:
+        """The columns statements read: a table without ours reads their defaults instead."""
+        return [self._col(c.name) for c in self.table.c]
+
+    def _col(self, name: str) -> sa.ColumnElement[Any]:
+        if self._extended or name not in EXTENSION_DEFAULTS:
+            return self._t[name]
+        default = EXTENSION_DEFAULTS[name]
+        return (sa.null() if default is None else sa.literal_column(str(default))).label(name)
+
+    def _values(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` without our columns when the table lacks them."""
+        if self._extended:
+            return values
+        return {k: v for k, v in values.items() if k not in EXTENSION_DEFAULTS}
+
+    def _not_cancel_requested(self) -> sa.ColumnElement[bool]:
+        return self._t.cancel_requested == 0 if self._extended else sa.true()
+
+    def _outcome_is(self, outcome: Outcome | None) -> sa.ColumnElement[bool]:
+        if not self._extended:
+            return sa.true() if outcome is None else sa.false()
+        return self._t.outcome.is_(None) if outcome is None else self._t.outcome == outcome.value
+
+    def _require_extensions(self, what: str) -> None:
+        """Called outside any transaction: a check may need a connection of its own."""
+        if not self.extended():
+            raise NotSupportedError(f"{what} needs the columns that `perfectqueue init` adds to this table")
 
     # -- submit ----------------------------------------------------------------------------
 
     def submit(self, task: NewTask) -> None:
         """Insert a waiting task; AlreadyExistsError if the id is present in any state."""
+        self.extended()
         try:
             self.db.transaction(lambda conn: conn.execute(self._insert(), [self._row(task)]))
         except AlreadyExistsError:
@@ -105,6 +177,7 @@ class QueueStore:
         """Insert many tasks; per task None (stored) or the error (AlreadyExistsError)."""
         results: list[PerfectQueueError | None] = [None] * len(tasks)
         first: dict[str, int] = {}
+        self.extended()
         for i, task in enumerate(tasks):
             if task.id in first:
                 results[i] = AlreadyExistsError(f"task {task.id!r} is twice in the batch")
@@ -140,13 +213,19 @@ class QueueStore:
         )
 
     def _row(self, task: NewTask) -> dict[str, Any]:
-        return {
-            "id": task.id,
-            "run_at": task.run_at,
-            "data": encode_data(task.type, task.data, task.compression),
-            "resource": task.user,
-            "max_running": task.max_running,
-        }
+        if (task.max_attempts is not None or task.traceparent is not None) and not self._extended:
+            raise NotSupportedError("max_attempts and traceparent need the columns `perfectqueue init` adds")
+        return self._values(
+            {
+                "id": task.id,
+                "run_at": task.run_at,
+                "data": encode_data(task.type, task.data, task.compression),
+                "resource": task.user,
+                "max_running": task.max_running,
+                "max_attempts": task.max_attempts,
+                "traceparent": task.traceparent,
+            }
+        )
 
     # -- acquire ---------------------------------------------------------------------------
 
@@ -155,21 +234,53 @@ class QueueStore:
         check_int("max", max_tasks, 1, 1000)
         check_duration("alive_time", alive_time, 1)
         lease = secrets.randbelow(MAX_LEASE) + 1
+        self.extended()
+        ended: dict[Outcome, int] = {}
 
         def work(conn: Connection) -> list[AcquiredTask]:
+            ended.clear()  # a retried transaction counts again
             now = conn.execute(sa.select(self.db.now())).scalar_one()
             rows = self._acquisition.rows(conn, now, max_tasks)
-            if not rows:
+            live = [r for r in rows if not (r.cancel_requested or self._exhausted(r))]
+            if len(live) < len(rows):
+                ended.update(self._end_undeliverable(conn, [r for r in rows if r not in live]))
+            if not live:
                 return []
             timeout = now + alive_time
             conn.execute(
                 sa.update(self.table)
-                .where(self._t.id.in_([r.id for r in rows]))
-                .values(timeout=timeout, owner=lease)
+                .where(self._t.id.in_([r.id for r in live]))
+                .values(self._values({"timeout": timeout, "owner": lease, "attempts": self._t.attempts + 1}))
             )
-            return [AcquiredTask(self._task(r, now, timeout=timeout), lease) for r in rows]
+            counted = 1 if self._extended else 0
+            return [
+                AcquiredTask(self._task(r, now, timeout=timeout, attempts=r.attempts + counted), lease)
+                for r in live
+            ]
 
-        return self.db.transaction(work, lock=self._acquisition.lock_name())
+        acquired = self.db.transaction(work, lock=self._acquisition.lock_name())
+        for outcome, count in ended.items():
+            self.ended(outcome, count)
+        return acquired
+
+    def ended(self, outcome: Outcome, count: int) -> None:
+        """Called after an acquisition ended ``count`` tasks it found undeliverable (dead: their
+        attempts used up; cancelled: a cancel was requested while their lease ran out). Nothing
+        here; a subclass counts them."""
+
+    def _exhausted(self, row: Any) -> bool:
+        return self.policy.exhausted(row.attempts, row.max_attempts)
+
+    def _end_undeliverable(self, conn: Connection, rows: Sequence[Row[Any]]) -> dict[Outcome, int]:
+        """Rows an acquisition found but must not deliver: a cancel was requested while their
+        lease ran out (cancelled), or their attempts are used up (dead). Returns how many of each."""
+        cancelled = [r.id for r in rows if r.cancel_requested]
+        dead = [r.id for r in rows if not r.cancel_requested]
+        if cancelled:
+            conn.execute(self._end(self._t.id.in_(cancelled), Outcome.CANCELLED))
+        if dead:
+            conn.execute(self._end(self._t.id.in_(dead), Outcome.DEAD).values(last_error=LEASE_EXPIRED))
+        return {Outcome.CANCELLED: len(cancelled), Outcome.DEAD: len(dead)}
 
     # -- lease operations ------------------------------------------------------------------
 
@@ -179,77 +290,155 @@ class QueueStore:
         """Extend the lease to now + alive_time, optionally replacing the data."""
         check_duration("alive_time", alive_time, 1)
         values: dict[str, Any] = {"timeout": self.db.now() + alive_time}
+        self.extended()
 
-        def work(conn: Connection) -> None:
+        def work(conn: Connection) -> bool:
             if data is not None:
                 row = conn.execute(
                     sa.select(self._t.data).where(self._held(task_id, lease)).with_for_update()
                 ).first()
                 if row is None:
-                    raise PreemptedError(f"task {task_id!r} is not held by this lease")
+                    raise self._lease_error(conn, task_id)
                 task_type, _, compression = decode_data(task_id, row.data)
                 values["data"] = encode_data(task_type, data, compression)
-            self._update_held(conn, task_id, lease, values)
+            return self._update_held(conn, task_id, lease, values)
 
         if data is not None:
             check_data(data)
-        self.db.transaction(work)
+        if self.db.transaction(work):
+            raise _cancel_asked(task_id)
 
-    def retry(self, task_id: str, lease: int, retry_wait: int) -> None:
-        """Give the task back; it is delivered again after ``retry_wait`` seconds."""
-        check_duration("retry_wait", retry_wait)
-        values = {"timeout": self.db.now() + retry_wait, "owner": 0}
-        self.db.transaction(lambda conn: self._update_held(conn, task_id, lease, values))
+    def heartbeat_many(
+        self, items: Sequence[tuple[str, int]], alive_time: int
+    ) -> list[PerfectQueueError | None]:
+        """Extend many leases to now + alive_time: one transaction, one fenced UPDATE. Per item
+        None (extended), CancelRequestedError (extended, but a cancel was requested: stop) or
+        the error a single heartbeat would answer (Preempted: finished, gone or taken over)."""
+        check_duration("alive_time", alive_time, 1)
+        if not items:
+            return []
+        self.extended()
+        leases: dict[int, set[str]] = {}
+        for task_id, lease in items:
+            leases.setdefault(lease, set()).add(task_id)
+        ids = sorted({task_id for task_id, _ in items})
+        held = sa.or_(
+            *(sa.and_(self._t.owner == lease, self._t.id.in_(sorted(i))) for lease, i in leases.items())
+        )
+        where = sa.and_(self._t.id.in_(ids), self._t.created_at.is_not(None), held)
+        extend = sa.update(self.table).where(where).values(timeout=self.db.now() + alive_time)
+
+        def work(conn: Connection) -> list[PerfectQueueError | None]:
+            conn.execute(extend)  # the rows it changed are locked now: the read below sees them as left
+            state = {r.id: r for r in conn.execute(self._state_query(self._t.id.in_(ids)))}
+            return [_heartbeat_result(task_id, lease, state.get(task_id)) for task_id, lease in items]
+
+        return self.db.transaction(work)
+
+    def retry(
+        self, task_id: str, lease: int, retry_wait: int | None = None, error: str | None = None
+    ) -> int | None:
+        """Give the task back, to be delivered again after ``retry_wait`` seconds (None: the
+        queue's backoff for its attempt count), recording ``error`` (the handler's, truncated).
+
+        Returns the wait, or None when the task's attempts are used up: it is dead now.
+        """
+        if retry_wait is not None:
+            check_duration("retry_wait", retry_wait)
+        last_error = truncate_error(error) if self.extended() else None
+
+        def work(conn: Connection) -> int | CancelRequestedError | None:
+            row = conn.execute(
+                sa.select(self._col("attempts"), self._col("max_attempts"), self._col("cancel_requested"))
+                .where(self._held(task_id, lease))
+                .with_for_update()
+            ).first()
+            if row is None:
+                raise self._lease_error(conn, task_id)
+            recorded = {} if last_error is None else {"last_error": last_error}
+            if row.cancel_requested:
+                conn.execute(self._end(self._t.id == task_id, Outcome.CANCELLED).values(recorded))
+                return _cancelled(task_id)
+            if self._exhausted(row):
+                conn.execute(self._end(self._t.id == task_id, Outcome.DEAD).values(recorded))
+                return None
+            wait = self.policy.wait(row.attempts) if retry_wait is None else retry_wait
+            values = {"timeout": self.db.now() + wait, "owner": 0, **recorded}
+            conn.execute(sa.update(self.table).where(self._t.id == task_id).values(values))
+            return wait
+
+        result = self.db.transaction(work)
+        if isinstance(result, CancelRequestedError):
+            raise result
+        return result
 
     def release(self, task_id: str, lease: int) -> None:
-        """Give the task back, deliverable at once."""
-        self.retry(task_id, lease, 0)
+        """Give the task back, deliverable at once; the attempt it used is given back too (a
+        release means the task was not worked on: a stopping worker, a vanished long-poll)."""
+        attempts = sa.case((self._t.attempts > 0, self._t.attempts - 1), else_=0)
+        self.extended()
+        values = self._values({"timeout": self.db.now(), "owner": 0, "attempts": attempts})
+        if self.db.transaction(lambda conn: self._update_held(conn, task_id, lease, values, end=True)):
+            raise _cancelled(task_id)
 
     def finish(self, task_id: str, lease: int) -> None:
-        """Mark the task finished; it stays retained (and unsubmittable) for retention_time."""
+        """Mark the task finished; it stays retained (and unsubmittable) for retention_time.
 
-        def work(conn: Connection) -> None:
-            if conn.execute(self._finish_where(self._held(task_id, lease))).rowcount == 0:
-                raise self._finish_error(conn, task_id, lease)
+        CancelRequestedError if a cancel was requested meanwhile: the task ends cancelled.
+        """
 
-        self.db.transaction(work)
+        self.extended()
+
+        def work(conn: Connection) -> bool:
+            held = sa.and_(self._held(task_id, lease), self._not_cancel_requested())
+            if conn.execute(self._finish_where(held)).rowcount == 1:
+                return False
+            row = self._state(conn, task_id)
+            if row is not None and _holds(row, lease) and row.cancel_requested:
+                conn.execute(self._end(self._t.id == task_id, Outcome.CANCELLED))
+                return True
+            raise _finish_error(task_id, lease, row, False)
+
+        if self.db.transaction(work):
+            raise _cancelled(task_id)
 
     def finish_many(self, items: Sequence[tuple[str, int]]) -> list[PerfectQueueError | None]:
         """Finish many leased tasks in one transaction; per item None or its error."""
 
+        self.extended()
+
         def work(conn: Connection) -> list[PerfectQueueError | None]:
             ids = sorted({task_id for task_id, _ in items})
-            rows = conn.execute(
-                sa.select(self._t.id, self._t.created_at, self._t.owner)
-                .where(self._t.id.in_(ids))
-                .with_for_update()
-            ).all()
+            rows = conn.execute(self._state_query(self._t.id.in_(ids)).with_for_update()).all()
             state = {r.id: r for r in rows}
             results: list[PerfectQueueError | None] = []
             done: set[str] = set()
+            cancelled: set[str] = set()
             for task_id, lease in items:
                 row = state.get(task_id)
-                if (
-                    row is not None
-                    and row.created_at is not None
-                    and row.owner == lease
-                    and task_id not in done
-                ):
-                    done.add(task_id)
-                    results.append(None)
+                if row is not None and _holds(row, lease) and task_id not in done | cancelled:
+                    (cancelled if row.cancel_requested else done).add(task_id)
+                    results.append(_cancelled(task_id) if row.cancel_requested else None)
+                elif task_id in cancelled:
+                    results.append(_cancelled(task_id))
                 else:
                     results.append(_finish_error(task_id, lease, row, task_id in done))
             if done:
                 conn.execute(self._finish_where(self._t.id.in_(sorted(done))))
+            if cancelled:
+                conn.execute(self._end(self._t.id.in_(sorted(cancelled)), Outcome.CANCELLED))
             return results
 
         return self.db.transaction(work) if items else []
 
     def force_finish(self, task_id: str) -> None:
-        """Finish regardless of any lease (an operator's action)."""
+        """Finish regardless of any lease (an operator's action); a dead task too."""
+
+        self.extended()
 
         def work(conn: Connection) -> None:
-            query = self._finish_where(sa.and_(self._t.id == task_id, self._t.created_at.is_not(None)))
+            finishable = sa.or_(self._t.created_at.is_not(None), self._outcome_is(Outcome.DEAD))
+            query = self._finish_where(sa.and_(self._t.id == task_id, finishable))
             if conn.execute(query).rowcount == 0:
                 found = conn.execute(sa.select(self._t.id).where(self._t.id == task_id)).first()
                 if found is None:
@@ -258,38 +447,166 @@ class QueueStore:
 
         self.db.transaction(work)
 
+    def force_release(self, task_id: str) -> None:
+        """Make a task deliverable now, regardless of any lease (an operator's "retry now"): the
+        holder's lease ends (its next call is Preempted). A waiting task keeps its place in the
+        queue. NotFoundError; AlreadyFinishedError if it ended."""
+        check_name("id", task_id)
+
+        def work(conn: Connection) -> None:
+            now = conn.execute(sa.select(self.db.now())).scalar_one()
+            query = (
+                sa.update(self.table)
+                .where(self._t.id == task_id, self._t.created_at.is_not(None))
+                .values(timeout=sa.case((self._t.timeout > now, now), else_=self._t.timeout), owner=0)
+            )
+            if conn.execute(query).rowcount == 0:
+                self._read(conn, task_id)  # NotFoundError
+                raise AlreadyFinishedError(f"task {task_id!r} is already finished")
+
+        self.db.transaction(work)
+
+    # -- cancel and requeue (beyond the original) --------------------------------------------
+
+    def cancel(self, task_id: str) -> Task:
+        """Cancel a task: one nobody holds (waiting, scheduled for later, or its lease expired)
+        ends cancelled at once; a leased one is asked to stop (``cancel_requested``) and ends
+        cancelled when its holder next calls. NotFoundError; AlreadyFinishedError if finished,
+        dead or cancelled already."""
+        check_name("id", task_id)
+        self._require_extensions("cancel")
+
+        def work(conn: Connection) -> Task:
+            row = self._read(conn, task_id, lock=True)
+            if row.created_at is None:
+                raise AlreadyFinishedError(f"task {task_id!r} is already {self._status(row, row.now).value}")
+            if row.owner == 0 or row.timeout <= row.now:
+                conn.execute(self._end(self._t.id == task_id, Outcome.CANCELLED))
+            else:
+                conn.execute(sa.update(self.table).where(self._t.id == task_id).values(cancel_requested=1))
+            row = self._read(conn, task_id)
+            return self._task(row, row.now)
+
+        return self.db.transaction(work)
+
+    def requeue(self, task_id: str) -> Task:
+        """Make a dead task waiting again, its attempts reset (an operator's action).
+
+        NotFoundError; NotDeadError if it is waiting or running; AlreadyFinishedError if it
+        finished or was cancelled."""
+        check_name("id", task_id)
+        self._require_extensions("requeue")
+
+        def work(conn: Connection) -> Task:
+            row = self._read(conn, task_id, lock=True)
+            if row.created_at is not None:
+                raise NotDeadError(f"task {task_id!r} is {self._status(row, row.now).value}, not dead")
+            if row.outcome != Outcome.DEAD.value:
+                raise AlreadyFinishedError(
+                    f"task {task_id!r} is {self._status(row, row.now).value}, not dead"
+                )
+            now = self.db.now()
+            values = {
+                "created_at": now,
+                "timeout": now,
+                "attempts": 0,
+                "outcome": None,
+                "cancel_requested": 0,
+            }
+            conn.execute(sa.update(self.table).where(self._t.id == task_id).values(values))
+            row = self._read(conn, task_id)
+            return self._task(row, row.now)
+
+        return self.db.transaction(work)
+
+    # -- statements shared by the operations -------------------------------------------------
+
     def _held(self, task_id: str, lease: int) -> sa.ColumnElement[bool]:
         return sa.and_(self._t.id == task_id, self._t.owner == lease, self._t.created_at.is_not(None))
 
-    def _update_held(self, conn: Connection, task_id: str, lease: int, values: dict[str, Any]) -> None:
-        if conn.execute(sa.update(self.table).where(self._held(task_id, lease)).values(values)).rowcount == 0:
-            raise PreemptedError(f"task {task_id!r} is not held by this lease (finished, gone or taken over)")
+    def _update_held(
+        self, conn: Connection, task_id: str, lease: int, values: dict[str, Any], end: bool = False
+    ) -> bool:
+        """Apply ``values`` to the held row; True if a cancel was requested for it (the values
+        applied, or with ``end`` the task ended cancelled instead); else the lease error."""
+        held = sa.and_(self._held(task_id, lease), self._not_cancel_requested())
+        if conn.execute(sa.update(self.table).where(held).values(values)).rowcount == 1:
+            return False
+        row = self._state(conn, task_id)
+        if row is None or not _holds(row, lease) or not row.cancel_requested:
+            raise _lease_error(task_id, row)
+        if end:
+            conn.execute(self._end(self._t.id == task_id, Outcome.CANCELLED))
+        else:
+            conn.execute(sa.update(self.table).where(self._t.id == task_id).values(values))
+        return True
+
+    def _lease_error(self, conn: Connection, task_id: str) -> PerfectQueueError:
+        return _lease_error(task_id, self._state(conn, task_id))
 
     def _finish_where(self, where: sa.ColumnElement[bool]) -> sa.Update:
-        retained_until = self.db.now() - DELETE_OFFSET + self.retention_time
-        return (
-            sa.update(self.table).where(where).values(timeout=retained_until, created_at=None, resource=None)
-        )
+        return self._end(where, None)
 
-    def _finish_error(self, conn: Connection, task_id: str, lease: int) -> PerfectQueueError:
-        row = conn.execute(
-            sa.select(self._t.id, self._t.created_at, self._t.owner).where(self._t.id == task_id)
-        ).first()
-        return _finish_error(task_id, lease, row, False)
+    def _end(self, where: sa.ColumnElement[bool], outcome: Outcome | None) -> sa.Update:
+        """Finish rows: normally (``outcome`` None), dead or cancelled. A dead row keeps its
+        user (for a requeue) and its own, longer, retention."""
+        dead = outcome is Outcome.DEAD
+        retention = self.policy.dead_retention_time if dead else self.retention_time
+        values: dict[str, Any] = {
+            "timeout": self.db.now() - DELETE_OFFSET + retention,
+            "created_at": None,
+            "outcome": None if outcome is None else outcome.value,
+        }
+        if outcome is not None:
+            values["owner"] = 0  # a late call by the last holder is refused, not accepted
+        if not dead:
+            values["resource"] = None
+        return sa.update(self.table).where(where).values(self._values(values))
+
+    def _state_query(self, where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+        t, col = self._t, self._col
+        return sa.select(t.id, t.created_at, t.owner, col("outcome"), col("cancel_requested")).where(where)
+
+    def _state(self, conn: Connection, task_id: str) -> Row[Any] | None:
+        return conn.execute(self._state_query(self._t.id == task_id)).first()
+
+    def _read(self, conn: Connection, task_id: str, lock: bool = False) -> Any:
+        query = sa.select(*self._columns(), self.db.now().label("now")).where(self._t.id == task_id)
+        row = conn.execute(query.with_for_update() if lock and not self.db.is_sqlite else query).first()
+        if row is None:
+            raise NotFoundError(f"task {task_id!r} does not exist")
+        return row
 
     # -- reading ---------------------------------------------------------------------------
 
     def get(self, task_id: str) -> Task:
         """The task's current state; NotFoundError if there is no row."""
         check_name("id", task_id)
+        self.extended()
 
         def work(conn: Connection) -> Task:
-            row = conn.execute(
-                sa.select(self.table, self.db.now().label("now")).where(self._t.id == task_id)
-            ).first()
-            if row is None:
-                raise NotFoundError(f"task {task_id!r} does not exist")
+            row = self._read(conn, task_id)
             return self._task(row, row.now)
+
+        return self.db.transaction(work, readonly=True)
+
+    def counts(self, limit: int = DEFAULT_LIMIT) -> Counts:
+        """Tasks by state, each count stopping at ``limit`` (:mod:`.stats`)."""
+        dead = self._outcome_is(Outcome.DEAD) if self.extended() else None
+
+        def work(conn: Connection) -> Counts:
+            now = conn.execute(sa.select(self.db.now())).scalar_one()
+            return count_states(conn, self.table, now, dead, limit)
+
+        return self.db.transaction(work, readonly=True)
+
+    def users(self, users: int = 200, limit: int = DEFAULT_LIMIT) -> list[UserLoad]:
+        """Per user, tasks running and scheduled against max_running, among the first ``limit``
+        tasks not yet due (the fair scheduler's view); the ``users`` busiest."""
+
+        def work(conn: Connection) -> list[UserLoad]:
+            now = conn.execute(sa.select(self.db.now())).scalar_one()
+            return user_loads(conn, self.table, now, users, limit)
 
         return self.db.transaction(work, readonly=True)
 
@@ -299,55 +616,60 @@ class QueueStore:
         status: TaskStatus | None = None,
         task_type: str | None = None,
         user: str | None = None,
+        prefix: str | None = None,
+        leased: bool | None = None,
+        order: str = "id",
         cursor: str | None = None,
         limit: int = 100,
     ) -> Page:
-        """Tasks in id order after ``cursor``, filtered; a page may be short (type is filtered
-        after decoding, so at most ``10 * limit`` rows are read per page)."""
+        """Tasks after ``cursor``, filtered, in ``order``: ``id``, or ``due`` (due time, on an
+        index whatever the filters: :mod:`.listing`). ``leased`` tells running tasks a worker
+        holds from those scheduled for later. A page may be short and carry a cursor."""
         check_int("limit", limit, 1, 1000)
+        self.extended()
+
+        def keep(now: int) -> Callable[[Row[Any]], bool]:
+            def accepts(row: Row[Any]) -> bool:
+                if status is not None and self._status(row, now) is not status:
+                    return False
+                if leased is not None and _leased(row, now) is not leased:
+                    return False
+                return task_type is None or decode_data(row.id, row.data)[0] == task_type
+
+            return accepts
 
         def work(conn: Connection) -> Page:
             now = conn.execute(sa.select(self.db.now())).scalar_one()
-            where = [self._status_filter(status, now)] if status else []
-            if user is not None:
-                where.append(self._t.resource == user)
-            after, tasks = cursor, []
-            for _ in range(10):
-                query = sa.select(self.table).where(*where).order_by(self._t.id).limit(limit)
-                rows = conn.execute(query.where(self._t.id > after) if after is not None else query).all()
-                tasks += [t for t in (self._task(r, now) for r in rows) if task_type in (None, t.type)]
-                after = rows[-1].id if rows else after
-                if len(tasks) >= limit:
-                    return Page(tasks[:limit], tasks[limit - 1].id)
-                if len(rows) < limit:
-                    return Page(tasks, None)
-            return Page(tasks, after)
+            rows, after = self._listing.page(
+                conn,
+                now,
+                order=order,
+                status=status,
+                user=user,
+                prefix=prefix,
+                cursor=cursor,
+                limit=limit,
+                keep=keep(now),
+            )
+            return Page([self._task(r, now) for r in rows], after)
 
         return self.db.transaction(work, readonly=True)
 
-    def _status_filter(self, status: TaskStatus, now: int) -> sa.ColumnElement[bool]:
-        if status is TaskStatus.FINISHED:
-            return self._t.created_at.is_(None)
-        if status is TaskStatus.WAITING:
-            return sa.and_(self._t.created_at.is_not(None), self._t.timeout <= now)
-        return sa.and_(self._t.created_at.is_not(None), self._t.timeout > now)
+    def ping(self) -> None:
+        """One index probe of the table: UnavailableError unless the database answers."""
+        query = sa.select(self._t.id).limit(1)
+        self.db.transaction(lambda conn: conn.execute(query).first(), readonly=True)
 
-    def counts(self) -> Counts:
-        """Waiting, running and retained finished tasks, each an index range count."""
+    # -- per-minute counts (the side table of :mod:`.throughput`) ------------------------------
 
-        def work(conn: Connection) -> Counts:
-            now = conn.execute(sa.select(self.db.now())).scalar_one()
-            t = self._t.timeout
+    def add_throughput(self, counts: throughput.MinuteCounts) -> None:
+        """Add per-minute submitted and finished counts to this queue's."""
+        self.db.transaction(lambda conn: throughput.add(conn, self.table.name, counts))
 
-            def count(*where: sa.ColumnElement[bool]) -> Any:
-                return sa.select(sa.func.count()).select_from(self.table).where(*where).scalar_subquery()
-
-            row = conn.execute(
-                sa.select(count(t > EVENT_HORIZON, t <= now), count(t > now), count(t <= EVENT_HORIZON))
-            ).one()
-            return Counts(*row)
-
-        return self.db.transaction(work, readonly=True)
+    def throughput(self, start: int, end: int) -> dict[int, tuple[int, int]]:
+        """This queue's (submitted, finished) per minute from ``start`` to ``end``."""
+        name = self.table.name
+        return self.db.transaction(lambda conn: throughput.read(conn, name, start, end), readonly=True)
 
     def has_waiting(self) -> bool:
         """Is any task waiting now? (One index probe; used to wake long-polls.)"""
@@ -370,32 +692,76 @@ class QueueStore:
 
     # -- rows to tasks ---------------------------------------------------------------------
 
-    def _task(self, row: Row[Any], now: int, timeout: int | None = None) -> Task:
+    def _task(self, row: Row[Any], now: int, timeout: int | None = None, attempts: int | None = None) -> Task:
         task_type, data, compression = decode_data(row.id, row.data)
+        leased = _leased(row, now) if timeout is None else True  # a new timeout: just leased
         timeout = row.timeout if timeout is None else timeout
-        if row.created_at is None:
-            status = TaskStatus.FINISHED
-        elif timeout <= now:
-            status = TaskStatus.WAITING
-        else:
-            status = TaskStatus.RUNNING
         return Task(
             id=row.id,
             type=task_type,
             data=data,
             user=row.resource,
-            status=status,
+            status=self._status(row, now, timeout),
             created_at=row.created_at,
             timeout=timeout,
             max_running=row.max_running,
             compression=compression,
+            attempts=row.attempts if attempts is None else attempts,
+            max_attempts=row.max_attempts,
+            last_error=row.last_error,
+            cancel_requested=bool(row.cancel_requested),
+            traceparent=row.traceparent,
+            leased=leased,
         )
+
+    @staticmethod
+    def _status(row: Row[Any], now: int, timeout: int | None = None) -> TaskStatus:
+        if row.created_at is None:
+            if row.outcome in (Outcome.DEAD.value, Outcome.CANCELLED.value):
+                return TaskStatus(row.outcome)
+            return TaskStatus.FINISHED
+        return (
+            TaskStatus.WAITING if (row.timeout if timeout is None else timeout) <= now else TaskStatus.RUNNING
+        )
+
+
+def _leased(row: Any, now: int) -> bool:
+    """Running and held by a worker (a running task nobody holds is scheduled for later)."""
+    return bool(row.created_at is not None and row.timeout > now and row.owner != 0)
+
+
+def _holds(row: Any, lease: int) -> bool:
+    return bool(row.created_at is not None and row.owner == lease)
+
+
+def _cancel_asked(task_id: str) -> CancelRequestedError:
+    return CancelRequestedError(f"task {task_id!r}: a cancel was requested; stop and give it back")
+
+
+def _heartbeat_result(task_id: str, lease: int, row: Any) -> PerfectQueueError | None:
+    """A heartbeat's answer from the row as it is after the extension."""
+    if row is None or not _holds(row, lease):
+        return _lease_error(task_id, row)
+    return _cancel_asked(task_id) if row.cancel_requested else None
+
+
+def _cancelled(task_id: str) -> CancelRequestedError:
+    return CancelRequestedError(f"task {task_id!r} was cancelled: a cancel was requested while it ran")
+
+
+def _lease_error(task_id: str, row: Any) -> PerfectQueueError:
+    """Why a heartbeat, retry or release with a lease did not apply, from the row as it is."""
+    if row is not None and row.created_at is None and row.outcome == Outcome.CANCELLED.value:
+        return CancelRequestedError(f"task {task_id!r} was cancelled")
+    return PreemptedError(f"task {task_id!r} is not held by this lease (finished, gone or taken over)")
 
 
 def _finish_error(task_id: str, lease: int, row: Any, finished_now: bool) -> PerfectQueueError:
     """Why a finish with this lease did not apply, from the row as it is."""
     if row is None:
         return NotFoundError(f"task {task_id!r} does not exist")
+    if row.created_at is None and row.outcome == Outcome.CANCELLED.value:
+        return CancelRequestedError(f"task {task_id!r} was cancelled")
     if finished_now or (row.created_at is None and row.owner == lease):
         return AlreadyFinishedError(f"task {task_id!r} is already finished")
     return PreemptedError(f"task {task_id!r} is not held by this lease (finished, gone or taken over)")

@@ -1,9 +1,13 @@
-"""The ``rdb_compat`` table: its columns (the original's), its indexes, and ``init``.
+"""The ``rdb_compat`` table: its columns (the original's, then ours), its indexes, and ``init``.
 
-The columns are exactly those of the Ruby PerfectQueue's ``rdb_compat`` backend. This
-implementation adds one index, ``index_<table>_on_resource`` on (resource, timeout), so that
-fair acquisition costs what the number of users costs and not what the backlog does; ``init``
-adds it to a table the original created. Nothing else about the original's table changes.
+The first seven columns are exactly those of the Ruby PerfectQueue's ``rdb_compat`` backend.
+This implementation adds columns, each nullable or with a default, which the original neither
+reads nor writes: ``attempts``, ``max_attempts``, ``last_error``, ``outcome`` (how a finished row
+ended: NULL normally, ``dead`` or ``cancelled``), ``cancel_requested`` and ``traceparent``. It adds
+two indexes: ``index_<table>_on_resource`` on (resource, timeout), so that fair acquisition costs
+what the number of users costs and not what the backlog does, and ``index_<table>_on_outcome``,
+so that dead tasks are counted without reading every finished row. ``init`` adds whatever of
+these a table lacks (a table the original created, or one of an earlier version).
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import re
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from ...errors import ConfigError, UnavailableError
 from .database import Database
+from .model import LAST_ERROR_CHARS
 
 TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,45}")
 """Table names: letters, digits and underscores, so that every index name fits in 64 chars."""
@@ -38,6 +43,33 @@ def resource_index(name: str) -> str:
     return f"index_{name}_on_resource"
 
 
+def outcome_index(name: str) -> str:
+    return f"index_{name}_on_outcome"
+
+
+EXTENSION_DEFAULTS: dict[str, int | None] = {
+    "attempts": 0,
+    "max_attempts": None,
+    "last_error": None,
+    "outcome": None,
+    "cancel_requested": 0,
+    "traceparent": None,
+}
+"""The columns beyond the original's, with the value a row of a table without them has."""
+
+
+def has_extensions(db: Database, table: sa.Table) -> bool:
+    """Does the table have every column beyond the original's? True when that cannot be told
+    (the table is missing, the database is out of reach): only a table seen without them is
+    served without them."""
+    try:
+        with db.connect(readonly=True) as conn:  # SQLite: no write lock for a look
+            names = {col["name"] for col in sa.inspect(conn).get_columns(table.name)}
+    except SQLAlchemyError:
+        return True
+    return all(name in names for name in EXTENSION_DEFAULTS)
+
+
 def build_table(name: str, db: Database) -> sa.Table:
     """The table's SQLAlchemy description (for statements; :func:`init_table` creates it)."""
     check_table_name(name)
@@ -56,8 +88,22 @@ def build_table(name: str, db: Database) -> sa.Table:
             nullable=False,
             server_default="0",
         ),
+        # Beyond the original: added by init to an existing table, ignored by Ruby processes.
+        sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("max_attempts", sa.Integer, nullable=True),
+        sa.Column(
+            "last_error",
+            sa.String(LAST_ERROR_CHARS).with_variant(
+                mysql.VARCHAR(LAST_ERROR_CHARS, charset="utf8mb4", collation="utf8mb4_bin"), "mysql"
+            ),
+            nullable=True,
+        ),
+        sa.Column("outcome", sa.String(16), nullable=True),
+        sa.Column("cancel_requested", sa.SmallInteger, nullable=False, server_default="0"),
+        sa.Column("traceparent", sa.String(55), nullable=True),
         sa.Index(timeout_index(name), "timeout"),
         sa.Index(resource_index(name), "resource", "timeout"),
+        sa.Index(outcome_index(name), "outcome"),
         mysql_charset="utf8mb4",
     )
 
@@ -78,6 +124,12 @@ def init_table(db: Database, table: sa.Table) -> list[str]:
                 done.append(f"created table {table.name}")
             conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
         with db.engine.connect() as conn:
+            columns = {col["name"] for col in sa.inspect(conn).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in columns:
+                _add_column(db, table, column)
+                done.append(f"added column {column.name}")
+        with db.engine.connect() as conn:
             existing = {ix["name"] for ix in sa.inspect(conn).get_indexes(table.name)}
         for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
             if index.name not in existing:
@@ -88,6 +140,22 @@ def init_table(db: Database, table: sa.Table) -> list[str]:
     except DBAPIError as exc:
         raise ConfigError(f"cannot initialise table {table.name}: {exc.orig}") from exc
     return done
+
+
+def _add_column(db: Database, table: sa.Table, column: sa.Column[object]) -> None:
+    """``ALTER TABLE ... ADD COLUMN``: every added column is nullable or has a default, so the
+    rows in place (and Ruby processes inserting without it) stay valid. MariaDB adds a column at
+    the end of a table in place (instantly), without copying it."""
+    with db.engine.connect() as conn:
+        ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+        quoted = conn.dialect.identifier_preparer.format_table(table)
+    try:
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql(f"ALTER TABLE {quoted} ADD COLUMN {ddl}")
+    except DBAPIError as exc:
+        if "duplicate column" in str(exc.orig).lower():
+            return  # another process added it first
+        raise
 
 
 def _create_index(db: Database, index: sa.Index) -> None:

@@ -10,6 +10,8 @@ it answers with, so that the SDK maps a response back to exactly the class the s
     │   ├── NotFoundError              404 not_found        (IdempotentError)
     │   ├── AlreadyFinishedError       409 already_finished (IdempotentError)
     │   ├── PreemptedError             409 preempted
+    │   ├── CancelRequestedError       409 cancel_requested
+    │   ├── NotDeadError               409 not_dead
     │   └── NotSupportedError          501 not_supported
     ├── RequestError                   the request itself is wrong; nothing was changed
     │   ├── InvalidError               422 invalid
@@ -70,6 +72,25 @@ class PreemptedError(TaskError):
     """The caller's lease is no longer valid: another acquisition holds or finished the task."""
 
     code = "preempted"
+    status = 409
+
+
+class CancelRequestedError(TaskError):
+    """A cancel was requested for this task: it ends as cancelled, never finished.
+
+    A heartbeat answers it (the lease is still extended, so the holder can stop cleanly); a
+    finish, retry or release answers it after ending the task as cancelled. The worker raises it
+    into a running handler, as the original's ``CancelRequestedError``.
+    """
+
+    code = "cancel_requested"
+    status = 409
+
+
+class NotDeadError(TaskError):
+    """Only a dead task can be requeued; this one is waiting or running."""
+
+    code = "not_dead"
     status = 409
 
 

@@ -17,9 +17,13 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..errors import PerfectQueueError
-from . import problems, routes
+from . import metrics, problems, routes, ui
+from .coalesce import Coalesced
 from .config import ResolvedQueue, Settings
+from .gauges import QueueGauges
+from .httpmetrics import HttpMetrics
 from .limits import BodyLimit
+from .logs import RequestLog
 from .longpoll import LongPoll
 from .security import Authentication
 from .store import Database, PoolOptions, QueueStore
@@ -31,11 +35,12 @@ T = TypeVar("T")
 
 @dataclass
 class Queue:
-    """One served queue: its settings, its store and its waiting polls."""
+    """One served queue: its settings, its store, its waiting polls and its merged calls."""
 
     settings: ResolvedQueue
     store: QueueStore
     longpoll: LongPoll
+    coalesced: Coalesced
 
 
 class Runtime:
@@ -52,21 +57,29 @@ class Runtime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.databases: dict[str, Database] = {}
         self.queues: dict[str, Queue] = {}
+        self.metrics = metrics.ServiceMetrics()
         pool = PoolOptions(size=settings.pool_size, overflow=settings.pool_overflow)
         for name in settings.queues:
             resolved = settings.queue(name)
             if resolved.url not in self.databases:
                 self.databases[resolved.url] = Database(resolved.url, pool, settings.isolation_level)
-            store = QueueStore(
+            store = metrics.MeteredQueueStore(
+                self.metrics,
+                name,
                 self.databases[resolved.url],
                 resolved.table,
                 retention_time=resolved.retention_time,
                 fair=resolved.fair,
                 lock=resolved.acquire_lock,
+                policy=resolved.retry_policy(),
             )
-            self.queues[name] = Queue(
-                resolved, store, LongPoll(store, self.run, settings.poll_check_interval)
+            longpoll = metrics.MeteredLongPoll(
+                self.metrics, name, store, self.run, settings.poll_check_interval
             )
+            self.queues[name] = Queue(resolved, store, longpoll, Coalesced(store, self.run))
+        stores = {name: queue.store for name, queue in self.queues.items()}
+        self.gauges = QueueGauges(stores, settings.metrics_count_limit)
+        self.metrics.registry.register(self.gauges)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking store call in a worker thread."""
@@ -102,6 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
             if settings.auto_init or (settings.auto_init is None and queue.store.db.is_sqlite):
                 await runtime.run(queue.store.init)
         cleanup = asyncio.create_task(runtime.cleanup_forever())
+        counts = asyncio.create_task(throughput.flush_forever(runtime.run))
         try:
             yield
         finally:
@@ -109,6 +123,7 @@ def create_app(settings: Settings) -> FastAPI:
             cleanup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await cleanup
+            await throughput.stop(counts, runtime.run)
             for db in runtime.databases.values():
                 db.dispose()
 
@@ -121,7 +136,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.runtime = runtime
     problems.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.add_middleware(Authentication, keys=settings.api_keys)  # the outer: no key, no body read
+    app.add_middleware(Authentication, keys=settings.api_keys)  # no key, no body read
+    app.add_middleware(HttpMetrics, metrics=runtime.metrics)
+    app.add_middleware(RequestLog)  # the outermost: every answer has a request id and a log line
+    app.add_route(
+        "/metrics", metrics.endpoint(runtime.run, runtime.metrics), ["GET"], include_in_schema=False
+    )
     app.include_router(routes.health)
     app.include_router(routes.router)
+    throughput = ui.install(app, runtime)
     return app

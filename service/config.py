@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import ConfigError
 from .security import ApiKey
 from .store import check_table_name, normalize_url
-from .store.model import MAX_DURATION
+from .store.model import MAX_ATTEMPTS, MAX_DURATION, RetryPolicy
 from .store.schema import TABLE_NAME
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -42,6 +42,7 @@ WORKER_KEYS = frozenset(
         "task_prefetch",
         "queue",
         "token",
+        "metrics_port",
     }
 )
 """Keys of the seed (and of the original's worker) that only the worker reads."""
@@ -65,6 +66,11 @@ class QueueSettings(BaseModel):
     retention_time: int | None = Field(default=None, ge=0, le=MAX_DURATION)
     disable_resource_limit: bool | None = None
     acquire_lock: Literal["skip_locked", "get_lock"] | None = None
+    max_attempts: int | None = Field(default=None, ge=1, le=MAX_ATTEMPTS)
+    dead_retention_time: int | None = Field(default=None, ge=0, le=MAX_DURATION)
+    retry_backoff: Literal["constant", "exponential"] | None = None
+    retry_wait_max: int | None = Field(default=None, ge=0, le=MAX_DURATION)
+    retry_jitter: float | None = Field(default=None, ge=0, le=1)
 
     @field_validator("table")
     @classmethod
@@ -87,6 +93,11 @@ class Settings(BaseModel):
     retention_time: int = Field(default=300, ge=0, le=MAX_DURATION)
     disable_resource_limit: bool = False
     acquire_lock: Literal["skip_locked", "get_lock"] = "skip_locked"
+    max_attempts: int | None = Field(default=None, ge=1, le=MAX_ATTEMPTS)  # None: unlimited
+    dead_retention_time: int = Field(default=604800, ge=0, le=MAX_DURATION)
+    retry_backoff: Literal["constant", "exponential"] = "constant"
+    retry_wait_max: int = Field(default=86400, ge=0, le=MAX_DURATION)
+    retry_jitter: float = Field(default=0.25, ge=0, le=1)
     queues: dict[str, QueueSettings] = Field(default_factory=dict)
 
     host: str = "127.0.0.1"
@@ -100,6 +111,9 @@ class Settings(BaseModel):
     max_poll_wait: float = Field(default=20.0, ge=0, le=300)
     poll_check_interval: float = Field(default=0.5, gt=0, le=60)
     shutdown_grace: float = Field(default=25.0, ge=0, le=3600)
+    shutdown_delay: float = Field(default=0.0, ge=0, le=3600)  # keep answering (not ready) this long
+    log_format: Literal["text", "json"] = "text"
+    metrics_count_limit: int = Field(default=10_000, ge=1, le=100_000_000)
 
     api_keys: list[ApiKey] = Field(default_factory=list)  # none: no authentication (loopback only)
     insecure: bool = False  # serve a non-loopback address without api_keys
@@ -157,7 +171,16 @@ class Settings(BaseModel):
                 self.disable_resource_limit if q.disable_resource_limit is None else q.disable_resource_limit
             ),
             acquire_lock=q.acquire_lock or self.acquire_lock,
+            max_attempts=self.max_attempts if q.max_attempts is None else q.max_attempts,
+            dead_retention_time=_either(q.dead_retention_time, self.dead_retention_time),
+            retry_backoff=q.retry_backoff or self.retry_backoff,
+            retry_wait_max=_either(q.retry_wait_max, self.retry_wait_max),
+            retry_jitter=self.retry_jitter if q.retry_jitter is None else q.retry_jitter,
         )
+
+
+def _either(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 class ResolvedQueue(BaseModel):
@@ -169,6 +192,22 @@ class ResolvedQueue(BaseModel):
     retention_time: int
     fair: bool
     acquire_lock: Literal["skip_locked", "get_lock"]
+    max_attempts: int | None = None
+    dead_retention_time: int = 604800
+    retry_backoff: Literal["constant", "exponential"] = "constant"
+    retry_wait_max: int = 86400
+    retry_jitter: float = 0.25
+
+    def retry_policy(self) -> RetryPolicy:
+        """The queue's retry backoff and attempt limit, as the store applies them."""
+        return RetryPolicy(
+            retry_wait=self.retry_wait,
+            backoff=self.retry_backoff,
+            retry_wait_max=self.retry_wait_max,
+            retry_jitter=self.retry_jitter,
+            max_attempts=self.max_attempts,
+            dead_retention_time=self.dead_retention_time,
+        )
 
 
 def load_settings(

@@ -5,6 +5,9 @@ One dispatcher per queue, running only while somebody waits, acquires on the wai
 at once when a task is submitted or released through this replica, otherwise after an index
 probe every ``check_interval`` seconds finds work (submits through other replicas) — and hands
 the tasks out in arrival order, one acquisition for as many waiters as it can serve.
+
+A poll that acquires at once (``wait=0``, or a long-poll's first try) shares its acquisition
+with the concurrent ones of the same ``alive_time`` (``coalesce.Acquirer``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..errors import PerfectQueueError, UnavailableError
+from .coalesce import Acquirer
 from .store import AcquiredTask, QueueStore
 
 log = logging.getLogger("perfectqueue.service")
@@ -42,6 +46,7 @@ class LongPoll:
     def __init__(self, store: QueueStore, run: Runner, check_interval: float) -> None:
         self.store = store
         self.run = run
+        self.acquirer = Acquirer(store, run)
         self.check_interval = check_interval
         self.waiters: deque[Waiter] = deque()
         self.acquiring = 0  # polls acquiring outside the line right now
@@ -56,7 +61,7 @@ class LongPoll:
         if wait <= 0 or self.closing or not (self._live_waiters() or self.acquiring):
             self.acquiring += 1
             try:
-                tasks: list[AcquiredTask] = await self.run(self.store.acquire, max_tasks, alive_time)
+                tasks = await self.acquirer.acquire(max_tasks, alive_time)
             finally:
                 self.acquiring -= 1
             if tasks or wait <= 0 or self.closing:

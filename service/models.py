@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .store import AcquiredTask, Task
-from .store.model import MAX_DURATION, MAX_TIMESTAMP
+from .store.model import MAX_ATTEMPTS, MAX_DURATION, MAX_TIMESTAMP
 
 MAX_BATCH = 1000
 MAX_POLL = 100
@@ -29,10 +29,33 @@ EXAMPLE_TASK: dict[str, Any] = {
     "timeout": 1767225900,
     "max_running": 2,
     "compression": "gzip",
+    "attempts": 1,
+    "max_attempts": 5,
+    "cancel_requested": False,
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "leased": True,
 }
 """(FastAPI drops every null from the OpenAPI document, examples included: none here.)"""
 EXAMPLE_FAILURE = {"id": "mail-43", "code": "already_exists", "detail": "task 'mail-43' already exists"}
-EXAMPLE_QUEUE = {"name": "default", "waiting": 12, "running": 3, "finished": 40}
+EXAMPLE_QUEUE = {
+    "name": "default",
+    "waiting": 12,
+    "running": 3,
+    "scheduled": 1,
+    "finished": 40,
+    "dead": 1,
+    "oldest_waiting_age": 42,
+    "capped": [],
+}
+Traceparent = Annotated[
+    str | None,
+    Field(
+        pattern=r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        description="A W3C trace context (version 00) that travels with the task; the `traceparent` "
+        "request header is used when this is absent. All-zero trace or parent ids are refused.",
+    ),
+]
+Status = Literal["waiting", "running", "finished", "dead", "cancelled"]
 
 
 def examples(*items: dict[str, Any]) -> ConfigDict:
@@ -54,6 +77,11 @@ class SubmitRequest(Body):
         default=None, description="Unix time before which the task is not delivered"
     )
     compression: Literal["gzip"] | None = None
+    max_attempts: Annotated[int | None, Field(ge=1, le=MAX_ATTEMPTS)] = Field(
+        default=None,
+        description="Attempts after which the task is dead instead of delivered again (default: the queue's)",
+    )
+    traceparent: Traceparent = None
 
     model_config = ConfigDict(
         extra="forbid",
@@ -120,9 +148,11 @@ class TaskOut(BaseModel):
     type: str
     data: dict[str, Any]
     user: str | None
-    status: Literal["waiting", "running", "finished"] = Field(
+    status: Status = Field(
         description="waiting: deliverable; running: leased, or scheduled for later (run_at, retry_wait); "
-        "finished: retained for retention_time, never delivered again"
+        "finished: retained for retention_time, never delivered again; dead: its attempts are used up, "
+        "never delivered again, retained for dead_retention_time (requeue or force-finish it); "
+        "cancelled: ended by a cancel, retained for retention_time"
     )
     created_at: int | None = Field(description="Unix time of the submit; null once finished")
     timeout: int = Field(
@@ -131,6 +161,20 @@ class TaskOut(BaseModel):
     )
     max_running: int | None
     compression: Literal["gzip"] | None
+    attempts: int = Field(description="Acquisitions so far (a release gives its attempt back)")
+    max_attempts: int | None = Field(
+        default=None, description="The task's own limit (null: the queue's, if any)"
+    )
+    last_error: str | None = Field(
+        default=None, description="The error of the last failed attempt, truncated"
+    )
+    cancel_requested: bool = Field(description="A cancel was requested while the task ran")
+    traceparent: str | None = Field(default=None, description="The W3C trace context given at submit")
+    leased: bool = Field(
+        default=False,
+        description="Running and held by a worker; a running task that nobody holds is scheduled for "
+        "later (submitted with run_at, or retried with a wait)",
+    )
 
     model_config = examples(EXAMPLE_TASK)
 
@@ -146,6 +190,12 @@ class TaskOut(BaseModel):
             timeout=task.timeout,
             max_running=task.max_running,
             compression="gzip" if task.compression == "gzip" else None,
+            attempts=task.attempts,
+            max_attempts=task.max_attempts,
+            last_error=task.last_error,
+            cancel_requested=task.cancel_requested,
+            traceparent=task.traceparent,
+            leased=task.leased,
         )
 
 
@@ -184,10 +234,18 @@ class HeartbeatRequest(LeaseRequest):
 
 class RetryRequest(LeaseRequest):
     retry_wait: Annotated[int | None, Field(ge=0, le=MAX_DURATION)] = Field(
-        default=None, description="Seconds before redelivery (default: the queue's retry_wait)"
+        default=None,
+        description="Seconds before redelivery (default: the queue's backoff: retry_wait, constant or "
+        "growing exponentially with the attempts)",
+    )
+    error: Annotated[str | None, Field(max_length=65536)] = Field(
+        default=None, description="What failed (e.g. the exception's type and message); kept truncated"
     )
 
-    model_config = examples({"id": "mail-42", "lease": EXAMPLE_LEASE, "retry_wait": 60})
+    model_config = examples(
+        {"id": "mail-42", "lease": EXAMPLE_LEASE, "retry_wait": 60},
+        {"id": "mail-42", "lease": EXAMPLE_LEASE, "error": "TimeoutError: the mail server did not answer"},
+    )
 
 
 class FinishBatchRequest(Body):
@@ -198,7 +256,28 @@ class FinishBatchRequest(Body):
     )
 
 
+class HeartbeatBatchRequest(FinishBatchRequest):
+    alive_time: Annotated[int | None, Field(ge=1, le=MAX_DURATION)] = Field(
+        default=None, description="Seconds every lease lasts from now (default: the queue's alive_time)"
+    )
+
+    model_config = examples(
+        {
+            "tasks": [{"id": "mail-42", "lease": EXAMPLE_LEASE}, {"id": "mail-43", "lease": EXAMPLE_LEASE}],
+            "alive_time": 300,
+        }
+    )
+
+
 class ForceFinishRequest(Body):
+    id: TaskId
+
+    model_config = examples({"id": "mail-42"})
+
+
+class TaskRequest(Body):
+    """An operator's request about one task (cancel, requeue)."""
+
     id: TaskId
 
     model_config = examples({"id": "mail-42"})
@@ -212,10 +291,23 @@ class TaskPage(BaseModel):
 
 
 class QueueInfo(BaseModel):
+    """A queue's tasks by state, each count stopping at the service's ``metrics_count_limit``."""
+
     name: str
-    waiting: int
-    running: int
-    finished: int
+    waiting: int = Field(description="Deliverable now")
+    running: int = Field(description="Not yet due: leased to a worker, or scheduled for later")
+    scheduled: int = Field(
+        description="Of the running tasks, those nobody holds: due later (run_at, retry_wait)"
+    )
+    finished: int = Field(description="Retained finished tasks, dead and cancelled ones included")
+    dead: int = Field(description="Retained dead tasks")
+    oldest_waiting_age: int | None = Field(
+        description="Seconds since the longest-waiting task became deliverable (null: none waiting)"
+    )
+    capped: list[str] = Field(
+        description="The counts that stopped at metrics_count_limit to stay fast: there are at least "
+        "that many"
+    )
 
     model_config = examples(EXAMPLE_QUEUE)
 

@@ -33,8 +33,12 @@ log = logging.getLogger("perfectqueue.service")
 Scope_ = Literal["submit", "work", "admin"]
 HASH = re.compile(r"sha256:[0-9a-f]{64}")
 KEY_PREFIX = "pq_"
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PATHS = frozenset(
+    {"/livez", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
 """Paths that need no key: the health probes, and the API's own description (it holds no data)."""
+OPEN_PREFIX = "/ui"
+"""The dashboard's static pages (they hold no data; the API calls they make need a key)."""
 IDENTITY = "perfectqueue.api_key"
 
 bearer = HTTPBearer(
@@ -123,7 +127,7 @@ class Authentication:
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or not self.keys or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         key = find_key(self.keys, presented_key(scope) or "")
@@ -133,6 +137,10 @@ class Authentication:
             return
         scope[IDENTITY] = key
         await self.app(scope, receive, send)
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path == OPEN_PREFIX or path.startswith(OPEN_PREFIX + "/")
 
 
 def presented_key(scope: Scope) -> str | None:

@@ -1,14 +1,34 @@
-"""Running the app under uvicorn, with long-polls released the moment a stop is asked for."""
+"""Running the app under uvicorn, with a graceful stop that load balancers and long-polls can see.
+
+The first SIGTERM (or SIGINT) starts the stop, all within ``shutdown_grace`` seconds:
+
+1. at once: ``/readyz`` answers 503, every waiting long-poll returns empty and new polls do not
+   wait; the port stays open, so requests keep being answered;
+2. once the requests that were in flight at the signal have finished, and ``shutdown_delay``
+   seconds have passed (time for load balancers to see the 503), the port closes;
+3. uvicorn waits for what is still open, up to what is left of the grace, cancels the rest,
+   and the app shuts down (connections closed): the process exits with status 0;
+4. a process still there a second after the grace (a thread stuck in a database call holds the
+   interpreter's exit) leaves at once, status 0.
+
+A second signal stops at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import math
+import os
+import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
 
+from . import logs
 from .app import Runtime, create_app
 from .config import Settings
 from .security import check_exposure
@@ -16,19 +36,56 @@ from .security import check_exposure
 log = logging.getLogger("perfectqueue.service")
 
 
-class Server(uvicorn.Server):
-    """uvicorn waits for open requests before it runs the app's shutdown; a long-poll would hold
-    the stop for its whole wait, so the first stop signal also releases every waiting poll."""
+HARD_STOP_MARGIN = 1.0
 
-    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+
+def hard_stop() -> None:
+    """Still here after the grace (a database call that does not return holds the exit: a thread
+    cannot be cancelled): leave without it. Its transaction dies with the connection."""
+    log.error("stopping: still running %.0f s after the grace; leaving now", HARD_STOP_MARGIN)
+    logging.shutdown()
+    os._exit(0)
+
+
+class Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, runtime: Runtime, grace: float, delay: float) -> None:
         super().__init__(config)
-        self.runtime = runtime
+        self.runtime, self.grace, self.delay = runtime, grace, delay
+        self.stop_asked: float | None = None
+        self.in_flight: set[asyncio.Task[None]] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.stop_asked is not None:  # the second signal: stop now
+            self.force_exit = True
+            super().handle_exit(sig, frame)
+            return
+        self._captured_signals.append(sig)
+        self.stop_asked = time.monotonic()
+        watchdog = threading.Timer(self.grace + HARD_STOP_MARGIN, hard_stop)
+        watchdog.daemon = True  # a normal exit does not wait for it
+        watchdog.start()
         self.runtime.draining = True
         if self.runtime.loop is not None:
             self.runtime.loop.call_soon_threadsafe(self.runtime.begin_shutdown)
-        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.stop_asked is not None and not self.should_exit:
+            self.should_exit = self._drained()
+        return await super().on_tick(counter)
+
+    def _drained(self) -> bool:
+        """Has every request that was open at the signal finished (and the delay passed)?"""
+        assert self.stop_asked is not None
+        if self.in_flight is None:
+            self.in_flight = {task for task in self.server_state.tasks if not task.done()}
+            log.info("stopping: %d requests in flight, grace %.0f s", len(self.in_flight), self.grace)
+        self.in_flight = {task for task in self.in_flight if not task.done()}
+        elapsed = time.monotonic() - self.stop_asked
+        if elapsed < self.grace and (self.in_flight or elapsed < self.delay):
+            return False
+        # what is left of the grace, for uvicorn to wait for requests that came in meanwhile
+        self.config.timeout_graceful_shutdown = max(0, math.floor(self.grace - elapsed))
+        return True
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -43,13 +100,16 @@ class Server(uvicorn.Server):
 def serve(settings: Settings, log_level: str = "info") -> None:
     """Serve until stopped by SIGTERM or SIGINT (refused on a public address without keys)."""
     check_exposure(settings)
+    logs.configure(settings.log_format, log_level)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_grace),
+        log_config=None,  # uvicorn's loggers propagate to the root handler logs.configure set
+        access_log=False,  # the service writes its own access line (logs.RequestLog)
+        timeout_graceful_shutdown=math.floor(settings.shutdown_grace),
         server_header=False,
     )
-    Server(config, app.state.runtime).run()
+    Server(config, app.state.runtime, settings.shutdown_grace, settings.shutdown_delay).run()

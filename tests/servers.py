@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -56,17 +56,17 @@ SERVE = [sys.executable, "-m", "perfectqueue", "serve"]
 
 @contextmanager
 def service_process(
-    config: Path, log: Path | None = None, port: int | None = None
+    config: Path, log: Path | None = None, port: int | None = None, args: Sequence[str] = ()
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A real ``perfectqueue serve`` process (on ``port``, or a free one); its base url once it is
-    ready, and the process, for tests that signal it themselves.
+    """A real ``perfectqueue serve`` process (on ``port``, or a free one, with more ``args``); its
+    base url once it is ready, and the process, for tests that signal it themselves.
 
     On leaving, a process still running gets SIGTERM (then SIGKILL after 30 s).
     """
     port = port or free_port()
     with open(log or os.devnull, "ab") as out:
         proc = subprocess.Popen(
-            [*SERVE, "-c", str(config), "--port", str(port), "--log-level", "warning"],
+            [*SERVE, "-c", str(config), "--port", str(port), "--log-level", "warning", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -201,18 +201,23 @@ def test_queue_name_too_long_is_invalid(client: TestClient) -> None:
 
 
 def test_queues_and_their_counts(client: TestClient) -> None:
+    empty = {"waiting": 0, "running": 0, "scheduled": 0, "finished": 0, "dead": 0}
     assert client.get("/v1/queues").json() == {
-        "queues": [{"name": "q", "waiting": 0, "running": 0, "finished": 0}]
+        "queues": [{"name": "q", **empty, "oldest_waiting_age": None, "capped": []}]
     }
     for i in range(4):
         submit(client, f"t{i}")
     (first,) = poll(client)
     poll(client)
     assert client.post(f"{Q}/finish", json={"id": first["id"], "lease": first["lease"]}).status_code == 204
-    assert client.get(Q).json() == {"name": "q", "waiting": 2, "running": 1, "finished": 1}
-    assert client.get("/v1/queues").json() == {
-        "queues": [{"name": "q", "waiting": 2, "running": 1, "finished": 1}]
+    info = client.get(Q).json()
+    assert info.pop("oldest_waiting_age") >= 0
+    assert info == {
+        "name": "q",
+        **{"waiting": 2, "running": 1, "scheduled": 0, "finished": 1, "dead": 0},
+        "capped": [],
     }
+    assert client.get("/v1/queues").json() == {"queues": [client.get(Q).json()]}
 
 
 # -- submit and get --------------------------------------------------------------------------

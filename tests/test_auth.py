@@ -66,7 +66,14 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None, str, int]] = [
     ("POST", f"{Q}/force-finish", {"id": "a"}, "admin", 204),
     ("GET", f"{Q}/tasks", None, "admin", 200),
     ("GET", f"{Q}/tasks/a", None, "any", 200),
+    ("POST", f"{Q}/heartbeat-batch", {"tasks": [{"id": "a", "lease": "1"}]}, "work", 200),
+    ("POST", f"{Q}/force-release", {"id": "a"}, "admin", 204),
+    ("POST", f"{Q}/requeue", {"id": "a"}, "admin", 409),
+    ("POST", f"{Q}/cancel", {"id": "a"}, "admin", 200),
+    ("GET", f"{Q}/users", None, "admin", 200),
+    ("GET", "/v1/overview", None, "admin", 200),
 ]
+UNSCOPED_TO_A_QUEUE = ("/v1/queues", "/v1/overview")  # they list only the queues a key may see
 
 
 def bearer(name: str) -> dict[str, str]:
@@ -133,7 +140,7 @@ def test_every_endpoint_needs_a_key_with_its_scope_and_queue(
     ]
     if scope in WRONG_SCOPE_KEY:  # "any": one task's status, readable with every scope
         refusals.append((bearer(WRONG_SCOPE_KEY[scope]), 403, "forbidden"))
-    if path != "/v1/queues":
+    if path not in UNSCOPED_TO_A_QUEUE:
         refusals.append((bearer("elsewhere"), 403, "forbidden"))  # every scope, but for queue q2 only
     for headers, status, code in refusals:
         assert_refused(client.request(method, path, json=body, headers=headers), status, code)
@@ -142,6 +149,14 @@ def test_every_endpoint_needs_a_key_with_its_scope_and_queue(
     assert response.status_code == ok, response.text
     response = client.request(method, path, json=body, headers=bearer("everything"))
     assert response.status_code not in (401, 403) and response.status_code < 500, response.text
+
+
+def test_the_list_above_covers_every_endpoint_of_the_api() -> None:
+    listed = {(method, path.replace(Q, "/v1/queues/{queue}")) for method, path, *_ in ENDPOINTS}
+    listed = {(m, p.replace("/tasks/a", "/tasks/{task_id}")) for m, p in listed}
+    paths = document()["paths"]
+    api = {(m.upper(), p) for p, ops in paths.items() for m in ops if p.startswith("/v1/")}
+    assert api == listed
 
 
 def test_a_single_task_may_be_read_with_any_scope_of_its_queue(client: TestClient) -> None:

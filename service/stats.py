@@ -1,0 +1,114 @@
+"""The admin endpoints only the dashboard (``/ui``) reads: the overview of every queue with its
+throughput of the last hour, and each user's load against ``max_running``.
+
+Each translates a request into store calls (counts, users, per-minute counts); the listing, one
+task and the operator's actions are the queue API's own endpoints (:mod:`.routes`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+
+from . import models as m
+from .routes import ADMIN, QueueDep, RuntimeDep, counts_of, problems, queue_info
+from .security import key_of
+from .ui.throughput import WINDOW, Throughput
+
+if TYPE_CHECKING:
+    from .app import Queue, Runtime
+
+router = APIRouter(prefix="/v1", tags=["dashboard"])
+
+EXAMPLE_OVERVIEW = {
+    **m.EXAMPLE_QUEUE,
+    "throughput": {"end": 1767225600, "submitted": [5] * WINDOW, "finished": [4] * WINDOW},
+}
+
+
+class ThroughputOut(BaseModel):
+    end: int = Field(description="Unix time of the start of the last minute of the series")
+    submitted: list[int] = Field(description="Tasks submitted in each of the last 60 minutes, oldest first")
+    finished: list[int] = Field(description="Tasks finished in each of the last 60 minutes, oldest first")
+
+
+class QueueOverview(m.QueueInfo):
+    """A queue's counts (as ``GET /v1/queues/{queue}``) and its throughput."""
+
+    throughput: ThroughputOut
+
+
+class Overview(BaseModel):
+    now: int = Field(description="The database's clock (unix seconds) of the first queue shown")
+    queues: list[QueueOverview]
+
+    model_config = m.examples({"now": 1767225642, "queues": [EXAMPLE_OVERVIEW]})
+
+
+class UserOut(BaseModel):
+    user: str
+    running: int
+    scheduled: int
+    max_running: int | None
+
+
+class UserList(BaseModel):
+    users: list[UserOut] = Field(
+        description="Users with tasks not yet due, most first (at most 200; counted among the first "
+        "metrics_count_limit tasks not yet due)"
+    )
+
+    model_config = m.examples({"users": [{"user": "acme", "running": 2, "scheduled": 1, "max_running": 3}]})
+
+
+async def overview_of(
+    name: str, queue: Queue, runtime: Runtime, throughput: Throughput
+) -> tuple[int, QueueOverview]:
+    counts = await counts_of(queue, runtime)
+    history = await runtime.run(throughput.history, queue.store)
+    series = ThroughputOut(end=history.end, submitted=history.submitted, finished=history.finished)
+    return counts.now, QueueOverview(**queue_info(name, counts).model_dump(), throughput=series)
+
+
+@router.get(
+    "/overview",
+    operation_id="getOverview",
+    dependencies=ADMIN,
+    summary="Every queue the key may administer: counts, oldest waiting task, throughput of the last hour",
+    responses=problems(),
+)
+async def overview(
+    runtime: RuntimeDep,
+    request: Request,
+    queue: Annotated[str | None, Query(max_length=64, description="Only this queue")] = None,
+) -> Overview:
+    key = key_of(request)
+    throughput: Throughput = request.app.state.throughput
+    shown = [
+        (name, served)
+        for name, served in runtime.queues.items()
+        if queue in (None, name) and (key is None or key.allows("admin", name))
+    ]
+    queues, clocks = [], []
+    for name, served in shown:
+        now, found = await overview_of(name, served, runtime, throughput)
+        clocks.append(now)
+        queues.append(found)
+    if not clocks:  # nothing to show: still the database's clock (counts stopping at once)
+        clocks.append((await runtime.run(next(iter(runtime.queues.values())).store.counts, 1)).now)
+    return Overview(now=clocks[0], queues=queues)
+
+
+@router.get(
+    "/queues/{queue}/users",
+    operation_id="listUsers",
+    dependencies=ADMIN,
+    summary="Per user: tasks running and scheduled, against max_running (the fair scheduler's view)",
+    responses=problems(404),
+)
+async def users(queue: QueueDep, runtime: RuntimeDep) -> UserList:
+    loads = await runtime.run(queue.store.users, 200, runtime.settings.metrics_count_limit)
+    return UserList(users=[UserOut(**asdict(load)) for load in loads])

@@ -1,0 +1,68 @@
+"""The dashboard at ``/ui``: static pages (plain HTML, CSS and JavaScript shipped in the package)
+that call the admin API with the key the user enters; and the throughput counts it shows.
+
+The pages hold no data and need no key; every API call they make does (the ``admin`` scope).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, FastAPI, HTTPException
+from fastapi.responses import RedirectResponse, Response
+
+from .throughput import Throughput
+
+if TYPE_CHECKING:
+    from ..app import Runtime
+
+ASSETS = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+}
+
+pages = APIRouter(include_in_schema=False)
+
+
+def asset(name: str) -> Response:
+    if name not in ASSETS:
+        raise HTTPException(404)
+    content = resources.files(__package__).joinpath("static", name).read_bytes()
+    return Response(content, media_type=ASSETS[name], headers=HEADERS)
+
+
+@pages.get("/ui")
+async def ui_root() -> Response:
+    return RedirectResponse("/ui/", status_code=308)
+
+
+@pages.get("/ui/")
+async def ui_index() -> Response:
+    return asset("index.html")
+
+
+@pages.get("/ui/{name}")
+async def ui_asset(name: str) -> Response:
+    return asset(name)
+
+
+def install(app: FastAPI, runtime: Runtime) -> Throughput:
+    """Serve the pages and the dashboard's endpoints, and write the per-minute counts."""
+    from .. import stats
+
+    stores = {name: queue.store for name, queue in runtime.queues.items()}
+    throughput = Throughput(stores, runtime.metrics.per_minute)
+    app.state.throughput = throughput
+    app.include_router(pages)
+    app.include_router(stats.router)
+    return throughput

@@ -1,0 +1,192 @@
+"""``/metrics``: the service's counters, histograms and gauges after real requests, on each backend.
+
+The values are read back by parsing the exposition with prometheus_client's own parser.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import test_api
+from conftest import drop_table
+from prometheus_client.parser import text_string_to_metric_families
+from test_api import Q, TestClient, poll, store_of, submit
+
+from perfectqueue.service.security import hash_key, new_key
+
+make_client = test_api.make_client  # the API tests' fixture: an app on a fresh table
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(client: TestClient, **headers: str) -> Samples:
+    response = client.get("/metrics", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def test_counters_histograms_and_http_metrics_follow_the_requests(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client()
+    for task_id in ("a", "b", "c"):
+        submit(client, task_id)
+    assert client.post(f"{Q}/submit", json={"id": "a", "type": "t"}).status_code == 409
+    batch = client.post(
+        f"{Q}/submit-batch", json={"tasks": [{"id": "d", "type": "t"}, {"id": "b", "type": "t"}]}
+    )
+    assert batch.status_code == 200
+
+    leases = {t["id"]: t["lease"] for t in poll(client, 3)}
+    assert set(leases) == {"a", "b", "c"}
+    assert client.post(f"{Q}/finish", json={"id": "a", "lease": leases["a"]}).status_code == 204
+    assert (
+        client.post(f"{Q}/retry", json={"id": "b", "lease": leases["b"], "retry_wait": 0}).status_code == 204
+    )
+    assert client.post(f"{Q}/release", json={"id": "c", "lease": leases["c"]}).status_code == 204
+    stale = client.post(f"{Q}/heartbeat", json={"id": "c", "lease": leases["c"]})
+    assert stale.status_code == 409 and stale.json()["code"] == "preempted"
+    stale = client.post(f"{Q}/heartbeat-batch", json={"tasks": [{"id": "c", "lease": leases["c"]}]})
+    assert stale.json()["failed"][0]["code"] == "preempted"
+    assert poll(client, 1, wait=0.1) != []
+    assert client.post(f"{Q}/force-finish", json={"id": "d"}).status_code == 204
+
+    m = scrape(client)
+    q = {"queue": "q"}
+    assert value(m, "perfectqueue_tasks_submitted_total", **q) == 4
+    assert value(m, "perfectqueue_tasks_rejected_total", **q) == 2
+    assert value(m, "perfectqueue_tasks_acquired_total", **q) == 4
+    assert value(m, "perfectqueue_tasks_retried_total", **q) == 1
+    assert value(m, "perfectqueue_tasks_released_total", **q) == 1
+    assert value(m, "perfectqueue_tasks_preempted_total", **q) == 2
+    assert value(m, "perfectqueue_tasks_dead_total", **q) is None  # no sample before the first one
+    assert value(m, "perfectqueue_tasks_finished_total", **q) == 2
+    assert value(m, "perfectqueue_queue_wait_seconds_count", **q) == 4
+    assert value(m, "perfectqueue_poll_duration_seconds_count", queue="q", result="tasks") == 2
+    assert value(m, "perfectqueue_database_errors_total", **q) is None
+
+    submit_route = {"method": "POST", "route": "/v1/queues/{queue}/submit"}
+    assert value(m, "perfectqueue_http_requests_total", **submit_route, status="201") == 3
+    assert value(m, "perfectqueue_http_requests_total", **submit_route, status="409") == 1
+    assert value(m, "perfectqueue_http_request_duration_seconds_count", **submit_route) == 4
+    assert client.get("/no/such/path").status_code == 404
+    m = scrape(client)
+    assert value(m, "perfectqueue_http_requests_total", method="GET", route="unmatched", status="404") == 1
+    assert value(m, "perfectqueue_http_requests_total", method="GET", route="/metrics", status="200") == 1
+
+
+def test_dead_and_cancelled_tasks_are_counted(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(max_attempts=1)
+    for task_id in ("dies", "waits", "runs"):
+        submit(client, task_id)
+    (dies,) = poll(client, 1)
+    assert client.post(f"{Q}/retry", json={"id": "dies", "lease": dies["lease"]}).status_code == 204
+    assert client.post(f"{Q}/cancel", json={"id": "waits"}).json()["status"] == "cancelled"
+    (runs,) = poll(client, 1)
+    assert client.post(f"{Q}/cancel", json={"id": "runs"}).json()["status"] == "running"
+    assert client.post(f"{Q}/heartbeat", json={"id": "runs", "lease": runs["lease"]}).status_code == 409
+    assert client.post(f"{Q}/finish", json={"id": "runs", "lease": runs["lease"]}).status_code == 409
+    # Leases that ran out: an acquisition ends one task dead (its attempt is used), one cancelled.
+    submit(client, "expires")
+    submit(client, "abandoned")
+    assert {t["id"] for t in poll(client, 2)} == {"expires", "abandoned"}
+    assert client.post(f"{Q}/cancel", json={"id": "abandoned"}).json()["cancel_requested"] is True
+    for task_id in ("expires", "abandoned"):
+        backdate(store_of(client), task_id, 1000)
+    assert poll(client, 2) == []
+
+    m = scrape(client)
+    assert value(m, "perfectqueue_tasks_dead_total", queue="q") == 2
+    assert value(m, "perfectqueue_tasks_retried_total", queue="q") is None
+    assert value(m, "perfectqueue_tasks_cancelled_total", queue="q") == 3  # at once; at finish; expired
+    assert value(m, "perfectqueue_tasks_finished_total", queue="q") is None
+    assert value(m, "perfectqueue_queue_tasks", queue="q", state="finished") == 5
+    assert value(m, "perfectqueue_queue_dead_tasks", queue="q") == 2
+
+
+def test_gauges_count_each_state_and_stop_at_the_limit(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(metrics_count_limit=3)
+    later = int(time.time()) + 3600
+    for i in range(5):
+        submit(client, f"w{i}")
+    submit(client, "s", run_at=later)
+    (leased,) = poll(client, 1)
+    assert client.post(f"{Q}/finish", json={"id": leased["id"], "lease": leased["lease"]}).status_code == 204
+    running = poll(client, 2)
+    retried = client.post(f"{Q}/retry", json={"id": running[0]["id"], "lease": running[0]["lease"]})
+    assert retried.status_code == 204
+    backdate(store_of(client), "w4", 100)
+
+    m = scrape(client)
+    state = {s: value(m, "perfectqueue_queue_tasks", queue="q", state=s) for s in ("waiting", "running")}
+    assert state == {"waiting": 2, "running": 1}
+    assert value(m, "perfectqueue_queue_tasks", queue="q", state="scheduled") == 2  # run_at, retry_wait
+    assert value(m, "perfectqueue_queue_tasks", queue="q", state="finished") == 1
+    age = value(m, "perfectqueue_queue_oldest_waiting_age_seconds", queue="q")
+    assert age is not None and 100 <= age < 200
+    assert value(m, "perfectqueue_queue_count_limit", queue="q") == 3
+
+    for i in range(5, 10):
+        submit(client, f"w{i}")
+    assert value(scrape(client), "perfectqueue_queue_tasks", queue="q", state="waiting") == 2, "cached"
+    client.app.state.runtime.gauges.clear()  # what CACHE_SECONDS later would do
+    assert value(scrape(client), "perfectqueue_queue_tasks", queue="q", state="waiting") == 3, "capped"
+    # The same counts (uncached) answer the queue API and the dashboard, saying which stopped.
+    info = client.get(Q).json()
+    assert (info["waiting"], info["scheduled"]) == (3, 2)
+    assert info["capped"] == ["waiting", "running", "scheduled"]  # 3 not yet due: at the limit
+    overview = client.get("/v1/overview").json()["queues"][0]
+    same = ("throughput", "oldest_waiting_age")  # the age may have crossed a second meanwhile
+    assert {k: v for k, v in overview.items() if k not in same} == {k: info[k] for k in info if k not in same}
+
+
+def test_a_failing_database_is_counted_and_its_gauges_left_out(
+    make_client: Callable[..., TestClient], table_name: str
+) -> None:
+    client = make_client()
+    submit(client, "a")
+    drop_table(store_of(client).db, table_name)
+    assert client.get(f"{Q}/tasks/a").status_code == 503
+    assert value(scrape(client), "perfectqueue_database_errors_total", queue="q") == 1
+    m = scrape(client)  # the first scrape's gauge query failed too, after the counters were read
+    assert value(m, "perfectqueue_database_errors_total", queue="q") == 2
+    assert value(m, "perfectqueue_queue_tasks", queue="q", state="waiting") is None
+    assert value(m, "perfectqueue_tasks_submitted_total", queue="q") == 1
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # nothing here is the database's
+def test_metrics_need_a_key_and_probes_do_not(make_client: Callable[..., TestClient], db_url: str) -> None:
+    key = new_key()
+    client = make_client(api_keys=[{"name": "ops", "hash": hash_key(key), "scopes": ["admin"]}])
+    assert client.get("/metrics").status_code == 401
+    assert scrape(client, authorization=f"Bearer {key}")
+    for probe in ("/livez", "/healthz", "/readyz"):
+        response = client.get(probe)
+        assert (response.status_code, response.json()) == (200, {"status": "ok"}), probe
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # nothing here is the database's
+def test_each_app_has_a_registry_of_its_own(make_client: Callable[..., TestClient], db_url: str) -> None:
+    first, second = make_client(), make_client()
+    submit(first, "only-here")
+    assert value(scrape(first), "perfectqueue_tasks_submitted_total", queue="q") == 1
+    assert value(scrape(second), "perfectqueue_tasks_submitted_total", queue="q") is None
+
+
+def backdate(store: Any, task_id: str, seconds: int) -> None:
+    t = store.table.c
+    with store.db.engine.begin() as conn:
+        conn.execute(sa.update(store.table).where(t.id == task_id).values(timeout=t.timeout - seconds))

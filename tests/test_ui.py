@@ -1,0 +1,268 @@
+"""The dashboard: the admin endpoints it reads on each backend (the overview, users, the task
+listing's filters), throughput summed over two replicas, and the pages themselves end to end in
+a real headless Chromium against a real service process.
+
+Screenshots of every page are written under ``test-artifacts/ui/`` (``PERFECTQUEUE_TEST_ARTIFACTS``
+moves it); the test prints where.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import IN_CI, drop_table
+from servers import running_service, write_config
+
+from perfectqueue.service.app import create_app
+from perfectqueue.service.config import settings_from
+from perfectqueue.service.security import hash_key, new_key
+from perfectqueue.service.store import Database
+from perfectqueue.service.store.throughput import STATS_TABLE
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # starlette asks for httpx2 at import
+    from fastapi.testclient import TestClient
+
+Q = "/v1/queues/q"
+BROWSER_FLAGS = [
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def make_app(db_url: str, table_name: str) -> Iterator[Callable[..., TestClient]]:
+    """Clients of apps (replicas) serving queue ``q`` on one fresh table; closed after the test."""
+    opened: list[TestClient] = []
+
+    def make() -> TestClient:
+        settings = settings_from({"url": db_url, "queues": {"q": {"table": table_name}}, "auto_init": True})
+        client = TestClient(create_app(settings)).__enter__()
+        opened.append(client)
+        return client
+
+    yield make
+    for client in opened:
+        client.__exit__(None, None, None)
+    db = Database(db_url)
+    drop_table(db, table_name)
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(f"DELETE FROM {STATS_TABLE} WHERE queue = '{table_name}'")
+    db.dispose()
+
+
+def submit(client: TestClient, task_id: str, **fields: Any) -> None:
+    response = client.post(f"{Q}/submit", json={"id": task_id, "type": fields.pop("type", "t"), **fields})
+    assert response.status_code == 201, response.text
+
+
+def browse_all(client: TestClient, **filters: Any) -> list[str]:
+    """Every id a filtered listing yields, page by page (small pages, to cross many cursors)."""
+    ids: list[str] = []
+    cursor = None
+    for _ in range(100):
+        params = {**filters, "limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = client.get(f"{Q}/tasks", params=params).json()
+        ids += [t["id"] for t in page["tasks"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return ids
+    raise AssertionError("the listing never ended")
+
+
+def test_counts_users_listing_and_release(make_app: Callable[..., TestClient]) -> None:
+    client = make_app()
+    for i in range(8):
+        submit(client, f"a{i}", user="ann", max_running=2, type="mail" if i % 2 else "report")
+    for i in range(4):
+        submit(client, f"b{i}", data={"n": i}, compression="gzip")
+    submit(client, "later", run_at=2_000_000_000)
+    leased = client.post(f"{Q}/poll", json={"max": 3, "alive_time": 600}).json()["tasks"]
+    assert client.post(f"{Q}/force-finish", json={"id": "b3"}).status_code == 204
+
+    queue = client.get("/v1/overview").json()["queues"][0]
+    assert {k: queue[k] for k in ("waiting", "running", "scheduled", "finished")} == {
+        "waiting": 8,
+        "running": 4,  # 3 leased, 1 scheduled
+        "scheduled": 1,
+        "finished": 1,
+    }
+    assert queue["oldest_waiting_age"] >= 0 and len(queue["throughput"]["submitted"]) == 60
+    assert queue["capped"] == []
+    info = client.get(Q).json()  # the same counts as the queue API's (the age may have moved on)
+    assert {k: v for k, v in queue.items() if k not in ("throughput", "oldest_waiting_age")} == {
+        k: v for k, v in info.items() if k != "oldest_waiting_age"
+    }
+    users = client.get(f"{Q}/users").json()["users"]
+    ann_running = sum(1 for t in leased if t["user"] == "ann")
+    assert users == [{"user": "ann", "running": ann_running, "scheduled": 0, "max_running": 2}]
+
+    everything = sorted([f"a{i}" for i in range(8)] + [f"b{i}" for i in range(4)] + ["later"])
+    assert browse_all(client) == everything  # id order
+    running = {t["id"] for t in leased}
+    due = {"order": "due"}  # the dashboard's order with a status or user: on the timeout index
+    assert sorted(browse_all(client, status="running", leased=True, **due)) == sorted(running)
+    assert browse_all(client, status="running", leased=False, **due) == ["later"]  # scheduled
+    assert browse_all(client, status="finished", **due) == ["b3"]
+    waiting = browse_all(client, status="waiting", **due)
+    assert sorted(waiting) == sorted(set(everything) - running - {"later", "b3"})
+    assert browse_all(client, prefix="a") == [f"a{i}" for i in range(8)]
+    assert sorted(browse_all(client, user="ann", type="mail", **due)) == ["a1", "a3", "a5", "a7"]
+    b_waiting = sorted({"b0", "b1", "b2"} - running)
+    assert sorted(browse_all(client, status="waiting", prefix="b", **due)) == b_waiting
+    assert browse_all(client, status="running", leased=False) == ["later"]  # id order filters alike
+    assert client.get(f"{Q}/tasks", params={"status": "bogus"}).json()["code"] == "invalid"
+    foreign = client.get(f"{Q}/tasks", params={"limit": 1}).json()["next_cursor"]
+    bad = {"status": "waiting", "cursor": foreign, **due}
+    assert client.get(f"{Q}/tasks", params=bad).status_code == 422
+
+    later = client.get(f"{Q}/tasks/later").json()
+    assert (later["status"], later["leased"]) == ("running", False)  # scheduled
+    # Retry now: the holder's lease ends (it is fenced off), the task is deliverable at once.
+    held = leased[0]
+    assert client.get(f"{Q}/tasks/{held['id']}").json()["leased"] is True
+    assert client.post(f"{Q}/force-release", json={"id": held["id"]}).status_code == 204
+    assert client.get(f"{Q}/tasks/{held['id']}").json()["status"] == "waiting"
+    late = client.post(f"{Q}/finish", json={"id": held["id"], "lease": held["lease"]})
+    assert late.json()["code"] == "preempted"
+    assert client.post(f"{Q}/force-release", json={"id": "b3"}).json()["code"] == "already_finished"
+    assert client.post(f"{Q}/force-release", json={"id": "nope"}).json()["code"] == "not_found"
+
+
+def test_throughput_adds_up_over_two_replicas(make_app: Callable[..., TestClient]) -> None:
+    first, second = make_app(), make_app()
+    for i in range(3):
+        submit(first, f"f{i}")
+    batch = [{"id": "s0", "type": "t"}, {"id": "s1", "type": "t"}, {"id": "f0", "type": "t"}]
+    assert len(second.post(f"{Q}/submit-batch", json={"tasks": batch}).json()["successful"]) == 2
+    tasks = first.post(f"{Q}/poll", json={"max": 2}).json()["tasks"]
+    items = [{"id": t["id"], "lease": t["lease"]} for t in tasks]
+    assert len(second.post(f"{Q}/finish-batch", json={"tasks": items}).json()["successful"]) == 2
+    assert first.post(f"{Q}/force-finish", json={"id": "s1"}).status_code == 204
+    assert first.post(f"{Q}/force-finish", json={"id": "s1"}).status_code == 409  # not counted again
+
+    for client in (first, second):  # each replica adds its counts (as it does every few seconds)
+        throughput = client.app.state.throughput
+        client.portal.call(throughput.flush, client.app.state.runtime.run)
+    submit(second, "s2")  # counted at the replica's stop (the last flush)
+    second.__exit__(None, None, None)
+
+    series = first.get("/v1/overview").json()["queues"][0]["throughput"]
+    assert (sum(series["submitted"]), sum(series["finished"])) == (6, 3)
+
+
+# -- the browser -----------------------------------------------------------------------------------
+
+
+def chromium() -> str:
+    """Debian's Chromium and Python Playwright, or skip (fail in CI) when either is missing."""
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    missing = None if os.path.exists(path) else f"Chromium is not installed ({path})"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing = "Python Playwright is not installed"
+    if missing:
+        if IN_CI:
+            pytest.fail(missing + " (mandatory in CI)")
+        pytest.skip(missing)
+    return path
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    root = Path(
+        os.environ.get("PERFECTQUEUE_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts")
+    )
+    path = root / "ui"
+    path.mkdir(parents=True, exist_ok=True)
+    print(f"screenshots in {path}")
+    return path
+
+
+def test_dashboard_in_headless_chromium(tmp_path: Path, artifacts: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    executable = chromium()
+    admin, worker = new_key(), new_key()
+    keys = [
+        {"name": "ops", "hash": hash_key(admin), "scopes": ["admin"]},
+        {"name": "app", "hash": hash_key(worker), "scopes": ["submit", "work"]},
+    ]
+    config = write_config(tmp_path / "pq.yml", f"sqlite:///{tmp_path / 'q.sqlite3'}", "ui_q", api_keys=keys)
+    with running_service(config, tmp_path / "service.log") as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, headless=True, args=BROWSER_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        calls: list[tuple[str, str, int]] = []
+        page.on("response", lambda r: calls.append((r.request.method, r.url.removeprefix(base), r.status)))
+
+        # Without a key: a login, and no data (every API call it tried was refused).
+        page.goto(base + "/ui")
+        expect(page.locator("#login")).to_be_visible()
+        assert page.locator(".queue-card").count() == 0
+        assert all(status == 401 for _, url, status in calls if url.startswith("/v1/"))
+        page.screenshot(path=artifacts / "login.png")
+        page.fill("#key", worker)  # a key without the admin scope is not enough
+        page.click("#login button[type=submit]")
+        expect(page.locator("#login [role=alert]")).to_contain_text("admin scope")
+        page.fill("#key", admin)
+        page.click("#login button[type=submit]")
+        calls.clear()
+
+        # The overview; a task submitted now appears in it.
+        card = page.locator('.queue-card[data-queue="q"]')
+        expect(card).to_be_visible()
+        page.screenshot(path=artifacts / "overview-empty.png")
+        task = {"id": "report/2026-11", "type": "report", "user": "acme", "max_running": 3}
+        app = {"authorization": f"Bearer {worker}"}
+        submitted = httpx.post(
+            f"{base}{Q}/submit", headers=app, json={**task, "data": {"rows": [1, 2]}, "compression": "gzip"}
+        )
+        assert submitted.status_code == 201
+        expect(card.locator("[data-stat=waiting] b")).to_have_text("1", timeout=15_000)
+        page.screenshot(path=artifacts / "overview.png")
+
+        # The queue page lists it; the task page shows it, decompressed; force-finish it.
+        card.locator("h2 a").click()
+        row = page.locator('#tasks tr[data-id="report/2026-11"]')
+        expect(row).to_contain_text("waiting")
+        page.screenshot(path=artifacts / "queue.png", full_page=True)
+        row.locator("a").click()
+        expect(page.locator("#task-state")).to_have_text("waiting")
+        expect(page.locator("#task-data")).to_contain_text('"rows"')
+        page.screenshot(path=artifacts / "task.png", full_page=True)
+        offered = "/v1/queues/{queue}/cancel" in httpx.get(base + "/openapi.json").json()["paths"]
+        assert page.locator("#cancel").count() == int(offered)  # shown only where the API has it
+        page.click("#force-finish")
+        expect(page.locator("#confirm")).to_be_visible()
+        page.screenshot(path=artifacts / "task-confirm.png")
+        page.click("#confirm-ok")
+        expect(page.locator("#task-state")).to_have_text("finished", timeout=10_000)
+        page.screenshot(path=artifacts / "task-finished.png", full_page=True)
+        shown = httpx.get(f"{base}{Q}/tasks/report%2F2026-11", headers=app).json()
+        assert shown["status"] == "finished"
+
+        # Every API call the signed-in pages made is one the admin key may make.
+        api = [(method, url, status) for method, url, status in calls if url.startswith("/v1/")]
+        assert api and all(status < 400 for _, _, status in api), api
+        assert not any(url.split("?")[0].endswith(("/poll", "/submit", "/finish")) for _, url, _ in api)
+
+        # A phone in dark mode: the queue page fits the screen's width.
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.emulate_media(color_scheme="dark")
+        page.goto(base + "/ui/#/queues/q?state=finished")
+        expect(page.locator('#tasks tr[data-id="report/2026-11"]')).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        page.screenshot(path=artifacts / "queue-phone-dark.png", full_page=True)
+        browser.close()

@@ -8,10 +8,21 @@ rule here and differ only in ``await``.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ._types import SubmitSpec
+
+
+class Held(Protocol):
+    """A leased task as the batch calls see it (the sync and async SDK's acquired tasks)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def lease(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +52,11 @@ def heartbeat(key: str, lease: str, alive_time: int | None, data: dict[str, Any]
     return Call("heartbeat", {"id": key, "lease": lease, "alive_time": alive_time, "data": data})
 
 
+def heartbeat_many(tasks: Iterable[Held], alive_time: int | None) -> Call:
+    items = [(task.key, task.lease) for task in tasks]
+    return Call("heartbeat_many", {"tasks": items, "alive_time": alive_time})
+
+
 def finish(key: str, lease: str) -> Call:
     return Call("finish", {"id": key, "lease": lease})
 
@@ -49,8 +65,9 @@ def finish_many(items: list[tuple[str, str]]) -> Call:
     return Call("finish_many", {"tasks": items})
 
 
-def retry(key: str, lease: str, retry_wait: int | None) -> Call:
-    return Call("retry", {"id": key, "lease": lease, "retry_wait": retry_wait}, repeatable=False)
+def retry(key: str, lease: str, retry_wait: int | None, error: str | None = None) -> Call:
+    args = {"id": key, "lease": lease, "retry_wait": retry_wait, "error": error}
+    return Call("retry", args, repeatable=False)
 
 
 def release(key: str, lease: str) -> Call:
@@ -59,6 +76,15 @@ def release(key: str, lease: str) -> Call:
 
 def force_finish(key: str) -> Call:
     return Call("force_finish", {"id": key})
+
+
+def cancel(key: str) -> Call:
+    return Call("cancel", {"id": key})
+
+
+def requeue(key: str) -> Call:
+    """Not repeatable: a second requeue after a first that succeeded meets a waiting task."""
+    return Call("requeue", {"id": key}, repeatable=False)
 
 
 def get(key: str) -> Call:

@@ -44,16 +44,17 @@ class Request:
             self.path, self.json = f"{base}/submit", args["task"].to_json()
         elif op == "submit_many":
             self.path, self.json = f"{base}/submit-batch", {"tasks": [t.to_json() for t in args["tasks"]]}
-        elif op == "finish_many":
-            self.path = f"{base}/finish-batch"
-            self.json = {"tasks": [{"id": key, "lease": lease} for key, lease in args["tasks"]]}
+        elif op in ("finish_many", "heartbeat_many"):
+            self.path = f"{base}/{op.replace('_many', '-batch')}"
+            tasks = [{"id": key, "lease": lease} for key, lease in args["tasks"]]
+            self.json = _present({"tasks": tasks, "alive_time": args.get("alive_time")})
         elif op == "get":
             self.method, self.path = "GET", f"{base}/tasks/{_segment(args['id'])}"
         elif op == "list":
             self.method, self.path, self.params = "GET", f"{base}/tasks", _present(args)
         elif op == "stats":
             self.method, self.path = "GET", base
-        else:  # poll, heartbeat, finish, retry, release, force_finish
+        else:  # poll, heartbeat, finish, retry, release, force_finish, cancel, requeue
             self.path, self.json = f"{base}/{op.replace('_', '-')}", _present(args)
         self.content = None if self.json is None else _encode(self.json)
         self.headers = None if self.content is None else {"Content-Type": "application/json"}
@@ -63,15 +64,16 @@ class Request:
         body: Any = response.json() if response.content else None
         if op == "poll":
             return [Leased(TaskMetadata.from_json(t), t["lease"]) for t in body["tasks"]]
-        if op in ("submit_many", "finish_many"):
+        if op in ("submit_many", "finish_many", "heartbeat_many"):
             failed = [Failure(f["id"], error_of(f["code"], f["detail"])) for f in body["failed"]]
             return BatchResult([s["id"] for s in body["successful"]], failed)
-        if op == "get":
+        if op in ("get", "cancel", "requeue"):
             return TaskMetadata.from_json(body)
         if op == "list":
             return Page([TaskMetadata.from_json(t) for t in body["tasks"]], body["next_cursor"])
         if op == "stats":
-            return QueueStats(body["name"], body["waiting"], body["running"], body["finished"])
+            counts = (body["waiting"], body["running"], body["finished"], body.get("dead", 0))
+            return QueueStats(body["name"], *counts, capped=tuple(body.get("capped", ())))
         return None
 
 

@@ -30,12 +30,17 @@ class RdbBackend:
         retention_time: int = 300,
         fair: bool = True,
         lock: str = "skip_locked",
+        **policy: Any,
     ) -> None:
         from ..service.store import Database, QueueStore
+        from ..service.store.model import RetryPolicy
 
         self.db = Database(url)
-        self.store = QueueStore(self.db, table, retention_time=retention_time, fair=fair, lock=lock)
-        self.alive_time, self.retry_wait, self.name = alive_time, retry_wait, table
+        retry = RetryPolicy(retry_wait=retry_wait, **policy)
+        self.store = QueueStore(
+            self.db, table, retention_time=retention_time, fair=fair, lock=lock, policy=retry
+        )
+        self.alive_time, self.name = alive_time, table
 
     def execute(self, call: Call) -> Any:
         handler = getattr(self, f"_{call.op}")
@@ -62,6 +67,11 @@ class RdbBackend:
     def _heartbeat(self, id: str, lease: str, alive_time: int | None, data: dict[str, Any] | None) -> None:
         self.store.heartbeat(id, int(lease), alive_time or self.alive_time, data)
 
+    def _heartbeat_many(self, tasks: list[tuple[str, str]], alive_time: int | None) -> BatchResult:
+        items = [(key, int(lease)) for key, lease in tasks]
+        results = self.store.heartbeat_many(items, alive_time or self.alive_time)
+        return _batch([key for key, _ in tasks], results)
+
     def _finish(self, id: str, lease: str) -> None:
         self.store.finish(id, int(lease))
 
@@ -69,8 +79,14 @@ class RdbBackend:
         results = self.store.finish_many([(key, int(lease)) for key, lease in tasks])
         return _batch([key for key, _ in tasks], results)
 
-    def _retry(self, id: str, lease: str, retry_wait: int | None) -> None:
-        self.store.retry(id, int(lease), self.retry_wait if retry_wait is None else retry_wait)
+    def _retry(self, id: str, lease: str, retry_wait: int | None, error: str | None) -> None:
+        self.store.retry(id, int(lease), retry_wait, error)
+
+    def _cancel(self, id: str) -> TaskMetadata:
+        return _metadata(self.store.cancel(id))
+
+    def _requeue(self, id: str) -> TaskMetadata:
+        return _metadata(self.store.requeue(id))
 
     def _release(self, id: str, lease: str) -> None:
         self.store.release(id, int(lease))
@@ -97,7 +113,9 @@ class RdbBackend:
 
     def _stats(self) -> QueueStats:
         counts = self.store.counts()
-        return QueueStats(self.name, counts.waiting, counts.running, counts.finished)
+        return QueueStats(
+            self.name, counts.waiting, counts.running, counts.finished, counts.dead, counts.capped
+        )
 
 
 class AsyncRdbBackend:
@@ -116,7 +134,17 @@ class AsyncRdbBackend:
 def _new_task(spec: SubmitSpec) -> Any:
     from ..service.store import NewTask
 
-    return NewTask(spec.key, spec.type, spec.data, spec.user, spec.max_running, spec.run_at, spec.compression)
+    return NewTask(
+        spec.key,
+        spec.type,
+        spec.data,
+        spec.user,
+        spec.max_running,
+        spec.run_at,
+        spec.compression,
+        spec.max_attempts,
+        spec.traceparent,
+    )
 
 
 def _metadata(task: Any) -> TaskMetadata:
@@ -130,6 +158,11 @@ def _metadata(task: Any) -> TaskMetadata:
         timeout=task.timeout,
         max_running=task.max_running,
         compression=task.compression,
+        attempts=task.attempts,
+        max_attempts=task.max_attempts,
+        last_error=task.last_error,
+        cancel_requested=task.cancel_requested,
+        traceparent=task.traceparent,
     )
 
 

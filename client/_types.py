@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from ..errors import PerfectQueueError
 
-Status = Literal["waiting", "running", "finished"]
+Status = Literal["waiting", "running", "finished", "dead", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +23,13 @@ class TaskMetadata:
     timeout: int = 0
     max_running: int | None = None
     compression: str | None = None
+    attempts: int = 0
+    """Acquisitions so far (a release gives its attempt back)."""
+    max_attempts: int | None = None
+    last_error: str | None = None
+    """The error of the last failed attempt (type and message, truncated)."""
+    cancel_requested: bool = False
+    traceparent: str | None = None
 
     @property
     def id(self) -> str:
@@ -37,6 +44,12 @@ class TaskMetadata:
     def is_running(self) -> bool:
         return self.status == "running"
 
+    def is_dead(self) -> bool:
+        return self.status == "dead"
+
+    def is_cancelled(self) -> bool:
+        return self.status == "cancelled"
+
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> TaskMetadata:
         return cls(
@@ -49,6 +62,11 @@ class TaskMetadata:
             timeout=int(body.get("timeout") or 0),
             max_running=body.get("max_running"),
             compression=body.get("compression"),
+            attempts=int(body.get("attempts") or 0),
+            max_attempts=body.get("max_attempts"),
+            last_error=body.get("last_error"),
+            cancel_requested=bool(body.get("cancel_requested")),
+            traceparent=body.get("traceparent"),
         )
 
 
@@ -71,6 +89,8 @@ class SubmitSpec:
     max_running: int | None = None
     run_at: int | None = None
     compression: str | None = None
+    max_attempts: int | None = None
+    traceparent: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"id": self.key, "type": self.type, "data": self.data}
@@ -79,6 +99,8 @@ class SubmitSpec:
             "max_running": self.max_running,
             "run_at": self.run_at,
             "compression": self.compression,
+            "max_attempts": self.max_attempts,
+            "traceparent": self.traceparent,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         return body
@@ -112,3 +134,10 @@ class QueueStats:
     waiting: int
     running: int
     finished: int
+    dead: int = 0
+    capped: tuple[str, ...] = ()
+    """The counts that stopped at the service's count limit: there are at least that many."""
+
+    def shown(self, name: str) -> str:
+        """A count for people: ``10000+`` when it stopped at the limit."""
+        return f"{getattr(self, name)}{'+' if name in self.capped else ''}"

@@ -42,8 +42,12 @@ class AsyncQueue:
         max_running: int | None = None,
         run_at: int | None = None,
         compression: str | None = None,
+        max_attempts: int | None = None,
+        traceparent: str | None = None,
     ) -> AsyncTask:
-        spec = SubmitSpec(key, type, dict(data or {}), user, max_running, run_at, compression)
+        spec = SubmitSpec(
+            key, type, dict(data or {}), user, max_running, run_at, compression, max_attempts, traceparent
+        )
         await self.backend.execute(calls.submit(spec))
         return AsyncTask(self, key)
 
@@ -59,6 +63,13 @@ class AsyncQueue:
     ) -> list[AsyncAcquiredTask]:
         leased: list[Leased] = await self.backend.execute(calls.poll(max, alive_time, wait))
         return [AsyncAcquiredTask(self, item) for item in leased]
+
+    async def heartbeat_many(
+        self, tasks: Iterable[AsyncAcquiredTask], *, alive_time: int | None = None
+    ) -> BatchResult:
+        """Extend the leases of up to 1,000 tasks in one request; per-task results (see
+        :meth:`Queue.heartbeat_many <perfectqueue.client.Queue.heartbeat_many>`)."""
+        return await self.backend.execute(calls.heartbeat_many(tasks, alive_time))  # type: ignore[no-any-return]
 
     def __getitem__(self, key: str) -> AsyncTask:
         return AsyncTask(self, key)
@@ -107,6 +118,12 @@ class AsyncTask:
     async def force_finish(self) -> None:
         await self.queue.backend.execute(calls.force_finish(self.key))
 
+    async def cancel(self) -> TaskMetadata:
+        return await self.queue.backend.execute(calls.cancel(self.key))  # type: ignore[no-any-return]
+
+    async def requeue(self) -> TaskMetadata:
+        return await self.queue.backend.execute(calls.requeue(self.key))  # type: ignore[no-any-return]
+
 
 class AsyncAcquiredTask(AsyncTask):
     def __init__(self, queue: AsyncQueue, leased: Leased) -> None:
@@ -123,11 +140,19 @@ class AsyncAcquiredTask(AsyncTask):
     def user(self) -> str | None:
         return self.acquired.user
 
+    @property
+    def attempts(self) -> int:
+        return self.acquired.attempts
+
+    @property
+    def traceparent(self) -> str | None:
+        return self.acquired.traceparent
+
     async def finish(self) -> None:
         await self.queue.backend.execute(calls.finish(self.key, self.lease))
 
-    async def retry(self, retry_wait: int | None = None) -> None:
-        await self.queue.backend.execute(calls.retry(self.key, self.lease, retry_wait))
+    async def retry(self, retry_wait: int | None = None, error: str | None = None) -> None:
+        await self.queue.backend.execute(calls.retry(self.key, self.lease, retry_wait, error))
 
     async def release(self) -> None:
         await self.queue.backend.execute(calls.release(self.key, self.lease))

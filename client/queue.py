@@ -41,9 +41,17 @@ class Queue:
         max_running: int | None = None,
         run_at: int | None = None,
         compression: str | None = None,
+        max_attempts: int | None = None,
+        traceparent: str | None = None,
     ) -> Task:
-        """Submit a task; AlreadyExistsError (an IdempotentError) if the key was used before."""
-        spec = SubmitSpec(key, type, dict(data or {}), user, max_running, run_at, compression)
+        """Submit a task; AlreadyExistsError (an IdempotentError) if the key was used before.
+
+        ``max_attempts``: deliveries after which the task is dead (default: the queue's);
+        ``traceparent``: a W3C trace context that travels with the task to its handler.
+        """
+        spec = SubmitSpec(
+            key, type, dict(data or {}), user, max_running, run_at, compression, max_attempts, traceparent
+        )
         self.backend.execute(calls.submit(spec))
         return Task(self, key)
 
@@ -62,6 +70,11 @@ class Queue:
         """Up to ``max`` tasks, waiting up to ``wait`` seconds when none is waiting (long-poll)."""
         leased: list[Leased] = self.backend.execute(calls.poll(max, alive_time, wait))
         return [AcquiredTask(self, item) for item in leased]
+
+    def heartbeat_many(self, tasks: Iterable[AcquiredTask], *, alive_time: int | None = None) -> BatchResult:
+        """Extend the leases of up to 1,000 tasks in one request; per-task results. A task failed
+        with CancelRequestedError was extended, but somebody cancelled it: stop its work."""
+        return self.backend.execute(calls.heartbeat_many(tasks, alive_time))  # type: ignore[no-any-return]
 
     def __getitem__(self, key: str) -> Task:
         return Task(self, key)
@@ -112,8 +125,18 @@ class Task:
         return True
 
     def force_finish(self) -> None:
-        """Finish the task whatever holds it (an operator's action)."""
+        """Finish the task whatever holds it, or a dead task (an operator's action)."""
         self.queue.backend.execute(calls.force_finish(self.key))
+
+    def cancel(self) -> TaskMetadata:
+        """Cancel the task: at once if nobody holds it, else when its holder next calls (it is
+        then ``cancel_requested``). AlreadyFinishedError if it had ended. Returns its state."""
+        return self.queue.backend.execute(calls.cancel(self.key))  # type: ignore[no-any-return]
+
+    def requeue(self) -> TaskMetadata:
+        """Make a dead task waiting again, its attempts reset (an operator's action).
+        NotDeadError if it is waiting or running. Returns its state."""
+        return self.queue.backend.execute(calls.requeue(self.key))  # type: ignore[no-any-return]
 
 
 class AcquiredTask(Task):
@@ -133,13 +156,25 @@ class AcquiredTask(Task):
     def user(self) -> str | None:
         return self.acquired.user
 
+    @property
+    def attempts(self) -> int:
+        """This delivery's attempt number (1 on the first)."""
+        return self.acquired.attempts
+
+    @property
+    def traceparent(self) -> str | None:
+        """The W3C trace context given at submit, if any."""
+        return self.acquired.traceparent
+
     def finish(self) -> None:
         """Done: never delivered again (AlreadyFinishedError if it already was finished)."""
         self.queue.backend.execute(calls.finish(self.key, self.lease))
 
-    def retry(self, retry_wait: int | None = None) -> None:
-        """Give it back, to be delivered again after ``retry_wait`` s (default: the queue's)."""
-        self.queue.backend.execute(calls.retry(self.key, self.lease, retry_wait))
+    def retry(self, retry_wait: int | None = None, error: str | None = None) -> None:
+        """Give it back, to be delivered again after ``retry_wait`` s (default: the queue's
+        backoff), recording ``error`` as its ``last_error``. If its attempts are used up it is
+        dead instead."""
+        self.queue.backend.execute(calls.retry(self.key, self.lease, retry_wait, error))
 
     def release(self) -> None:
         """Give it back, deliverable again at once."""

@@ -116,7 +116,7 @@ def test_submit_show_list_finish_and_stats(config: dict[str, Any]) -> None:
     finished = json_lines(ok("list", "--json", "--status", "finished", *q))
     assert [(t["key"], t["status"]) for t in finished] == [("a1", "finished"), ("b2", "finished")]
     name = config.get("queue") or config["table"]
-    assert ok("stats", *q) == f"{name}: waiting 0, running 1, finished 2\n"  # c3 waits for its time
+    assert ok("stats", *q) == f"{name}: waiting 0, running 1, finished 2, dead 0\n"  # c3 waits for its time
 
 
 ON_SQLITE = pytest.mark.parametrize("target", ["http-sqlite", "rdb_compat-sqlite"], indirect=True)

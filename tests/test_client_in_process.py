@@ -48,3 +48,29 @@ def test_the_async_sdk_over_the_app_in_process(database: Database, db_url: str, 
     finally:
         for db in app.state.runtime.databases.values():
             db.dispose()
+
+
+def test_stats_say_which_counts_stopped_at_the_limit(
+    database: Database, db_url: str, table_name: str
+) -> None:
+    QueueStore(database, table_name).init()
+    values = {"url": db_url, "queues": {"q": {"table": table_name}}, "metrics_count_limit": 2}
+    app = create_app(settings_from(values))
+
+    async def scenario() -> None:
+        config = {"url": "http://in-process", "queue": "q", "transport": httpx.ASGITransport(app=app)}
+        async with perfectqueue.open_async(config) as queue:
+            for key in ("a", "b", "c"):
+                await queue.submit(key, "t")
+            task = await queue.poll(alive_time=60)
+            assert task is not None
+            await task.finish()
+            stats = await queue.stats()
+            assert (stats.waiting, stats.finished, stats.capped) == (2, 1, ("waiting",))
+            assert (stats.shown("waiting"), stats.shown("finished")) == ("2+", "1")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for db in app.state.runtime.databases.values():
+            db.dispose()

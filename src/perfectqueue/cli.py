@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
+        "--log-format", choices=["text", "json"], help="text (default) or one JSON object per line"
+    )
+    serve.add_argument(
         "--insecure",
         action="store_true",
         default=None,
@@ -87,7 +90,9 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Any:
 def _serve(args: argparse.Namespace) -> int:
     from .service.server import serve
 
-    settings = _settings(args, host=args.host, port=args.port, insecure=args.insecure)
+    settings = _settings(
+        args, host=args.host, port=args.port, insecure=args.insecure, log_format=args.log_format
+    )
     serve(settings, log_level=args.log_level)
     return 0
 

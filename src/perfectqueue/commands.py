@@ -1,4 +1,5 @@
-"""The seed's command-line tool for tasks: list, submit, force_finish, show, stats.
+"""The seed's command-line tool for tasks: list, submit, force_finish, show, stats; and
+cancel and requeue (of a dead task), beyond the original.
 
 They talk to the service (``type: http``, the default) or straight to the database
 (``type: rdb_compat`` with the seed's ``url`` and ``table``), configured as the SDK is: a YAML
@@ -24,7 +25,7 @@ COLUMNS = ("key", "type", "user", "status", "created_at", "timeout", "data")
 def add_parsers(commands: Any) -> None:
     """The task commands, added to the ``perfectqueue`` command's subparsers."""
     listing = _parser(commands, "list", "list tasks (a readable table, or JSON lines with --json)")
-    listing.add_argument("--status", choices=["waiting", "running", "finished"])
+    listing.add_argument("--status", choices=["waiting", "running", "finished", "dead", "cancelled"])
     listing.add_argument("--type", dest="task_type")
     listing.add_argument("--user")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -37,6 +38,8 @@ def add_parsers(commands: Any) -> None:
     submit.add_argument("-u", "--user", help="the user the task runs for")
     submit.add_argument("-t", "--time", type=int, dest="run_at", help="run at this unix time")
     submit.add_argument("-m", "--max-running", type=int, help="the user's max_running")
+    submit.add_argument("-a", "--max-attempts", type=int, help="deliveries before the task is dead")
+    submit.add_argument("--traceparent", help="a W3C trace context to carry with the task")
     submit.set_defaults(command=submit_task)
 
     for name in ("force_finish", "force-finish"):
@@ -44,11 +47,21 @@ def add_parsers(commands: Any) -> None:
         finish.add_argument("key")
         finish.set_defaults(command=force_finish)
 
+    cancel = _parser(
+        commands, "cancel", "cancel a task (at once if nobody holds it, else at its next heartbeat)"
+    )
+    cancel.add_argument("key")
+    cancel.set_defaults(command=cancel_task)
+
+    requeue = _parser(commands, "requeue", "make a dead task waiting again, its attempts reset")
+    requeue.add_argument("key")
+    requeue.set_defaults(command=requeue_task)
+
     show = _parser(commands, "show", "show one task")
     show.add_argument("key")
     show.set_defaults(command=show_task)
 
-    stats = _parser(commands, "stats", "waiting, running and finished counts")
+    stats = _parser(commands, "stats", "waiting, running, finished and dead counts")
     stats.set_defaults(command=show_stats)
 
 
@@ -103,7 +116,14 @@ def submit_task(args: argparse.Namespace) -> int:
         raise InvalidError("data must be a JSON object")
     with open_queue(args) as queue:
         queue.submit(
-            args.key, args.type, data, user=args.user, run_at=args.run_at, max_running=args.max_running
+            args.key,
+            args.type,
+            data,
+            user=args.user,
+            run_at=args.run_at,
+            max_running=args.max_running,
+            max_attempts=args.max_attempts,
+            traceparent=args.traceparent,
         )
     print(f"submitted {args.key}")
     return 0
@@ -116,6 +136,20 @@ def force_finish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cancel_task(args: argparse.Namespace) -> int:
+    with open_queue(args) as queue:
+        task = queue[args.key].cancel()
+    print(f"cancel requested for {args.key} (running)" if task.cancel_requested else f"cancelled {args.key}")
+    return 0
+
+
+def requeue_task(args: argparse.Namespace) -> int:
+    with open_queue(args) as queue:
+        queue[args.key].requeue()
+    print(f"requeued {args.key}")
+    return 0
+
+
 def show_task(args: argparse.Namespace) -> int:
     with open_queue(args) as queue:
         print(json.dumps(_row(queue[args.key].metadata()), indent=2, ensure_ascii=False))
@@ -125,7 +159,8 @@ def show_task(args: argparse.Namespace) -> int:
 def show_stats(args: argparse.Namespace) -> int:
     with open_queue(args) as queue:
         stats = queue.stats()
-    print(f"{stats.name}: waiting {stats.waiting}, running {stats.running}, finished {stats.finished}")
+    counts = ", ".join(f"{name} {stats.shown(name)}" for name in ("waiting", "running", "finished", "dead"))
+    print(f"{stats.name}: {counts}")
     return 0
 
 
@@ -138,6 +173,11 @@ def _row(task: TaskMetadata) -> dict[str, Any]:
         "created_at": task.created_at,
         "timeout": task.timeout,
         "data": task.data,
+        "attempts": task.attempts,
+        "max_attempts": task.max_attempts,
+        "last_error": task.last_error,
+        "cancel_requested": task.cancel_requested,
+        "traceparent": task.traceparent,
     }
 
 

@@ -195,7 +195,7 @@ def test_a_bad_setting_is_refused_naming_its_key(key: str, value: object) -> Non
 def test_the_defaults_are_the_seeds() -> None:
     config = WorkerConfig.from_mapping({"url": "http://x", "queue": "q", "label": 1})
     assert (config.processors, config.poll_interval, config.task_heartbeat_interval) == (1, 1.0, 2.0)
-    assert (config.alive_time, config.retry_wait, config.child_kill_interval) == (300, 300, 2.0)
+    assert (config.alive_time, config.retry_wait, config.child_kill_interval) == (300, None, 2.0)
     assert config.child_graceful_kill_limit is None and config.log is None
     assert (config.child_heartbeat_interval, config.child_heartbeat_limit) == (2.0, 10.0)
     assert (config.processor_type, config.detach_wait, config.task_prefetch) == ("process", 10.0, 0)

@@ -6,7 +6,10 @@ overriding :meth:`Base.perform`, which the default ``run`` calls between ``befor
 ``after_perform``.
 
 An exception that escapes a handler goes to :meth:`Base.decide`, which by default logs it and
-retries the task after the worker's ``retry_wait``. It never crashes the worker.
+retries the task with the error recorded, after the queue's backoff (or the worker's
+``retry_wait`` when its configuration sets one). It never crashes the worker. A
+:class:`~perfectqueue.errors.CancelRequestedError` (the task was cancelled) is not an error of
+the handler: it skips ``decide`` and the task ends as cancelled.
 
 A handler that returns without finishing, retrying or releasing its task has succeeded: the
 worker finishes the task for it (as returning from a job means "done" in most Python task
@@ -18,8 +21,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..errors import PerfectQueueError
-from . import logs
+from ..errors import CancelRequestedError, PerfectQueueError
+from . import logs, metrics
 from .task import WorkerTask
 
 log = logging.getLogger("perfectqueue.worker")
@@ -48,27 +51,38 @@ class Base:
         """Called after :meth:`perform` returned, by the default :meth:`run`."""
 
     def decide(self, error: BaseException) -> None:
-        """What to do with a task whose handler raised ``error``: by default retry it later."""
+        """What to do with a task whose handler raised ``error``: by default retry it later,
+        recording the error (the queue counts the attempt: a task out of attempts is dead)."""
         task = self.task
+        described = describe(error)
         log.error(
-            "%s",
-            logs.fields(event="error", id=task.key, type=task.type, error=f"{type(error).__name__}: {error}"),
-            exc_info=error,
+            "%s", logs.fields(event="error", id=task.key, type=task.type, error=described), exc_info=error
         )
         if task.in_hand:
-            retry(task)
+            retry(task, error=described)
 
     def execute(self) -> None:
         """:meth:`run`, with an escaping exception handed to :meth:`decide`."""
         try:
             self.run()
+        except CancelRequestedError:
+            raise  # the task was cancelled: not the handler's failure
         except Exception as exc:
+            metrics.task_failed()
             self.decide(exc)
 
 
-def retry(task: WorkerTask, retry_wait: int | None = None, **reason: Any) -> None:
-    """Retry ``task`` after ``retry_wait`` (the worker's default), logging a failure to do so."""
+def describe(error: BaseException) -> str:
+    """An error as the queue records it: its type and message."""
+    return f"{type(error).__name__}: {error}"
+
+
+def retry(task: WorkerTask, retry_wait: int | None = None, error: str | None = None, **reason: Any) -> None:
+    """Retry ``task`` after ``retry_wait`` (default: the queue's backoff, or the worker's
+    ``retry_wait``), recording ``error``; a failure to do so is logged."""
     try:
-        task.retry(retry_wait)
+        task.retry(retry_wait, error)
+    except CancelRequestedError:
+        pass  # cancelled meanwhile: the task ended as cancelled
     except PerfectQueueError as exc:
         log.warning("%s", logs.fields(event="retry_failed", id=task.key, error=exc, **reason))

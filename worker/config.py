@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..logformat import LogFormat
 
 log = logging.getLogger("perfectqueue.worker")
 
@@ -30,6 +31,11 @@ BACKEND_KEYS = frozenset(
         "retention_time",
         "disable_resource_limit",
         "acquire_lock",
+        "max_attempts",
+        "dead_retention_time",
+        "retry_backoff",
+        "retry_wait_max",
+        "retry_jitter",
     }
 )
 NOT_WORKER_KEYS = frozenset({"queues", "host", "port", "auto_init", "debug"})
@@ -43,7 +49,8 @@ class WorkerConfig:
     poll_interval: float = 1.0
     task_heartbeat_interval: float = 2.0
     alive_time: int = 300
-    retry_wait: int = 300
+    retry_wait: int | None = None
+    """None: a retried task comes back after the queue's backoff; a number overrides it."""
     child_kill_interval: float = 2.0
     child_graceful_kill_limit: float | None = None
     child_heartbeat_interval: float = 2.0
@@ -53,6 +60,10 @@ class WorkerConfig:
     max_request_per_child: int | None = None
     task_prefetch: int = 0
     log: str | None = None
+    log_format: LogFormat = "text"
+    """'text' or 'json' (one JSON object per line), as the service's."""
+    metrics_port: int | None = None
+    """Serve Prometheus metrics on this port (all interfaces); None: no metrics."""
     backend: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
     """The whole mapping as loaded, application keys included (handlers see it as ``task.config``)."""
@@ -87,10 +98,8 @@ def _check(name: str, value: Any) -> Any:
         if value not in ("process", "thread"):
             raise ConfigError(f"processor_type must be 'process' or 'thread', not {value!r}")
         return value
-    if name == "log":
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"log must be a file path, not {value!r}")
-        return value
+    if name in ("log", "log_format", "metrics_port"):
+        return _check_output(name, value)
     if name == "task_prefetch":
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"task_prefetch must be a whole number >= 0, not {value!r}")
@@ -98,6 +107,18 @@ def _check(name: str, value: Any) -> Any:
     if name == "retry_wait" and value == 0 and not isinstance(value, bool):
         return 0  # retried tasks are deliverable again at once
     return _positive(name, value, _FIELDS[name])
+
+
+def _check_output(name: str, value: Any) -> Any:
+    """The keys of the worker's log and metrics."""
+    if name == "log" and (not isinstance(value, str) or not value):
+        raise ConfigError(f"log must be a file path, not {value!r}")
+    if name == "log_format" and value not in ("text", "json"):
+        raise ConfigError(f"log_format must be 'text' or 'json', not {value!r}")
+    port = name == "metrics_port"
+    if port and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536):
+        raise ConfigError(f"metrics_port must be a port number (1 to 65535), not {value!r}")
+    return value
 
 
 _FIELDS: dict[str, type] = {
@@ -116,6 +137,8 @@ _FIELDS: dict[str, type] = {
     "max_request_per_child": int,
     "task_prefetch": int,
     "log": str,
+    "log_format": str,
+    "metrics_port": int,
 }
 
 

@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 
+from ..logformat import ContextFilter, LogFormat, formatter
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s pid=%(process)d: %(message)s"
 _MARK = "_perfectqueue_worker"
 
@@ -27,8 +29,9 @@ class ReopenableFileHandler(logging.FileHandler):
             self.release()
 
 
-def configure(path: str | None) -> logging.Handler:
-    """Send the root logger to ``path`` (append) or stderr, replacing the handler set before."""
+def configure(path: str | None, log_format: LogFormat = "text") -> logging.Handler:
+    """Send the root logger to ``path`` (append) or stderr in ``log_format`` ('text': the lines
+    above; 'json': one object per line), replacing the handler set before."""
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _MARK, False) or _is_stderr(h)]:
         root.removeHandler(old)
@@ -39,7 +42,8 @@ def configure(path: str | None) -> logging.Handler:
     else:
         handler = logging.StreamHandler(sys.stderr)
     setattr(handler, _MARK, True)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(formatter(log_format, FORMAT))
     root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)

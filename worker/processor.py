@@ -20,7 +20,7 @@ from typing import Any
 
 from ..client import AcquiredTask, Queue
 from ..errors import PerfectQueueError
-from . import logs
+from . import logs, metrics
 from .application import Base
 from .config import WorkerConfig
 from .runner import Runner
@@ -101,6 +101,7 @@ class Processor:
             tasks = queue.poll_multi(max=count, alive_time=self.config.alive_time, wait=interval)
         except PerfectQueueError as exc:
             log.warning("%s", logs.fields(event="poll_failed", error=f"{type(exc).__name__}: {exc}"))
+            metrics.poll_failed()
             tasks = []
         if not tasks:  # a backend without long-polls, or an error: wait out the interval here
             self.monitor.signals.wait(interval - (time.monotonic() - started))

@@ -6,7 +6,10 @@ under the task monitor. Afterwards:
 - the handler finished, retried or released the task: nothing more to do;
 - the task was preempted (its lease taken over): it is left alone, never finished;
 - the handler returned without settling it: the worker finishes it (returning is success);
-- the handler (or its ``decide``) raised: the task is retried after ``retry_wait``.
+- the handler (or its ``decide``) raised: the task is retried with the error recorded, after the
+  queue's backoff (or the worker's ``retry_wait`` if its configuration sets one);
+- a cancel was requested while it ran (the handler was interrupted with CancelRequestedError, or
+  ignored it): the task ends as cancelled.
 
 One log line per task start and one per outcome, with the task's id, type and duration.
 """
@@ -17,15 +20,21 @@ import logging
 import time
 
 from ..client import AcquiredTask
-from ..errors import AlreadyFinishedError, PerfectQueueError
-from . import logs
-from .application import Base, retry
+from ..errors import AlreadyFinishedError, CancelRequestedError, PerfectQueueError
+from . import logs, metrics
+from .application import Base, describe, retry
 from .config import WorkerConfig
 from .task import WorkerTask
 from .task_monitor import TaskMonitor
 
 log = logging.getLogger("perfectqueue.worker")
-OUTCOME_EVENTS = {"finished": "finish", "retried": "retry", "released": "release", "preempted": "preempted"}
+OUTCOME_EVENTS = {
+    "finished": "finish",
+    "retried": "retry",
+    "released": "release",
+    "cancelled": "cancelled",
+    "preempted": "preempted",
+}
 
 
 class Runner:
@@ -44,7 +53,9 @@ class Runner:
         self.monitor.set_task(task)
         try:
             self._execute(task)
-            if task.in_hand:
+            if task.in_hand and task.cancel_requested:
+                end_cancelled(task)
+            elif task.in_hand:
                 _finish_on_return(task)
         finally:
             self.monitor.set_task(None)
@@ -53,11 +64,24 @@ class Runner:
 
     def _execute(self, task: WorkerTask) -> None:
         try:
-            self.application(task).execute()
+            with task.handling():
+                self.application(task).execute()
+        except CancelRequestedError:
+            log.info("%s", logs.fields(event="cancel_requested", id=task.key, type=task.type))
         except Exception as exc:  # decide() itself failed: still never crash the worker
             log.exception("%s", logs.fields(event="error", id=task.key, type=task.type, error=exc))
             if task.in_hand:
-                retry(task)
+                retry(task, error=describe(exc))
+
+
+def end_cancelled(task: WorkerTask) -> None:
+    """Give back a task whose cancel was requested: the queue ends it as cancelled."""
+    try:
+        task.release()
+    except CancelRequestedError:
+        pass  # the expected answer: the outcome is "cancelled"
+    except PerfectQueueError as exc:
+        log.warning("%s", logs.fields(event="cancel_failed", id=task.key, type=task.type, error=exc))
 
 
 def _finish_on_return(task: WorkerTask) -> None:
@@ -74,3 +98,4 @@ def _log_outcome(task: WorkerTask) -> None:
     duration = time.monotonic() - task.started
     level = logging.WARNING if event in ("preempted", "unsettled") else logging.INFO
     log.log(level, "%s", logs.fields(event=event, id=task.key, type=task.type, duration=duration))
+    metrics.task_done(event, duration)

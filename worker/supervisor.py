@@ -33,6 +33,7 @@ from . import logs
 from .application import Base
 from .children import Child, ChildMain, ForkedChild, ThreadChild
 from .config import WorkerConfig
+from .metrics import WorkerMetrics
 from .processor import OpenQueue, Processor
 from .signals import SUPERVISOR_SIGNALS, Signals, name
 
@@ -68,6 +69,8 @@ class Supervisor:
         self.application, self.loader, self.open_queue = application, loader, open_queue
         self.signals = signals
         self.config = self._load()
+        port = self.config.metrics_port  # read once: a restart does not move the metrics
+        self.metrics = WorkerMetrics(port) if port else None
         self.slots = [Slot(n) for n in range(1, self.config.processors + 1)]
         self.stopping: str | None = None
         self.replaced_pid: int | None = None
@@ -85,6 +88,8 @@ class Supervisor:
                 self.signals.wait(TICK)
         finally:
             self._abort()
+            if self.metrics is not None:
+                self.metrics.close()
         log.info("%s", logs.fields(event="supervisor_exit"))
         return 0
 
@@ -105,6 +110,9 @@ class Supervisor:
         for slot in self.slots:
             self._keepalive(slot)
         self.slots = [s for s in self.slots if not (s.retiring and s.child is None)]
+        if self.metrics is not None:
+            self.metrics.read()
+            self.metrics.children.set(sum(slot.child is not None for slot in self.slots))
 
     def handle(self, signum: int) -> None:
         log.info("%s", logs.fields(event="signal", signal=name(signum)))
@@ -170,7 +178,7 @@ class Supervisor:
 
     def _load(self) -> WorkerConfig:
         config = WorkerConfig.from_mapping(self.loader())
-        logs.configure(config.log)
+        logs.configure(config.log, config.log_format)
         self.open_queue(config.backend).close()  # a bad backend setting fails here, not in a child
         return config
 
@@ -202,6 +210,8 @@ class Supervisor:
             level = logging.INFO if child.killing or slot.retiring else logging.ERROR
             log.log(level, "%s", logs.fields(event="child_exit", child=child, how=child.describe_exit()))
             slot.child = None
+            if self.metrics is not None and not (self.stopping or slot.retiring):
+                self.metrics.child_restarted(restart_reason(child))
 
     def _start(self, slot: Slot) -> None:
         config = self.config
@@ -256,6 +266,17 @@ class Supervisor:
                 if slot.child is not None and slot.child.try_join():
                     slot.child = None
             time.sleep(TICK)
+
+
+def restart_reason(child: Child) -> str:
+    """Why a child that is replaced exited: frozen (killed for silence), restart (USR1/HUP),
+    recycled (it ended normally, e.g. after max_request_per_child), or crashed."""
+    if child.killing == "kill":
+        return "frozen"
+    if child.killing is not None:
+        return "restart"
+    status = getattr(child, "status", None)
+    return "recycled" if status is None or os.waitstatus_to_exitcode(status) == 0 else "crashed"
 
 
 def run(application: type[Base], loader: ConfigLoader, open_queue: OpenQueue | None = None) -> int:

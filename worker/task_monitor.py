@@ -1,13 +1,18 @@
 """A processor's second thread: it keeps the tasks in hand leased and the supervisor informed.
 
 Every ``task_heartbeat_interval`` it extends by ``alive_time`` the lease of the task running and
-of the tasks prefetched (``task_prefetch``) and waiting their turn; a heartbeat answered Preempted
-(or the task gone or finished by someone else) marks that task preempted and heart-beating it
-stops. Every ``child_heartbeat_interval`` it tells the supervisor the processor is alive. It is
-also the loop that acts on the processor's recorded signals: TERM/INT ask for a graceful stop
-(the main loop takes no more tasks), TTIN for a detached graceful stop (the same, and the
-processor carries on when its supervisor exits), QUIT for an immediate one (every task in hand is
-released, then ``on_immediate_stop`` runs), USR2 reopens the log.
+of the tasks prefetched (``task_prefetch``) and waiting their turn, in one batch heartbeat when it
+holds more than one (each task's answer is acted on as its own heartbeat's would be; a service
+that refuses the batch gets one heartbeat per task). A heartbeat answered Preempted (or the task
+gone or finished by someone else) marks that task preempted and heart-beating it stops. A
+heartbeat answered CancelRequestedError (somebody cancelled the task) interrupts the running
+handler with that error (see :meth:`WorkerTask.request_cancel`), or ends a task still waiting
+its turn as cancelled at once. Every ``child_heartbeat_interval`` it tells the supervisor the
+processor is alive. It is also the loop that acts on the processor's recorded
+signals: TERM/INT ask for a graceful stop (the main loop takes no more tasks), TTIN for a
+detached graceful stop (the same, and the processor carries on when its supervisor exits), QUIT
+for an immediate one (every task in hand is released, then ``on_immediate_stop`` runs), USR2
+reopens the log.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 
-from ..errors import NotFoundError, PerfectQueueError, PreemptedError, TaskError
+from ..errors import CancelRequestedError, PerfectQueueError, TaskError, UnavailableError
 from . import logs
 from .signals import Signals
 from .task import WorkerTask
@@ -42,6 +48,7 @@ class TaskMonitor:
         self.graceful = threading.Event()
         self.immediate = threading.Event()
         self.detached = False
+        self._batch = True  # False once the service refused a batch heartbeat: one per task then
         self._task: WorkerTask | None = None
         self._held: list[WorkerTask] = []
         self._lock = threading.Lock()
@@ -116,18 +123,58 @@ class TaskMonitor:
             self.immediate.set()
 
     def _beat_task(self) -> None:
-        for task in self.in_hand():
+        tasks = self.in_hand()
+        if len(tasks) > 1 and self._batch and self._beat_many(tasks):
+            return
+        for task in tasks:
             self._beat_one(task)
+
+    def _beat_many(self, tasks: list[WorkerTask]) -> bool:
+        """One batch heartbeat for ``tasks``, each answer acted on as a single heartbeat's; False
+        when the batch itself was refused (a service of an earlier version, say): from then on
+        this processor beats them one by one."""
+        try:
+            with ExitStack() as stack:
+                for task in tasks:
+                    stack.enter_context(task.calls_held())
+                tasks = [task for task in tasks if task.in_hand]
+                if not tasks:
+                    return True
+                result = tasks[0].queue.heartbeat_many(tasks, alive_time=tasks[0].alive_time)
+        except UnavailableError as exc:  # try again at the next beat
+            ids = ",".join(task.key for task in tasks)
+            log.warning("%s", logs.fields(event="heartbeat_failed", ids=ids, error=exc))
+            return True
+        except PerfectQueueError as exc:
+            log.warning("%s", logs.fields(event="heartbeat_batch_refused", error=exc))
+            self._batch = False
+            return False
+        errors = {failure.key: failure.error for failure in result.failed}
+        for task in tasks:
+            if task.key in errors:
+                self._answered(task, errors[task.key])
+        return True
 
     def _beat_one(self, task: WorkerTask) -> None:
         try:
             task.heartbeat()
-        except (PreemptedError, NotFoundError, TaskError) as exc:
+        except PerfectQueueError as exc:
+            self._answered(task, exc)
+
+    def _answered(self, task: WorkerTask, answer: PerfectQueueError) -> None:
+        """Act on the error a heartbeat of ``task`` answered (alone or in a batch)."""
+        if isinstance(answer, CancelRequestedError):
+            if task.in_hand and not task.cancelled.is_set():
+                log.info("%s", logs.fields(event="cancel_requested", id=task.key, type=task.type))
+                task.request_cancel()
+                if task is not self._task:
+                    release(task, "cancelled")  # not started: ends cancelled now
+        elif isinstance(answer, TaskError):  # preempted, or gone or finished by someone else
             if task.in_hand:
-                log.warning("%s", logs.fields(event="preempted", id=task.key, type=task.type, error=exc))
+                log.warning("%s", logs.fields(event="preempted", id=task.key, type=task.type, error=answer))
                 task.mark_preempted()
-        except PerfectQueueError as exc:  # unavailable: try again at the next beat
-            log.warning("%s", logs.fields(event="heartbeat_failed", id=task.key, error=exc))
+        else:  # unavailable: try again at the next beat
+            log.warning("%s", logs.fields(event="heartbeat_failed", id=task.key, error=answer))
 
     def _stop_immediately(self) -> None:
         running = self._task
@@ -143,5 +190,7 @@ def release(task: WorkerTask, reason: str) -> None:
     try:
         task.release()
         log.info("%s", logs.fields(event="release", id=task.key, type=task.type, reason=reason))
+    except CancelRequestedError:
+        log.info("%s", logs.fields(event="cancelled", id=task.key, type=task.type))
     except PerfectQueueError as exc:
         log.warning("%s", logs.fields(event="release_failed", id=task.key, error=exc))

@@ -1,0 +1,104 @@
+"""The worker's metrics (``metrics_port``) and JSON log, from a real worker with forked children.
+
+The children count what they do and the supervisor serves the sums: tasks by outcome, handler
+failures, durations, children replaced (here recycled by ``max_request_per_child``).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from servers import free_port, running_service, write_config
+from test_worker_harness import wait_for, worker_process, write_worker_config
+
+import perfectqueue
+
+WORKER = """
+from perfectqueue.worker import Base, Dispatch
+
+
+class Done(Base):
+    def run(self):
+        pass  # returning finishes the task
+
+
+class Boom(Base):
+    def run(self):
+        raise RuntimeError("boom")
+
+
+class Dispatcher(Dispatch):
+    pass
+
+
+Dispatcher.route("done", Done)
+Dispatcher.route("boom", Boom)
+"""
+
+
+@pytest.fixture
+def service(tmp_path: Path, table_name: str) -> Iterator[str]:
+    config = write_config(tmp_path / "service.yaml", f"sqlite:///{tmp_path / 'q.sqlite3'}", table_name)
+    with running_service(config, tmp_path / "service.log") as base:
+        yield base
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    try:
+        text = httpx.get(url, timeout=5).text
+    except httpx.TransportError:
+        return {}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_worker_children_report_to_the_supervisor_metrics(tmp_path: Path, service: str) -> None:
+    (tmp_path / "pqmetrics.py").write_text(WORKER)
+    port = free_port()
+    config = write_worker_config(
+        tmp_path / "worker.yaml",
+        service,
+        processors=2,
+        max_request_per_child=2,
+        retry_wait=600,
+        metrics_port=port,
+        log_format="json",
+    )
+    with perfectqueue.open({"url": service, "queue": "q"}) as queue:
+        for i in range(5):
+            queue.submit(f"d{i}", "done")
+        queue.submit("b", "boom")
+    url = f"http://127.0.0.1:{port}/metrics"
+    log = tmp_path / "worker.log"
+    expected = {
+        ("perfectqueue_worker_tasks_total", (("outcome", "finish"),)): 5,
+        ("perfectqueue_worker_tasks_total", (("outcome", "retry"),)): 1,
+        ("perfectqueue_worker_task_failures_total", ()): 1,
+        ("perfectqueue_worker_task_duration_seconds_count", (("outcome", "finish"),)): 5,
+        ("perfectqueue_worker_children", ()): 2,
+    }
+    with worker_process(tmp_path, config, log, app="pqmetrics:Dispatcher") as proc:
+        samples = wait_for(
+            lambda: (m := scrape(url)) and all(m.get(k) == v for k, v in expected.items()) and m,
+            what="the counts of six tasks",
+        )
+        recycled = samples.get(("perfectqueue_worker_child_restarts_total", (("reason", "recycled"),)))
+        assert recycled is not None and recycled >= 2  # six tasks, two per child
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all({"timestamp", "level", "logger", "message"} <= set(e) for e in entries)
+    failure = next(e for e in entries if e["message"].startswith("event=error"))
+    assert failure["level"] == "error" and "RuntimeError: boom" in failure["error"]
+    assert sum(e["message"].startswith("event=finish ") for e in entries) == 5

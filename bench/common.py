@@ -249,9 +249,15 @@ class Service:
         return self.base + "/v1/queues/q"
 
 
+VARIANTS = {"coalesced": "perfectqueue", "uncoalesced": "bench.uncoalesced"}
+
+
 @contextmanager
-def services(backend: Backend, table: str, count: int = 1, **settings: Any) -> Iterator[list[Service]]:
-    """``count`` ``perfectqueue serve`` processes on 127.0.0.1 serving queue ``q`` on ``table``."""
+def services(
+    backend: Backend, table: str, count: int = 1, variant: str = "coalesced", **settings: Any
+) -> Iterator[list[Service]]:
+    """``count`` ``perfectqueue serve`` processes on 127.0.0.1 serving queue ``q`` on ``table``;
+    ``variant`` ``uncoalesced`` turns merged calls off (bench/uncoalesced.py)."""
     config = backend.workdir / f"service-{table}.yaml"
     body = {"url": backend.url, "queues": {"q": {"table": table}}, "auto_init": True, **settings}
     config.write_text(yaml.safe_dump(body))
@@ -259,8 +265,8 @@ def services(backend: Backend, table: str, count: int = 1, **settings: Any) -> I
     try:
         for i in range(count):
             port = free_port()
-            log = open(backend.workdir / f"service-{table}-{i}.log", "ab")  # noqa: SIM115
-            cmd = [sys.executable, "-m", "perfectqueue", "serve", "-c", str(config), "--port", str(port)]
+            log = open(backend.workdir / f"service-{table}-{variant}-{i}.log", "ab")  # noqa: SIM115
+            cmd = [sys.executable, "-m", VARIANTS[variant], "serve", "-c", str(config), "--port", str(port)]
             proc = subprocess.Popen([*cmd, "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
             log.close()
             started.append(Service(f"http://127.0.0.1:{port}", proc))

@@ -19,8 +19,10 @@ def plot(results: Path, png: Path) -> None:
         if isinstance(case, dict) and "k" in case:
             series.setdefault(f"SQL ceiling k={case['k']}", []).append((case["workers"], case["tasks_per_s"]))
     for case in data.get("service", {}).values():
-        if isinstance(case, dict) and case.get("services") == 1:
+        if isinstance(case, dict) and case.get("services") == 1 and "drain_tasks_per_s" in case:
             label = "HTTP one per call" if case["mode"] == "single" else f"HTTP batched k={case['k']}"
+            if case.get("variant", "coalesced") != "coalesced":
+                label += f" ({case['variant']})"
             series.setdefault(label, []).append((case["workers"], case["drain_tasks_per_s"]["median"]))
     for label, points in sorted(series.items()):
         points.sort()

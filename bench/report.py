@@ -16,6 +16,16 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def service_row(case: dict[str, Any]) -> str:
+    head = f"| {case['mode']} | {case.get('variant', '-')} | {case['workers']} | {case['services']} |"
+    if "drain_tasks_per_s" not in case:  # a submit-only case
+        return head + f" {fmt(case['submit_tasks_per_s'])} | - | - | - |"
+    return head + (
+        f" {fmt(case['submit_tasks_per_s'])} | {fmt(case['drain_tasks_per_s'])} |"
+        f" {case['service_cpu_pct']['median']:.0f} | {case['db_cpu_pct']['median']:.0f} |"
+    )
+
+
 def report(results: dict[str, Any]) -> str:
     s = results["scenarios"]
     lines = [f"Backend: {results['backend']}; machine: {json.dumps(results['machine'])}", ""]
@@ -32,14 +42,12 @@ def report(results: dict[str, Any]) -> str:
             )
         lines.append("")
     if "service" in s:
-        lines += ["| HTTP | W | services | submit tasks/s | poll+finish tasks/s | service CPU % | DB CPU % |"]
-        lines += ["|---|---|---|---|---|---|---|"]
+        lines += [
+            "| HTTP | variant | W | services | submit tasks/s | poll+finish tasks/s | service CPU | DB CPU |"
+        ]
+        lines += ["|---|---|---|---|---|---|---|---|"]
         for case in (v for v in s["service"].values() if isinstance(v, dict)):
-            lines.append(
-                f"| {case['mode']} | {case['workers']} | {case['services']} |"
-                f" {fmt(case['submit_tasks_per_s'])} | {fmt(case['drain_tasks_per_s'])} |"
-                f" {case['service_cpu_pct']['median']:.0f} | {case['db_cpu_pct']['median']:.0f} |"
-            )
+            lines.append(service_row(case))
         lines += ["", f"Service peak RSS under load: {s['service'].get('service_peak_rss_mb')} MB", ""]
     for name in ("latency", "fair", "memory", "scale", "profile"):
         if name in s:

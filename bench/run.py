@@ -40,6 +40,8 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
             "service_counts": [1],
             "batch_ks": [10],
             "service_tasks": {"single": 20, "batch k=10": 40, "batch k=100": 200},
+            "submit_batches": [1000],
+            "submit_tasks": 2000,
             "pollers": 2,
             "latency_tasks": 5,
             "latency_gap": 0.01,
@@ -70,6 +72,8 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
         "service_counts": [1, 2],
         "batch_ks": [10, 100],
         "service_tasks": {"single": 2000, "batch k=10": 10_000, "batch k=100": 20_000},
+        "submit_batches": [1000],
+        "submit_tasks": 40_000,
         "pollers": 4,
         "latency_tasks": 200,
         "latency_gap": 0.02,
@@ -134,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", default="1,2,4", help="client processes, comma-separated")
+    parser.add_argument(
+        "--variants",
+        default="coalesced",
+        help="service variants for the service scenario, interleaved: coalesced,uncoalesced",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the harness works")
     parser.add_argument("--out", default="bench-results", help="directory for results (gitignored)")
     parser.add_argument("--plot", action="store_true", help="also write a PNG (needs matplotlib)")
@@ -142,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = config(args.smoke, args.repeat, [int(w) for w in args.workers.split(",")])
     cfg["table_prefix"] = args.table_prefix
+    cfg["variants"] = args.variants.split(",")
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

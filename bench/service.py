@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -80,33 +81,90 @@ def one_run(
     }
 
 
+def submit_only(backend: Backend, table: str, svcs: list[Any], tasks: int, workers: int, batch: int) -> float:
+    """Submit throughput alone, ``batch`` tasks per /submit-batch call (up to 1,000)."""
+    backend.truncate(table)
+    per = tasks // workers
+    args = [(svcs[i % len(svcs)].queue, f"s{i}", per, batch) for i in range(workers)]
+    return throughput(run_clients(submit, args))[0]
+
+
 def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Every case; with several variants, their repeats interleaved (the same conditions for each)."""
     table = f"{cfg['table_prefix']}_service"
     backend.create_table(table)
     out: dict[str, Any] = {}
     peak_kb = 0
+    variants = cfg.get("variants", ["coalesced"])
     for nsvc in cfg["service_counts"]:
-        with services(backend, table, nsvc, disable_resource_limit=True) as svcs:
-            cases = [("single", 1, False), *((f"batch k={k}", k, True) for k in cfg["batch_ks"])]
-            for name, k, batched in cases:
-                tasks = cfg["service_tasks"][name]
-                workers_list = cfg["workers"] if nsvc == 1 else [max(cfg["workers"])]
-                for workers in workers_list:
-                    runs = [
-                        one_run(backend, table, svcs, tasks, workers, k, batched)
-                        for _ in range(cfg["repeat"])
-                    ]
-                    out[f"{name} W={workers} services={nsvc}"] = {
-                        "mode": name,
-                        "k": k,
-                        "workers": workers,
-                        "services": nsvc,
-                        "tasks": tasks,
-                        "drain_tasks_per_s": summarize([r["drain"] for r in runs]),
-                        "submit_tasks_per_s": summarize([r["submit"] for r in runs]),
-                        "service_cpu_pct": summarize([r["service_cpu_pct"] for r in runs]),
-                        "db_cpu_pct": summarize([r["db_cpu_pct"] for r in runs]),
-                    }
-            peak_kb = max(peak_kb, *(memory_kb(s.proc.pid).get("VmHWM", 0) for s in svcs))
+        with contextlib.ExitStack() as stack:
+            started = {
+                v: stack.enter_context(services(backend, table, nsvc, v, disable_resource_limit=True))
+                for v in variants
+            }
+            out.update(drain_cases(backend, table, started, cfg, nsvc))
+            out.update(submit_cases(backend, table, started, cfg, nsvc))
+            for svcs in started.values():
+                peak_kb = max(peak_kb, *(memory_kb(s.proc.pid).get("VmHWM", 0) for s in svcs))
     out["service_peak_rss_mb"] = round(peak_kb / 1024, 1)
     return out
+
+
+def drain_cases(
+    backend: Backend, table: str, started: dict[str, list[Any]], cfg: dict[str, Any], nsvc: int
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    cases = [("single", 1, False), *((f"batch k={k}", k, True) for k in cfg["batch_ks"])]
+    for name, k, batched in cases:
+        tasks = cfg["service_tasks"][name]
+        for workers in cfg["workers"] if nsvc == 1 else [max(cfg["workers"])]:
+            runs: dict[str, list[dict[str, float]]] = {v: [] for v in started}
+            for _ in range(cfg["repeat"]):
+                for v, svcs in started.items():
+                    runs[v].append(one_run(backend, table, svcs, tasks, workers, k, batched))
+            for v, samples in runs.items():
+                case = {
+                    "mode": name,
+                    "k": k,
+                    "workers": workers,
+                    "services": nsvc,
+                    "variant": v,
+                    "tasks": tasks,
+                }
+                out[key(f"{name} W={workers} services={nsvc}", v, started)] = {
+                    **case,
+                    "drain_tasks_per_s": summarize([r["drain"] for r in samples]),
+                    "submit_tasks_per_s": summarize([r["submit"] for r in samples]),
+                    "service_cpu_pct": summarize([r["service_cpu_pct"] for r in samples]),
+                    "db_cpu_pct": summarize([r["db_cpu_pct"] for r in samples]),
+                }
+    return out
+
+
+def submit_cases(
+    backend: Backend, table: str, started: dict[str, list[Any]], cfg: dict[str, Any], nsvc: int
+) -> dict[str, Any]:
+    """Submit throughput alone at the largest batch the API takes (1,000 tasks per call)."""
+    out: dict[str, Any] = {}
+    workers, tasks = max(cfg["workers"]), cfg["submit_tasks"]
+    for batch in cfg.get("submit_batches", []):
+        rates: dict[str, list[float]] = {v: [] for v in started}
+        for _ in range(cfg["repeat"]):
+            for v, svcs in started.items():
+                rates[v].append(submit_only(backend, table, svcs, tasks, workers, batch))
+        for v, samples in rates.items():
+            mode = f"submit {batch} per call"
+            out[key(f"{mode} W={workers} services={nsvc}", v, started)] = {
+                "mode": mode,
+                "k": batch,
+                "workers": workers,
+                "services": nsvc,
+                "variant": v,
+                "tasks": tasks,
+                "submit_tasks_per_s": summarize(samples),
+            }
+    return out
+
+
+def key(name: str, variant: str, started: dict[str, Any]) -> str:
+    return name if len(started) == 1 else f"{name} {variant}"

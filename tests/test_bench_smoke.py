@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["ceiling", "service", "latency", "fair", "memory", "scale", "worker"]
 
 
-def run_smoke(tmp_path: Path, backend: str, scenarios: list[str]) -> dict:
+def run_smoke(tmp_path: Path, backend: str, scenarios: list[str], *extra: str) -> dict:
     out = tmp_path / "results"
     prefix = "bsmoke_" + secrets.token_hex(3)
-    cmd = [sys.executable, "-m", "bench", "--smoke", "--backend", backend, "--out", str(out)]
+    cmd = [sys.executable, "-m", "bench", "--smoke", "--backend", backend, "--out", str(out), *extra]
     cmd += ["--scenarios", ",".join(scenarios), "--table-prefix", prefix, "--mysql-url", MYSQL_URL]
     proc = subprocess.run(
         cmd,
@@ -50,6 +50,8 @@ def check(results: dict, backend: str, names: list[str]) -> None:
     assert single and {"drain_tasks_per_s", "submit_tasks_per_s", "service_cpu_pct"} <= set(single[0])
     assert {"median", "spread_pct", "samples"} <= set(single[0]["drain_tasks_per_s"])
     assert "service_peak_rss_mb" in scenarios["service"]
+    submits = [v for k, v in scenarios["service"].items() if k.startswith("submit 1000 per call")]
+    assert submits and "median" in submits[0]["submit_tasks_per_s"]
     assert {"median_p50_ms", "median_p99_ms", "max_ms"} <= set(scenarios["latency"])
     if "fair" in names:
         fair = [v for v in scenarios["fair"].values() if isinstance(v, dict) and v.get("fair")]
@@ -61,7 +63,11 @@ def check(results: dict, backend: str, names: list[str]) -> None:
 
 @pytest.mark.slow
 def test_bench_smoke_sqlite(tmp_path: Path) -> None:
-    check(run_smoke(tmp_path, "sqlite", SCENARIOS), "sqlite", SCENARIOS)
+    """Also with merged calls turned off in an interleaved second service (before/after runs)."""
+    results = run_smoke(tmp_path, "sqlite", SCENARIOS, "--variants", "coalesced,uncoalesced")
+    check(results, "sqlite", SCENARIOS)
+    variants = {v["variant"] for v in results["scenarios"]["service"].values() if isinstance(v, dict)}
+    assert variants == {"coalesced", "uncoalesced"}
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
     if smoke:
         return {
             "repeat": 1,
-            "workers": [1, 2],
+            "workers": [2],
             "ks": [1, 10],
             "tasks_per_k": {1: 40, 10: 100, 100: 200},
             "service_counts": [1],

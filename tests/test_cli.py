@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from conftest import drop_table
 from servers import free_port, wait_ready, write_config
 
+from perfectqueue import cli
 from perfectqueue.service.openapi import document
 from perfectqueue.service.store import Database
 
@@ -130,18 +131,35 @@ def bad_configs(tmp_path: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("command", ["init", "serve"])
-def test_bad_config_exits_2_with_one_line(command: str, tmp_path: Path) -> None:
+def test_bad_config_exits_2_with_one_line(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every bad configuration in process (fast); one of them also as a real process below."""
+    monkeypatch.chdir(tmp_path)
+    for key in [k for k in os.environ if k.startswith("PERFECTQUEUE_")]:
+        monkeypatch.delenv(key)
     for name, args in bad_configs(tmp_path).items():
         extra = ["--port", str(free_port())] if command == "serve" else []
-        result = run(command, *args, *extra, cwd=tmp_path)
-        assert result.returncode == 2, (name, result.stdout, result.stderr)
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1, (name, result.stderr)
-        assert lines[0].startswith("perfectqueue: error: "), (name, lines)
-        assert "Traceback" not in result.stderr
-        assert "hunter2" not in result.stderr
-        assert result.stdout == ""
+        assert cli.main([command, *args, *extra]) == 2, name
+        out, err = capsys.readouterr()
+        assert_one_line_error(name, out, err)
     assert not (tmp_path / "x.sqlite3").exists()
+
+
+@pytest.mark.parametrize("command", ["init", "serve"])
+def test_a_bad_config_ends_the_process_with_status_2(command: str, tmp_path: Path) -> None:
+    result = run(command, *bad_configs(tmp_path)["bad url"], cwd=tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert_one_line_error("bad url", result.stdout, result.stderr)
+
+
+def assert_one_line_error(name: str, out: str, err: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, (name, err)
+    assert lines[0].startswith("perfectqueue: error: "), (name, lines)
+    assert "Traceback" not in err
+    assert "hunter2" not in err
+    assert out == ""
 
 
 # -- serve -----------------------------------------------------------------------------------

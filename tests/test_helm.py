@@ -181,6 +181,8 @@ def test_the_monitors_scrape_the_service_and_the_workers(chart: Any) -> None:
     assert pods["spec"]["selector"]["matchLabels"].items() <= worker["metadata"]["labels"].items()
     [endpoint] = pods["spec"]["podMetricsEndpoints"]
     assert endpoint["port"] in [p["name"] for p in worker["spec"]["containers"][0]["ports"]]
+    probe = worker["spec"]["containers"][0]["livenessProbe"]["httpGet"]
+    assert (probe["path"], probe["port"]) == ("/metrics", endpoint["port"])
 
 
 @pytest.mark.parametrize("values", VALUES, ids=list(VALUES))

@@ -385,3 +385,23 @@ def test_finish_many_reports_per_item(store: QueueStore) -> None:
     }
     assert store.get("a").user is None and store.get("a").created_at is None
     assert store.finish_many([]) == []
+
+
+def test_finish_many_of_distinct_tasks_with_one_not_held(store: QueueStore) -> None:
+    """A batch of distinct ids: one fenced UPDATE; a short row count rolls it back and answers
+    item by item, finishing only the held tasks."""
+    store.submit_many([NewTask(i, "x") for i in ("a", "b", "c", "d")])
+    first = {a.task.id: a.lease for a in store.acquire(2, 60)}
+    second = {a.task.id: a.lease for a in store.acquire(2, 60)}
+    assert store.finish_many([("a", first["a"]), ("c", second["c"])]) == [None, None]
+    results = store.finish_many([("b", first["b"]), ("d", second["d"] + 1), ("a", first["a"])])
+    assert results[0] is None
+    assert isinstance(results[1], PreemptedError)
+    assert isinstance(results[2], AlreadyFinishedError)
+    status = {task_id: store.get(task_id).status for task_id in ("a", "b", "c", "d")}
+    assert status == {
+        "a": TaskStatus.FINISHED,
+        "b": TaskStatus.FINISHED,
+        "c": TaskStatus.FINISHED,
+        "d": TaskStatus.RUNNING,
+    }

@@ -30,14 +30,29 @@ class Acquisition:
     def __init__(self, db: Database, table: sa.Table, *, fair: bool, lock: str) -> None:
         self.db, self.table, self.fair, self.lock = db, table, fair, lock
         self._t = table.c
-        self.columns: list[sa.ColumnElement[Any]] = list(table.c)
-        """What an acquisition reads of each row (the store narrows it for a table the original
-        created, until init adds the columns beyond the original's)."""
+        self._columns: list[sa.ColumnElement[Any]] = list(table.c)
+        self._oldest: sa.Select[Any] | None = None  # built once: each acquisition only executes it
         self._resource_indexed = False  # known once seen: a table the original created lacks it
 
-    def rows(self, conn: Connection, now: int, limit: int) -> Sequence[Row[Any]]:
-        """Up to ``limit`` waiting rows to lease, locked against concurrent changes."""
-        return self._fair_rows(conn, now, limit) if self.fair else self._oldest_rows(conn, now, limit)
+    @property
+    def columns(self) -> list[sa.ColumnElement[Any]]:
+        """What an acquisition reads of each row (the store narrows it for a table the original
+        created, until init adds the columns beyond the original's)."""
+        return self._columns
+
+    @columns.setter
+    def columns(self, columns: list[sa.ColumnElement[Any]]) -> None:
+        self._columns, self._oldest = columns, None
+
+    def rows(self, conn: Connection, limit: int) -> tuple[int, Sequence[Row[Any]]]:
+        """The database's clock and up to ``limit`` rows waiting by it, to lease, locked against
+        concurrent changes. Oldest first reads the clock as a column of its one SELECT (0 when
+        nothing waits); fair acquisition reads it first, for its several queries."""
+        if self.fair:
+            now = conn.execute(sa.select(self.db.now())).scalar_one()
+            return now, self._fair_rows(conn, now, limit)
+        rows = self._oldest_rows(conn, limit)
+        return max((r.now for r in rows), default=0), rows
 
     def lock_name(self) -> str | None:
         """The named lock acquisition takes on MySQL, if this mode needs one.
@@ -58,20 +73,23 @@ class Acquisition:
             return query
         return query.with_for_update(skip_locked=skip_locked)
 
-    def _waiting(self, now: int) -> sa.ColumnElement[bool]:
+    def _waiting(self, now: int | sa.ColumnElement[int]) -> sa.ColumnElement[bool]:
         return sa.and_(
             self._t.timeout > EVENT_HORIZON, self._t.timeout <= now, self._t.created_at.is_not(None)
         )
 
-    def _oldest_rows(self, conn: Connection, now: int, limit: int) -> Sequence[Row[Any]]:
-        query = (
-            sa.select(*self.columns)
-            .where(self._waiting(now))
-            .order_by(self._t.timeout)
-            .limit(limit)
-            .with_hint(self.table, f"FORCE INDEX ({timeout_index(self.table.name)})", "mysql")
-        )
-        return conn.execute(self._lock_rows(query, skip_locked=self.lock_name() is None)).all()
+    def _oldest_rows(self, conn: Connection, limit: int) -> Sequence[Row[Any]]:
+        if self._oldest is None:
+            now = self.db.now()
+            query = (
+                sa.select(*self.columns, now.label("now"))
+                .where(self._waiting(now))
+                .order_by(self._t.timeout)
+                .limit(sa.bindparam("limit", type_=sa.Integer, literal_execute=True))
+                .with_hint(self.table, f"FORCE INDEX ({timeout_index(self.table.name)})", "mysql")
+            )
+            self._oldest = self._lock_rows(query, skip_locked=self.lock_name() is None)
+        return conn.execute(self._oldest, {"limit": limit}).all()
 
     def _fair_rows(self, conn: Connection, now: int, limit: int) -> list[Row[Any]]:
         running = self._running_by_user(conn, now)

@@ -111,6 +111,8 @@ class QueueStore:
         self._listing = Listing(self.table, self._columns)
         self._extended = False
         self._checked_at = -SCHEMA_RECHECK
+        self._prepared: dict[str, sa.Executable] = {}
+        """The hot path's statements, built once for the table's columns: calls only execute them."""
 
     # -- schema ----------------------------------------------------------------------------
 
@@ -133,6 +135,14 @@ class QueueStore:
     def _use_extensions(self, present: bool) -> None:
         self._extended = present
         self._acquisition.columns = self._columns()
+        self._prepared = {}
+
+    def _statement(self, name: str, build: Callable[[], sa.Executable]) -> sa.Executable:
+        """The prepared statement ``name``, built on first use (bind parameters vary per call)."""
+        statement = self._prepared.get(name)
+        if statement is None:
+            statement = self._prepared[name] = build()
+        return statement
 
     def _columns(self) -> list[sa.ColumnElement[Any]]:
         """The columns statements read: a table without ours reads their defaults instead."""
@@ -239,19 +249,15 @@ class QueueStore:
 
         def work(conn: Connection) -> list[AcquiredTask]:
             ended.clear()  # a retried transaction counts again
-            now = conn.execute(sa.select(self.db.now())).scalar_one()
-            rows = self._acquisition.rows(conn, now, max_tasks)
+            now, rows = self._acquisition.rows(conn, max_tasks)
             live = [r for r in rows if not (r.cancel_requested or self._exhausted(r))]
             if len(live) < len(rows):
                 ended.update(self._end_undeliverable(conn, [r for r in rows if r not in live]))
             if not live:
                 return []
             timeout = now + alive_time
-            conn.execute(
-                sa.update(self.table)
-                .where(self._t.id.in_([r.id for r in live]))
-                .values(self._values({"timeout": timeout, "owner": lease, "attempts": self._t.attempts + 1}))
-            )
+            lease_rows = self._statement("lease", self._lease_rows)
+            conn.execute(lease_rows, {"ids": [r.id for r in live], "new_timeout": timeout, "lease": lease})
             counted = 1 if self._extended else 0
             return [
                 AcquiredTask(self._task(r, now, timeout=timeout, attempts=r.attempts + counted), lease)
@@ -262,6 +268,18 @@ class QueueStore:
         for outcome, count in ended.items():
             self.ended(outcome, count)
         return acquired
+
+    def _lease_rows(self) -> sa.Update:
+        values = {
+            "timeout": sa.bindparam("new_timeout", type_=sa.Integer),
+            "owner": sa.bindparam("lease", type_=sa.BigInteger),
+            "attempts": self._t.attempts + 1,
+        }
+        return (
+            sa.update(self.table)
+            .where(self._t.id.in_(sa.bindparam("ids", expanding=True)))
+            .values(self._values(values))
+        )
 
     def ended(self, outcome: Outcome, count: int) -> None:
         """Called after an acquisition ended ``count`` tasks it found undeliverable (dead: their
@@ -318,15 +336,8 @@ class QueueStore:
         if not items:
             return []
         self.extended()
-        leases: dict[int, set[str]] = {}
-        for task_id, lease in items:
-            leases.setdefault(lease, set()).add(task_id)
         ids = sorted({task_id for task_id, _ in items})
-        held = sa.or_(
-            *(sa.and_(self._t.owner == lease, self._t.id.in_(sorted(i))) for lease, i in leases.items())
-        )
-        where = sa.and_(self._t.id.in_(ids), self._t.created_at.is_not(None), held)
-        extend = sa.update(self.table).where(where).values(timeout=self.db.now() + alive_time)
+        extend = sa.update(self.table).where(self._holding(items)).values(timeout=self.db.now() + alive_time)
 
         def work(conn: Connection) -> list[PerfectQueueError | None]:
             conn.execute(extend)  # the rows it changed are locked now: the read below sees them as left
@@ -389,9 +400,10 @@ class QueueStore:
 
         self.extended()
 
+        fenced = self._statement("finish", self._finish_held)
+
         def work(conn: Connection) -> bool:
-            held = sa.and_(self._held(task_id, lease), self._not_cancel_requested())
-            if conn.execute(self._finish_where(held)).rowcount == 1:
+            if conn.execute(fenced, {"ids": [task_id], "lease": lease}).rowcount == 1:
                 return False
             row = self._state(conn, task_id)
             if row is not None and _holds(row, lease) and row.cancel_requested:
@@ -403,9 +415,34 @@ class QueueStore:
             raise _cancelled(task_id)
 
     def finish_many(self, items: Sequence[tuple[str, int]]) -> list[PerfectQueueError | None]:
-        """Finish many leased tasks in one transaction; per item None or its error."""
+        """Finish many leased tasks in one transaction; per item None or its error.
 
+        One fenced UPDATE finishes a batch whose every item holds its task; when it changes
+        fewer rows (or an id is twice in the batch) it is rolled back and the batch is answered
+        item by item from the rows' state, in a second transaction."""
+
+        if not items:
+            return []
         self.extended()
+        if len({task_id for task_id, _ in items}) == len(items):
+            ids = sorted(task_id for task_id, _ in items)
+            leases = {lease for _, lease in items}
+            fenced: sa.Executable = (
+                self._statement("finish", self._finish_held)
+                if len(leases) == 1
+                else self._finish_where(sa.and_(self._holding(items), self._not_cancel_requested()))
+            )
+            params = {"ids": ids, "lease": leases.pop()} if len(leases) == 1 else {}
+
+            def all_held(conn: Connection) -> None:
+                if conn.execute(fenced, params).rowcount != len(items):
+                    raise _ShortBatch  # rolls the UPDATE back
+
+            try:
+                self.db.transaction(all_held)
+                return [None] * len(items)
+            except _ShortBatch:
+                pass
 
         def work(conn: Connection) -> list[PerfectQueueError | None]:
             ids = sorted({task_id for task_id, _ in items})
@@ -429,7 +466,7 @@ class QueueStore:
                 conn.execute(self._end(self._t.id.in_(sorted(cancelled)), Outcome.CANCELLED))
             return results
 
-        return self.db.transaction(work) if items else []
+        return self.db.transaction(work)
 
     def force_finish(self, task_id: str) -> None:
         """Finish regardless of any lease (an operator's action); a dead task too."""
@@ -541,8 +578,29 @@ class QueueStore:
             conn.execute(sa.update(self.table).where(self._t.id == task_id).values(values))
         return True
 
+    def _holding(self, items: Sequence[tuple[str, int]]) -> sa.ColumnElement[bool]:
+        """The rows that the (id, lease) pairs hold: one IN list per lease (on the primary key)."""
+        leases: dict[int, set[str]] = {}
+        for task_id, lease in items:
+            leases.setdefault(lease, set()).add(task_id)
+        ids = sorted({task_id for task_id, _ in items})
+        held = sa.or_(
+            *(sa.and_(self._t.owner == lease, self._t.id.in_(sorted(i))) for lease, i in leases.items())
+        )
+        return sa.and_(self._t.id.in_(ids), self._t.created_at.is_not(None), held)
+
     def _lease_error(self, conn: Connection, task_id: str) -> PerfectQueueError:
         return _lease_error(task_id, self._state(conn, task_id))
+
+    def _finish_held(self) -> sa.Update:
+        """Finish the rows ``:ids`` that the lease ``:lease`` holds and no cancel was asked for."""
+        held = sa.and_(
+            self._t.id.in_(sa.bindparam("ids", expanding=True)),
+            self._t.owner == sa.bindparam("lease", type_=sa.BigInteger),
+            self._t.created_at.is_not(None),
+            self._not_cancel_requested(),
+        )
+        return self._finish_where(held)
 
     def _finish_where(self, where: sa.ColumnElement[bool]) -> sa.Update:
         return self._end(where, None)
@@ -723,6 +781,10 @@ class QueueStore:
         return (
             TaskStatus.WAITING if (row.timeout if timeout is None else timeout) <= now else TaskStatus.RUNNING
         )
+
+
+class _ShortBatch(Exception):
+    """A fenced batch UPDATE changed fewer rows than the batch has items."""
 
 
 def _leased(row: Any, now: int) -> bool:

@@ -1,0 +1,85 @@
+"""Time the store's hot path in-process: acquire + finish, with no HTTP in between.
+
+``python -m bench.store_calls [--url URL] [--pairs N] [--batch K]`` prints, for each url, the
+mean milliseconds per acquisition of one task followed by its ``finish``, and per acquisition of
+``K`` tasks followed by one ``finish_many`` of them. Fair scheduling is off (``FOR UPDATE SKIP
+LOCKED`` on MariaDB), as in the harness's service scenarios. Each run uses a fresh table
+(SQLite by default: a file in a temporary directory, removed after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import tempfile
+import time
+from collections.abc import Sequence
+
+from perfectqueue.service.store import Database, QueueStore
+from perfectqueue.service.store.model import NewTask
+
+DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
+
+
+def _store(url: str, tasks: int) -> QueueStore:
+    store = QueueStore(Database(url), f"bench_calls_{secrets.token_hex(4)}", fair=False)
+    store.init()
+    for start in range(0, tasks, 500):
+        store.submit_many([NewTask(id=f"t{i}", type="noop") for i in range(start, min(start + 500, tasks))])
+    return store
+
+
+def _drop(store: QueueStore) -> None:
+    store.db.engine.dispose()
+    with store.db.engine.begin() as conn:
+        store.table.drop(conn)
+    store.db.dispose()
+
+
+def one_by_one(url: str, pairs: int) -> float:
+    """Mean ms per acquire(max=1) + finish."""
+    store = _store(url, pairs)
+    try:
+        started = time.perf_counter()
+        for _ in range(pairs):
+            (got,) = store.acquire(1, 60)
+            store.finish(got.task.id, got.lease)
+        return (time.perf_counter() - started) * 1000 / pairs
+    finally:
+        _drop(store)
+
+
+def batched(url: str, rounds: int, batch: int) -> float:
+    """Mean ms per acquire(max=batch) + finish_many of what it got."""
+    store = _store(url, rounds * batch)
+    try:
+        started = time.perf_counter()
+        for _ in range(rounds):
+            got = store.acquire(batch, 60)
+            assert len(got) == batch
+            results = store.finish_many([(a.task.id, a.lease) for a in got])
+            assert results == [None] * batch
+        return (time.perf_counter() - started) * 1000 / rounds
+    finally:
+        _drop(store)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.store_calls", description=__doc__)
+    parser.add_argument(
+        "--url", action="append", help="database url (repeatable; default: SQLite and MariaDB)"
+    )
+    parser.add_argument("--pairs", type=int, default=2000, help="acquire + finish pairs per run")
+    parser.add_argument("--batch", type=int, default=10, help="tasks per acquisition in the batched run")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        for url in args.url or [f"sqlite:///{tmp}/store_calls.sqlite3", DEFAULT_MYSQL_URL]:
+            single = one_by_one(url, args.pairs)
+            many = batched(url, args.pairs // args.batch, args.batch)
+            print(f"{url.split(':')[0]:7} acquire(1)+finish {single:6.3f} ms", end="   ")
+            print(f"acquire({args.batch})+finish_many {many:6.3f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

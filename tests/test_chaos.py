@@ -50,7 +50,7 @@ from perfectqueue.worker import Base, Dispatch
 def note(path, word, key):
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, f"{word} {key} {os.getpid()}\\n".encode())
+        os.write(fd, f"{word} {key} {os.getpid()} {time.time():.3f}\\n".encode())
     finally:
         os.close(fd)
 

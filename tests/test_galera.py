@@ -39,7 +39,7 @@ import yaml
 from conftest import drop_table, require_mysql
 from galera_cluster import GaleraCluster, galera  # noqa: F401 - the fixture
 from servers import write_config
-from test_chaos import Replica, check_ledger, finished_count, produce
+from test_chaos import HANDLERS, Replica, check_ledger, finished_count, produce
 from test_worker_harness import ledger, wait_for, worker_process
 
 from perfectqueue.errors import UnavailableError
@@ -55,40 +55,6 @@ KILLS = int(os.environ.get("PQ_GALERA_KILLS", "2"))
 PROCESSORS = int(os.environ.get("PQ_GALERA_PROCESSORS", "2"))
 FAILOVER_LIMIT = 30.0
 SLOW = 2.0  # seconds: an answer slower than this counts as part of a failover window
-
-HANDLERS = """
-import os, time
-from perfectqueue.errors import AlreadyFinishedError
-from perfectqueue.worker import Base, Dispatch
-
-
-def note(path, word, key):
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{word} {key} {os.getpid()} {time.time():.3f}\\n".encode())
-    finally:
-        os.close(fd)
-
-
-class Job(Base):
-    def run(self):
-        path = self.task.data["ledger"]
-        note(path, "start", self.task.key)
-        time.sleep(self.task.data["sleep"])
-        note(path, "finishing", self.task.key)
-        try:
-            self.task.finish()
-        except AlreadyFinishedError:
-            pass  # our own finish, retried after its answer was lost
-        note(path, "done", self.task.key)
-
-
-class Dispatcher(Dispatch):
-    pass
-
-
-Dispatcher.route("job", Job)
-"""
 
 
 @dataclass

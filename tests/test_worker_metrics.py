@@ -1,4 +1,4 @@
-"""The worker's metrics (``metrics_port``) and JSON log, from a real worker with forked children.
+"""The worker's metrics (``metrics_port``) and JSON log, from real workers (forked children, threads).
 
 The children count what they do and the supervisor serves the sums: tasks by outcome, handler
 failures, durations, children replaced (here recycled by ``max_request_per_child``).
@@ -102,3 +102,34 @@ def test_worker_children_report_to_the_supervisor_metrics(tmp_path: Path, servic
     failure = next(e for e in entries if e["message"].startswith("event=error"))
     assert failure["level"] == "error" and "RuntimeError: boom" in failure["error"]
     assert sum(e["message"].startswith("event=finish ") for e in entries) == 5
+
+
+def test_thread_processors_count_into_the_same_metrics(tmp_path: Path, service: str) -> None:
+    (tmp_path / "pqmetrics.py").write_text(WORKER)
+    port = free_port()
+    config = write_worker_config(
+        tmp_path / "worker.yaml",
+        service,
+        processors=2,
+        processor_type="thread",
+        retry_wait=600,
+        metrics_port=port,
+    )
+    with perfectqueue.open({"url": service, "queue": "q"}) as queue:
+        for i in range(3):
+            queue.submit(f"d{i}", "done")
+        queue.submit("b", "boom")
+    url = f"http://127.0.0.1:{port}/metrics"
+    expected = {
+        ("perfectqueue_worker_tasks_total", (("outcome", "finish"),)): 3,
+        ("perfectqueue_worker_tasks_total", (("outcome", "retry"),)): 1,
+        ("perfectqueue_worker_task_failures_total", ()): 1,
+        ("perfectqueue_worker_task_duration_seconds_count", (("outcome", "finish"),)): 3,
+    }
+    with worker_process(tmp_path, config, tmp_path / "worker.log", app="pqmetrics:Dispatcher") as proc:
+        wait_for(
+            lambda: (m := scrape(url)) and all(m.get(k) == v for k, v in expected.items()),
+            what="the counts of four tasks",
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0

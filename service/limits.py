@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import InvalidError, TooLargeError
 from . import problems
+from .store.codec import compact_json
 
 
 class BodyLimit:
@@ -83,14 +83,12 @@ MAX_DEPTH = 64
 def check_data_size(data: dict[str, Any] | None, limit: int, what: str = "data") -> None:
     """Task data must nest at most MAX_DEPTH deep (422) and encode (as it is stored: compact UTF-8
     JSON) in at most ``limit`` bytes (413)."""
-    if data is None:
+    if not data:
         return
     if depth(data) > MAX_DEPTH:
         raise InvalidError(f"{what} is nested more than {MAX_DEPTH} levels deep")
     try:
-        size = len(
-            json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
-        )
+        size = len(compact_json(data).encode("utf-8", "surrogatepass"))
     except (ValueError, TypeError, RecursionError):
         return  # not storable at all: the store's own check says why (422)
     if size > limit:

@@ -107,10 +107,10 @@ def batch_result(
 ) -> m.BatchResult:
     """SQS-style lists from per-item outcomes (None: done); ``rejected`` never reached the store."""
     outcomes = [*(rejected or []), *zip(ids, results, strict=True)]
-    return m.BatchResult(
-        successful=[m.Submitted(id=i) for i, err in outcomes if err is None],
-        failed=[m.Failure(id=i, code=err.code, detail=str(err)) for i, err in outcomes if err is not None],
-    )
+    successful = [{"id": i} for i, err in outcomes if err is None]
+    failed = [{"id": i, "code": err.code, "detail": str(err)} for i, err in outcomes if err is not None]
+    # from plain dicts: one validation in pydantic's core, not a model built per item
+    return m.BatchResult.model_validate({"successful": successful, "failed": failed})
 
 
 def max_data(runtime: Runtime) -> int:

@@ -195,6 +195,28 @@ def test_submit_many_reports_per_item_and_stores_the_rest(store: QueueStore) -> 
     assert store.submit_many([]) == []
 
 
+def test_submit_many_stores_every_field_with_the_database_clock(store: QueueStore) -> None:
+    before = db_now(store)
+    later = before + 3600
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    batch = [
+        NewTask("now", "x"),
+        NewTask("later", "y", {"k": "v"}, user="u", max_running=2, run_at=later, compression="gzip"),
+        NewTask("capped", "z", max_attempts=3, traceparent=trace),
+    ]
+    assert store.submit_many(batch) == [None, None, None]
+    after = db_now(store)
+    now, scheduled, capped = store.get("now"), store.get("later"), store.get("capped")
+    assert now.created_at is not None and before <= now.created_at <= after
+    assert now.timeout == now.created_at and now.status is TaskStatus.WAITING
+    assert scheduled.created_at is not None and before <= scheduled.created_at <= after
+    assert (scheduled.timeout, scheduled.status, scheduled.leased) == (later, TaskStatus.RUNNING, False)
+    assert (scheduled.type, scheduled.data, scheduled.user) == ("y", {"k": "v"}, "u")
+    assert (scheduled.max_running, scheduled.compression) == (2, "gzip")
+    assert (capped.max_attempts, capped.traceparent) == (3, trace)
+    assert sorted(t.task.id for t in store.acquire(10, 60)) == ["capped", "now"]
+
+
 # -- acquire ---------------------------------------------------------------------------------
 
 

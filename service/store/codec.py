@@ -12,11 +12,14 @@ from typing import Any
 
 GZIP_MAGIC = b"\x1f\x8b"
 
+compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+"""Task data as it is stored: compact JSON text; ValueError for NaN or Infinity (built once: a
+``json.dumps`` with options builds an encoder per call)."""
+
 
 def encode_data(task_type: str, data: dict[str, Any], compression: str | None) -> bytes:
     """The stored bytes for a task's type and data."""
-    raw = json.dumps({**data, "type": task_type}, separators=(",", ":"), ensure_ascii=False)
-    encoded = raw.encode("utf-8")
+    encoded = compact_json({**data, "type": task_type}).encode("utf-8")
     if compression == "gzip":
         return gzip.compress(encoded, mtime=0)
     return encoded

@@ -284,6 +284,9 @@ def _mysql_engine(url: str, pool: PoolOptions, isolation: str | None) -> Engine:
         max_overflow=pool.overflow,
         pool_timeout=pool.timeout,
         pool_recycle=3600,  # no pre-ping: a lost connection is retried once (the pool is invalidated)
+        # Every use ends its transaction itself (commit, rollback, or the rollback of Connection.close),
+        # so the pool's own ROLLBACK at check-in would be one more round trip per call for nothing.
+        pool_reset_on_return=None,
         isolation_level=isolation or "READ COMMITTED",
         connect_args={"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
     )

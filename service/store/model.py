@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import enum
-import json
 import random
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import InvalidError
+from .codec import compact_json
 
 EVENT_HORIZON = 1_300_000_000
 """Rows with a timeout at or below this are never acquired (finished rows live below it)."""
@@ -172,15 +172,19 @@ def truncate_error(error: str | None) -> str | None:
     return error if len(error) <= LAST_ERROR_CHARS else error[: LAST_ERROR_CHARS - 3] + "..."
 
 
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def check_name(what: str, value: object) -> None:
     """Ids, types and users: non-empty text of at most 255 UTF-8 bytes, no control characters."""
     if not isinstance(value, str) or not value:
         raise InvalidError(f"{what} must be a non-empty string")
     if len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise InvalidError(f"{what} is longer than {MAX_NAME_BYTES} bytes")
-    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in value):
+    if CONTROL.search(value):
         raise InvalidError(f"{what} must not contain control characters")
-    if any(0xD800 <= ord(ch) < 0xE000 for ch in value):
+    if SURROGATE.search(value):
         raise InvalidError(f"{what} must be valid Unicode text")
 
 
@@ -190,8 +194,10 @@ def check_data(data: object) -> None:
         raise InvalidError("data must be a JSON object")
     if "type" in data:
         raise InvalidError("data must not contain the key 'type': it holds the task type")
+    if not data:
+        return
     try:
-        json.dumps(data, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        compact_json(data).encode("utf-8")
     except (ValueError, TypeError):  # NaN or Infinity, an unpaired surrogate, a non-JSON value
         raise InvalidError("data must be standard JSON: no NaN, Infinity or unpaired surrogates") from None
 

@@ -178,8 +178,9 @@ class QueueStore:
     def submit(self, task: NewTask) -> None:
         """Insert a waiting task; AlreadyExistsError if the id is present in any state."""
         self.extended()
+        row = self._row(task)
         try:
-            self.db.transaction(lambda conn: conn.execute(self._insert(), [self._row(task)]))
+            self.db.transaction(lambda conn: conn.execute(self._statement("submit", self._insert), row))
         except AlreadyExistsError:
             raise AlreadyExistsError(f"task {task.id!r} already exists") from None
 
@@ -193,33 +194,49 @@ class QueueStore:
                 results[i] = AlreadyExistsError(f"task {task.id!r} is twice in the batch")
             else:
                 first[task.id] = i
+        if not first:
+            return results
+        rows = {task_id: self._row(tasks[i]) for task_id, i in first.items()}
+        for row in rows.values():
+            row["timeout"] = row.pop("run_at")  # None: the database's now, read below
 
-        def work(conn: Connection) -> None:
-            ids = list(first)
-            present = {r[0] for r in conn.execute(sa.select(self._t.id).where(self._t.id.in_(ids)))}
-            for task_id in present:
+        def work(conn: Connection) -> set[str]:
+            found = conn.execute(self._statement("present", self._present), {"ids": list(first)}).all()
+            present = {r.id for r in found if r.id is not None}
+            now = found[0].now
+            new = [
+                {**row, "created_at": now, "timeout": now if row["timeout"] is None else row["timeout"]}
+                for task_id, row in rows.items()
+                if task_id not in present
+            ]
+            if new:  # bound values only, so that the driver sends one multi-row INSERT
+                conn.execute(self._statement("submit_rows", lambda: sa.insert(self.table)), new)
+            return present
+
+        try:
+            for task_id in self.db.transaction(work):
                 results[first[task_id]] = AlreadyExistsError(f"task {task_id!r} already exists")
-            rows = [self._row(tasks[i]) for tid, i in first.items() if tid not in present]
-            if rows:
-                conn.execute(self._insert(), rows)
-
-        if first:
-            try:
-                self.db.transaction(work)
-            except AlreadyExistsError:
-                # A concurrent submit took one of the ids between our check and insert.
-                for i in first.values():
-                    try:
-                        self.submit(tasks[i])
-                        results[i] = None
-                    except AlreadyExistsError as err:
-                        results[i] = err
+        except AlreadyExistsError:
+            # A concurrent submit took one of the ids between our check and insert.
+            for i in first.values():
+                try:
+                    self.submit(tasks[i])
+                except AlreadyExistsError as err:
+                    results[i] = err
         return results
 
     def _insert(self) -> sa.Insert:
         now = self.db.now()
         return sa.insert(self.table).values(
             created_at=now, timeout=sa.func.coalesce(sa.bindparam("run_at", type_=sa.Integer), now)
+        )
+
+    def _present(self) -> sa.Select[Any]:
+        """The database's clock and which of ``ids`` exist, in one round trip: one row
+        (now, NULL) when none does, else one row per id present."""
+        one = sa.select(sa.literal(1).label("one")).subquery("one")
+        return sa.select(self.db.now().label("now"), self._t.id).select_from(
+            one.outerjoin(self.table, self._t.id.in_(sa.bindparam("ids", expanding=True)))
         )
 
     def _row(self, task: NewTask) -> dict[str, Any]:

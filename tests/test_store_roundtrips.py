@@ -1,0 +1,126 @@
+"""The statements each hot store call sends to MariaDB, counted by the server itself.
+
+Every statement is a round trip and a share of the database's CPU; these counts are what the
+benchmarks' numbers rest on, so a change that adds one fails here rather than only showing up as
+a slower benchmark. Counted with the session's own status counters on a pool of one connection.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import drop_table, require_mysql
+
+from perfectqueue.errors import PreemptedError
+from perfectqueue.service.store import Database, NewTask, PoolOptions, QueueStore
+
+COUNTERS = ("Questions", "Com_select", "Com_insert", "Com_update", "Com_commit", "Com_rollback")
+
+
+@pytest.fixture
+def one_connection() -> Iterator[tuple[Database, QueueStore]]:
+    db = Database(require_mysql(), PoolOptions(size=1, overflow=0))
+    table = "t_" + uuid.uuid4().hex[:16]
+    store = QueueStore(db, table, fair=False)
+    store.init()
+    db.supports_skip_locked()  # asked of the server once per database, by the first acquisition
+    yield db, store
+    drop_table(db, table)
+    db.dispose()
+
+
+def session_counters(db: Database) -> dict[str, int]:
+    names = ", ".join(f"'{name}'" for name in COUNTERS)
+    sql = sa.text(f"SHOW SESSION STATUS WHERE Variable_name IN ({names})")
+    return {name: int(value) for name, value in db.transaction(lambda conn: conn.execute(sql).all())}
+
+
+def sent_by(db: Database, call: Callable[[], Any]) -> dict[str, int]:
+    """The statements ``call`` sent, less what reading the counters costs (measured alike)."""
+    first = session_counters(db)
+    second = session_counters(db)
+    call()
+    third = session_counters(db)
+    return {
+        name: (third[name] - second[name]) - (second[name] - first[name])
+        for name in COUNTERS
+        if (third[name] - second[name]) - (second[name] - first[name])
+    }
+
+
+def test_each_hot_call_is_its_statements_and_one_commit(one_connection: tuple[Database, QueueStore]) -> None:
+    db, store = one_connection
+    assert sent_by(db, lambda: store.submit(NewTask("one", "x"))) == {
+        "Questions": 2,
+        "Com_insert": 1,
+        "Com_commit": 1,
+    }
+    batch = [NewTask(f"b{i}", "x", {"i": i}) for i in range(100)]
+    # existing ids and the clock in one SELECT, then one multi-row INSERT for all hundred
+    assert sent_by(db, lambda: store.submit_many(batch)) == {
+        "Questions": 3,
+        "Com_select": 1,
+        "Com_insert": 1,
+        "Com_commit": 1,
+    }
+    acquired: list[Any] = []
+    assert sent_by(db, lambda: acquired.extend(store.acquire(1, 60))) == {
+        "Questions": 3,
+        "Com_select": 1,
+        "Com_update": 1,
+        "Com_commit": 1,
+    }
+    task = acquired.pop()
+    assert sent_by(db, lambda: store.finish(task.task.id, task.lease)) == {
+        "Questions": 2,
+        "Com_update": 1,
+        "Com_commit": 1,
+    }
+    acquired.extend(store.acquire(10, 60))
+    items = [(t.task.id, t.lease) for t in acquired]
+    assert sent_by(db, lambda: store.finish_many(items)) == {"Questions": 2, "Com_update": 1, "Com_commit": 1}
+    assert store.counts(1000).waiting == 101 - 1 - 10
+
+
+def test_a_batch_with_a_present_id_is_answered_per_item_in_the_same_round_trips(
+    one_connection: tuple[Database, QueueStore],
+) -> None:
+    db, store = one_connection
+    store.submit(NewTask("taken", "x"))
+    batch = [NewTask("taken", "x"), NewTask("new-1", "x"), NewTask("new-2", "x")]
+    results: list[Any] = []
+    assert sent_by(db, lambda: results.extend(store.submit_many(batch))) == {
+        "Questions": 3,
+        "Com_select": 1,
+        "Com_insert": 1,
+        "Com_commit": 1,
+    }
+    assert [type(r).__name__ for r in results] == ["AlreadyExistsError", "NoneType", "NoneType"]
+
+
+def test_a_failed_call_leaves_no_lock_behind_on_the_pooled_connection(
+    one_connection: tuple[Database, QueueStore],
+) -> None:
+    """The pool does not roll back at check-in (one round trip fewer per call), so every path
+    must end its own transaction: a call that fails after touching the row rolls back, and the
+    row is free for another session at once."""
+    _db, store = one_connection
+    store.submit(NewTask("a", "x"))
+    [task] = store.acquire(1, 60)
+    with pytest.raises(PreemptedError):
+        store.finish("a", task.lease + 1)
+    other = Database(require_mysql())
+    try:
+        with other.engine.connect() as conn:
+            conn.execute(sa.text("SET SESSION innodb_lock_wait_timeout = 1"))
+            changed = conn.execute(
+                sa.text(f"UPDATE {store.table.name} SET owner = owner WHERE id = 'a'")
+            ).rowcount
+            conn.rollback()
+    finally:
+        other.dispose()
+    assert changed == 1

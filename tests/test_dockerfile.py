@@ -141,7 +141,7 @@ def test_tini_is_pinned_to_the_version_the_base_release_ships() -> None:
 def test_the_lock_pins_every_dependency_with_hashes_and_names_no_index() -> None:
     text = LOCK.read_text()
     assert not re.search(r"--(extra-)?index-url|--find-links|://", text)
-    pins = dict(re.findall(r"^([a-z0-9][a-z0-9._-]*)==(\S+) \\$", text, re.MULTILINE))
+    pins = dict(re.findall(r"^([a-z0-9][a-z0-9._-]*)==(\S+)(?: ;[^\\\n]*)? \\$", text, re.MULTILINE))
     blocks = re.split(r"\n(?=[a-z0-9])", text.split("\n", 2)[2])
     assert all("--hash=sha256:" in block for block in blocks if "==" in block)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -162,22 +162,36 @@ class Acquisition:
         return query.with_hint(table, f"FORCE INDEX ({resource_index(self.table.name)})", "mysql")
 
     def _heads_by_skip_scan(self, conn: Connection, now: int) -> list[fair.Head]:
-        """SQLite has no loose index scan: step from user to user along the index instead."""
-        cols = (self._t.resource, self._t.timeout, self._t.max_running)
-        waiting = sa.and_(self._t.timeout > EVENT_HORIZON, self._t.timeout <= now)
-        first = sa.select(*cols).where(self._t.resource.is_(None), waiting).order_by(self._t.timeout).limit(1)
-        heads = [fair.Head(*row) for row in conn.execute(first).all()]
-        after = ""
-        step = (
-            sa.select(*cols)
-            .where(self._t.resource > sa.bindparam("after"), waiting)
-            .order_by(self._t.resource, self._t.timeout)
+        """SQLite has no loose index scan: a recursive query steps from user to user along the
+        (resource, timeout) index inside the database, one index seek per user."""
+        t, waiting = self._t, sa.and_(self._t.timeout > EVENT_HORIZON, self._t.timeout <= now)
+
+        def first_waiting(column: sa.ColumnElement[Any], *where: sa.ColumnElement[bool]) -> Any:
+            return (
+                sa.select(column).where(*where, waiting).order_by(t.resource, t.timeout).limit(1)
+            ).scalar_subquery()
+
+        users = sa.select(first_waiting(t.resource, t.resource.is_not(None)).label("user")).cte(
+            "users", recursive=True
+        )
+        previous = users.alias("previous")
+        users = users.union_all(
+            sa.select(first_waiting(t.resource, t.resource > previous.c.user)).where(
+                previous.c.user.is_not(None)
+            )
+        )
+        query = sa.select(
+            users.c.user,
+            first_waiting(t.timeout, t.resource == users.c.user),
+            first_waiting(t.max_running, t.resource == users.c.user),
+        ).where(users.c.user.is_not(None))
+        no_user = (
+            sa.select(t.resource, t.timeout, t.max_running)
+            .where(t.resource.is_(None), waiting)
+            .order_by(t.timeout)
             .limit(1)
         )
-        while (row := conn.execute(step, {"after": after}).first()) is not None:
-            heads.append(fair.Head(*row))
-            after = row.resource
-        return heads
+        return [fair.Head(*row) for row in (*conn.execute(no_user).all(), *conn.execute(query).all())]
 
     def _user_rows(
         self, conn: Connection, now: int, user: str | None, limit: int, offset: int

@@ -137,8 +137,8 @@ def create_app(settings: Settings) -> FastAPI:
     problems.install(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(Authentication, keys=settings.api_keys)  # no key, no body read
-    app.add_middleware(HttpMetrics, metrics=runtime.metrics)
-    app.add_middleware(RequestLog)  # the outermost: every answer has a request id and a log line
+    # the outermost: every answer has a request id, a log line and its metrics
+    app.add_middleware(RequestLog, metrics=HttpMetrics(runtime.metrics))
     app.add_route(
         "/metrics", metrics.endpoint(runtime.run, runtime.metrics), ["GET"], include_in_schema=False
     )

@@ -1,11 +1,9 @@
-"""HTTP request metrics: a pure ASGI middleware counting and timing every request."""
+"""HTTP request metrics: every request counted and timed."""
 
 from __future__ import annotations
 
-import time
-
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from .metrics import ServiceMetrics
 
@@ -13,34 +11,22 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
 class HttpMetrics:
-    """Pure ASGI: requests counted and timed by method, route template (not the raw path) and
-    status; a request no route matches is ``route="unmatched"``."""
+    """Requests counted and timed by method, route template (not the raw path) and status; a
+    request no route matches is ``route="unmatched"``. Fed by the request log's middleware
+    (:class:`~.logs.RequestLog`), which sees every request's status and duration anyway."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
-        self.app, self.metrics = app, metrics
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+    def started(self) -> None:
         self.metrics.http_in_flight.inc()
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            self.metrics.http_in_flight.dec()
-            method = scope["method"] if scope["method"] in METHODS else "other"
-            route = route_of(scope)
-            self.metrics.http_requests.labels(method, route, str(status)).inc()
-            self.metrics.http_duration.labels(method, route).observe(time.perf_counter() - started)
+
+    def finished(self, scope: Scope, status: int, seconds: float) -> None:
+        self.metrics.http_in_flight.dec()
+        method = scope["method"] if scope["method"] in METHODS else "other"
+        route = route_of(scope)
+        self.metrics.http_requests.labels(method, route, str(status)).inc()
+        self.metrics.http_duration.labels(method, route).observe(seconds)
 
 
 def route_of(scope: Scope) -> str:

@@ -18,6 +18,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..logformat import ContextFilter, LogFormat, context, formatter
+from .httpmetrics import HttpMetrics
 
 access_log = logging.getLogger("perfectqueue.access")
 
@@ -52,10 +53,11 @@ def request_id_of(scope: Scope) -> str:
 
 
 class RequestLog:
-    """Pure ASGI: the request id (header in, header out, log context) and the access line."""
+    """Pure ASGI: the request id (header in, header out, log context), the access line and the
+    HTTP metrics, from one wrapper of each request."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+        self.app, self.metrics = app, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,15 +75,18 @@ class RequestLog:
                 message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, request_id.encode())]}
             await send(message)
 
+        self.metrics.started()
         with context(request_id=request_id) as fields:
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
+                seconds = time.perf_counter() - started
+                self.metrics.finished(scope, status, seconds)
                 fields.setdefault("queue", scope.get("path_params", {}).get("queue"))
                 fields.setdefault("task_id", scope.get("path_params", {}).get("task_id"))
                 for key in [k for k, v in fields.items() if v is None]:
                     del fields[key]
-                _access(scope, status, time.perf_counter() - started)
+                _access(scope, status, seconds)
 
 
 def _access(scope: Scope, status: int, seconds: float) -> None:

@@ -3,10 +3,10 @@
 Counters and histograms are counted from outside the store: :class:`MeteredQueueStore` is the
 store with each operation's outcome counted (the one place events are counted: the dashboard's
 per-minute throughput adds up the same counts, :class:`PerMinute`), :class:`MeteredLongPoll`
-times polls, and :class:`~.httpmetrics.HttpMetrics` (pure ASGI) counts requests by method,
-route template and status. The per-queue gauges are computed at scrape time by :mod:`.gauges`.
-Each app has a registry of its own (never the process-wide one), so that any number of apps can
-live in one process.
+times polls, and :class:`~.httpmetrics.HttpMetrics` (fed by the request log's middleware) counts
+requests by method, route template and status. The per-queue gauges are computed at scrape time
+by :mod:`.gauges`. Each app has a registry of its own (never the process-wide one), so that any
+number of apps can live in one process.
 """
 
 from __future__ import annotations

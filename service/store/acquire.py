@@ -22,6 +22,7 @@ from .model import EVENT_HORIZON
 from .schema import resource_index, timeout_index
 
 FAIR_ROUNDS = 3
+HEAD_LOOKUPS = 200  # heads whose max_running one statement looks up
 
 
 class Acquisition:
@@ -33,6 +34,7 @@ class Acquisition:
         self._columns: list[sa.ColumnElement[Any]] = list(table.c)
         self._oldest: sa.Select[Any] | None = None  # built once: each acquisition only executes it
         self._resource_indexed = False  # known once seen: a table the original created lacks it
+        self._head_limits: dict[tuple[str | None, int], int | None] = {}  # (user, head) -> max_running
 
     @property
     def columns(self) -> list[sa.ColumnElement[Any]]:
@@ -98,12 +100,15 @@ class Acquisition:
         available: dict[str | None, int] = {}
         for _ in range(FAIR_ROUNDS):
             counts = fair.plan(heads, running, limit, available)
+            wanted = {}
             for user, count in counts.items():
-                rows = fetched.setdefault(user, [])
-                if count > len(rows):
-                    rows += self._user_rows(conn, now, user, count - len(rows), offset=len(rows))
-                    if len(rows) < count:
-                        available[user] = len(rows)
+                have = len(fetched.setdefault(user, []))
+                if count > have:
+                    wanted[user] = (count - have, have)
+            for user, rows in self._rows_of_users(conn, now, wanted).items():
+                fetched[user] += rows
+                if len(rows) < wanted[user][0]:
+                    available[user] = len(fetched[user])
             if all(count <= len(fetched[user]) for user, count in counts.items()):
                 break
         chosen: list[Row[Any]] = []
@@ -124,30 +129,46 @@ class Acquisition:
         return {user: count for user, count in conn.execute(query).all()}
 
     def _heads(self, conn: Connection, now: int) -> list[fair.Head]:
-        """The oldest waiting task of each user, through the (resource, timeout) index."""
+        """The oldest waiting task of each user, through the (resource, timeout) index.
+
+        Its ``max_running`` is looked up only for heads not seen by the previous acquisition:
+        with many users, looking up every head's row is most of a plan's cost, and most heads
+        do not move between two acquisitions. Any row at the head's (user, timeout) is as good
+        as another (ties are broken arbitrarily anyway), and a row's ``max_running`` never
+        changes; ``max_running`` here orders users only, each row's own is what caps them.
+        """
         if self.db.is_sqlite:
             return self._heads_by_skip_scan(conn, now)
         in_range = sa.and_(self._t.timeout > EVENT_HORIZON, self._t.timeout <= now)
-        heads = self._force_resource_index(
+        query = self._force_resource_index(
             conn,
-            sa.select(self._t.resource, sa.func.min(self._t.timeout).label("head"))
+            sa.select(self._t.resource, sa.func.min(self._t.timeout))
             .where(in_range)
             .group_by(self._t.resource),
             self.table,
-        ).subquery()
-        same = self.table.alias("same")  # the head row itself, for its max_running: one lookup per user
-        max_running = self._force_resource_index(
-            conn,
-            sa.select(same.c.max_running)
-            .where(same.c.resource.is_not_distinct_from(heads.c.resource), same.c.timeout == heads.c.head)
-            .limit(1),
-            same,
-        ).scalar_subquery()
-        query = sa.select(heads.c.resource, heads.c.head, max_running)
-        seen: dict[str | None, fair.Head] = {}
-        for user, head, limit in conn.execute(query).all():
-            seen.setdefault(user, fair.Head(user, head, limit))
-        return list(seen.values())
+        )
+        found = [(user, head) for user, head in conn.execute(query).all()]
+        limits = {key: self._head_limits[key] for key in found if key in self._head_limits}
+        missing = [key for key in found if key not in limits]
+        for start in range(0, len(missing), HEAD_LOOKUPS):
+            lookups = [
+                self._force_resource_index(
+                    conn,
+                    sa.select(self._t.resource, self._t.timeout, self._t.max_running)
+                    .where(
+                        self._t.resource.is_(None) if user is None else self._t.resource == user,
+                        self._t.timeout == head,
+                    )
+                    .limit(1),  # one row of the head's (user, timeout), however many share it
+                    self.table,
+                )
+                for user, head in missing[start : start + HEAD_LOOKUPS]
+            ]
+            lookup = lookups[0] if len(lookups) == 1 else sa.union_all(*lookups)
+            for user, head, limit in conn.execute(lookup).all():
+                limits.setdefault((user, head), limit)
+        self._head_limits = limits
+        return [fair.Head(user, head, limits.get((user, head))) for user, head in found]
 
     def _force_resource_index(
         self, conn: Connection, query: sa.Select[Any], table: sa.FromClause
@@ -193,16 +214,30 @@ class Acquisition:
         )
         return [fair.Head(*row) for row in (*conn.execute(no_user).all(), *conn.execute(query).all())]
 
-    def _user_rows(
-        self, conn: Connection, now: int, user: str | None, limit: int, offset: int
-    ) -> Sequence[Row[Any]]:
-        query = (
-            sa.select(*self.columns)
-            .where(
-                self._t.resource.is_(None) if user is None else self._t.resource == user, self._waiting(now)
+    def _rows_of_users(
+        self, conn: Connection, now: int, wanted: dict[str | None, tuple[int, int]]
+    ) -> dict[str | None, list[Row[Any]]]:
+        """For each user, up to ``limit`` of its waiting rows oldest first, after ``offset``
+        (``wanted``: user -> (limit, offset)): one statement for all of them, locked on MySQL."""
+        users = list(wanted)
+        parts = []
+        for index, (limit, offset) in enumerate(wanted.values()):
+            part = (
+                sa.select(*self.columns, sa.literal(index).label("part"))  # whose row: by index,
+                # not by resource, which a case-insensitive column may spell differently
+                .where(
+                    self._t.resource.is_(None) if users[index] is None else self._t.resource == users[index],
+                    self._waiting(now),
+                )
+                .order_by(self._t.timeout)
+                .limit(limit)
+                .offset(offset)
             )
-            .order_by(self._t.timeout)
-            .limit(limit)
-            .offset(offset)
-        )
-        return conn.execute(self._lock_rows(query)).all()
+            # SQLite takes no ORDER BY or LIMIT in a UNION's members, only in subqueries
+            parts.append(sa.select(part.subquery()) if self.db.is_sqlite else self._lock_rows(part))
+        found: dict[str | None, list[Row[Any]]] = {user: [] for user in users}
+        if parts:
+            query = parts[0] if len(parts) == 1 else sa.union_all(*parts)
+            for row in conn.execute(query).all():
+                found[users[row.part]].append(row)
+        return found

@@ -823,3 +823,29 @@ def test_invalid_list_parameters(client: TestClient, params: dict[str, Any]) -> 
     submit(client, "a")
     assert_problem(client.get(f"{Q}/tasks", params=params), 422, "invalid")
     assert counts(client) == (1, 0, 0)
+
+
+def test_every_field_of_a_submit_reaches_the_store() -> None:
+    """The submit body is copied into the store's NewTask field by field: a field added to one
+    and not the other fails here, not silently in production."""
+    from dataclasses import fields
+
+    from perfectqueue.service import models
+    from perfectqueue.service.routes import new_task
+    from perfectqueue.service.store import NewTask
+
+    assert set(models.SubmitRequest.model_fields) == {f.name for f in fields(NewTask)}
+    body = models.SubmitRequest(
+        id="i",
+        type="t",
+        data={"k": 1},
+        user="u",
+        max_running=2,
+        run_at=2_000_000_000,
+        compression="gzip",
+        max_attempts=3,
+        traceparent=None,
+    )
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    task = new_task(body, trace)
+    assert task == NewTask("i", "t", {"k": 1}, "u", 2, 2_000_000_000, "gzip", 3, trace)

@@ -43,6 +43,16 @@ def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
     backend.create_table(table)
     out: dict[str, Any] = {}
     workers, k = max(cfg["workers"]), cfg["fair_k"]
+    backlogs = cfg["fair_backlogs"] if backend.kind == "mysql" else cfg["fair_backlogs"][:1]
+    for backlog in backlogs:
+        out.update(_cases(backend, table, cfg, backlog, workers, k))
+    return out
+
+
+def _cases(
+    backend: Backend, table: str, cfg: dict[str, Any], backlog: int, workers: int, k: int
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for users, cap in cfg["fair_users"]:
         for fair_on in (True, False):
             with services(backend, table, 1, disable_resource_limit=not fair_on) as (svc,):
@@ -50,7 +60,7 @@ def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
                 peak: dict[str, int] = {}
                 for _ in range(cfg["repeat"]):
                     backend.truncate(table)
-                    backend.load(table, cfg["fair_backlog"], users=users, max_running=cap)
+                    backend.load(table, backlog, users=users, max_running=cap)
                     watch = CapWatch(backend, table)
                     watch.start()
                     quota = cfg["fair_tasks"] // workers
@@ -62,11 +72,14 @@ def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
                     samples.append(throughput(res)[0])
                     for u, c in watch.peak.items():
                         peak[u] = max(peak.get(u, 0), c)
-                out[f"{users} users x max_running {cap}, fair {'on' if fair_on else 'off'}"] = {
+                name = f"{users} users x max_running {cap}, fair {'on' if fair_on else 'off'}"
+                if backlog != cfg["fair_backlogs"][0]:
+                    name += f", backlog {backlog:,}"
+                out[name] = {
                     "users": users,
                     "max_running": cap,
                     "fair": fair_on,
-                    "backlog": cfg["fair_backlog"],
+                    "backlog": backlog,
                     "tasks_per_run_at_most": quota * workers,
                     "seconds_per_run_at_most": cfg["fair_limit_s"],
                     "workers": workers,

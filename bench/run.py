@@ -46,7 +46,7 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
             "latency_tasks": 5,
             "latency_gap": 0.01,
             "fair_users": [(3, 2)],
-            "fair_backlog": 60,
+            "fair_backlogs": [60],
             "fair_tasks": 20,
             "fair_k": 10,
             "fair_limit_s": 10,
@@ -78,7 +78,7 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
         "latency_tasks": 200,
         "latency_gap": 0.02,
         "fair_users": [(10, 2), (1000, 1)],
-        "fair_backlog": 20_000,
+        "fair_backlogs": [20_000, 1_000_000],  # MariaDB; SQLite runs the first only
         "fair_tasks": 2000,
         "fair_k": 10,
         "fair_limit_s": 15,

@@ -49,10 +49,10 @@ class Acquisition:
     def rows(self, conn: Connection, limit: int) -> tuple[int, Sequence[Row[Any]]]:
         """The database's clock and up to ``limit`` rows waiting by it, to lease, locked against
         concurrent changes. Oldest first reads the clock as a column of its one SELECT (0 when
-        nothing waits); fair acquisition reads it first, for its several queries."""
+        nothing waits); fair acquisition reads it with what it plans from (see _plan_inputs)."""
         if self.fair:
-            now = conn.execute(sa.select(self.db.now())).scalar_one()
-            return now, self._fair_rows(conn, now, limit)
+            now, running, heads = self._plan_inputs(conn)
+            return now, self._fair_rows(conn, now, limit, running, heads)
         rows = self._oldest_rows(conn, limit)
         return max((r.now for r in rows), default=0), rows
 
@@ -93,9 +93,9 @@ class Acquisition:
             self._oldest = self._lock_rows(query, skip_locked=self.lock_name() is None)
         return conn.execute(self._oldest, {"limit": limit}).all()
 
-    def _fair_rows(self, conn: Connection, now: int, limit: int) -> list[Row[Any]]:
-        running = self._running_by_user(conn, now)
-        heads = self._heads(conn, now)
+    def _fair_rows(
+        self, conn: Connection, now: int, limit: int, running: dict[str, int], heads: list[fair.Head]
+    ) -> list[Row[Any]]:
         fetched: dict[str | None, list[Row[Any]]] = {}
         available: dict[str | None, int] = {}
         for _ in range(FAIR_ROUNDS):
@@ -120,34 +120,51 @@ class Acquisition:
                     chosen.append(row)
         return chosen
 
-    def _running_by_user(self, conn: Connection, now: int) -> dict[str, int]:
-        query = (
-            sa.select(self._t.resource, sa.func.count())
+    def _plan_inputs(self, conn: Connection) -> tuple[int, dict[str, int], list[fair.Head]]:
+        """The database's clock, each user's running count and each user's head (its oldest
+        waiting task): on MySQL one statement, whose every ``UNIX_TIMESTAMP()`` is the same
+        instant (the statement's start)."""
+        if self.db.is_sqlite:
+            now = conn.execute(sa.select(self.db.now())).scalar_one()
+            running = {user: count for _, user, count in conn.execute(self._running_query(now)).all()}
+            return now, running, self._heads_by_skip_scan(conn, now)
+        clock = self.db.now()
+        parts = [
+            sa.select(sa.literal("now"), sa.null(), clock),
+            self._running_query(clock),
+            self._force_resource_index(
+                conn,
+                sa.select(sa.literal("head"), self._t.resource, sa.func.min(self._t.timeout))
+                .where(self._t.timeout > EVENT_HORIZON, self._t.timeout <= clock)
+                .group_by(self._t.resource),
+                self.table,
+            ),
+        ]
+        now, running, heads = 0, {}, []
+        for kind, user, value in conn.execute(sa.union_all(*parts)).all():
+            if kind == "now":
+                now = value
+            elif kind == "running":
+                running[user] = value
+            else:
+                heads.append((user, value))
+        return now, running, self._with_limits(conn, heads)
+
+    def _running_query(self, now: int | sa.ColumnElement[int]) -> sa.Select[Any]:
+        """("running", user, count) for every user with tasks not yet due."""
+        return (
+            sa.select(sa.literal("running"), self._t.resource, sa.func.count())
             .where(self._t.timeout > now, self._t.created_at.is_not(None), self._t.resource.is_not(None))
             .group_by(self._t.resource)
         )
-        return {user: count for user, count in conn.execute(query).all()}
 
-    def _heads(self, conn: Connection, now: int) -> list[fair.Head]:
-        """The oldest waiting task of each user, through the (resource, timeout) index.
-
-        Its ``max_running`` is looked up only for heads not seen by the previous acquisition:
-        with many users, looking up every head's row is most of a plan's cost, and most heads
-        do not move between two acquisitions. Any row at the head's (user, timeout) is as good
-        as another (ties are broken arbitrarily anyway), and a row's ``max_running`` never
-        changes; ``max_running`` here orders users only, each row's own is what caps them.
-        """
-        if self.db.is_sqlite:
-            return self._heads_by_skip_scan(conn, now)
-        in_range = sa.and_(self._t.timeout > EVENT_HORIZON, self._t.timeout <= now)
-        query = self._force_resource_index(
-            conn,
-            sa.select(self._t.resource, sa.func.min(self._t.timeout))
-            .where(in_range)
-            .group_by(self._t.resource),
-            self.table,
-        )
-        found = [(user, head) for user, head in conn.execute(query).all()]
+    def _with_limits(self, conn: Connection, found: list[tuple[str | None, int]]) -> list[fair.Head]:
+        """Heads (user, head timeout) with their ``max_running``, looked up only for heads not
+        seen by the previous acquisition: with many users, looking up every head's row is most
+        of a plan's cost, and most heads do not move between two acquisitions. Any row at the
+        head's (user, timeout) is as good as another (ties are broken arbitrarily anyway), and a
+        row's ``max_running`` never changes; ``max_running`` here orders users only, each row's
+        own is what caps them."""
         limits = {key: self._head_limits[key] for key in found if key in self._head_limits}
         missing = [key for key in found if key not in limits]
         for start in range(0, len(missing), HEAD_LOOKUPS):

@@ -65,7 +65,11 @@ def _cases(
                     watch.start()
                     quota = cfg["fair_tasks"] // workers
                     res = run_clients(
-                        drain, [(svc.queue, k, True, quota, cfg["fair_limit_s"]) for _ in range(workers)]
+                        drain,
+                        [
+                            (cfg["client"], svc.queue, k, True, quota, cfg["fair_limit_s"])
+                            for _ in range(workers)
+                        ],
                     )
                     watch.stop.set()
                     watch.join()

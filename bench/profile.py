@@ -43,7 +43,9 @@ def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
     k, workers, tasks = cfg["profile_k"], max(cfg["workers"]), cfg["profile_tasks"]
     out_file = backend.workdir / "profile.collapsed"
     with services(backend, table, 1, disable_resource_limit=True) as (svc,):
-        run_clients(submit, [(svc.queue, f"p{i}", tasks // workers, 100) for i in range(workers)])
+        run_clients(
+            submit, [(cfg["client"], svc.queue, f"p{i}", tasks // workers, 100) for i in range(workers)]
+        )
         record = subprocess.Popen(
             [
                 spy,
@@ -61,7 +63,7 @@ def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        res = run_clients(drain, [(svc.queue, k, True) for _ in range(workers)])
+        res = run_clients(drain, [(cfg["client"], svc.queue, k, True) for _ in range(workers)])
         record.send_signal(signal.SIGINT)  # py-spy writes what it has on Ctrl-C
         record.wait(timeout=60)
     if not out_file.exists():

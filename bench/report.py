@@ -19,10 +19,12 @@ def fmt(value: Any) -> str:
 def service_row(case: dict[str, Any]) -> str:
     head = f"| {case['mode']} | {case.get('variant', '-')} | {case['workers']} | {case['services']} |"
     if "drain_tasks_per_s" not in case:  # a submit-only case
-        return head + f" {fmt(case['submit_tasks_per_s'])} | - | - | - |"
+        return head + f" {fmt(case['submit_tasks_per_s'])} | - | - | - | - |"
+    clients = case.get("client_cpu_pct", {}).get("median")  # recorded since the lean client
     return head + (
         f" {fmt(case['submit_tasks_per_s'])} | {fmt(case['drain_tasks_per_s'])} |"
         f" {case['service_cpu_pct']['median']:.0f} | {case['db_cpu_pct']['median']:.0f} |"
+        f" {'-' if clients is None else f'{clients:.0f}'} |"
     )
 
 
@@ -43,9 +45,10 @@ def report(results: dict[str, Any]) -> str:
         lines.append("")
     if "service" in s:
         lines += [
-            "| HTTP | variant | W | services | submit tasks/s | poll+finish tasks/s | service CPU | DB CPU |"
+            "| HTTP | variant | W | services | submit tasks/s | poll+finish tasks/s | service CPU | DB CPU"
+            " | clients' CPU |"
         ]
-        lines += ["|---|---|---|---|---|---|---|---|"]
+        lines += ["|---|---|---|---|---|---|---|---|---|"]
         for case in (v for v in s["service"].values() if isinstance(v, dict)):
             lines.append(service_row(case))
         lines += ["", f"Service peak RSS under load: {s['service'].get('service_peak_rss_mb')} MB", ""]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import ceiling, fair, latency, memory, profile, scale, service, worker
-from .common import Backend
+from .common import CLIENTS, Backend
 
 SCENARIOS = {
     "ceiling": ceiling.run,
@@ -143,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         default="coalesced",
         help="service variants for the service scenario, interleaved: coalesced,uncoalesced",
     )
+    parser.add_argument(
+        "--client",
+        default="raw",
+        choices=CLIENTS,
+        help="the client processes' HTTP client: raw (http.client, the leanest) or httpx (as the SDK)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the harness works")
     parser.add_argument("--out", default="bench-results", help="directory for results (gitignored)")
     parser.add_argument("--plot", action="store_true", help="also write a PNG (needs matplotlib)")
@@ -152,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config(args.smoke, args.repeat, [int(w) for w in args.workers.split(",")])
     cfg["table_prefix"] = args.table_prefix
     cfg["variants"] = args.variants.split(",")
+    cfg["client"] = args.client
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

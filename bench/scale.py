@@ -33,7 +33,8 @@ def measure(backend: Backend, svc: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     for _ in range(cfg["repeat"]):
         lat += acquire_latency(svc.queue, cfg["scale_latency_ops"])
         res = run_clients(
-            drain, [(svc.queue, 10, True, cfg["scale_drain"] // workers) for _ in range(workers)]
+            drain,
+            [(cfg["client"], svc.queue, 10, True, cfg["scale_drain"] // workers) for _ in range(workers)],
         )
         rates.append(throughput(res)[0])
     return {"acquire": percentiles(lat), "batch_k10_tasks_per_s": summarize(rates), "workers": workers}

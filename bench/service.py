@@ -6,69 +6,71 @@ import contextlib
 import time
 from typing import Any
 
-import httpx
-
-from .common import Backend, cpu_seconds, memory_kb, run_clients, services, summarize, throughput
+from .common import Backend, Http, cpu_seconds, memory_kb, run_clients, services, summarize, throughput
 
 
-def submit(barrier: Any, queue: str, prefix: str, count: int, batch: int) -> dict[str, Any]:
+def submit(barrier: Any, client: str, queue: str, prefix: str, count: int, batch: int) -> dict[str, Any]:
     """Submit ``count`` tasks, one per call (batch 0) or ``batch`` per submit-batch call."""
-    with httpx.Client(timeout=60) as http:
+    with Http(client, queue) as http:
         barrier.wait()
-        start = time.time()
+        start, cpu = time.time(), time.process_time()
         if batch == 0:
             for i in range(count):
-                http.post(queue + "/submit", json={"id": f"{prefix}-{i}", "type": "bench"}).raise_for_status()
+                http.post("/submit", {"id": f"{prefix}-{i}", "type": "bench"})
         else:
             for lo in range(0, count, batch):
                 tasks = [{"id": f"{prefix}-{i}", "type": "bench"} for i in range(lo, min(count, lo + batch))]
-                resp = http.post(queue + "/submit-batch", json={"tasks": tasks})
-                resp.raise_for_status()
-                assert not resp.json()["failed"], resp.json()["failed"][:1]
-        return {"start": start, "end": time.time(), "count": count}
+                failed = http.post("/submit-batch", {"tasks": tasks})["failed"]
+                assert not failed, failed[:1]
+        return {"start": start, "end": time.time(), "count": count, "cpu": time.process_time() - cpu}
 
 
 def drain(
-    barrier: Any, queue: str, k: int, batch: bool, quota: int = 0, limit_s: float = 0
+    barrier: Any, client: str, queue: str, k: int, batch: bool, quota: int = 0, limit_s: float = 0
 ) -> dict[str, Any]:
     """Poll up to k tasks (no wait) and finish them, one per call or as one finish-batch, until
     the queue is empty (or ``quota`` tasks are done, or ``limit_s`` seconds have passed)."""
     count = 0
     polls: list[float] = []
-    with httpx.Client(timeout=60) as http:
+    with Http(client, queue) as http:
         barrier.wait()
-        start = time.time()
+        start, cpu = time.time(), time.process_time()
         while (not quota or count < quota) and (not limit_s or time.time() - start < limit_s):
             t0 = time.perf_counter()
-            resp = http.post(queue + "/poll", json={"max": k, "alive_time": 300, "wait": 0})
+            tasks = http.post("/poll", {"max": k, "alive_time": 300, "wait": 0})["tasks"]
             polls.append(time.perf_counter() - t0)
-            resp.raise_for_status()
-            tasks = resp.json()["tasks"]
             if not tasks:
                 break
             if batch:
                 done = [{"id": t["id"], "lease": t["lease"]} for t in tasks]
-                r = http.post(queue + "/finish-batch", json={"tasks": done})
-                r.raise_for_status()
-                assert not r.json()["failed"], r.json()["failed"][:1]
+                failed = http.post("/finish-batch", {"tasks": done})["failed"]
+                assert not failed, failed[:1]
             else:
                 for t in tasks:
-                    http.post(queue + "/finish", json={"id": t["id"], "lease": t["lease"]}).raise_for_status()
+                    http.post("/finish", {"id": t["id"], "lease": t["lease"]})
             count += len(tasks)
-        return {"start": start, "end": time.time(), "count": count, "polls": polls}
+        end = time.time()
+        return {"start": start, "end": end, "count": count, "polls": polls, "cpu": time.process_time() - cpu}
 
 
 def one_run(
-    backend: Backend, table: str, svcs: list[Any], tasks: int, workers: int, k: int, batched: bool
+    backend: Backend,
+    table: str,
+    svcs: list[Any],
+    tasks: int,
+    workers: int,
+    k: int,
+    batched: bool,
+    client: str,
 ) -> dict[str, float]:
     backend.truncate(table)
     per = tasks // workers
     bases = [svcs[i % len(svcs)].queue for i in range(workers)]
-    sub = run_clients(submit, [(bases[i], f"t{i}", per, k if batched else 0) for i in range(workers)])
+    sub = run_clients(submit, [(client, bases[i], f"t{i}", per, k if batched else 0) for i in range(workers)])
     db0 = backend.server_cpu_seconds()
     svc0 = sum(cpu_seconds(s.proc.pid) for s in svcs)
     t0 = time.time()
-    res = run_clients(drain, [(bases[i], k, batched) for i in range(workers)])
+    res = run_clients(drain, [(client, bases[i], k, batched) for i in range(workers)])
     wall = time.time() - t0
     rate, count, _ = throughput(res)
     assert count == per * workers, (count, per * workers)
@@ -77,15 +79,18 @@ def one_run(
         "submit": throughput(sub)[0],
         "drain": rate,
         "service_cpu_pct": 100 * (sum(cpu_seconds(s.proc.pid) for s in svcs) - svc0) / wall,
+        "client_cpu_pct": 100 * sum(r["cpu"] for r in res) / wall,
         "db_cpu_pct": 100 * (db1 - db0) / wall if db0 is not None and db1 is not None else float("nan"),
     }
 
 
-def submit_only(backend: Backend, table: str, svcs: list[Any], tasks: int, workers: int, batch: int) -> float:
+def submit_only(
+    backend: Backend, table: str, svcs: list[Any], tasks: int, workers: int, batch: int, client: str
+) -> float:
     """Submit throughput alone, ``batch`` tasks per /submit-batch call (up to 1,000)."""
     backend.truncate(table)
     per = tasks // workers
-    args = [(svcs[i % len(svcs)].queue, f"s{i}", per, batch) for i in range(workers)]
+    args = [(client, svcs[i % len(svcs)].queue, f"s{i}", per, batch) for i in range(workers)]
     return throughput(run_clients(submit, args))[0]
 
 
@@ -121,7 +126,7 @@ def drain_cases(
             runs: dict[str, list[dict[str, float]]] = {v: [] for v in started}
             for _ in range(cfg["repeat"]):
                 for v, svcs in started.items():
-                    runs[v].append(one_run(backend, table, svcs, tasks, workers, k, batched))
+                    runs[v].append(one_run(backend, table, svcs, tasks, workers, k, batched, cfg["client"]))
             for v, samples in runs.items():
                 case = {
                     "mode": name,
@@ -136,6 +141,7 @@ def drain_cases(
                     "drain_tasks_per_s": summarize([r["drain"] for r in samples]),
                     "submit_tasks_per_s": summarize([r["submit"] for r in samples]),
                     "service_cpu_pct": summarize([r["service_cpu_pct"] for r in samples]),
+                    "client_cpu_pct": summarize([r["client_cpu_pct"] for r in samples]),
                     "db_cpu_pct": summarize([r["db_cpu_pct"] for r in samples]),
                 }
     return out
@@ -151,7 +157,7 @@ def submit_cases(
         rates: dict[str, list[float]] = {v: [] for v in started}
         for _ in range(cfg["repeat"]):
             for v, svcs in started.items():
-                rates[v].append(submit_only(backend, table, svcs, tasks, workers, batch))
+                rates[v].append(submit_only(backend, table, svcs, tasks, workers, batch, cfg["client"]))
         for v, samples in rates.items():
             mode = f"submit {batch} per call"
             out[key(f"{mode} W={workers} services={nsvc}", v, started)] = {

@@ -41,7 +41,7 @@ def one_run(
     backend: Backend, table: str, svc: Any, tasks: int, processors: int, cfg: dict[str, Any]
 ) -> float:
     backend.truncate(table)
-    run_clients(submit, [(svc.queue, "n", tasks, 100)])
+    run_clients(submit, [(cfg["client"], svc.queue, "n", tasks, 100)])
     config = backend.workdir / "worker.yaml"
     config.write_text(
         yaml.safe_dump({"url": svc.base, "queue": "q", "processors": processors, "poll_interval": 0.1})

@@ -315,22 +315,29 @@ class Http:
 
     def __init__(self, kind: str, base: str) -> None:
         url = httpx.URL(base)
-        self.kind, self.path = kind, url.path
+        self.kind, self.path = kind, url.path.rstrip("/")
         self._httpx = httpx.Client(base_url=base, timeout=60) if kind == "httpx" else None
         self._conn = http.client.HTTPConnection(url.host, url.port, timeout=60)
 
     def post(self, path: str, body: Any) -> Any:
         """POST ``body`` as JSON to ``base + path``; the parsed answer, None for none (an HTTP
         error raises)."""
+        return self._call("POST", path, body)
+
+    def get(self, path: str) -> Any:
+        return self._call("GET", path)
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
         if self._httpx is not None:
-            resp = self._httpx.post(path, json=body)
+            resp = self._httpx.request(method, path, json=body)
             resp.raise_for_status()
             return resp.json() if resp.content else None
-        self._conn.request("POST", self.path + path, json.dumps(body), {"Content-Type": "application/json"})
+        encoded = None if body is None else json.dumps(body)
+        self._conn.request(method, self.path + path, encoded, {"Content-Type": "application/json"})
         answer = self._conn.getresponse()
         data = answer.read()
         if answer.status >= 400:
-            raise RuntimeError(f"POST {path}: {answer.status} {data[:300]!r}")
+            raise RuntimeError(f"{method} {path}: {answer.status} {data[:300]!r}")
         return json.loads(data) if data else None  # a 204 has no body
 
     def __enter__(self) -> Http:

@@ -29,7 +29,9 @@ def drain(
     barrier: Any, client: str, queue: str, k: int, batch: bool, quota: int = 0, limit_s: float = 0
 ) -> dict[str, Any]:
     """Poll up to k tasks (no wait) and finish them, one per call or as one finish-batch, until
-    the queue is empty (or ``quota`` tasks are done, or ``limit_s`` seconds have passed)."""
+    the queue is empty, or, with a ``quota`` or ``limit_s``, until ``quota`` tasks are done or
+    ``limit_s`` seconds have passed: then an empty poll means only that nothing may start now
+    (every user at its max_running), and the client polls again after a millisecond."""
     count = 0
     polls: list[float] = []
     with Http(client, queue) as http:
@@ -40,7 +42,10 @@ def drain(
             tasks = http.post("/poll", {"max": k, "alive_time": 300, "wait": 0})["tasks"]
             polls.append(time.perf_counter() - t0)
             if not tasks:
-                break
+                if not (quota or limit_s):
+                    break
+                time.sleep(0.001)
+                continue
             if batch:
                 done = [{"id": t["id"], "lease": t["lease"]} for t in tasks]
                 failed = http.post("/finish-batch", {"tasks": done})["failed"]

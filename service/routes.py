@@ -121,6 +121,13 @@ def batch_result(
     return m.BatchResult.model_validate({"successful": successful, "failed": failed})
 
 
+def freed(queue: Queue) -> None:
+    """Tasks ended: under fair scheduling their users' max_running has room again, so the polls
+    waiting here try at once instead of at their next periodic check."""
+    if queue.settings.fair:
+        queue.longpoll.notify()
+
+
 def max_data(runtime: Runtime) -> int:
     return runtime.settings.max_data_bytes
 
@@ -298,6 +305,7 @@ async def heartbeat_batch(
 )
 async def finish(body: m.LeaseRequest, queue: QueueDep, runtime: RuntimeDep) -> Response:
     await queue.coalesced.finish(body.id, lease_of(body.lease))
+    freed(queue)
     return Response(status_code=204)
 
 
@@ -311,6 +319,7 @@ async def finish(body: m.LeaseRequest, queue: QueueDep, runtime: RuntimeDep) -> 
 async def finish_batch(body: m.FinishBatchRequest, queue: QueueDep, runtime: RuntimeDep) -> m.BatchResult:
     items = [(item.id, lease_of(item.lease)) for item in body.tasks]
     results = await runtime.run(queue.store.finish_many, items)
+    freed(queue)
     return batch_result([i for i, _ in items], results)
 
 

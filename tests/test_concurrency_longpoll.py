@@ -449,6 +449,38 @@ def test_submit_wakes_a_long_poll_waiting_on_the_same_replica(
     assert latency < 2
 
 
+def test_a_finish_that_frees_a_users_slot_wakes_a_long_poll(
+    database: Database, db_url: str, table_name: str, tmp_path: Path
+) -> None:
+    """Fair scheduling: user A may run one task at a time and has two. With the periodic check
+    set to 30 s, only the finish of A's first task can wake the poll waiting for the second."""
+    config = write_config(tmp_path / "pq.yml", db_url, table_name, poll_check_interval=30)
+    with (
+        service_process(config, tmp_path / "service.log") as (base, _proc),
+        httpx.Client(base_url=base, timeout=30) as worker,
+        httpx.Client(base_url=base, timeout=30) as poller,
+        ThreadPoolExecutor(1) as executor,
+    ):
+        for i in range(2):
+            task = {"id": f"a{i}", "type": "t", "user": "A", "max_running": 1}
+            assert worker.post("/v1/queues/q/submit", json=task).status_code == 201
+        [first] = worker.post("/v1/queues/q/poll", json={"max": 5, "wait": 0}).json()["tasks"]
+        started = time.monotonic()
+        waiting = executor.submit(poller.post, "/v1/queues/q/poll", json={"max": 1, "wait": 10})
+        wait_until(lambda: time.monotonic() - started > 0.5, 1, "the poll waited a little")
+        assert not waiting.done(), "the long-poll returned although A is at its max_running"
+        finished_at = time.monotonic()
+        done = worker.post("/v1/queues/q/finish", json={"id": first["id"], "lease": first["lease"]})
+        assert done.status_code == 204, done.text
+        polled = waiting.result(timeout=15)
+        latency = time.monotonic() - finished_at
+
+    print(f"\ndelivered {latency:.3f} s after the finish")
+    assert polled.status_code == 200, polled.text
+    assert [t["id"] for t in polled.json()["tasks"]] == ["a1"]
+    assert latency < 2
+
+
 def test_submit_through_another_replica_reaches_a_waiting_poll(
     database: Database, db_url: str, table_name: str, tmp_path: Path
 ) -> None:

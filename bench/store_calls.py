@@ -2,8 +2,9 @@
 
 ``python -m bench.store_calls [--url URL] [--pairs N] [--batch K]`` prints, for each url, the
 mean milliseconds per acquisition of one task followed by its ``finish``, and per acquisition of
-``K`` tasks followed by one ``finish_many`` of them, and per ``submit_many`` of 1,000 tasks. Fair
-scheduling is off (``FOR UPDATE SKIP LOCKED`` on MariaDB), as in the harness's service scenarios.
+``K`` tasks followed by one ``finish_many`` of them, and per ``submit_many`` of 1,000 tasks; with
+``--users U``, the batched run again with fair scheduling over U users (max_running 1). Otherwise
+fair scheduling is off (``FOR UPDATE SKIP LOCKED`` on MariaDB), as in the harness's service scenarios.
 Each run uses a fresh table (SQLite by default: a file in a temporary directory, removed after).
 
 A ``mysql+mysqldb://`` url measures the same store calls through mysqlclient (the C driver,
@@ -36,11 +37,18 @@ def _database(url: str) -> Database:
         database.normalize_url = accepts
 
 
-def _store(url: str, tasks: int) -> QueueStore:
-    store = QueueStore(_database(url), f"bench_calls_{secrets.token_hex(4)}", fair=False)
+def _store(url: str, tasks: int, users: int = 0) -> QueueStore:
+    """A fresh table with ``tasks`` waiting; with ``users``, spread over that many users with
+    max_running 1 each, and fair scheduling on."""
+    store = QueueStore(_database(url), f"bench_calls_{secrets.token_hex(4)}", fair=users > 0)
     store.init()
     for start in range(0, tasks, 500):
-        store.submit_many([NewTask(id=f"t{i}", type="noop") for i in range(start, min(start + 500, tasks))])
+        store.submit_many(
+            [
+                NewTask(id=f"t{i}", type="noop", user=f"u{i % users}" if users else None, max_running=1)
+                for i in range(start, min(start + 500, tasks))
+            ]
+        )
     return store
 
 
@@ -64,9 +72,10 @@ def one_by_one(url: str, pairs: int) -> float:
         _drop(store)
 
 
-def batched(url: str, rounds: int, batch: int) -> float:
-    """Mean ms per acquire(max=batch) + finish_many of what it got."""
-    store = _store(url, rounds * batch)
+def batched(url: str, rounds: int, batch: int, users: int = 0) -> float:
+    """Mean ms per acquire(max=batch) + finish_many of what it got (fair over ``users`` users:
+    the table holds 20 tasks per user, or ``rounds * batch`` tasks if more)."""
+    store = _store(url, max(rounds * batch, 20 * users), users)
     try:
         started = time.perf_counter()
         for _ in range(rounds):
@@ -101,6 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--pairs", type=int, default=2000, help="acquire + finish pairs per run")
     parser.add_argument("--batch", type=int, default=10, help="tasks per acquisition in the batched run")
+    parser.add_argument(
+        "--users",
+        type=int,
+        action="append",
+        help="also the batched run with fair scheduling over this many users, max_running 1 (repeatable)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         for url in args.url or [f"sqlite:///{tmp}/store_calls.sqlite3", DEFAULT_MYSQL_URL]:
@@ -109,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             submit = submits(url, max(1, args.pairs // 100))
             print(f"{url.split(':')[0]:14} acquire(1)+finish {single:6.3f} ms", end="   ")
             print(f"acquire({args.batch})+finish_many {many:6.3f} ms   submit_many(1000) {submit:6.2f} ms")
+            for users in args.users or []:
+                fair = batched(url, max(1, args.pairs // args.batch // 10), args.batch, users)
+                print(f"{'':14} fair, {users} users: acquire({args.batch})+finish_many {fair:7.3f} ms")
     return 0
 
 

@@ -251,7 +251,7 @@ class Service:
         return self.base + "/v1/queues/q"
 
 
-VARIANTS = {"coalesced": "perfectqueue", "uncoalesced": "bench.uncoalesced", "one-lane": "bench.one_lane"}
+VARIANTS = {"coalesced": "perfectqueue", "uncoalesced": "bench.uncoalesced"}
 
 
 @contextmanager

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variants",
         default="coalesced",
-        help="service variants for the service scenario, interleaved: coalesced, uncoalesced, one-lane",
+        help="service variants for the service scenario, interleaved: coalesced,uncoalesced",
     )
     parser.add_argument(
         "--client",

@@ -31,21 +31,24 @@ def drain(
     """Poll up to k tasks (no wait) and finish them, one per call or as one finish-batch, until
     the queue is empty, or, with a ``quota`` or ``limit_s``, until ``quota`` tasks are done or
     ``limit_s`` seconds have passed: then an empty poll means only that nothing may start now
-    (every user at its max_running), and the client polls again after a millisecond."""
+    (every user at its max_running), and the client's next poll is a long-poll (``wait`` 1 s), as
+    a worker's would be: a finish that frees a slot wakes it."""
     count = 0
     polls: list[float] = []
     with Http(client, queue) as http:
         barrier.wait()
         start, cpu = time.time(), time.process_time()
+        wait = 0
         while (not quota or count < quota) and (not limit_s or time.time() - start < limit_s):
             t0 = time.perf_counter()
-            tasks = http.post("/poll", {"max": k, "alive_time": 300, "wait": 0})["tasks"]
+            tasks = http.post("/poll", {"max": k, "alive_time": 300, "wait": wait})["tasks"]
             polls.append(time.perf_counter() - t0)
             if not tasks:
                 if not (quota or limit_s):
                     break
-                time.sleep(0.001)
+                wait = 1
                 continue
+            wait = 0
             if batch:
                 done = [{"id": t["id"], "lease": t["lease"]} for t in tasks]
                 failed = http.post("/finish-batch", {"tasks": done})["failed"]

@@ -1,12 +1,10 @@
 """Group commit for one-task calls: concurrent calls of one queue share one store call.
 
-A call that finds fewer than ``LANES`` flushes of its kind running starts one at once, so an idle
-service adds no wait and a few concurrent calls still run in parallel (their commits share the
-database's log flushes); calls that arrive while every lane is busy queue up and go together into
-the next flush, as one store call: one worker-thread handoff, one transaction, one commit.
-Concurrent finishes become one ``finish_many``, concurrent submits one ``submit_many``, and
-concurrent immediate polls with the same ``alive_time`` one acquisition, split among them in
-arrival order.
+A call that finds no flush of its kind running starts one at once, so an idle service adds no
+wait; calls that arrive while a flush runs queue up and go together into the next flush, as one
+store call: one worker-thread handoff, one transaction, one commit. Concurrent finishes become
+one ``finish_many``, concurrent submits one ``submit_many``, and concurrent immediate polls with
+the same ``alive_time`` one acquisition, split among them in arrival order.
 
 Each caller gets exactly its own outcome. The store's batch operations answer per item, as the
 single ones would have in some serial order; a merged call that fails as a whole is tried again
@@ -35,11 +33,10 @@ I = TypeVar("I")  # noqa: E741
 R = TypeVar("R")
 Runner = Callable[..., Awaitable[Any]]
 MAX_BATCH = 1000  # as many as one batch request may carry, and as many as one acquisition leases
-LANES = 2  # flushes of one kind at once: one would serialise a queue's calls on one transaction
 
 
 class Batcher(Generic[I, R]):
-    """Calls of one kind, flushed together: at most ``lanes`` flushes run at a time.
+    """Calls of one kind, flushed together: at most one flush runs at a time.
 
     ``flush`` gets the items of the callers waiting (in arrival order, ``size`` of them adding up
     to at most ``limit``) and answers one outcome per item, a result or the error to raise.
@@ -53,35 +50,33 @@ class Batcher(Generic[I, R]):
         size: Callable[[I], int] = lambda _: 1,
         limit: int = MAX_BATCH,
         abandoned: Callable[[R], Awaitable[None]] | None = None,
-        lanes: int | None = None,
     ) -> None:
         self.flush, self.size, self.limit, self.abandoned = flush, size, limit, abandoned
-        self.lanes = LANES if lanes is None else lanes
         self.pending: deque[tuple[I, asyncio.Future[R]]] = deque()
-        self.flushers: set[asyncio.Task[None]] = set()
+        self.flusher: asyncio.Task[None] | None = None
 
     @property
     def idle(self) -> bool:
-        return not self.pending and not self.flushers
+        return not self.pending and self.flusher is None
 
     async def call(self, item: I) -> R:
         """The outcome of ``item``: its result, or its error raised."""
         loop = asyncio.get_running_loop()
-        if any(flusher.get_loop() is not loop for flusher in self.flushers):  # an earlier loop's, gone
+        if self.flusher is not None and self.flusher.get_loop() is not loop:  # an earlier loop's, gone
             self.pending = deque(p for p in self.pending if p[1].get_loop() is loop)
-            self.flushers = {flusher for flusher in self.flushers if flusher.get_loop() is loop}
+            self.flusher = None
         future: asyncio.Future[R] = loop.create_future()
         self.pending.append((item, future))
-        if len(self.flushers) < self.lanes:  # in a context of its own: it serves other requests too
-            self.flushers.add(asyncio.create_task(self._flush_all(), context=contextvars.Context()))
+        if self.flusher is None:  # in a context of its own: it serves other requests than this one
+            self.flusher = asyncio.create_task(self._flush_all(), context=contextvars.Context())
         return await future
 
     async def _flush_all(self) -> None:
         try:
             while batch := self._take():
                 await self._flush(batch)
-        finally:  # before the callers of its last batch run again: they may find the batcher idle
-            self.flushers.discard(asyncio.current_task())
+        finally:
+            self.flusher = None
 
     def _take(self) -> list[tuple[I, asyncio.Future[R]]]:
         """The next batch: callers still waiting, in arrival order, up to ``limit``."""

@@ -1,9 +1,10 @@
 """The service's CPU per request, by kind: one client, sequential requests, fair scheduling off.
 
-``python -m bench.request_cpu [--backend mysql|sqlite] [--requests N]`` starts one
-``perfectqueue serve`` (as the harness does), sends N requests of each kind one after another
-from this process with ``http.client`` and prints, per kind, the wall time per request and the
-service process's CPU time per request (from /proc: user + system). A submit-batch carries 1,000
+``python -m bench.request_cpu [--backend mysql|sqlite] [--requests N] [--client raw|httpx]``
+starts one ``perfectqueue serve`` (as the harness does), sends N requests of each kind one after
+another from this process (``http.client``, or httpx) and prints, per kind, the wall time per
+request, the service process's CPU time per request (from /proc: user + system) and this client's
+own CPU time per request. A submit-batch carries 1,000
 tasks. This is the cost that bounds small calls when the clients, the service and the database
 share a machine's cores.
 """
@@ -17,26 +18,26 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import Backend, Http, cpu_seconds, services
+from .common import CLIENTS, Backend, Http, cpu_seconds, services
 
 
-def measure(pid: int, count: int, call: Callable[[int], Any]) -> tuple[float, float]:
-    """(wall ms, service CPU ms) per call of ``call(i)`` for i in range(count)."""
-    cpu, started = cpu_seconds(pid), time.perf_counter()
+def measure(pid: int, count: int, call: Callable[[int], Any]) -> tuple[float, float, float]:
+    """(wall ms, service CPU ms, client CPU ms) per call of ``call(i)`` for i in range(count)."""
+    cpu, own, started = cpu_seconds(pid), time.process_time(), time.perf_counter()
     for i in range(count):
         call(i)
-    wall = time.perf_counter() - started
-    return 1000 * wall / count, 1000 * (cpu_seconds(pid) - cpu) / count
+    wall, own = time.perf_counter() - started, time.process_time() - own
+    return 1000 * wall / count, 1000 * (cpu_seconds(pid) - cpu) / count, 1000 * own / count
 
 
-def run(backend: Backend, requests: int) -> dict[str, tuple[float, float]]:
+def run(backend: Backend, requests: int, client: str = "raw") -> dict[str, tuple[float, float, float]]:
     table = "bench_request_cpu"
     backend.create_table(table)
     try:
         with (
             services(backend, table, 1, disable_resource_limit=True) as (svc,),
-            Http("raw", svc.queue) as http,
-            Http("raw", svc.base) as root,
+            Http(client, svc.queue) as http,
+            Http(client, svc.base) as root,
         ):
             pid, leases = svc.proc.pid, []
             return {
@@ -73,11 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backend", default="mysql", choices=("mysql", "sqlite"))
     parser.add_argument("--mysql-url", default="mysql://root@127.0.0.1:3306/test")
     parser.add_argument("--requests", type=int, default=1000, help="requests of each kind")
+    parser.add_argument("--client", default="raw", choices=CLIENTS, help="raw (http.client) or httpx")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pqbench-") as tmp:
         backend = Backend.create(args.backend, Path(tmp), args.mysql_url)
-        for kind, (wall, cpu) in run(backend, args.requests).items():
-            print(f"{kind:28} wall {wall:7.2f} ms   service CPU {cpu:7.2f} ms")
+        for kind, (wall, cpu, own) in run(backend, args.requests, args.client).items():
+            print(f"{kind:28} wall {wall:7.2f} ms   service CPU {cpu:7.2f} ms   client CPU {own:6.2f} ms")
     return 0
 
 

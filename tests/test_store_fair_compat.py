@@ -109,6 +109,25 @@ def test_tasks_without_user_are_not_limited(store: QueueStore) -> None:
     assert users_of(store.acquire(50, 600)) == {None: 12, "A": 1}
 
 
+def test_each_acquisition_reads_the_rows_of_its_own_users(store: QueueStore) -> None:
+    """The statement reading the planned users' rows is kept per count of users: later
+    acquisitions planning as many other users (or tasks without a user, at another place) read
+    their own users' rows."""
+    for user in "ABCD":
+        store.submit_many([NewTask(f"{user}{i}", "x", user=user, max_running=1) for i in range(2)])
+    assert users_of(store.acquire(2, 600)) == {"A": 1, "B": 1}
+    assert users_of(store.acquire(2, 600)) == {"C": 1, "D": 1}
+    store.submit(NewTask("n0", "x"))
+    store.submit(NewTask("E0", "x", user="E", max_running=1))
+    set_timeout(store, "n0", db_now(store.db) - 100)  # the older head: planned first
+    assert users_of(store.acquire(2, 600)) == {None: 1, "E": 1}
+    store.submit(NewTask("n1", "x"))
+    store.submit(NewTask("F0", "x", user="F", max_running=1))
+    set_timeout(store, "F0", db_now(store.db) - 100)
+    assert users_of(store.acquire(2, 600)) == {"F": 1, None: 1}
+    assert store.acquire(10, 600) == []  # A to D at their limit; no other task waits
+
+
 def test_fair_false_ignores_users_and_takes_the_oldest(store: QueueStore) -> None:
     unfair = QueueStore(store.db, store.table.name, fair=False)
     now = db_now(store.db)

@@ -23,6 +23,7 @@ from .schema import resource_index, timeout_index
 
 FAIR_ROUNDS = 3
 HEAD_LOOKUPS = 200  # heads whose max_running one statement looks up
+USER_ROWS_CACHED = 256  # statements of _rows_of_users kept, one per count of users
 
 
 class Acquisition:
@@ -35,6 +36,8 @@ class Acquisition:
         self._oldest: sa.Select[Any] | None = None  # built once: each acquisition only executes it
         self._resource_indexed = False  # known once seen: a table the original created lacks it
         self._head_limits: dict[tuple[str | None, int], int | None] = {}  # (user, head) -> max_running
+        self._plan: sa.CompoundSelect[Any] | None = None
+        self._user_rows: dict[tuple[int, int], sa.Executable] = {}  # (users, no-user's part) -> query
 
     @property
     def columns(self) -> list[sa.ColumnElement[Any]]:
@@ -44,7 +47,7 @@ class Acquisition:
 
     @columns.setter
     def columns(self, columns: list[sa.ColumnElement[Any]]) -> None:
-        self._columns, self._oldest = columns, None
+        self._columns, self._oldest, self._user_rows = columns, None, {}
 
     def rows(self, conn: Connection, limit: int) -> tuple[int, Sequence[Row[Any]]]:
         """The database's clock and up to ``limit`` rows waiting by it, to lease, locked against
@@ -128,20 +131,21 @@ class Acquisition:
             now = conn.execute(sa.select(self.db.now())).scalar_one()
             running = {user: count for _, user, count in conn.execute(self._running_query(now)).all()}
             return now, running, self._heads_by_skip_scan(conn, now)
-        clock = self.db.now()
-        parts = [
-            sa.select(sa.literal("now"), sa.null(), clock),
-            self._running_query(clock),
-            self._force_resource_index(
-                conn,
-                sa.select(sa.literal("head"), self._t.resource, sa.func.min(self._t.timeout))
-                .where(self._t.timeout > EVENT_HORIZON, self._t.timeout <= clock)
-                .group_by(self._t.resource),
-                self.table,
-            ),
-        ]
+        if self._plan is None or not self._resource_indexed:
+            clock = self.db.now()
+            self._plan = sa.union_all(
+                sa.select(sa.literal("now"), sa.null(), clock),
+                self._running_query(clock),
+                self._force_resource_index(
+                    conn,
+                    sa.select(sa.literal("head"), self._t.resource, sa.func.min(self._t.timeout))
+                    .where(self._t.timeout > EVENT_HORIZON, self._t.timeout <= clock)
+                    .group_by(self._t.resource),
+                    self.table,
+                ),
+            )
         now, running, heads = 0, {}, []
-        for kind, user, value in conn.execute(sa.union_all(*parts)).all():
+        for kind, user, value in conn.execute(self._plan).all():
             if kind == "now":
                 now = value
             elif kind == "running":
@@ -237,24 +241,41 @@ class Acquisition:
         """For each user, up to ``limit`` of its waiting rows oldest first, after ``offset``
         (``wanted``: user -> (limit, offset)): one statement for all of them, locked on MySQL."""
         users = list(wanted)
+        found: dict[str | None, list[Row[Any]]] = {user: [] for user in users}
+        if not users:
+            return found
+        params: dict[str, Any] = {"now": now}
+        for index, (user, (limit, offset)) in enumerate(wanted.items()):
+            params.update({f"user_{index}": user, f"limit_{index}": limit, f"offset_{index}": offset})
+        no_user = users.index(None) if None in wanted else -1
+        query = self._user_rows.get((len(users), no_user))
+        if query is None:
+            if len(self._user_rows) >= USER_ROWS_CACHED:
+                self._user_rows.clear()
+            query = self._user_rows[len(users), no_user] = self._user_rows_query(len(users), no_user)
+        for row in conn.execute(query, params).all():
+            found[users[row.part]].append(row)
+        return found
+
+    def _user_rows_query(self, users: int, no_user: int) -> sa.Executable:
+        """The statement of ``_rows_of_users`` for this many users (part ``no_user`` is the one
+        for tasks without a user, -1 if none), built once: only its parameters vary."""
         parts = []
-        for index, (limit, offset) in enumerate(wanted.values()):
+        for index in range(users):
             part = (
-                sa.select(*self.columns, sa.literal(index).label("part"))  # whose row: by index,
-                # not by resource, which a case-insensitive column may spell differently
+                sa.select(*self.columns, sa.literal(index, literal_execute=True).label("part"))
+                # whose row: by index, not by resource, which a case-insensitive column may spell
+                # differently
                 .where(
-                    self._t.resource.is_(None) if users[index] is None else self._t.resource == users[index],
-                    self._waiting(now),
+                    self._t.resource.is_(None)
+                    if index == no_user
+                    else self._t.resource == sa.bindparam(f"user_{index}", type_=sa.String),
+                    self._waiting(sa.bindparam("now", type_=sa.Integer)),
                 )
                 .order_by(self._t.timeout)
-                .limit(limit)
-                .offset(offset)
+                .limit(sa.bindparam(f"limit_{index}", type_=sa.Integer, literal_execute=True))
+                .offset(sa.bindparam(f"offset_{index}", type_=sa.Integer, literal_execute=True))
             )
             # SQLite takes no ORDER BY or LIMIT in a UNION's members, only in subqueries
             parts.append(sa.select(part.subquery()) if self.db.is_sqlite else self._lock_rows(part))
-        found: dict[str | None, list[Row[Any]]] = {user: [] for user in users}
-        if parts:
-            query = parts[0] if len(parts) == 1 else sa.union_all(*parts)
-            for row in conn.execute(query).all():
-                found[users[row.part]].append(row)
-        return found
+        return parts[0] if len(parts) == 1 else sa.union_all(*parts)

@@ -10,7 +10,7 @@ what keeps ``max_running`` exact.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,7 +23,7 @@ from .schema import resource_index, timeout_index
 
 FAIR_ROUNDS = 3
 HEAD_LOOKUPS = 200  # heads whose max_running one statement looks up
-USER_ROWS_CACHED = 256  # statements of _rows_of_users kept, one per count of users
+SHAPES_KEPT = 512  # statements _per_user keeps
 
 
 class Acquisition:
@@ -37,7 +37,7 @@ class Acquisition:
         self._resource_indexed = False  # known once seen: a table the original created lacks it
         self._head_limits: dict[tuple[str | None, int], int | None] = {}  # (user, head) -> max_running
         self._plan: sa.CompoundSelect[Any] | None = None
-        self._user_rows: dict[tuple[int, int], sa.Executable] = {}  # (users, no-user's part) -> query
+        self._shaped: dict[tuple[str, int, int], sa.Executable] = {}  # see _per_user
 
     @property
     def columns(self) -> list[sa.ColumnElement[Any]]:
@@ -47,7 +47,7 @@ class Acquisition:
 
     @columns.setter
     def columns(self, columns: list[sa.ColumnElement[Any]]) -> None:
-        self._columns, self._oldest, self._user_rows = columns, None, {}
+        self._columns, self._oldest, self._shaped = columns, None, {}
 
     def rows(self, conn: Connection, limit: int) -> tuple[int, Sequence[Row[Any]]]:
         """The database's clock and up to ``limit`` rows waiting by it, to lease, locked against
@@ -172,24 +172,21 @@ class Acquisition:
         limits = {key: self._head_limits[key] for key in found if key in self._head_limits}
         missing = [key for key in found if key not in limits]
         for start in range(0, len(missing), HEAD_LOOKUPS):
-            lookups = [
-                self._force_resource_index(
-                    conn,
-                    sa.select(self._t.resource, self._t.timeout, self._t.max_running)
-                    .where(
-                        self._t.resource.is_(None) if user is None else self._t.resource == user,
-                        self._t.timeout == head,
-                    )
-                    .limit(1),  # one row of the head's (user, timeout), however many share it
-                    self.table,
-                )
-                for user, head in missing[start : start + HEAD_LOOKUPS]
-            ]
-            lookup = lookups[0] if len(lookups) == 1 else sa.union_all(*lookups)
-            for user, head, limit in conn.execute(lookup).all():
-                limits.setdefault((user, head), limit)
+            chunk = missing[start : start + HEAD_LOOKUPS]
+            params = {f"head_{index}": head for index, (_, head) in enumerate(chunk)}
+            lookup = self._per_user(conn, "lookup", [user for user, _ in chunk], params, self._lookup_part)
+            for row in conn.execute(lookup, params).all():
+                limits.setdefault(chunk[row.part], row.max_running)
         self._head_limits = limits
         return [fair.Head(user, head, limits.get((user, head))) for user, head in found]
+
+    def _lookup_part(self, index: int, user: sa.ColumnElement[bool]) -> sa.Select[Any]:
+        """The max_running of one row at head ``index``'s (user, timeout), however many share it."""
+        return (
+            sa.select(self._t.max_running, _part(index))
+            .where(user, self._t.timeout == sa.bindparam(f"head_{index}", type_=sa.Integer))
+            .limit(1)
+        )
 
     def _force_resource_index(
         self, conn: Connection, query: sa.Select[Any], table: sa.FromClause
@@ -245,37 +242,56 @@ class Acquisition:
         if not users:
             return found
         params: dict[str, Any] = {"now": now}
-        for index, (user, (limit, offset)) in enumerate(wanted.items()):
-            params.update({f"user_{index}": user, f"limit_{index}": limit, f"offset_{index}": offset})
-        no_user = users.index(None) if None in wanted else -1
-        query = self._user_rows.get((len(users), no_user))
-        if query is None:
-            if len(self._user_rows) >= USER_ROWS_CACHED:
-                self._user_rows.clear()
-            query = self._user_rows[len(users), no_user] = self._user_rows_query(len(users), no_user)
+        for index, (limit, offset) in enumerate(wanted.values()):
+            params.update({f"limit_{index}": limit, f"offset_{index}": offset})
+        query = self._per_user(conn, "rows", users, params, self._rows_part)
         for row in conn.execute(query, params).all():
             found[users[row.part]].append(row)
         return found
 
-    def _user_rows_query(self, users: int, no_user: int) -> sa.Executable:
-        """The statement of ``_rows_of_users`` for this many users (part ``no_user`` is the one
-        for tasks without a user, -1 if none), built once: only its parameters vary."""
-        parts = []
-        for index in range(users):
-            part = (
-                sa.select(*self.columns, sa.literal(index, literal_execute=True).label("part"))
-                # whose row: by index, not by resource, which a case-insensitive column may spell
-                # differently
-                .where(
+    def _rows_part(self, index: int, user: sa.ColumnElement[bool]) -> sa.Select[Any]:
+        """Up to ``limit_<index>`` of one user's waiting rows, oldest first, after ``offset_<index>``."""
+        return self._lock_rows(
+            sa.select(*self.columns, _part(index))
+            .where(user, self._waiting(sa.bindparam("now", type_=sa.Integer)))
+            .order_by(self._t.timeout)
+            .limit(sa.bindparam(f"limit_{index}", type_=sa.Integer, literal_execute=True))
+            .offset(sa.bindparam(f"offset_{index}", type_=sa.Integer, literal_execute=True))
+        )
+
+    def _per_user(
+        self,
+        conn: Connection,
+        kind: str,
+        users: list[str | None],
+        params: dict[str, Any],
+        part: Callable[[int, sa.ColumnElement[bool]], sa.Select[Any]],
+    ) -> sa.Executable:
+        """One statement of ``part``s, one per user (each row names its part in the column
+        ``part``: a case-insensitive column may spell a user differently), and ``params``
+        completed with the users. The statement is built once per kind and shape (how many users,
+        and which part is for tasks without a user): planning many users would otherwise spend
+        more time building statements than the database spends running them."""
+        no_user = users.index(None) if None in users else -1
+        params.update({f"user_{index}": user for index, user in enumerate(users) if user is not None})
+        key = (kind, len(users), no_user)
+        statement = self._shaped.get(key)
+        if statement is None:
+            if len(self._shaped) >= SHAPES_KEPT:
+                self._shaped.clear()
+            parts = []
+            for index in range(len(users)):
+                user = (
                     self._t.resource.is_(None)
                     if index == no_user
-                    else self._t.resource == sa.bindparam(f"user_{index}", type_=sa.String),
-                    self._waiting(sa.bindparam("now", type_=sa.Integer)),
+                    else self._t.resource == sa.bindparam(f"user_{index}", type_=sa.String)
                 )
-                .order_by(self._t.timeout)
-                .limit(sa.bindparam(f"limit_{index}", type_=sa.Integer, literal_execute=True))
-                .offset(sa.bindparam(f"offset_{index}", type_=sa.Integer, literal_execute=True))
-            )
-            # SQLite takes no ORDER BY or LIMIT in a UNION's members, only in subqueries
-            parts.append(sa.select(part.subquery()) if self.db.is_sqlite else self._lock_rows(part))
-        return parts[0] if len(parts) == 1 else sa.union_all(*parts)
+                one = self._force_resource_index(conn, part(index, user), self.table)
+                # SQLite takes no ORDER BY or LIMIT in a UNION's members, only in subqueries
+                parts.append(sa.select(one.subquery()) if self.db.is_sqlite else one)
+            statement = self._shaped[key] = parts[0] if len(parts) == 1 else sa.union_all(*parts)
+        return statement
+
+
+def _part(index: int) -> sa.ColumnElement[int]:
+    return sa.literal(index, literal_execute=True).label("part")

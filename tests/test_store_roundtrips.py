@@ -124,3 +124,21 @@ def test_a_failed_call_leaves_no_lock_behind_on_the_pooled_connection(
     finally:
         other.dispose()
     assert changed == 1
+
+
+def test_new_connections_share_one_preferred_tls_context() -> None:
+    """With no TLS options PyMySQL tries TLS if the server offers it, and used to build that
+    attempt's context (loading the system's CA certificates, ~25 ms of CPU) for every new
+    connection: one context per process now serves them all."""
+    db = Database(require_mysql(), PoolOptions(size=1, overflow=0))
+    try:
+        contexts = []
+        for _ in range(3):
+            with db.engine.connect() as conn:
+                contexts.append(conn.connection.dbapi_connection.ctx)  # type: ignore[union-attr]
+                assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
+            db.engine.dispose()  # the next connect opens a new connection
+        assert contexts[0] is not None
+        assert all(ctx is contexts[0] for ctx in contexts)
+    finally:
+        db.dispose()

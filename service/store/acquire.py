@@ -107,11 +107,14 @@ class Acquisition:
             for user, count in counts.items():
                 have = len(fetched.setdefault(user, []))
                 if count > have:
-                    wanted[user] = (count - have, have)
+                    wanted[user] = (count - have + 1, have)  # one more: the user's next head
             for user, rows in self._rows_of_users(conn, now, wanted).items():
-                fetched[user] += rows
-                if len(rows) < wanted[user][0]:
+                needed = wanted[user][0] - 1
+                fetched[user] += rows[:needed]
+                if len(rows) < needed:
                     available[user] = len(fetched[user])
+                for row in rows:  # whichever of them is a head at the next plan, its limit is known
+                    self._head_limits.setdefault((user, row.timeout), row.max_running)
             if all(count <= len(fetched[user]) for user, count in counts.items()):
                 break
         chosen: list[Row[Any]] = []

@@ -121,8 +121,9 @@ class Database:
     def connect(self, readonly: bool = False, lock: str | None = None) -> Iterator[Connection]:
         """A connection inside one transaction (SQLite: IMMEDIATE unless readonly).
 
-        ``lock`` names a MySQL ``GET_LOCK`` taken before the transaction begins and released
-        after it commits, so that whoever takes the lock next sees everything this one wrote.
+        ``lock`` names a MySQL ``GET_LOCK`` taken as the transaction's first statement (it reads
+        no table, so the transaction's reads all come after it) and released after it commits, so
+        that whoever takes the lock next sees everything this one wrote.
         """
         with self._connect(self.nodes.active(), readonly, lock) as conn:
             yield conn
@@ -131,15 +132,16 @@ class Database:
     def _connect(self, node: Node, readonly: bool, lock: str | None) -> Iterator[Connection]:
         with node.engine.connect() as raw:
             conn = raw.execution_options(sqlite_begin="DEFERRED") if readonly and self.is_sqlite else raw
-            if lock is not None:
-                self._warn_lock_on_galera(node)
-                _get_lock(conn, lock)
+            locked = None
             try:
                 with conn.begin():
+                    if lock is not None:
+                        self._warn_lock_on_galera(node)
+                        locked = _get_lock(conn, lock)
                     yield conn
             finally:
-                if lock is not None:
-                    _release_lock(conn, lock)
+                if locked is not None:
+                    _release_lock(conn, locked)
 
     def transaction(
         self, work: Callable[[Connection], T], readonly: bool = False, lock: str | None = None
@@ -228,18 +230,24 @@ def is_missing_table(exc: BaseException) -> bool:
     return _mysql_errno(cause) == 1146 or "no such table" in str(cause.orig)
 
 
-def _get_lock(conn: Connection, name: str) -> None:
+def _get_lock(conn: Connection, name: str) -> str:
     got = conn.execute(sa.select(sa.func.get_lock(name, LOCK_WAIT_SECONDS))).scalar()
-    conn.commit()
     if got != 1:
         raise UnavailableError(f"could not take the lock {name!r} within {LOCK_WAIT_SECONDS} s")
+    return name
 
 
 def _release_lock(conn: Connection, name: str) -> None:
+    """Through the driver's own cursor: a statement through ``conn`` would open a transaction
+    that would take one more round trip to end."""
     try:
-        conn.execute(sa.select(sa.func.release_lock(name)))
-        conn.commit()
-    except SQLAlchemyError:
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute("SELECT RELEASE_LOCK(%s)", (name,))
+            cursor.fetchall()
+        finally:
+            cursor.close()
+    except (SQLAlchemyError, conn.dialect.loaded_dbapi.Error):
         conn.invalidate()  # the server drops a session's locks with the session
 
 

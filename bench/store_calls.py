@@ -2,7 +2,8 @@
 
 ``python -m bench.store_calls [--url URL] [--pairs N] [--batch K]`` prints, for each url, the
 mean milliseconds per acquisition of one task followed by its ``finish``, and per acquisition of
-``K`` tasks followed by one ``finish_many`` of them, and per ``submit_many`` of 1,000 tasks; with
+``K`` tasks followed by one ``finish_many`` of them, per ``submit_many`` of 1,000 tasks, and per
+new connection (opened and used once, the pool emptied before each); with
 ``--users U``, the batched run again with fair scheduling over U users (max_running 1). Otherwise
 fair scheduling is off (``FOR UPDATE SKIP LOCKED`` on MariaDB), as in the harness's service scenarios.
 Each run uses a fresh table (SQLite by default: a file in a temporary directory, removed after).
@@ -103,6 +104,20 @@ def submits(url: str, rounds: int, size: int = 1000) -> float:
         _drop(store)
 
 
+def connects(url: str, count: int = 20) -> float:
+    """Mean ms to open a new connection (and its first statement): the pool is emptied before each."""
+    db = _database(url)
+    try:
+        started = time.perf_counter()
+        for _ in range(count):
+            db.engine.dispose()
+            with db.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        return (time.perf_counter() - started) * 1000 / count
+    finally:
+        db.dispose()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.store_calls", description=__doc__)
     parser.add_argument(
@@ -123,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             many = batched(url, args.pairs // args.batch, args.batch)
             submit = submits(url, max(1, args.pairs // 100))
             print(f"{url.split(':')[0]:14} acquire(1)+finish {single:6.3f} ms", end="   ")
-            print(f"acquire({args.batch})+finish_many {many:6.3f} ms   submit_many(1000) {submit:6.2f} ms")
+            print(f"acquire({args.batch})+finish_many {many:6.3f} ms", end="   ")
+            print(f"submit_many(1000) {submit:6.2f} ms   new connection {connects(url):6.2f} ms")
             for users in args.users or []:
                 fair = batched(url, max(1, args.pairs // args.batch // 10), args.batch, users)
                 print(f"{'':14} fair, {users} users: acquire({args.batch})+finish_many {fair:7.3f} ms")

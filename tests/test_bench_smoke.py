@@ -75,3 +75,27 @@ def test_bench_smoke_sqlite(tmp_path: Path) -> None:
 def test_bench_smoke_mysql(tmp_path: Path) -> None:
     require_mysql()
     check(run_smoke(tmp_path, "mysql", SCENARIOS), "mysql", SCENARIOS)
+
+
+@pytest.mark.mysql
+def test_store_calls_times_every_call_on_both_backends(tmp_path: Path) -> None:
+    """``python -m bench.store_calls`` at tiny sizes: one line of timings per database, and the
+    fair run's."""
+    sqlite_url = f"sqlite:///{tmp_path}/calls.sqlite3"
+    cmd = [sys.executable, "-m", "bench.store_calls", "--pairs", "20", "--users", "10"]
+    cmd += ["--url", sqlite_url, "--url", require_mysql()]
+    proc = subprocess.run(
+        cmd,
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    timed = [line for line in lines if "acquire(1)+finish" in line]
+    assert [line.split()[0] for line in timed] == ["sqlite", "mysql"]
+    assert all("submit_many(1000)" in line and "new connection" in line for line in timed)
+    assert sum("fair, 10 users" in line for line in lines) == 2

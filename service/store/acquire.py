@@ -36,6 +36,9 @@ class Acquisition:
         self._oldest: sa.Select[Any] | None = None  # built once: each acquisition only executes it
         self._resource_indexed = False  # known once seen: a table the original created lacks it
         self._head_limits: dict[tuple[str | None, int], int | None] = {}  # (user, head) -> max_running
+        # MySQL: the rows read for a user include its next one, whose max_running the next plan
+        # then need not look up (SQLite's heads come with their max_running)
+        self._next_heads = 0 if db.is_sqlite else 1
         self._plan: sa.CompoundSelect[Any] | None = None
         self._shaped: dict[tuple[str, int, int], sa.Executable] = {}  # see _per_user
 
@@ -107,9 +110,9 @@ class Acquisition:
             for user, count in counts.items():
                 have = len(fetched.setdefault(user, []))
                 if count > have:
-                    wanted[user] = (count - have + 1, have)  # one more: the user's next head
+                    wanted[user] = (count - have + self._next_heads, have)
             for user, rows in self._rows_of_users(conn, now, wanted).items():
-                needed = wanted[user][0] - 1
+                needed = wanted[user][0] - self._next_heads
                 fetched[user] += rows[:needed]
                 if len(rows) < needed:
                     available[user] = len(fetched[user])

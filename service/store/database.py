@@ -132,12 +132,13 @@ class Database:
     def _connect(self, node: Node, readonly: bool, lock: str | None) -> Iterator[Connection]:
         with node.engine.connect() as raw:
             conn = raw.execution_options(sqlite_begin="DEFERRED") if readonly and self.is_sqlite else raw
-            locked = None
+            locked: str | None = None
             try:
                 with conn.begin():
                     if lock is not None:
                         self._warn_lock_on_galera(node)
-                        locked = _get_lock(conn, lock)
+                        _get_lock(conn, lock)
+                        locked = lock
                     yield conn
             finally:
                 if locked is not None:
@@ -230,11 +231,10 @@ def is_missing_table(exc: BaseException) -> bool:
     return _mysql_errno(cause) == 1146 or "no such table" in str(cause.orig)
 
 
-def _get_lock(conn: Connection, name: str) -> str:
+def _get_lock(conn: Connection, name: str) -> None:
     got = conn.execute(sa.select(sa.func.get_lock(name, LOCK_WAIT_SECONDS))).scalar()
     if got != 1:
         raise UnavailableError(f"could not take the lock {name!r} within {LOCK_WAIT_SECONDS} s")
-    return name
 
 
 def _release_lock(conn: Connection, name: str) -> None:

@@ -19,13 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["ceiling", "service", "latency", "fair", "memory", "scale", "worker"]
 
 
-def run_smoke(tmp_path: Path, backend: str, scenarios: list[str], *extra: str) -> dict:
-    out = tmp_path / "results"
-    prefix = "bsmoke_" + secrets.token_hex(3)
-    cmd = [sys.executable, "-m", "bench", "--smoke", "--backend", backend, "--out", str(out), *extra]
-    cmd += ["--scenarios", ",".join(scenarios), "--table-prefix", prefix, "--mysql-url", MYSQL_URL]
+def run_bench(*args: str) -> str:
+    """``python -m <args>`` from the project's root; its output, once it has succeeded."""
     proc = subprocess.run(
-        cmd,
+        [sys.executable, "-m", *args],
         check=False,
         cwd=ROOT,
         capture_output=True,
@@ -34,6 +31,16 @@ def run_smoke(tmp_path: Path, backend: str, scenarios: list[str], *extra: str) -
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def run_smoke(tmp_path: Path, backend: str, scenarios: list[str], *extra: str) -> dict:
+    out = tmp_path / "results"
+    prefix = "bsmoke_" + secrets.token_hex(3)
+    run_bench(
+        *("bench", "--smoke", "--backend", backend, "--out", str(out), *extra),
+        *("--scenarios", ",".join(scenarios), "--table-prefix", prefix, "--mysql-url", MYSQL_URL),
+    )
     (path,) = out.glob(f"*-{backend}.json")
     return json.loads(path.read_text())
 
@@ -82,19 +89,8 @@ def test_store_calls_times_every_call_on_both_backends(tmp_path: Path) -> None:
     """``python -m bench.store_calls`` at tiny sizes: one line of timings per database, and the
     fair run's."""
     sqlite_url = f"sqlite:///{tmp_path}/calls.sqlite3"
-    cmd = [sys.executable, "-m", "bench.store_calls", "--pairs", "20", "--users", "10"]
-    cmd += ["--url", sqlite_url, "--url", require_mysql()]
-    proc = subprocess.run(
-        cmd,
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
+    args = ["bench.store_calls", "--pairs", "20", "--users", "10"]
+    lines = run_bench(*args, "--url", sqlite_url, "--url", require_mysql()).splitlines()
     timed = [line for line in lines if "acquire(1)+finish" in line]
     assert [line.split()[0] for line in timed] == ["sqlite", "mysql"]
     assert all("submit_many(1000)" in line and "new connection" in line for line in timed)

@@ -128,6 +128,18 @@ def test_each_acquisition_reads_the_rows_of_its_own_users(store: QueueStore) -> 
     assert store.acquire(10, 600) == []  # A to D at their limit; no other task waits
 
 
+def test_the_heads_remembered_are_only_those_still_waiting(store: QueueStore) -> None:
+    """The max_running remembered per head (MariaDB) is forgotten once the head is gone: a
+    drained queue leaves nothing behind, however many rows the acquisitions read."""
+    for user in "ABC":
+        store.submit_many([NewTask(f"{user}{i}", "x", user=user, max_running=10) for i in range(4)])
+    taken = []
+    while got := store.acquire(2, 600):
+        taken += got
+    assert len(taken) == 12
+    assert store._acquisition._head_limits == {}
+
+
 def test_fair_false_ignores_users_and_takes_the_oldest(store: QueueStore) -> None:
     unfair = QueueStore(store.db, store.table.name, fair=False)
     now = db_now(store.db)

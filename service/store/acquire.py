@@ -116,8 +116,10 @@ class Acquisition:
                 fetched[user] += rows[:needed]
                 if len(rows) < needed:
                     available[user] = len(fetched[user])
-                for row in rows:  # whichever of them is a head at the next plan, its limit is known
-                    self._head_limits.setdefault((user, row.timeout), row.max_running)
+                if self._next_heads:  # whichever of them is a head at the next plan, its limit
+                    # is known (that plan keeps only the heads it finds)
+                    for row in rows:
+                        self._head_limits.setdefault((user, row.timeout), row.max_running)
             if all(count <= len(fetched[user]) for user, count in counts.items()):
                 break
         chosen: list[Row[Any]] = []

@@ -149,7 +149,6 @@ class Acquisition:
                     sa.select(sa.literal("head"), self._t.resource, sa.func.min(self._t.timeout))
                     .where(self._t.timeout > EVENT_HORIZON, self._t.timeout <= clock)
                     .group_by(self._t.resource),
-                    self.table,
                 ),
             )
         now, running, heads = 0, {}, []
@@ -196,17 +195,20 @@ class Acquisition:
             .limit(1)
         )
 
-    def _force_resource_index(
-        self, conn: Connection, query: sa.Select[Any], table: sa.FromClause
-    ) -> sa.Select[Any]:
-        """Hint the (resource, timeout) index once it exists: hinting a missing one is an error,
-        and a table the original created lacks it until ``init`` adds it."""
+    def _force_resource_index(self, conn: Connection, query: sa.Select[Any]) -> sa.Select[Any]:
+        """``query`` hinted to use the (resource, timeout) index, once it exists."""
+        return self._hinted(query) if self._has_resource_index(conn) else query
+
+    def _hinted(self, query: sa.Select[Any]) -> sa.Select[Any]:
+        return query.with_hint(self.table, f"FORCE INDEX ({resource_index(self.table.name)})", "mysql")
+
+    def _has_resource_index(self, conn: Connection) -> bool:
+        """Known once seen: hinting a missing index is an error, and a table the original created
+        lacks it until ``init`` adds it."""
         if not self._resource_indexed:
             names = {ix["name"] for ix in sa.inspect(conn).get_indexes(self.table.name)}
             self._resource_indexed = resource_index(self.table.name) in names
-        if not self._resource_indexed:
-            return query
-        return query.with_hint(table, f"FORCE INDEX ({resource_index(self.table.name)})", "mysql")
+        return self._resource_indexed
 
     def _heads_by_skip_scan(self, conn: Connection, now: int) -> list[fair.Head]:
         """SQLite has no loose index scan: a recursive query steps from user to user along the
@@ -287,6 +289,7 @@ class Acquisition:
         if statement is None:
             if len(self._shaped) >= SHAPES_KEPT:
                 self._shaped.clear()
+            indexed = self._has_resource_index(conn)  # asked once, not once per part
             parts = []
             for index in range(len(users)):
                 user = (
@@ -294,7 +297,7 @@ class Acquisition:
                     if index == no_user
                     else self._t.resource == sa.bindparam(f"user_{index}", type_=sa.String)
                 )
-                one = self._force_resource_index(conn, part(index, user), self.table)
+                one = self._hinted(part(index, user)) if indexed else part(index, user)
                 # SQLite takes no ORDER BY or LIMIT in a UNION's members, only in subqueries
                 parts.append(sa.select(one.subquery()) if self.db.is_sqlite else one)
             statement = self._shaped[key] = parts[0] if len(parts) == 1 else sa.union_all(*parts)

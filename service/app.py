@@ -20,6 +20,7 @@ from ..errors import PerfectQueueError
 from . import metrics, problems, routes, ui
 from .coalesce import Coalesced
 from .config import ResolvedQueue, Settings
+from .fastlane import FastLane
 from .gauges import QueueGauges
 from .httpmetrics import HttpMetrics
 from .limits import BodyLimit
@@ -135,6 +136,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.runtime = runtime
     problems.install(app)
+    # the innermost: what reaches the hot endpoints' short path has passed every check above it
+    app.add_middleware(FastLane, routes=routes.router.routes, runtime=runtime)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(Authentication, keys=settings.api_keys)  # no key, no body read
     # the outermost: every answer has a request id, a log line and its metrics

@@ -34,6 +34,9 @@ def problem(
 
 
 def error_problem(exc: PerfectQueueError) -> JSONResponse:
+    """The answer to a domain error (a server-side one is logged too)."""
+    if exc.status >= 500:
+        log.warning("%s: %s", exc.code, exc)
     title = (type(exc).__doc__ or type(exc).__name__).strip().splitlines()[0]
     return problem(exc.status, exc.code, title, str(exc) or title)
 
@@ -44,8 +47,6 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(PerfectQueueError)
     async def _domain(_request: Request, exc: PerfectQueueError) -> JSONResponse:
-        if exc.status >= 500:
-            log.warning("%s: %s", exc.code, exc)
         return error_problem(exc)
 
     @app.exception_handler(RequestValidationError)

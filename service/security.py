@@ -156,27 +156,39 @@ def unauthorized() -> Any:
     return problems.problem(401, "unauthorized", "No valid credentials.", detail)
 
 
-def require(*scopes: Scope_) -> Any:
-    """A dependency: the caller's key has one of ``scopes`` (for the path's queue, if it names one)."""
+class Require:
+    """A route dependency: the caller's key has one of ``scopes`` (for the path's queue, if it
+    names one). :mod:`.fastlane` asks :meth:`allows` the same question without FastAPI."""
 
-    async def check(
-        request: Request, _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+    def __init__(self, scopes: tuple[Scope_, ...]) -> None:
+        self.scopes = scopes
+
+    def allows(self, settings: Settings, scope: Scope, queue: str | None) -> bool:
+        key: ApiKey | None = scope.get(IDENTITY)
+        if not settings.api_keys:
+            return True
+        return key is not None and any(key.allows(s, queue) for s in self.scopes)
+
+    async def __call__(
+        self, request: Request, _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
     ) -> None:
-        if not request.app.state.runtime.settings.api_keys:
+        settings = request.app.state.runtime.settings
+        queue = request.path_params.get("queue")
+        if self.allows(settings, request.scope, queue):
             return
         key: ApiKey | None = request.scope.get(IDENTITY)
         if key is None:  # the middleware answers first; this holds if it were ever left out
             raise UnauthorizedError("this endpoint needs an API key: send 'Authorization: Bearer <key>'")
-        queue = request.path_params.get("queue")
-        if not any(key.allows(scope, queue) for scope in scopes):
-            log.info(
-                "%s %s refused: key %r lacks scope %s", request.method, request.url.path, key.name, scopes
-            )
-            needed = " or ".join(repr(scope) for scope in scopes)
-            where = f" on queue {queue!r}" if queue is not None and set(scopes) & set(key.scopes) else ""
-            raise ForbiddenError(f"the API key {key.name!r} does not have the scope {needed}{where}")
+        scopes = self.scopes
+        log.info("%s %s refused: key %r lacks scope %s", request.method, request.url.path, key.name, scopes)
+        needed = " or ".join(repr(scope) for scope in scopes)
+        where = f" on queue {queue!r}" if queue is not None and set(scopes) & set(key.scopes) else ""
+        raise ForbiddenError(f"the API key {key.name!r} does not have the scope {needed}{where}")
 
-    return Depends(check)
+
+def require(*scopes: Scope_) -> Any:
+    """A route's dependency on one of ``scopes`` (see :class:`Require`)."""
+    return Depends(Require(scopes))
 
 
 def key_of(request: Request) -> ApiKey | None:

@@ -149,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         choices=CLIENTS,
         help="the client processes' HTTP client: raw (http.client, the leanest) or httpx (as the SDK)",
     )
+    parser.add_argument(
+        "--fair-backlogs",
+        help="the fair scenario's backlogs, comma-separated (default 20000,1000000; SQLite the first)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the harness works")
     parser.add_argument("--out", default="bench-results", help="directory for results (gitignored)")
     parser.add_argument("--plot", action="store_true", help="also write a PNG (needs matplotlib)")
@@ -159,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg["table_prefix"] = args.table_prefix
     cfg["variants"] = args.variants.split(",")
     cfg["client"] = args.client
+    if args.fair_backlogs:
+        cfg["fair_backlogs"] = [int(b) for b in args.fair_backlogs.split(",")]
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -112,7 +112,8 @@ def test_plainly_fine_requests_never_reach_fastapi(make_client: Callable[[str], 
         ("PUT", f"{Q}/poll", {"max": 1}, work, b""),
     ]
     for method, path, body, headers, raw in refused:
-        assert client.request(method, path, json=body, content=raw or None, headers=headers).status_code == 599
+        response = client.request(method, path, json=body, content=raw or None, headers=headers)
+        assert response.status_code == 599, (method, path)
     assert len(behind.paths) == len(refused)
 
 
@@ -130,7 +131,8 @@ def conversation(client: TestClient) -> list[tuple[int, str | None, bytes]]:
         answers.append((response.status_code, response.headers.get("content-type"), response.content))
         return response
 
-    post("submit", {"id": "a", "type": "t", "data": {"n": 1, "s": "ü"}, "user": "u", "max_running": 2}, submit)
+    first = {"id": "a", "type": "t", "data": {"n": 1, "s": "ü"}, "user": "u", "max_running": 2}
+    post("submit", first, submit)
     post("submit", {"id": "a", "type": "t"}, submit)  # 409
     post("submit", {"id": "b", "type": "t"}, {**submit, "traceparent": "not a traceparent"})  # 422
     post("submit", {"id": "c", "type": "t", "max_attempts": 3, "compression": "gzip"}, submit)

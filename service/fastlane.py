@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +43,6 @@ class Hot:
     """One hot route, as this path calls it."""
 
     route: APIRoute
-    endpoint: Callable[..., Any]
     body: type[BaseModel]
     parameters: frozenset[str]
     require: Require | None
@@ -59,7 +57,7 @@ def hot_route(route: APIRoute) -> Hot:
         raise TypeError(f"{route.operation_id}: the short path knows no dependency but one Require")
     body = route.dependant.body_params[0].field_info.annotation
     assert isinstance(body, type) and issubclass(body, BaseModel)
-    return Hot(route, route.endpoint, body, parameters, requires[0] if requires else None)
+    return Hot(route, body, parameters, requires[0] if requires else None)
 
 
 class FastLane:
@@ -81,18 +79,18 @@ class FastLane:
         body = await read_body(receive)
         if body is None:  # the client is gone
             return
-        call = self.call_of(hot, scope, receive, body)
-        if call is None:
+        arguments = self.arguments(hot, scope, receive, body)
+        if arguments is None:
             await self.app(scope, replay(body, receive), send)
             return
         try:
-            result = await call()
+            result = await hot.route.endpoint(**arguments)
         except PerfectQueueError as exc:
             result = problems.error_problem(exc)
         await response_of(hot.route, result)(scope, receive, send)
 
-    def call_of(self, hot: Hot, scope: Scope, receive: Receive, body: bytes) -> Callable[[], Any] | None:
-        """The endpoint's call with its arguments, or None if FastAPI is to answer."""
+    def arguments(self, hot: Hot, scope: Scope, receive: Receive, body: bytes) -> dict[str, Any] | None:
+        """The endpoint's arguments, or None if FastAPI is to answer."""
         match = hot.route.path_regex.match(scope["path"])
         if match is None:
             return None
@@ -111,8 +109,7 @@ class FastLane:
         arguments = {"body": model, "queue": queue, "runtime": self.runtime, "traceparent": traceparent}
         if "request" in hot.parameters:
             arguments["request"] = Request(scope, receive)
-        kwargs = {name: arguments[name] for name in hot.parameters}
-        return lambda: hot.endpoint(**kwargs)
+        return {name: arguments[name] for name in hot.parameters}
 
 
 def is_json(scope: Scope) -> bool:

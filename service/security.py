@@ -164,9 +164,9 @@ class Require:
         self.scopes = scopes
 
     def allows(self, settings: Settings, scope: Scope, queue: str | None) -> bool:
-        key: ApiKey | None = scope.get(IDENTITY)
         if not settings.api_keys:
             return True
+        key: ApiKey | None = scope.get(IDENTITY)
         return key is not None and any(key.allows(s, queue) for s in self.scopes)
 
     async def __call__(

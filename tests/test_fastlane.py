@@ -157,7 +157,7 @@ def conversation(client: TestClient) -> list[tuple[int, str | None, bytes]]:
 def test_answers_are_fastapis(make_client: Callable[[str], TestClient]) -> None:
     fast, slow = make_client("_fast"), make_client("_slow")
     slow_lane = fast_lane(slow)
-    slow_lane.call_of = lambda *args: None  # type: ignore[method-assign]  # every request to FastAPI
+    slow_lane.arguments = lambda *args: None  # type: ignore[method-assign]  # every request to FastAPI
     answers = conversation(fast)
     assert answers == conversation(slow)
     assert len({status for status, _, _ in answers}) >= 6  # 200, 201, 204, 404, 409, 422 (and 403)

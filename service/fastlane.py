@@ -31,8 +31,19 @@ from .security import Require
 if TYPE_CHECKING:
     from .app import Runtime
 
-HOT = frozenset({"submitTask", "pollTasks", "finishTask", "finishTasks", "heartbeatTask"})
-"""The operations of one task per call and of batched draining."""
+HOT = frozenset(
+    {
+        "submitTask",
+        "pollTasks",
+        "heartbeatTask",
+        "heartbeatTasks",
+        "finishTask",
+        "finishTasks",
+        "retryTask",
+        "releaseTask",
+    }
+)
+"""The calls made for every task (one at a time or a worker's batch), not the operator's."""
 PARAMETERS = frozenset({"body", "queue", "runtime", "request", "traceparent"})
 """What a hot endpoint may ask for; anything else is FastAPI's to resolve."""
 TRACEPARENT_MAX = 55  # the endpoint's Header(max_length=55): a longer one is FastAPI's 422

@@ -95,6 +95,14 @@ def test_plainly_fine_requests_never_reach_fastapi(make_client: Callable[[str], 
     lease_a, lease_b = {"id": "a", "lease": a["lease"]}, {"id": "b", "lease": b["lease"]}
     assert client.post(f"{Q}/heartbeat", json=lease_a, headers=work).status_code == 204
     assert client.post(f"{Q}/finish", json=lease_a, headers=work).status_code == 204
+    batch = {"tasks": [lease_b], "alive_time": 60}
+    assert client.post(f"{Q}/heartbeat-batch", json=batch, headers=work).json()["successful"]
+    assert client.post(f"{Q}/release", json=lease_b, headers=work).status_code == 204
+    (b,) = client.post(f"{Q}/poll", json={"max": 1}, headers=work).json()["tasks"]
+    lease_b = {"id": "b", "lease": b["lease"]}
+    assert client.post(f"{Q}/retry", json={**lease_b, "retry_wait": 0}, headers=work).status_code == 204
+    (b,) = client.post(f"{Q}/poll", json={"max": 1}, headers=work).json()["tasks"]
+    lease_b = {"id": "b", "lease": b["lease"]}
     assert client.post(f"{Q}/finish-batch", json={"tasks": [lease_b]}, headers=work).json()["successful"]
     # a domain error is answered here too, as the problem FastAPI's handler gives
     again = client.post(f"{Q}/finish", json=lease_a, headers=work)
@@ -136,7 +144,8 @@ def conversation(client: TestClient) -> list[tuple[int, str | None, bytes]]:
     post("submit", {"id": "a", "type": "t"}, submit)  # 409
     post("submit", {"id": "b", "type": "t"}, {**submit, "traceparent": "not a traceparent"})  # 422
     post("submit", {"id": "c", "type": "t", "max_attempts": 3, "compression": "gzip"}, submit)
-    post("submit", {"id": "d", "type": "t", "unknown_field": 1}, submit)
+    post("submit", {"id": "d", "type": "t"}, submit)
+    post("submit", {"id": "x", "type": "t", "unknown_field": 1}, submit)  # 422
     post("submit", {"id": "e", "type": "t"}, work)  # 403
     post("submit", {"id": "f", "type": "t"}, submit, queue="elsewhere")  # 404
     polled = post("poll", {"max": 10, "alive_time": 60}, work).json()["tasks"]
@@ -151,6 +160,14 @@ def conversation(client: TestClient) -> list[tuple[int, str | None, bytes]]:
     post("finish", {"id": "a", "lease": "x"}, work)  # 422
     post("finish-batch", {"tasks": [leases["c"], leases["a"], {"id": "zz", "lease": "1"}]}, work)
     post("finish-batch", {"tasks": []}, work)
+    post("heartbeat-batch", {"tasks": [leases["d"], {"id": "a", "lease": "1"}], "alive_time": 60}, work)
+    post("retry", {**leases["d"], "retry_wait": 0, "error": "boom"}, work)
+    post("retry", leases["d"], work)  # 409
+    post("retry", {**leases["d"], "retry_wait": -1}, work)  # 422
+    again = post("poll", {"max": 1}, work).json()["tasks"]
+    post("release", {"id": "d", "lease": again[0]["lease"]}, work)
+    post("release", {"id": "d", "lease": again[0]["lease"]}, work)  # 409
+    post("release", {"id": "d"}, work)  # 422
     return [(status, kind, VOLATILE.sub(rb'"\1":\g<2>0\g<3>', body)) for status, kind, body in answers]
 
 

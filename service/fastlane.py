@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..errors import PerfectQueueError
 from . import problems
 from .limits import replay
+from .routes import TRACEPARENT_LENGTH
 from .security import Require
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ HOT = frozenset(
 """The calls made for every task (one at a time or a worker's batch), not the operator's."""
 PARAMETERS = frozenset({"body", "queue", "runtime", "request", "traceparent"})
 """What a hot endpoint may ask for; anything else is FastAPI's to resolve."""
-TRACEPARENT_MAX = 55  # the endpoint's Header(max_length=55): a longer one is FastAPI's 422
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,8 @@ class FastLane:
         queue = self.runtime.queues.get(name)
         if queue is None or (hot.require and not hot.require.allows(self.runtime.settings, scope, name)):
             return None
-        traceparent = header(scope, b"traceparent")
-        if traceparent is not None and len(traceparent) > TRACEPARENT_MAX:
+        traceparent = header(scope, b"traceparent") if "traceparent" in hot.parameters else None
+        if traceparent is not None and len(traceparent) > TRACEPARENT_LENGTH:  # FastAPI's 422
             return None
         try:
             model = hot.body.model_validate(json.loads(body))

@@ -63,10 +63,11 @@ def lease_of(value: str) -> int:
     return lease
 
 
+TRACEPARENT_LENGTH = 55  # "00-", 32 hex, "-", 16 hex, "-", 2 hex
 TraceparentHeader = Annotated[
     str | None,
     Header(
-        max_length=55,
+        max_length=TRACEPARENT_LENGTH,
         description="W3C trace context for the submitted tasks that do not give their own `traceparent`",
     ),
 ]

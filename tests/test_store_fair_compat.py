@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import json
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from conftest import drop_table, require_mysql
 
 from perfectqueue.errors import AlreadyExistsError
 from perfectqueue.service.store import Database, NewTask, QueueStore, TaskStatus, fair
+from perfectqueue.service.store.acquire import _json_plan
 from perfectqueue.service.store.fair import Head
 from perfectqueue.service.store.model import DELETE_OFFSET
 
@@ -394,6 +397,79 @@ def test_mysql_fair_heads_use_index_for_group_by(loaded: QueueStore) -> None:
             statement,
             plan,
         )
+
+
+def test_mysql_a_plan_cut_short_by_the_server_is_never_taken_for_the_whole(loaded: QueueStore) -> None:
+    """The plan's running counts and heads come as one JSON array, which MariaDB cuts at
+    ``group_concat_max_len`` — at some lengths at an element's end, leaving valid JSON with
+    fewer elements. Its count tells, at every length, so no user is ever left out of a plan."""
+    loaded.acquire(1, 600)  # the statements are built by the first acquisition
+    assert loaded._acquisition._plan is not None
+    as_json, _ = loaded._acquisition._plan
+    assert as_json is not None
+    cut_but_valid = 0
+    with loaded.db.engine.connect() as conn:
+        _, whole = _json_plan(conn, as_json)
+        assert whole is not None and len(whole) > 20  # users' heads, tasks without a user, running
+        length = len(conn.execute(as_json).one()[2])
+        for limit in range(4, length + 2):
+            conn.exec_driver_sql(f"SET SESSION group_concat_max_len = {limit}")
+            with contextlib.suppress(ValueError):
+                cut_but_valid += len(json.loads(conn.execute(as_json).one()[2])) < len(whole)
+            assert _json_plan(conn, as_json)[1] in (None, whole), limit
+    assert cut_but_valid > 0
+
+
+def test_mysql_fair_acquisition_reads_users_as_stored_from_either_form_of_the_plan(
+    mysql_db: Database,
+) -> None:
+    """Users as a table shared with the original may name them; the same acquisitions whether
+    the plan comes as JSON or, where the server cuts its JSON short, as rows (and from then on
+    only as rows: it would be cut again)."""
+    users = ['quo"te', "back\\slash", "é", "\u0001ctl", "emoji \U0001f642", "trailing ", None]
+    cut = Database(require_mysql())
+    sa.event.listen(
+        cut.engine,
+        "connect",
+        lambda dbapi_conn, _: dbapi_conn.cursor().execute("SET SESSION group_concat_max_len = 4"),
+    )
+    names = ["t_" + uuid.uuid4().hex[:16] for _ in range(2)]
+    try:
+        stores = [QueueStore(mysql_db, names[0]), QueueStore(cut, names[1])]
+        now = db_now(mysql_db)
+        rows = [
+            {
+                "id": f"task-{u}-{n}",
+                "timeout": now - 1000 + 10 * u + n,  # no two heads alike: one order
+                "data": b'{"type":"x"}',
+                "created_at": now - 2000,
+                "resource": user,
+                "max_running": 1,
+                "owner": 0,
+            }
+            for u, user in enumerate(users)
+            for n in range(2)
+        ]
+        for store in stores:
+            store.init()
+            with store.db.engine.begin() as conn:
+                conn.execute(sa.insert(store.table), rows)
+        sent: list[str] = []
+        sa.event.listen(cut.engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+        taken = [[(a.task.user, a.task.id) for a in store.acquire(4, 600)] for store in stores]
+        assert taken[0] == taken[1] == [(user, f"task-{u}-0") for u, user in enumerate(users[:4])]
+        taken = [[(a.task.user, a.task.id) for a in store.acquire(10, 600)] for store in stores]
+        assert taken[0] == taken[1]
+        assert sorted(taken[0], key=str) == sorted(
+            [(user, f"task-{u}-0") for u, user in enumerate(users) if u >= 4] + [(None, "task-6-1")], key=str
+        )
+        # cut short, then read as rows, and as rows only from then on
+        plans = ["json_arrayagg" in s.lower() for s in sent if "min(" in s.lower()]
+        assert plans == [True, False, False]
+    finally:
+        for name in names:
+            drop_table(mysql_db, name)
+        cut.dispose()
 
 
 def test_mysql_ids_use_a_binary_no_pad_collation(mysql_db: Database) -> None:

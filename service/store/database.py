@@ -214,9 +214,13 @@ class Database:
 
 
 def _has_skip_locked(conn: Connection) -> bool:
-    info = conn.dialect.server_version_info or ()
-    mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
-    return tuple(info) >= ((10, 6) if mariadb else (8, 0))
+    return server_at_least(conn, mariadb=(10, 6), mysql=(8, 0))
+
+
+def server_at_least(conn: Connection, *, mariadb: tuple[int, ...], mysql: tuple[int, ...]) -> bool:
+    """Is the server at least this version of MariaDB, or of MySQL?"""
+    info = tuple(conn.dialect.server_version_info or ())
+    return info >= (mariadb if getattr(conn.dialect, "is_mariadb", False) else mysql)
 
 
 def is_duplicate_key(exc: DBAPIError) -> bool:

@@ -4,7 +4,9 @@
 mean milliseconds per acquisition of one task followed by its ``finish``, and per acquisition of
 ``K`` tasks followed by one ``finish_many`` of them, per ``submit_many`` of 1,000 tasks, and per
 new connection (opened and used once, the pool emptied before each); with
-``--users U``, the batched run again with fair scheduling over U users (max_running 1). Otherwise
+``--users U``, the batched run again with fair scheduling over U users (max_running 1), with the
+process's CPU time per pair beside it (``--fair-rounds`` pairs, default a tenth of the batched
+run's). Otherwise
 fair scheduling is off (``FOR UPDATE SKIP LOCKED`` on MariaDB), as in the harness's service scenarios.
 Each run uses a fresh table (SQLite by default: a file in a temporary directory, removed after).
 
@@ -73,18 +75,19 @@ def one_by_one(url: str, pairs: int) -> float:
         _drop(store)
 
 
-def batched(url: str, rounds: int, batch: int, users: int = 0) -> float:
-    """Mean ms per acquire(max=batch) + finish_many of what it got (fair over ``users`` users:
-    the table holds 20 tasks per user, or ``rounds * batch`` tasks if more)."""
+def batched(url: str, rounds: int, batch: int, users: int = 0) -> tuple[float, float]:
+    """Mean ms per acquire(max=batch) + finish_many of what it got, and the process's CPU ms
+    for each (fair over ``users`` users: the table holds 20 tasks per user, or ``rounds * batch``
+    tasks if more)."""
     store = _store(url, max(rounds * batch, 20 * users), users)
     try:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for _ in range(rounds):
             got = store.acquire(batch, 60)
             assert len(got) == batch
             results = store.finish_many([(a.task.id, a.lease) for a in got])
             assert results == [None] * batch
-        return (time.perf_counter() - started) * 1000 / rounds
+        return (time.perf_counter() - started) * 1000 / rounds, (time.process_time() - cpu) * 1000 / rounds
     finally:
         _drop(store)
 
@@ -131,18 +134,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         help="also the batched run with fair scheduling over this many users, max_running 1 (repeatable)",
     )
+    parser.add_argument("--fair-rounds", type=int, help="pairs per fair run (default: pairs / batch / 10)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         for url in args.url or [f"sqlite:///{tmp}/store_calls.sqlite3", DEFAULT_MYSQL_URL]:
             single = one_by_one(url, args.pairs)
-            many = batched(url, args.pairs // args.batch, args.batch)
+            many, _ = batched(url, args.pairs // args.batch, args.batch)
             submit = submits(url, max(1, args.pairs // 100))
             print(f"{url.split(':')[0]:14} acquire(1)+finish {single:6.3f} ms", end="   ")
             print(f"acquire({args.batch})+finish_many {many:6.3f} ms", end="   ")
             print(f"submit_many(1000) {submit:6.2f} ms   new connection {connects(url):6.2f} ms")
             for users in args.users or []:
-                fair = batched(url, max(1, args.pairs // args.batch // 10), args.batch, users)
-                print(f"{'':14} fair, {users} users: acquire({args.batch})+finish_many {fair:7.3f} ms")
+                rounds = args.fair_rounds or max(1, args.pairs // args.batch // 10)
+                fair, cpu = batched(url, rounds, args.batch, users)
+                line = f"fair, {users} users: acquire({args.batch})+finish_many {fair:7.3f} ms"
+                print(f"{'':14} {line} (CPU {cpu:.3f} ms)")
     return 0
 
 

@@ -52,6 +52,7 @@ EVENTS: dict[str, str] = {
 WAIT_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+LOCK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 PER_MINUTE = ("submitted", "finished")
 """The events also added up per minute, for the dashboard's throughput chart."""
 
@@ -103,6 +104,21 @@ class ServiceMetrics:
             "Seconds a poll took to answer, long-poll wait included, by whether it delivered tasks.",
             ["queue", "result"],
             buckets=POLL_BUCKETS,
+            registry=r,
+        )
+        self.lock_wait = Histogram(
+            "perfectqueue_acquire_lock_wait_seconds",
+            "Seconds an acquisition waited for the table's named lock (fair scheduling, or "
+            "acquire_lock: get_lock, on MySQL).",
+            ["queue"],
+            buckets=LOCK_BUCKETS,
+            registry=r,
+        )
+        self.lock_held = Histogram(
+            "perfectqueue_acquire_lock_held_seconds",
+            "Seconds an acquisition held the table's named lock, its commit included.",
+            ["queue"],
+            buckets=LOCK_BUCKETS,
             registry=r,
         )
         self.http_requests = Counter(
@@ -180,6 +196,10 @@ class MeteredQueueStore(QueueStore):
             if acquired.task.created_at is not None:
                 self.metrics.queue_wait.labels(self.queue).observe(max(0.0, now - acquired.task.created_at))
         return tasks
+
+    def locked(self, waited: float, held: float) -> None:
+        self.metrics.lock_wait.labels(self.queue).observe(waited)
+        self.metrics.lock_held.labels(self.queue).observe(held)
 
     def ended(self, outcome: Outcome, count: int) -> None:
         """Tasks an acquisition ended dead or cancelled."""

@@ -88,6 +88,31 @@ def test_counters_histograms_and_http_metrics_follow_the_requests(
     assert value(m, "perfectqueue_http_requests_total", method="GET", route="/metrics", status="200") == 1
 
 
+def test_acquisitions_that_take_the_tables_lock_are_timed(
+    make_client: Callable[..., TestClient], db_url: str
+) -> None:
+    """On MariaDB a fair acquisition serialises on the table's named lock: every acquisition
+    (an empty one too) observes how long it waited for the lock and held it. Oldest-first
+    acquisition there takes no lock, and SQLite has none: no samples."""
+    client = make_client()
+    for task_id in ("a", "b"):
+        submit(client, task_id)
+    assert [len(poll(client, 1)) for _ in range(3)] == [1, 1, 0]
+    m = scrape(client)
+    for name in ("perfectqueue_acquire_lock_wait_seconds", "perfectqueue_acquire_lock_held_seconds"):
+        if db_url.startswith("sqlite"):
+            assert value(m, f"{name}_count", queue="q") is None
+        else:
+            assert value(m, f"{name}_count", queue="q") == 3
+    if not db_url.startswith("sqlite"):
+        held = value(m, "perfectqueue_acquire_lock_held_seconds_sum", queue="q")
+        assert held is not None and 0 < held < 10
+        unfair = make_client(disable_resource_limit=True)
+        submit(unfair, "c")
+        assert len(poll(unfair, 1)) == 1
+        assert value(scrape(unfair), "perfectqueue_acquire_lock_held_seconds_count", queue="q") is None
+
+
 def test_dead_and_cancelled_tasks_are_counted(make_client: Callable[..., TestClient]) -> None:
     client = make_client(max_attempts=1)
     for task_id in ("dies", "waits", "runs"):

@@ -32,6 +32,7 @@ from .nodes import NODE_ERRNOS, Node, NodeSet, attach, split_hosts, sync_wait_of
 log = logging.getLogger("perfectqueue.store")
 
 T = TypeVar("T")
+LockTimer = Callable[[float, float], None]  # seconds waiting for a named lock, seconds holding it
 
 MYSQL_RETRYABLE = {1205, 1213}  # lock wait timeout, deadlock (also Galera certification failure)
 MAX_LOCK_RETRIES = 8
@@ -129,36 +130,48 @@ class Database:
             yield conn
 
     @contextmanager
-    def _connect(self, node: Node, readonly: bool, lock: str | None) -> Iterator[Connection]:
+    def _connect(
+        self, node: Node, readonly: bool, lock: str | None, timed: LockTimer | None = None
+    ) -> Iterator[Connection]:
         with node.engine.connect() as raw:
             conn = raw.execution_options(sqlite_begin="DEFERRED") if readonly and self.is_sqlite else raw
             locked: str | None = None
+            asked = taken = 0.0
             try:
                 with conn.begin():
                     if lock is not None:
                         self._warn_lock_on_galera(node)
+                        asked = time.perf_counter()
                         _get_lock(conn, lock)
+                        taken = time.perf_counter()
                         locked = lock
                     yield conn
             finally:
                 if locked is not None:
                     _release_lock(conn, locked)
+                    if timed is not None:
+                        timed(taken - asked, time.perf_counter() - taken)
 
     def transaction(
-        self, work: Callable[[Connection], T], readonly: bool = False, lock: str | None = None
+        self,
+        work: Callable[[Connection], T],
+        readonly: bool = False,
+        lock: str | None = None,
+        timed: LockTimer | None = None,
     ) -> T:
         """Run ``work`` in one transaction, retrying what is safe to retry.
 
         A duplicate primary key surfaces as AlreadyExistsError; other driver errors that are
         not retried become UnavailableError. With several nodes, a node error moves to the next
-        node and tries again, up to twice round the list.
+        node and tries again, up to twice round the list. ``timed``, with a ``lock``, is told
+        of each time the lock was taken: the seconds spent waiting for it and holding it.
         """
         lock_retries = 0
         node_retries = 0
         while True:
             node = self.nodes.active()
             try:
-                with self._connect(node, readonly, lock) as conn:
+                with self._connect(node, readonly, lock, timed) as conn:
                     return work(conn)
             except DBAPIError as exc:
                 if is_duplicate_key(exc):

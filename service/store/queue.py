@@ -281,10 +281,15 @@ class QueueStore:
                 for r in live
             ]
 
-        acquired = self.db.transaction(work, lock=self._acquisition.lock_name())
+        acquired = self.db.transaction(work, lock=self._acquisition.lock_name(), timed=self.locked)
         for outcome, count in ended.items():
             self.ended(outcome, count)
         return acquired
+
+    def locked(self, waited: float, held: float) -> None:
+        """Called after each acquisition that took the table's named lock (MySQL: fair
+        acquisition, or ``lock="get_lock"``) with the seconds it waited for the lock and held
+        it. Nothing here; a subclass measures them."""
 
     def _lease_rows(self) -> sa.Update:
         values = {

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from typing import Any
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from .common import HORIZON, Backend, run_clients, services, summarize, throughput
 from .service import drain
+
+LOCK_METRICS = {
+    "perfectqueue_acquire_lock_held_seconds_sum": "held",
+    "perfectqueue_acquire_lock_held_seconds_count": "acquisitions",
+    "perfectqueue_acquire_lock_wait_seconds_sum": "waited",
+    "perfectqueue_tasks_acquired_total": "tasks",
+}
 
 
 class CapWatch(threading.Thread):
@@ -57,6 +68,7 @@ def _cases(
         for fair_on in (True, False):
             with services(backend, table, 1, disable_resource_limit=not fair_on) as (svc,):
                 samples: list[float] = []
+                runs: list[dict[str, float] | None] = []
                 peak: dict[str, int] = {}
                 for _ in range(cfg["repeat"]):
                     backend.truncate(table)
@@ -64,6 +76,7 @@ def _cases(
                     watch = CapWatch(backend, table)
                     watch.start()
                     quota = cfg["fair_tasks"] // workers
+                    before = lock_use(svc.base)
                     res = run_clients(
                         drain,
                         [
@@ -73,7 +86,9 @@ def _cases(
                     )
                     watch.stop.set()
                     watch.join()
-                    samples.append(throughput(res)[0])
+                    rate, _, seconds = throughput(res)
+                    samples.append(rate)
+                    runs.append(lock_share(before, lock_use(svc.base), seconds))
                     for u, c in watch.peak.items():
                         peak[u] = max(peak.get(u, 0), c)
                 name = f"{users} users x max_running {cap}, fair {'on' if fair_on else 'off'}"
@@ -91,5 +106,38 @@ def _cases(
                     "tasks_per_s": summarize(samples),
                     "max_running_seen": max(peak.values(), default=0),
                     "users_over_cap": sorted(u for u, c in peak.items() if c > cap) if fair_on else None,
+                    "lock": _medians(runs),
                 }
     return out
+
+
+def lock_use(base: str) -> dict[str, float]:
+    """The service's own counts of its acquisitions under the table's named lock, from /metrics."""
+    text = httpx.get(base + "/metrics", timeout=30).text
+    found = {name: 0.0 for name in LOCK_METRICS.values()}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in LOCK_METRICS:
+                found[LOCK_METRICS[sample.name]] += sample.value
+    return found
+
+
+def lock_share(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float] | None:
+    """How the named lock was used during one run: the share of the run's time it was held, the
+    mean hold and wait per acquisition, and tasks per acquisition; None if nothing took it."""
+    used = {name: after[name] - before[name] for name in after}
+    if not used["acquisitions"] or seconds <= 0:
+        return None
+    return {
+        "held_share": round(used["held"] / seconds, 3),
+        "held_ms": round(1000 * used["held"] / used["acquisitions"], 2),
+        "waited_ms": round(1000 * used["waited"] / used["acquisitions"], 2),
+        "tasks_per_acquisition": round(used["tasks"] / used["acquisitions"], 1),
+    }
+
+
+def _medians(runs: list[dict[str, float] | None]) -> dict[str, float] | None:
+    measured = [run for run in runs if run is not None]
+    if not measured:
+        return None
+    return {name: statistics.median(run[name] for run in measured) for name in measured[0]}

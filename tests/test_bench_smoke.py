@@ -63,6 +63,12 @@ def check(results: dict, backend: str, names: list[str]) -> None:
     if "fair" in names:
         fair = [v for v in scenarios["fair"].values() if isinstance(v, dict) and v.get("fair")]
         assert fair and fair[0]["users_over_cap"] is not None
+        if backend == "mysql":  # fair acquisition there takes the table's named lock
+            lock = fair[0]["lock"]
+            assert {"held_share", "held_ms", "waited_ms", "tasks_per_acquisition"} <= set(lock)
+            assert lock["held_share"] > 0 and lock["tasks_per_acquisition"] > 0
+        else:
+            assert fair[0]["lock"] is None
     assert {"peak_rss_mb", "db_connections_with_idle_polls"} <= set(scenarios["memory"])
     assert "cleanup" in scenarios["scale"]
     assert "median" in scenarios["worker"]["P=1"]["tasks_per_s"]

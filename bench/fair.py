@@ -140,4 +140,4 @@ def _medians(runs: list[dict[str, float] | None]) -> dict[str, float] | None:
     measured = [run for run in runs if run is not None]
     if not measured:
         return None
-    return {name: statistics.median(run[name] for run in measured) for name in measured[0]}
+    return {name: round(statistics.median(run[name] for run in measured), 3) for name in measured[0]}

@@ -126,7 +126,12 @@ class LongPoll:
                 self._fail_head(UnavailableError(f"long-poll failed: {type(exc).__name__}"))
 
     async def _serve_head(self) -> bool:
-        """One acquisition for the waiters at the head of the line; False when none was waiting."""
+        """One acquisition for the waiters at the head of the line; True when it got all it asked
+        for, so that more may be waiting. Fewer means nothing more could start now (none waiting,
+        or every user at its max_running; or, rarely, rows it found ended dead or cancelled
+        instead): the line then waits for what wakes it (a submit, finish, retry or release
+        through this replica) or for the next probe, rather than acquiring again at once for
+        nothing, with the table's lock held, under fair scheduling."""
         batch: list[Waiter] = []
         alive_time, wanted = self.waiters[0].alive_time, 0
         for waiter in self.waiters:
@@ -136,14 +141,14 @@ class LongPoll:
                 batch.append(waiter)
                 wanted += waiter.max
         tasks: list[AcquiredTask] = await self.run(self.store.acquire, wanted, alive_time)
-        got = bool(tasks)
+        full = len(tasks) == wanted
         for waiter in batch:
             if tasks and not waiter.future.done():
                 waiter.future.set_result(tasks[: waiter.max])
                 tasks = tasks[waiter.max :]
         if tasks:  # their waiters left while we acquired
             await self.give_back(tasks)
-        return got
+        return full
 
     def _fail_head(self, exc: PerfectQueueError) -> None:
         if self._live_waiters():

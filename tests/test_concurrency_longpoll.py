@@ -589,3 +589,49 @@ def test_a_burst_of_long_polls_takes_the_waiting_tasks_at_once(store: QueueStore
     results, _ = asyncio.run(burst(store, 20, 3))
     assert sorted(t.task.id for r in results for t in r) == sorted(f"w{i}" for i in range(10))
     assert store.counts().waiting == 0
+
+
+def test_a_line_served_short_of_its_demand_waits_to_be_woken(store: QueueStore) -> None:
+    """An acquisition for the line that gets fewer tasks than its waiters want means nothing
+    more can start now (here a user at its max_running): the line waits for what wakes it,
+    rather than acquiring again at once for nothing (with the table's lock held, under fair
+    scheduling). Each finish that frees a slot wakes it, and the next waiter gets the next task."""
+    store.submit_many([NewTask(f"a{i}", "t", user="A", max_running=2) for i in range(4)])
+    running = store.acquire(2, 300)  # a0 and a1: A is at its cap
+
+    async def scenario() -> tuple[list[list[AcquiredTask]], list[int]]:
+        calls: Counter[str] = Counter()
+        limiter = anyio.CapacityLimiter(2)
+
+        async def run(fn: Callable[..., Any], *args: Any) -> Any:
+            calls[fn.__name__] += 1
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=limiter)
+
+        async def settled(condition: Callable[[], bool]) -> None:
+            deadline = time.monotonic() + 5
+            while not condition():
+                assert time.monotonic() < deadline, "the line did not get there"
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)  # and anything it would do next
+
+        line = LongPoll(store, run, check_interval=30)
+        polls = [asyncio.create_task(line.poll(1, 300, 20)) for _ in range(3)]
+        acquisitions = []
+        try:
+            await settled(lambda: len(line.waiters) == 3)
+            for acquired in running:  # each finish frees one slot of A's
+                before = calls["acquire"]
+                store.finish(acquired.task.id, acquired.lease)
+                line.notify()
+                served = sum(p.done() for p in polls)
+                await settled(lambda served=served: sum(p.done() for p in polls) == served + 1)
+                acquisitions.append(calls["acquire"] - before)
+        finally:
+            line.close()
+            if line.dispatcher is not None:
+                await line.dispatcher
+        return [await p for p in polls], acquisitions
+
+    results, acquisitions = asyncio.run(scenario())
+    assert sorted(t.task.id for r in results for t in r) == ["a2", "a3"]
+    assert acquisitions == [1, 1], "the line acquired again although the last fell short"

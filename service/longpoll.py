@@ -134,8 +134,8 @@ class LongPoll:
         nothing, with the table's lock held, under fair scheduling."""
         batch: list[Waiter] = []
         alive_time, wanted = self.waiters[0].alive_time, 0
-        for waiter in self.waiters:
-            if waiter.alive_time != alive_time or wanted + waiter.max > MAX_ACQUIRE:
+        for waiter in self.waiters:  # the head always (it may want more than MAX_ACQUIRE alone)
+            if batch and (waiter.alive_time != alive_time or wanted + waiter.max > MAX_ACQUIRE):
                 break
             if not waiter.future.done():
                 batch.append(waiter)

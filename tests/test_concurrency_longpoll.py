@@ -635,3 +635,30 @@ def test_a_line_served_short_of_its_demand_waits_to_be_woken(store: QueueStore) 
     results, acquisitions = asyncio.run(scenario())
     assert sorted(t.task.id for r in results for t in r) == ["a2", "a3"]
     assert acquisitions == [1, 1], "the line acquired again although the last fell short"
+
+
+def test_a_long_poll_for_more_tasks_than_one_acquisition_of_the_line_is_served(store: QueueStore) -> None:
+    """The line takes any poll the store does (up to 1,000 tasks; the API asks for at most 100,
+    which is also how many the line gathers for several waiters): a waiter wanting more than that
+    is served alone, not failed by an acquisition of nothing."""
+
+    async def scenario() -> list[AcquiredTask]:
+        async def run(fn: Callable[..., Any], *args: Any) -> Any:
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+
+        line = LongPoll(store, run, check_interval=30)
+        try:
+            waiting = asyncio.create_task(line.poll(500, 300, 20))
+            deadline = time.monotonic() + 5
+            while not line.waiters:
+                assert time.monotonic() < deadline, "the poll did not wait"
+                await asyncio.sleep(0.01)
+            store.submit_many([NewTask(f"t{i}", "t") for i in range(150)])
+            line.notify()
+            return await asyncio.wait_for(waiting, 5)
+        finally:
+            line.close()
+            if line.dispatcher is not None:
+                await line.dispatcher
+
+    assert sorted(a.task.id for a in asyncio.run(scenario())) == sorted(f"t{i}" for i in range(150))

@@ -8,6 +8,7 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,8 +16,9 @@ import sqlalchemy as sa
 from conftest import drop_table, require_mysql
 
 from perfectqueue.errors import AlreadyExistsError
-from perfectqueue.service.store import Database, NewTask, QueueStore, TaskStatus, fair
+from perfectqueue.service.store import Database, NewTask, QueueStore, TaskStatus, acquire, fair
 from perfectqueue.service.store.acquire import _json_plan
+from perfectqueue.service.store.database import server_at_least
 from perfectqueue.service.store.fair import Head
 from perfectqueue.service.store.model import DELETE_OFFSET
 
@@ -470,6 +472,24 @@ def test_mysql_fair_acquisition_reads_users_as_stored_from_either_form_of_the_pl
         for name in names:
             drop_table(mysql_db, name)
         cut.dispose()
+
+
+def test_server_versions_decide_the_json_plan(loaded: QueueStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """JSON_ARRAYAGG is MariaDB 10.5+ and MySQL 5.7.22+; on an older server the plan is read as
+    rows from the start and fair acquisition goes on alike."""
+
+    def dialect(mariadb: bool, version: tuple[int, ...]) -> Any:
+        return SimpleNamespace(dialect=SimpleNamespace(is_mariadb=mariadb, server_version_info=version))
+
+    json_plan = {"mariadb": (10, 5), "mysql": (5, 7, 22)}
+    assert server_at_least(dialect(True, (10, 5, 0)), **json_plan)
+    assert not server_at_least(dialect(True, (10, 4, 34)), **json_plan)
+    assert server_at_least(dialect(False, (8, 0, 36)), **json_plan)
+    assert not server_at_least(dialect(False, (5, 7, 21)), **json_plan)
+    monkeypatch.setattr(acquire, "server_at_least", lambda *_, **__: False)
+    older = QueueStore(loaded.db, loaded.table.name)
+    assert len(older.acquire(50, 600)) == 50
+    assert older._acquisition._plan is not None and older._acquisition._plan[0] is None
 
 
 def test_mysql_ids_use_a_binary_no_pad_collation(mysql_db: Database) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,11 +17,33 @@ from typing import Any
 import httpx
 import yaml
 
+PORTS_PER_WORKER = 2000
+FIRST_PORT = 10000  # below Linux's ephemeral ports (32768 and up), where bind(0) and clients draw
+_given: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on. Under pytest-xdist each worker draws from a range of its own
+    (``gw0`` from 10000, ``gw1`` from 12000, ...), never handing out a port twice: a port that
+    one worker found free could otherwise be taken by another worker's service before its own
+    binds it, or be one a test relies on nothing listening on."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    start = FIRST_PORT + int(worker[2:]) * PORTS_PER_WORKER
+    for port in random.sample(range(start, start + PORTS_PER_WORKER), PORTS_PER_WORKER):
+        if port in _given:
+            continue
+        _given.add(port)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port left in {start}-{start + PORTS_PER_WORKER - 1}")
 
 
 def write_config(path: Path, url: str, table: str, **settings: Any) -> Path:

@@ -94,7 +94,7 @@ class Acquisition:
                 sa.select(*self.columns, now.label("now"))
                 .where(self._waiting(now))
                 .order_by(self._t.timeout)
-                .limit(sa.bindparam("limit", type_=sa.Integer, literal_execute=True))
+                .limit(sa.bindparam("limit", type_=sa.Integer))
                 .with_hint(self.table, f"FORCE INDEX ({timeout_index(self.table.name)})", "mysql")
             )
             self._oldest = self._lock_rows(query, skip_locked=self.lock_name() is None)
@@ -284,8 +284,8 @@ class Acquisition:
             sa.select(*self.columns, _part(index))
             .where(user, self._waiting(sa.bindparam("now", type_=sa.Integer)))
             .order_by(self._t.timeout)
-            .limit(sa.bindparam(f"limit_{index}", type_=sa.Integer, literal_execute=True))
-            .offset(sa.bindparam(f"offset_{index}", type_=sa.Integer, literal_execute=True))
+            .limit(sa.bindparam(f"limit_{index}", type_=sa.Integer))
+            .offset(sa.bindparam(f"offset_{index}", type_=sa.Integer))
         )
 
     def _per_user(
@@ -335,4 +335,4 @@ def _json_plan(conn: Connection, statement: sa.Select[Any]) -> tuple[int, list[A
 
 
 def _part(index: int) -> sa.ColumnElement[int]:
-    return sa.literal(index, literal_execute=True).label("part")
+    return sa.literal_column(str(index), sa.Integer).label("part")

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import PerfectQueueError
 from . import problems
+from .asgi import header
 from .limits import replay
 from .routes import TRACEPARENT_LENGTH
 from .security import Require
@@ -128,14 +129,6 @@ def is_json(scope: Scope) -> bool:
     odd spelling goes to FastAPI)."""
     value = header(scope, b"content-type")
     return value is None or value.partition(";")[0].strip().lower() == "application/json"
-
-
-def header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            text: str = value.decode("latin-1")
-            return text
-    return None
 
 
 async def read_body(receive: Receive) -> bytes | None:

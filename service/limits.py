@@ -8,6 +8,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import InvalidError, TooLargeError
 from . import problems
+from .asgi import header
 from .store.codec import compact_json
 
 
@@ -53,13 +54,11 @@ class BodyLimit:
 
 
 def declared_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    value = header(scope, b"content-length")
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
 
 
 def replay(body: bytes, receive: Receive) -> Receive:

@@ -18,6 +18,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..logformat import ContextFilter, LogFormat, context, formatter
+from .asgi import header
 from .httpmetrics import HttpMetrics
 
 access_log = logging.getLogger("perfectqueue.access")
@@ -43,13 +44,8 @@ def configure(log_format: LogFormat, level: str = "info") -> None:
 
 def request_id_of(scope: Scope) -> str:
     """The caller's X-Request-ID if it is 1 to 128 token characters, else a new random id."""
-    for name, value in scope["headers"]:
-        if name == REQUEST_ID_HEADER:
-            text: str = value.decode("latin-1")
-            if REQUEST_ID.fullmatch(text):
-                return text
-            break
-    return uuid.uuid4().hex
+    given = header(scope, REQUEST_ID_HEADER)
+    return given if given is not None and REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 class RequestLog:

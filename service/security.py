@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ConfigError, ForbiddenError, UnauthorizedError
 from . import problems
+from .asgi import header
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -144,11 +145,11 @@ def is_open(path: str) -> bool:
 
 
 def presented_key(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    return None
+    given = header(scope, b"authorization")
+    if given is None:
+        return None
+    scheme, _, token = given.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def unauthorized() -> Any:

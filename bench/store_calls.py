@@ -5,8 +5,8 @@ mean milliseconds per acquisition of one task followed by its ``finish``, and pe
 ``K`` tasks followed by one ``finish_many`` of them, per ``submit_many`` of 1,000 tasks, and per
 new connection (opened and used once, the pool emptied before each); with
 ``--users U``, the batched run again with fair scheduling over U users (max_running 1), with the
-process's CPU time per pair beside it (``--fair-rounds`` pairs, default a tenth of the batched
-run's). Otherwise
+process's CPU time per pair and (MariaDB) the median time each acquisition held the table's lock
+beside it (``--fair-rounds`` pairs, default a tenth of the batched run's). Otherwise
 fair scheduling is off (``FOR UPDATE SKIP LOCKED`` on MariaDB), as in the harness's service scenarios.
 Each run uses a fresh table (SQLite by default: a file in a temporary directory, removed after).
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -40,10 +41,20 @@ def _database(url: str) -> Database:
         database.normalize_url = accepts
 
 
-def _store(url: str, tasks: int, users: int = 0) -> QueueStore:
+class _LockTimedStore(QueueStore):
+    """A store that keeps how long each of its acquisitions held the table's named lock."""
+
+    holds: list[float]
+
+    def locked(self, waited: float, held: float) -> None:
+        self.holds.append(held)
+
+
+def _store(url: str, tasks: int, users: int = 0) -> _LockTimedStore:
     """A fresh table with ``tasks`` waiting; with ``users``, spread over that many users with
     max_running 1 each, and fair scheduling on."""
-    store = QueueStore(_database(url), f"bench_calls_{secrets.token_hex(4)}", fair=users > 0)
+    store = _LockTimedStore(_database(url), f"bench_calls_{secrets.token_hex(4)}", fair=users > 0)
+    store.holds = []
     store.init()
     for start in range(0, tasks, 500):
         store.submit_many(
@@ -75,10 +86,10 @@ def one_by_one(url: str, pairs: int) -> float:
         _drop(store)
 
 
-def batched(url: str, rounds: int, batch: int, users: int = 0) -> tuple[float, float]:
-    """Mean ms per acquire(max=batch) + finish_many of what it got, and the process's CPU ms
-    for each (fair over ``users`` users: the table holds 20 tasks per user, or ``rounds * batch``
-    tasks if more)."""
+def batched(url: str, rounds: int, batch: int, users: int = 0) -> tuple[float, float, float | None]:
+    """Mean ms per acquire(max=batch) + finish_many of what it got, the process's CPU ms for
+    each, and the median ms an acquisition held the table's lock (None if none took it) (fair
+    over ``users`` users: the table holds 20 tasks per user, or ``rounds * batch`` tasks if more)."""
     store = _store(url, max(rounds * batch, 20 * users), users)
     try:
         started, cpu = time.perf_counter(), time.process_time()
@@ -87,7 +98,12 @@ def batched(url: str, rounds: int, batch: int, users: int = 0) -> tuple[float, f
             assert len(got) == batch
             results = store.finish_many([(a.task.id, a.lease) for a in got])
             assert results == [None] * batch
-        return (time.perf_counter() - started) * 1000 / rounds, (time.process_time() - cpu) * 1000 / rounds
+        held = statistics.median(store.holds) * 1000 if store.holds else None
+        return (
+            (time.perf_counter() - started) * 1000 / rounds,
+            (time.process_time() - cpu) * 1000 / rounds,
+            held,
+        )
     finally:
         _drop(store)
 
@@ -139,16 +155,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for url in args.url or [f"sqlite:///{tmp}/store_calls.sqlite3", DEFAULT_MYSQL_URL]:
             single = one_by_one(url, args.pairs)
-            many, _ = batched(url, args.pairs // args.batch, args.batch)
+            many, _, _ = batched(url, args.pairs // args.batch, args.batch)
             submit = submits(url, max(1, args.pairs // 100))
             print(f"{url.split(':')[0]:14} acquire(1)+finish {single:6.3f} ms", end="   ")
             print(f"acquire({args.batch})+finish_many {many:6.3f} ms", end="   ")
             print(f"submit_many(1000) {submit:6.2f} ms   new connection {connects(url):6.2f} ms")
             for users in args.users or []:
                 rounds = args.fair_rounds or max(1, args.pairs // args.batch // 10)
-                fair, cpu = batched(url, rounds, args.batch, users)
+                fair, cpu, held = batched(url, rounds, args.batch, users)
+                lock = "" if held is None else f", lock held {held:.3f} ms"
                 line = f"fair, {users} users: acquire({args.batch})+finish_many {fair:7.3f} ms"
-                print(f"{'':14} {line} (CPU {cpu:.3f} ms)")
+                print(f"{'':14} {line} (CPU {cpu:.3f} ms{lock})")
     return 0
 
 

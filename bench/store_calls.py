@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from perfectqueue.service.store import Database, QueueStore, database
 from perfectqueue.service.store.model import NewTask
@@ -44,7 +45,9 @@ def _database(url: str) -> Database:
 class _LockTimedStore(QueueStore):
     """A store that keeps how long each of its acquisitions held the table's named lock."""
 
-    holds: list[float]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.holds: list[float] = []
 
     def locked(self, waited: float, held: float) -> None:
         self.holds.append(held)
@@ -54,7 +57,6 @@ def _store(url: str, tasks: int, users: int = 0) -> _LockTimedStore:
     """A fresh table with ``tasks`` waiting; with ``users``, spread over that many users with
     max_running 1 each, and fair scheduling on."""
     store = _LockTimedStore(_database(url), f"bench_calls_{secrets.token_hex(4)}", fair=users > 0)
-    store.holds = []
     store.init()
     for start in range(0, tasks, 500):
         store.submit_many(

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pymysql
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 HORIZON = 1_300_000_000
 DELETE_OFFSET = 1_000_000_000
@@ -386,3 +387,16 @@ def throughput(results: list[dict[str, Any]]) -> tuple[float, int, float]:
     count = sum(r["count"] for r in results)
     seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
     return (count / seconds if seconds > 0 else 0.0), count, seconds
+
+
+def metric_sums(base: str, names: dict[str, str]) -> dict[str, float]:
+    """The service's own samples from /metrics, summed over their labels but ``call``: ``names``
+    maps a sample's name (with ``{call=…}`` for a sample of one call) to the key it is summed under."""
+    found = {key: 0.0 for key in names.values()}
+    for family in text_string_to_metric_families(httpx.get(base + "/metrics", timeout=30).text):
+        for sample in family.samples:
+            call = sample.labels.get("call")
+            key = names.get(sample.name if call is None else f"{sample.name}{{call={call}}}")
+            if key is not None:
+                found[key] += sample.value
+    return found

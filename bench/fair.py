@@ -7,10 +7,7 @@ import threading
 import time
 from typing import Any
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
-from .common import HORIZON, Backend, run_clients, services, summarize, throughput
+from .common import HORIZON, Backend, metric_sums, run_clients, services, summarize, throughput
 from .service import drain
 
 LOCK_METRICS = {
@@ -113,13 +110,7 @@ def _cases(
 
 def lock_use(base: str) -> dict[str, float]:
     """The service's own counts of its acquisitions under the table's named lock, from /metrics."""
-    text = httpx.get(base + "/metrics", timeout=30).text
-    found = {name: 0.0 for name in LOCK_METRICS.values()}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in LOCK_METRICS:
-                found[LOCK_METRICS[sample.name]] += sample.value
-    return found
+    return metric_sums(base, LOCK_METRICS)
 
 
 def lock_share(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float] | None:

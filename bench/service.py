@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from typing import Any
 
-from .common import Backend, Http, cpu_seconds, memory_kb, run_clients, services, summarize, throughput
+from .common import (
+    Backend,
+    Http,
+    cpu_seconds,
+    memory_kb,
+    metric_sums,
+    run_clients,
+    services,
+    summarize,
+    throughput,
+)
+
+CALL_METRICS = {
+    "perfectqueue_store_thread_wait_seconds_sum": "thread_wait",
+    "perfectqueue_store_thread_wait_seconds_count": "store_calls",
+    "perfectqueue_store_call_tasks_sum{call=acquire}": "acquired",
+    "perfectqueue_store_call_tasks_count{call=acquire}": "acquisitions",
+    "perfectqueue_store_call_tasks_sum{call=finish}": "finished",
+    "perfectqueue_store_call_tasks_count{call=finish}": "finishes",
+}
 
 
 def submit(barrier: Any, client: str, queue: str, prefix: str, count: int, batch: int) -> dict[str, Any]:
@@ -75,6 +95,7 @@ def one_run(
     per = tasks // workers
     bases = [svcs[i % len(svcs)].queue for i in range(workers)]
     sub = run_clients(submit, [(client, bases[i], f"t{i}", per, k if batched else 0) for i in range(workers)])
+    calls0 = store_calls(svcs)
     db0 = backend.server_cpu_seconds()
     svc0 = sum(cpu_seconds(s.proc.pid) for s in svcs)
     t0 = time.time()
@@ -83,13 +104,25 @@ def one_run(
     rate, count, _ = throughput(res)
     assert count == per * workers, (count, per * workers)
     db1 = backend.server_cpu_seconds()
+    calls = {name: value - calls0[name] for name, value in store_calls(svcs).items()}
     return {
+        # the store calls of the drain, from the services' own metrics: the mean wait for a
+        # worker thread, and the mean tasks per acquisition and per finish call
+        "thread_wait_ms": 1000 * calls["thread_wait"] / max(calls["store_calls"], 1),
+        "tasks_per_acquisition": calls["acquired"] / max(calls["acquisitions"], 1),
+        "tasks_per_finish_call": calls["finished"] / max(calls["finishes"], 1),
         "submit": throughput(sub)[0],
         "drain": rate,
         "service_cpu_pct": 100 * (sum(cpu_seconds(s.proc.pid) for s in svcs) - svc0) / wall,
         "client_cpu_pct": 100 * sum(r["cpu"] for r in res) / wall,
         "db_cpu_pct": 100 * (db1 - db0) / wall if db0 is not None and db1 is not None else float("nan"),
     }
+
+
+def store_calls(svcs: list[Any]) -> dict[str, float]:
+    """CALL_METRICS summed over the services."""
+    found = [metric_sums(s.base, CALL_METRICS) for s in svcs]
+    return {name: sum(f[name] for f in found) for name in CALL_METRICS.values()}
 
 
 def submit_only(
@@ -151,6 +184,10 @@ def drain_cases(
                     "service_cpu_pct": summarize([r["service_cpu_pct"] for r in samples]),
                     "client_cpu_pct": summarize([r["client_cpu_pct"] for r in samples]),
                     "db_cpu_pct": summarize([r["db_cpu_pct"] for r in samples]),
+                    **{
+                        name: round(statistics.median(r[name] for r in samples), 2)
+                        for name in ("thread_wait_ms", "tasks_per_acquisition", "tasks_per_finish_call")
+                    },
                 }
     return out
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -83,8 +83,14 @@ class Runtime:
         self.metrics.registry.register(self.gauges)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking store call in a worker thread."""
-        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self.limiter)
+        """Run a blocking store call in a worker thread (its wait for the thread measured)."""
+        asked = time.perf_counter()
+
+        def started() -> T:
+            self.metrics.thread_wait.observe(time.perf_counter() - asked)
+            return fn(*args)
+
+        return await anyio.to_thread.run_sync(started, limiter=self.limiter)
 
     def begin_shutdown(self) -> None:
         """Readiness fails and every waiting long-poll returns empty, at once."""

@@ -53,6 +53,8 @@ WAIT_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 864
 POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 LOCK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+THREAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 10)
+CALL_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 PER_MINUTE = ("submitted", "finished")
 """The events also added up per minute, for the dashboard's throughput chart."""
 
@@ -121,6 +123,21 @@ class ServiceMetrics:
             buckets=LOCK_BUCKETS,
             registry=r,
         )
+        self.call_tasks = Histogram(
+            "perfectqueue_store_call_tasks",
+            "Tasks per store call, by call (submit, finish: the tasks it carried, one request's batch "
+            "or the single calls merged into it; acquire: the tasks it leased).",
+            ["queue", "call"],
+            buckets=CALL_BUCKETS,
+            registry=r,
+        )
+        self.thread_wait = Histogram(
+            "perfectqueue_store_thread_wait_seconds",
+            "Seconds a store call waited for a worker thread to start it (every thread busy, or the "
+            "interpreter lock held by the event loop).",
+            buckets=THREAD_BUCKETS,
+            registry=r,
+        )
         self.http_requests = Counter(
             "perfectqueue_http_requests", "HTTP requests answered.", ["method", "route", "status"], registry=r
         )
@@ -174,8 +191,12 @@ class MeteredQueueStore(QueueStore):
             self.metrics.count("cancelled", self.queue)
             raise
 
+    def _carries(self, call: str, tasks: int) -> None:
+        self.metrics.call_tasks.labels(self.queue, call).observe(tasks)
+
     def submit(self, task: NewTask) -> None:
         set_context(task_id=task.id)
+        self._carries("submit", 1)
         try:
             self._call(super().submit, task)
         except AlreadyExistsError:
@@ -184,12 +205,14 @@ class MeteredQueueStore(QueueStore):
         self.metrics.count("submitted", self.queue)
 
     def submit_many(self, tasks: Sequence[NewTask]) -> list[PerfectQueueError | None]:
+        self._carries("submit", len(tasks))
         results = self._call(super().submit_many, tasks)
         self._count_results(results, "submitted", rejected=AlreadyExistsError)
         return results
 
     def acquire(self, max_tasks: int, alive_time: int) -> list[AcquiredTask]:
         tasks = self._call(super().acquire, max_tasks, alive_time)
+        self._carries("acquire", len(tasks))
         self.metrics.count("acquired", self.queue, len(tasks))
         now = time.time()
         for acquired in tasks:
@@ -234,11 +257,13 @@ class MeteredQueueStore(QueueStore):
         return result
 
     def finish(self, task_id: str, *args: Any, **kwargs: Any) -> Any:
+        self._carries("finish", 1)
         result = self._lease_call(super().finish, task_id, *args, **kwargs)
         self.metrics.count("finished", self.queue)
         return result
 
     def finish_many(self, items: Sequence[tuple[str, int]]) -> list[PerfectQueueError | None]:
+        self._carries("finish", len(items))
         results = self._call(super().finish_many, items)
         self._count_results(results, "finished")
         return results

@@ -56,6 +56,9 @@ def check(results: dict, backend: str, names: list[str]) -> None:
     single = [v for k, v in scenarios["service"].items() if k.startswith("single")]
     assert single and {"drain_tasks_per_s", "submit_tasks_per_s", "service_cpu_pct"} <= set(single[0])
     assert {"median", "spread_pct", "samples"} <= set(single[0]["drain_tasks_per_s"])
+    # the drain's store calls, from the service's own metrics (its last polls come back empty)
+    assert single[0]["tasks_per_acquisition"] > 0 and single[0]["tasks_per_finish_call"] >= 1
+    assert single[0]["thread_wait_ms"] >= 0
     assert "service_peak_rss_mb" in scenarios["service"]
     submits = [v for k, v in scenarios["service"].items() if k.startswith("submit 1000 per call")]
     assert submits and "median" in submits[0]["submit_tasks_per_s"]

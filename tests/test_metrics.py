@@ -113,6 +113,38 @@ def test_acquisitions_that_take_the_tables_lock_are_timed(
         assert value(scrape(unfair), "perfectqueue_acquire_lock_held_seconds_count", queue="q") is None
 
 
+def test_store_calls_count_their_tasks_and_time_their_wait_for_a_thread(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """Every store call observes the tasks it carries (a batch request's, one for a single call)
+    or, for an acquisition, the tasks it leased; and each store call observes how long it waited
+    for a worker thread to start it."""
+    client = make_client()
+    waits = value(scrape(client), "perfectqueue_store_thread_wait_seconds_count") or 0.0
+    submit(client, "a")
+    response = client.post(f"{Q}/submit-batch", json={"tasks": [{"id": i, "type": "t"} for i in "bcd"]})
+    assert response.status_code == 200, response.text
+    leased = poll(client, 10)
+    assert len(leased) == 4 and poll(client, 10) == []
+    held = [{"id": t["id"], "lease": t["lease"]} for t in leased]
+    assert client.post(f"{Q}/finish-batch", json={"tasks": held[:3]}).status_code == 200
+    assert client.post(f"{Q}/finish", json=held[3]).status_code == 204
+    m = scrape(client)
+    counts = {
+        call: (
+            value(m, "perfectqueue_store_call_tasks_count", queue="q", call=call),
+            value(m, "perfectqueue_store_call_tasks_sum", queue="q", call=call),
+            value(m, "perfectqueue_store_call_tasks_bucket", queue="q", call=call, le="1.0"),
+        )
+        for call in ("submit", "acquire", "finish")
+    }
+    # (calls, tasks in all, calls of at most one task): an empty acquisition observes 0
+    assert counts == {"submit": (2, 4, 1), "acquire": (2, 4, 1), "finish": (2, 4, 1)}
+    waited = value(m, "perfectqueue_store_thread_wait_seconds_count")
+    assert waited is not None and waited >= waits + 6  # at least one store call per request
+    assert 0 <= (value(m, "perfectqueue_store_thread_wait_seconds_sum") or 0) < waited * 10
+
+
 def test_dead_and_cancelled_tasks_are_counted(make_client: Callable[..., TestClient]) -> None:
     client = make_client(max_attempts=1)
     for task_id in ("dies", "waits", "runs"):

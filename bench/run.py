@@ -153,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         "--fair-backlogs",
         help="the fair scenario's backlogs, comma-separated (default 20000,1000000; SQLite the first)",
     )
+    for setting in ("pool_size", "pool_overflow"):
+        parser.add_argument(
+            "--" + setting.replace("_", "-"),
+            type=int,
+            help=f"the service scenario's services' {setting} (default: the service's own)",
+        )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the harness works")
     parser.add_argument("--out", default="bench-results", help="directory for results (gitignored)")
     parser.add_argument("--plot", action="store_true", help="also write a PNG (needs matplotlib)")
@@ -163,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg["table_prefix"] = args.table_prefix
     cfg["variants"] = args.variants.split(",")
     cfg["client"] = args.client
+    pool = {"pool_size": args.pool_size, "pool_overflow": args.pool_overflow}
+    cfg["service_settings"] = {name: value for name, value in pool.items() if value is not None}
     if args.fair_backlogs:
         cfg["fair_backlogs"] = [int(b) for b in args.fair_backlogs.split(",")]
     outdir = Path(args.out)

@@ -145,7 +145,9 @@ def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
     for nsvc in cfg["service_counts"]:
         with contextlib.ExitStack() as stack:
             started = {
-                v: stack.enter_context(services(backend, table, nsvc, v, disable_resource_limit=True))
+                v: stack.enter_context(
+                    services(backend, table, nsvc, v, disable_resource_limit=True, **cfg["service_settings"])
+                )
                 for v in variants
             }
             out.update(drain_cases(backend, table, started, cfg, nsvc))

@@ -90,7 +90,11 @@ def test_bench_smoke_sqlite(tmp_path: Path) -> None:
 @pytest.mark.mysql
 def test_bench_smoke_mysql(tmp_path: Path) -> None:
     require_mysql()
-    check(run_smoke(tmp_path, "mysql", SCENARIOS), "mysql", SCENARIOS)
+    results = run_smoke(tmp_path, "mysql", SCENARIOS, "--pool-size", "3", "--pool-overflow", "1")
+    check(results, "mysql", SCENARIOS)
+    # recorded with the results; the services started with them (the service refuses a setting
+    # it does not know, so a misspelt one would not have started)
+    assert results["config"]["service_settings"] == {"pool_size": 3, "pool_overflow": 1}
 
 
 @pytest.mark.mysql

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -143,6 +144,31 @@ def test_store_calls_count_their_tasks_and_time_their_wait_for_a_thread(
     waited = value(m, "perfectqueue_store_thread_wait_seconds_count")
     assert waited is not None and waited >= waits + 6  # at least one store call per request
     assert 0 <= (value(m, "perfectqueue_store_thread_wait_seconds_sum") or 0) < waited * 10
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # nothing here is the database's
+def test_operations_md_lists_every_metric_the_service_exports(
+    make_client: Callable[..., TestClient], db_url: str
+) -> None:
+    """The operator's reference has a table row for every metric family of /metrics (a counter
+    by its ``_total`` sample; each task counter by its event in the events table)."""
+    client = make_client()
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    families = list(text_string_to_metric_families(response.text))
+    docs = (Path(__file__).parent.parent / "docs" / "operations.md").read_text(encoding="utf-8")
+    missing = []
+    for family in families:
+        if family.name.endswith("_created"):  # the creation time prometheus_client adds to a series
+            continue
+        name = family.name + ("_total" if family.type == "counter" else "")
+        if name.startswith("perfectqueue_tasks_"):
+            documented = f"| `{name.removeprefix('perfectqueue_tasks_').removesuffix('_total')}` |" in docs
+        else:
+            documented = f"| `{name}` |" in docs
+        if not documented:
+            missing.append(name)
+    assert len(families) >= 15 and missing == []
 
 
 def test_dead_and_cancelled_tasks_are_counted(make_client: Callable[..., TestClient]) -> None:

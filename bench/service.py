@@ -95,7 +95,7 @@ def one_run(
     per = tasks // workers
     bases = [svcs[i % len(svcs)].queue for i in range(workers)]
     sub = run_clients(submit, [(client, bases[i], f"t{i}", per, k if batched else 0) for i in range(workers)])
-    calls0 = store_calls(svcs)
+    calls0 = call_sums(svcs)
     db0 = backend.server_cpu_seconds()
     svc0 = sum(cpu_seconds(s.proc.pid) for s in svcs)
     t0 = time.time()
@@ -104,7 +104,7 @@ def one_run(
     rate, count, _ = throughput(res)
     assert count == per * workers, (count, per * workers)
     db1 = backend.server_cpu_seconds()
-    calls = {name: value - calls0[name] for name, value in store_calls(svcs).items()}
+    calls = {name: value - calls0[name] for name, value in call_sums(svcs).items()}
     return {
         # the store calls of the drain, from the services' own metrics: the mean wait for a
         # worker thread, and the mean tasks per acquisition and per finish call
@@ -119,7 +119,7 @@ def one_run(
     }
 
 
-def store_calls(svcs: list[Any]) -> dict[str, float]:
+def call_sums(svcs: list[Any]) -> dict[str, float]:
     """CALL_METRICS summed over the services."""
     found = [metric_sums(s.base, CALL_METRICS) for s in svcs]
     return {name: sum(f[name] for f in found) for name in CALL_METRICS.values()}

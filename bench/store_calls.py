@@ -23,10 +23,10 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from perfectqueue.service.store import Database, QueueStore, database
 from perfectqueue.service.store.model import NewTask
+from perfectqueue.service.store.observer import Unobserved
 
 DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
 
@@ -42,21 +42,21 @@ def _database(url: str) -> Database:
         database.normalize_url = accepts
 
 
-class _LockTimedStore(QueueStore):
-    """A store that keeps how long each of its acquisitions held the table's named lock."""
+class _LockHolds(Unobserved):
+    """An observer that keeps how long each acquisition held the table's named lock."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self) -> None:
         self.holds: list[float] = []
 
-    def locked(self, waited: float, held: float) -> None:
+    def lock_held(self, waited: float, held: float) -> None:
         self.holds.append(held)
 
 
-def _store(url: str, tasks: int, users: int = 0) -> _LockTimedStore:
+def _store(url: str, tasks: int, users: int = 0) -> QueueStore:
     """A fresh table with ``tasks`` waiting; with ``users``, spread over that many users with
-    max_running 1 each, and fair scheduling on."""
-    store = _LockTimedStore(_database(url), f"bench_calls_{secrets.token_hex(4)}", fair=users > 0)
+    max_running 1 each, and fair scheduling on. Its observer keeps the lock's holds."""
+    table = f"bench_calls_{secrets.token_hex(4)}"
+    store = QueueStore(_database(url), table, fair=users > 0, observer=_LockHolds())
     store.init()
     for start in range(0, tasks, 500):
         store.submit_many(
@@ -100,7 +100,8 @@ def batched(url: str, rounds: int, batch: int, users: int = 0) -> tuple[float, f
             assert len(got) == batch
             results = store.finish_many([(a.task.id, a.lease) for a in got])
             assert results == [None] * batch
-        held = statistics.median(store.holds) * 1000 if store.holds else None
+        holds = store.observer.holds if isinstance(store.observer, _LockHolds) else []
+        held = statistics.median(holds) * 1000 if holds else None
         return (
             (time.perf_counter() - started) * 1000 / rounds,
             (time.process_time() - cpu) * 1000 / rounds,

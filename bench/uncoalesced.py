@@ -1,7 +1,7 @@
 """``python -m bench.uncoalesced serve ...``: ``perfectqueue`` with merged calls turned off.
 
 For before/after comparisons (``python -m bench --variants coalesced,uncoalesced``): each finish,
-submit and immediate poll goes to the store on its own, as before ``service/coalesce.py``.
+submit and immediate poll goes to the store on its own, as before merging (``service/batching.py``).
 """
 
 from __future__ import annotations
@@ -9,27 +9,33 @@ from __future__ import annotations
 from typing import Any
 
 from perfectqueue.cli import main
-from perfectqueue.service import coalesce
+from perfectqueue.service.longpoll import LongPoll
+from perfectqueue.service.runtime import QueueRuntime
 from perfectqueue.service.store import AcquiredTask, NewTask
 
 
-async def finish(self: coalesce.Coalesced, task_id: str, lease: int) -> None:
-    await self.run(self.store.finish, task_id, lease)
+async def finish(self: QueueRuntime, task_id: str, lease: int) -> None:
+    outcomes = await self._finish_merged([(task_id, lease)])
+    if outcomes[0] is not None:
+        raise outcomes[0]
+    self._freed()
 
 
-async def submit(self: coalesce.Coalesced, task: NewTask) -> None:
-    await self.run(self.store.submit, task)
+async def submit(self: QueueRuntime, task: NewTask) -> None:
+    outcomes = await self._submit_merged([task])
+    if outcomes[0] is not None:
+        raise outcomes[0]
+    self.polls.notify()
 
 
-async def acquire(self: coalesce.Acquirer, max_tasks: int, alive_time: int) -> list[AcquiredTask]:
-    tasks: list[AcquiredTask] = await self.run(self.store.acquire, max_tasks, alive_time)
-    return tasks
+async def now(self: LongPoll, max_tasks: int, alive_time: int) -> list[AcquiredTask]:
+    return await self.acquire(max_tasks, alive_time)
 
 
 def turn_off() -> None:
     patches: dict[Any, dict[str, Any]] = {
-        coalesce.Coalesced: {"finish": finish, "submit": submit},
-        coalesce.Acquirer: {"acquire": acquire},
+        QueueRuntime: {"finish": finish, "submit": submit},
+        LongPoll: {"now": now},
     }
     for cls, methods in patches.items():
         for name, fn in methods.items():

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..errors import PerfectQueueError
-from .store import Counts, QueueStore
+from .store import Counts
 
 CACHE_SECONDS = 5.0
 
@@ -29,12 +29,12 @@ CACHE_SECONDS = 5.0
 class QueueGauges(Collector):
     """Collects every queue's gauges at scrape time, from a cache at most ``CACHE_SECONDS`` old.
 
-    A queue whose query fails (the database is down) has no gauges in that scrape (the metered
-    store counts the failure).
+    ``counts`` reads a queue's counts (blocking: the scrape runs in a worker thread). A queue whose
+    query fails (the database is down) has no gauges in that scrape (its runtime counts the failure).
     """
 
-    def __init__(self, stores: Mapping[str, QueueStore], limit: int) -> None:
-        self.stores, self.limit = stores, limit
+    def __init__(self, counts: Mapping[str, Callable[[], Counts]], limit: int) -> None:
+        self.counts, self.limit = counts, limit
         self._cache: dict[str, tuple[float, Counts]] = {}
         self._lock = threading.Lock()
 
@@ -44,7 +44,7 @@ class QueueGauges(Collector):
             if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
                 return cached[1]
             try:
-                stats = self.stores[queue].counts(self.limit)
+                stats = self.counts[queue]()
             except PerfectQueueError:
                 self._cache.pop(queue, None)
                 return None
@@ -77,7 +77,7 @@ class QueueGauges(Collector):
             "Where the task counts stop (metrics_count_limit): a count at it means at least that many.",
             labels=["queue"],
         )
-        for queue in self.stores:
+        for queue in self.counts:
             stats = self.stats(queue)
             if stats is None:
                 continue

@@ -1,34 +1,39 @@
-"""Long-polls that hold no database connection and no thread while they wait.
-
-A poll that finds nothing joins its queue's line of waiters: an asyncio future, nothing more.
-One dispatcher per queue, running only while somebody waits, acquires on the waiters' behalf —
-at once when a task is submitted or released through this replica, otherwise after an index
-probe every ``check_interval`` seconds finds work (submits through other replicas) — and hands
-the tasks out in arrival order, one acquisition for as many waiters as it can serve.
+"""One queue's polls: immediate ones merged, long ones waiting in line without a connection.
 
 A poll that acquires at once (``wait=0``, or a long-poll's first try) shares its acquisition
-with the concurrent ones of the same ``alive_time`` (``coalesce.Acquirer``).
+with the concurrent ones of the same ``alive_time`` (a :class:`~.batching.Batcher`). A long-poll
+that finds nothing joins the queue's line of waiters: an asyncio future, holding no database
+connection and no thread. One dispatcher per queue, running only while somebody waits, acquires
+on the waiters' behalf — at once when woken (:meth:`LongPoll.notify`: a task became waiting
+through this replica), otherwise after an index probe every ``check_interval`` seconds finds
+work (submits through other replicas) — and hands the tasks out in arrival order, one
+acquisition for as many waiters as it can serve.
+
+Both paths divide an acquisition with :func:`~.batching.split` and hand what a departed caller
+would have got to ``give_back``. The store calls come in as callables (the queue runtime's), so
+that this module knows nothing of threads, metrics or the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 from ..errors import PerfectQueueError, UnavailableError
-from .coalesce import Acquirer
-from .store import AcquiredTask, QueueStore
+from .batching import MAX_BATCH, Batcher, split
+from .store import AcquiredTask
 
 log = logging.getLogger("perfectqueue.service")
 
-T = TypeVar("T")
-Runner = Callable[..., Awaitable[Any]]
-MAX_ACQUIRE = 100
+Acquire = Callable[[int, int], Awaitable[list[AcquiredTask]]]
+"""One acquisition: (max tasks, alive_time) -> the tasks leased."""
+GiveBack = Callable[[list[AcquiredTask]], Awaitable[None]]
+"""Tasks leased for callers that have gone: make them deliverable again (never raises)."""
 
 
 @dataclass
@@ -41,13 +46,18 @@ class Waiter:
 
 
 class LongPoll:
-    """The waiting polls of one queue."""
+    """The polls of one queue."""
 
-    def __init__(self, store: QueueStore, run: Runner, check_interval: float) -> None:
-        self.store = store
-        self.run = run
-        self.acquirer = Acquirer(store, run)
+    def __init__(
+        self,
+        acquire: Acquire,
+        has_waiting: Callable[[], Awaitable[bool]],
+        give_back: GiveBack,
+        check_interval: float,
+    ) -> None:
+        self.acquire, self.has_waiting, self.give_back = acquire, has_waiting, give_back
         self.check_interval = check_interval
+        self.immediate: dict[int, Batcher[int, list[AcquiredTask]]] = {}
         self.waiters: deque[Waiter] = deque()
         self.acquiring = 0  # polls acquiring outside the line right now
         self.wake = asyncio.Event()
@@ -61,7 +71,7 @@ class LongPoll:
         if wait <= 0 or self.closing or not (self._live_waiters() or self.acquiring):
             self.acquiring += 1
             try:
-                tasks = await self.acquirer.acquire(max_tasks, alive_time)
+                tasks = await self.now(max_tasks, alive_time)
             finally:
                 self.acquiring -= 1
             if tasks or wait <= 0 or self.closing:
@@ -76,12 +86,25 @@ class LongPoll:
                 waiter.future.cancel()
         return [] if waiter.future.cancelled() else waiter.future.result()
 
-    async def give_back(self, tasks: list[AcquiredTask]) -> None:
-        """Tasks acquired for a poll whose client has gone: deliverable again at once, rather
-        than leased to nobody until their alive_time ends."""
-        for acquired in tasks:
-            await self.run(self.store.release, acquired.task.id, acquired.lease)
-        self.notify()
+    async def now(self, max_tasks: int, alive_time: int) -> list[AcquiredTask]:
+        """One immediate acquisition, merged with the concurrent ones of the same ``alive_time``."""
+        batcher = self.immediate.get(alive_time)
+        if batcher is None:
+            batcher = self.immediate[alive_time] = Batcher(
+                lambda wants: self._shares(wants, alive_time), size=lambda want: want, abandoned=self._left
+            )
+        try:
+            return await batcher.call(max_tasks)
+        finally:
+            if batcher.idle:
+                self.immediate.pop(alive_time, None)
+
+    async def _shares(self, wants: list[int], alive_time: int) -> list[list[AcquiredTask]]:
+        shares, _ = split(await self.acquire(sum(wants), alive_time), wants)
+        return shares
+
+    async def _left(self, shares: list[list[AcquiredTask]]) -> None:
+        await self.give_back([task for share in shares for task in share])
 
     def notify(self) -> None:
         """A task became waiting through this replica: serve the waiters now."""
@@ -89,7 +112,7 @@ class LongPoll:
             self.wake.set()
 
     def close(self) -> None:
-        """Shutting down: every waiting poll returns empty at once."""
+        """Shutting down: every waiting poll returns empty at once, and no poll waits again."""
         self.closing = True
         for waiter in self.waiters:
             if not waiter.future.done():
@@ -103,8 +126,10 @@ class LongPoll:
         return bool(self.waiters)
 
     def _start_dispatcher(self) -> None:
+        """The dispatcher serves every waiter: it runs in a context of its own, not in the one of
+        the request that happened to start it (its log lines are nobody's request)."""
         if self.dispatcher is None or self.dispatcher.done():
-            self.dispatcher = asyncio.create_task(self._dispatch())
+            self.dispatcher = asyncio.create_task(self._dispatch(), context=contextvars.Context())
 
     async def _dispatch(self) -> None:
         probe = False
@@ -115,7 +140,7 @@ class LongPoll:
             woken, probe = self.wake.is_set(), True
             self.wake.clear()
             try:
-                if woken or await self.run(self.store.has_waiting):
+                if woken or await self.has_waiting():
                     while self._live_waiters() and not self.closing and await self._serve_head():
                         pass
             except PerfectQueueError as exc:
@@ -132,23 +157,33 @@ class LongPoll:
         instead): the line then waits for what wakes it (a submit, finish, retry or release
         through this replica) or for the next probe, rather than acquiring again at once for
         nothing, with the table's lock held, under fair scheduling."""
+        batch = self._head()
+        wants = [waiter.max for waiter in batch]
+        tasks = await self.acquire(sum(wants), batch[0].alive_time)
+        shares, left = split(tasks, wants)
+        for waiter, share in zip(batch, shares, strict=True):
+            if not share:
+                continue
+            if waiter.future.done():  # it left while we acquired
+                left.extend(share)
+            else:
+                waiter.future.set_result(share)
+        if left:
+            await self.give_back(left)
+        return len(tasks) == sum(wants)
+
+    def _head(self) -> list[Waiter]:
+        """The live waiters at the head of the line with the head's ``alive_time``, wanting at
+        most MAX_BATCH together (the head always: it may want more alone)."""
         batch: list[Waiter] = []
         alive_time, wanted = self.waiters[0].alive_time, 0
-        for waiter in self.waiters:  # the head always (it may want more than MAX_ACQUIRE alone)
-            if batch and (waiter.alive_time != alive_time or wanted + waiter.max > MAX_ACQUIRE):
+        for waiter in self.waiters:
+            if batch and (waiter.alive_time != alive_time or wanted + waiter.max > MAX_BATCH):
                 break
             if not waiter.future.done():
                 batch.append(waiter)
                 wanted += waiter.max
-        tasks: list[AcquiredTask] = await self.run(self.store.acquire, wanted, alive_time)
-        full = len(tasks) == wanted
-        for waiter in batch:
-            if tasks and not waiter.future.done():
-                waiter.future.set_result(tasks[: waiter.max])
-                tasks = tasks[waiter.max :]
-        if tasks:  # their waiters left while we acquired
-            await self.give_back(tasks)
-        return full
+        return batch
 
     def _fail_head(self, exc: PerfectQueueError) -> None:
         if self._live_waiters():

@@ -1,41 +1,32 @@
 """Prometheus metrics of the service, served at ``/metrics`` (docs/operations.md lists them all).
 
-Counters and histograms are counted from outside the store: :class:`MeteredQueueStore` is the
-store with each operation's outcome counted (the one place events are counted: the dashboard's
-per-minute throughput adds up the same counts, :class:`PerMinute`), :class:`MeteredLongPoll`
-times polls, and :class:`~.httpmetrics.HttpMetrics` (fed by the request log's middleware) counts
-requests by method, route template and status. The per-queue gauges are computed at scrape time
-by :mod:`.gauges`. Each app has a registry of its own (never the process-wide one), so that any
-number of apps can live in one process.
+:class:`ServiceMetrics` is the observer the runtime is built with (:class:`~.runtime.ServiceObserver`)
+and :class:`QueueMetrics` a queue's (:class:`~.runtime.QueueObserver`): the queue runtime and the
+store tell them each operation's outcome, the one place events are counted (the dashboard's
+per-minute throughput adds up the same counts, :class:`PerMinute`). :class:`~.httpmetrics.HttpMetrics`
+(fed by the request log's middleware) counts requests by method, route template and status.
+The per-queue gauges are computed at scrape time by :mod:`.gauges`. Each app has a registry of
+its own (never the process-wide one), so that any number of apps can live in one process.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import (
-    AlreadyExistsError,
-    CancelRequestedError,
-    PerfectQueueError,
-    PreemptedError,
-    UnavailableError,
-)
-from ..logformat import log_context, set_context
-from .longpoll import LongPoll
-from .store import AcquiredTask, NewTask, QueueStore
+from .gauges import QueueGauges
+from .runtime import Event
+from .store import AcquiredTask, Counts
 from .store.model import Outcome
 
-T = TypeVar("T")
-
-EVENTS: dict[str, str] = {
+EVENTS: dict[Event, str] = {
     "submitted": "Tasks stored by a submit.",
     "rejected": "Submits refused by the queue because the id exists (finished within retention included).",
     "acquired": "Tasks leased to a poller.",
@@ -83,8 +74,9 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.per_minute = PerMinute()
+        self.gauges: QueueGauges | None = None
         r = self.registry
-        self.events = {
+        self.events: dict[str, Counter] = {
             name: Counter(f"perfectqueue_tasks_{name}", text, ["queue"], registry=r)
             for name, text in EVENTS.items()
         }
@@ -158,192 +150,55 @@ class ServiceMetrics:
             if event in PER_MINUTE:
                 self.per_minute.add(queue, event, amount)
 
+    def watch(self, counts: Mapping[str, Callable[[], Counts]], limit: int) -> None:
+        """Export the gauges of the queues whose counts ``counts`` reads (at scrape time)."""
+        self.gauges = QueueGauges(counts, limit)
+        self.registry.register(self.gauges)
+
+    def thread_waited(self, seconds: float) -> None:
+        self.thread_wait.observe(seconds)
+
+    def queue(self, name: str) -> QueueMetrics:
+        return QueueMetrics(self, name)
+
     def exposition(self) -> bytes:
         """The text format of every metric (this runs the gauge queries: call it off the loop)."""
         return generate_latest(self.registry)
 
 
-class MeteredQueueStore(QueueStore):
-    """The store, with every operation's outcome counted under its queue's name."""
+class QueueMetrics:
+    """One queue's observer (:class:`~.runtime.QueueObserver`): what its runtime and its store
+    tell, counted under the queue's name."""
 
-    def __init__(self, metrics: ServiceMetrics, queue: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, metrics: ServiceMetrics, queue: str) -> None:
         self.metrics, self.queue = metrics, queue
 
-    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        set_context(queue=self.queue)
-        try:
-            return fn(*args, **kwargs)
-        except UnavailableError:
-            self.metrics.database_errors.labels(self.queue).inc()
-            raise
+    def counted(self, event: Event, amount: int) -> None:
+        self.metrics.count(event, self.queue, amount)
 
-    def _lease_call(self, fn: Callable[..., T], task_id: str, *args: Any, **kwargs: Any) -> T:
-        """A call on one task, whose refusals are counted (preempted; cancelled: the call ended
-        the task cancelled); the task id goes into the request's log lines."""
-        set_context(task_id=task_id)
-        try:
-            return self._call(fn, task_id, *args, **kwargs)
-        except PreemptedError:
-            self.metrics.count("preempted", self.queue)
-            raise
-        except CancelRequestedError:
-            self.metrics.count("cancelled", self.queue)
-            raise
-
-    def _carries(self, call: str, tasks: int) -> None:
+    def carried(self, call: Literal["submit", "finish"], tasks: int) -> None:
         self.metrics.call_tasks.labels(self.queue, call).observe(tasks)
 
-    def submit(self, task: NewTask) -> None:
-        set_context(task_id=task.id)
-        self._carries("submit", 1)
-        try:
-            self._call(super().submit, task)
-        except AlreadyExistsError:
-            self.metrics.count("rejected", self.queue)
-            raise
-        self.metrics.count("submitted", self.queue)
-
-    def submit_many(self, tasks: Sequence[NewTask]) -> list[PerfectQueueError | None]:
-        self._carries("submit", len(tasks))
-        results = self._call(super().submit_many, tasks)
-        self._count_results(results, "submitted", rejected=AlreadyExistsError)
-        return results
-
-    def acquire(self, max_tasks: int, alive_time: int) -> list[AcquiredTask]:
-        tasks = self._call(super().acquire, max_tasks, alive_time)
-        self._carries("acquire", len(tasks))
+    def acquired(self, tasks: Sequence[AcquiredTask]) -> None:
+        self.metrics.call_tasks.labels(self.queue, "acquire").observe(len(tasks))
         self.metrics.count("acquired", self.queue, len(tasks))
         now = time.time()
         for acquired in tasks:
             if acquired.task.created_at is not None:
                 self.metrics.queue_wait.labels(self.queue).observe(max(0.0, now - acquired.task.created_at))
-        return tasks
 
-    def locked(self, waited: float, held: float) -> None:
+    def unavailable(self) -> None:
+        self.metrics.database_errors.labels(self.queue).inc()
+
+    def polled(self, seconds: float, delivered: bool) -> None:
+        self.metrics.poll_duration.labels(self.queue, "tasks" if delivered else "empty").observe(seconds)
+
+    def lock_held(self, waited: float, held: float) -> None:
         self.metrics.lock_wait.labels(self.queue).observe(waited)
         self.metrics.lock_held.labels(self.queue).observe(held)
 
     def ended(self, outcome: Outcome, count: int) -> None:
-        """Tasks an acquisition ended dead or cancelled."""
         self.metrics.count(outcome.value, self.queue, count)
-
-    def heartbeat(self, task_id: str, *args: Any, **kwargs: Any) -> Any:
-        set_context(task_id=task_id)
-        try:  # a cancel request it answers is not counted: the task is not over yet
-            return self._call(super().heartbeat, task_id, *args, **kwargs)
-        except PreemptedError:
-            self.metrics.count("preempted", self.queue)
-            raise
-
-    def heartbeat_many(
-        self, items: Sequence[tuple[str, int]], alive_time: int
-    ) -> list[PerfectQueueError | None]:
-        results = self._call(super().heartbeat_many, items, alive_time)
-        preempted = sum(isinstance(error, PreemptedError) for error in results)
-        if preempted:  # as for one heartbeat, a cancel request answered is not counted
-            self.metrics.count("preempted", self.queue, preempted)
-        return results
-
-    def retry(self, task_id: str, *args: Any, **kwargs: Any) -> Any:
-        result = self._lease_call(super().retry, task_id, *args, **kwargs)
-        # None: the task's attempts were used up and the retry ended it dead
-        self.metrics.count("dead" if result is None else "retried", self.queue)
-        return result
-
-    def release(self, task_id: str, *args: Any, **kwargs: Any) -> Any:
-        result = self._lease_call(super().release, task_id, *args, **kwargs)
-        self.metrics.count("released", self.queue)
-        return result
-
-    def finish(self, task_id: str, *args: Any, **kwargs: Any) -> Any:
-        self._carries("finish", 1)
-        result = self._lease_call(super().finish, task_id, *args, **kwargs)
-        self.metrics.count("finished", self.queue)
-        return result
-
-    def finish_many(self, items: Sequence[tuple[str, int]]) -> list[PerfectQueueError | None]:
-        self._carries("finish", len(items))
-        results = self._call(super().finish_many, items)
-        self._count_results(results, "finished")
-        return results
-
-    def force_finish(self, task_id: str, *args: Any, **kwargs: Any) -> Any:
-        set_context(task_id=task_id)
-        result = self._call(super().force_finish, task_id, *args, **kwargs)
-        self.metrics.count("finished", self.queue)
-        return result
-
-    def cancel(self, task_id: str, *args: Any, **kwargs: Any) -> Any:
-        set_context(task_id=task_id)
-        task = self._call(super().cancel, task_id, *args, **kwargs)
-        if getattr(task, "status", None) == "cancelled":  # nobody held it: it ended at once
-            self.metrics.count("cancelled", self.queue)
-        return task
-
-    def _count_results(
-        self, results: Sequence[PerfectQueueError | None], done: str, rejected: type | None = None
-    ) -> None:
-        for error in results:
-            if error is None:
-                self.metrics.count(done, self.queue)
-            elif rejected is not None and isinstance(error, rejected):
-                self.metrics.count("rejected", self.queue)
-            elif isinstance(error, PreemptedError):
-                self.metrics.count("preempted", self.queue)
-            elif isinstance(error, CancelRequestedError):
-                self.metrics.count("cancelled", self.queue)
-
-    # The reads: counted only when the database fails them.
-
-    def get(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(super().get, *args, **kwargs)
-
-    def list(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(super().list, *args, **kwargs)
-
-    def counts(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(super().counts, *args, **kwargs)
-
-    def users(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(super().users, *args, **kwargs)
-
-    def ping(self) -> None:
-        self._call(super().ping)
-
-    def has_waiting(self) -> bool:
-        return self._call(super().has_waiting)
-
-    def force_release(self, task_id: str) -> None:
-        set_context(task_id=task_id)
-        self._call(super().force_release, task_id)
-
-    def cleanup(self, batch: int = 1000) -> int:
-        return self._call(super().cleanup, batch)
-
-
-class MeteredLongPoll(LongPoll):
-    """Long-polls, each timed into ``perfectqueue_poll_duration_seconds``."""
-
-    def __init__(self, metrics: ServiceMetrics, queue: str, *args: Any) -> None:
-        super().__init__(*args)
-        self.metrics, self.queue = metrics, queue
-
-    async def poll(self, max_tasks: int, alive_time: int, wait: float) -> list[AcquiredTask]:
-        started = time.perf_counter()
-        tasks = await super().poll(max_tasks, alive_time, wait)
-        result = "tasks" if tasks else "empty"
-        self.metrics.poll_duration.labels(self.queue, result).observe(time.perf_counter() - started)
-        return tasks
-
-    def _start_dispatcher(self) -> None:
-        """The dispatcher serves every waiter: it must not carry the log context of the request
-        that happened to start it (a task copies the context it is created in)."""
-        token = log_context.set(None)
-        try:
-            super()._start_dispatcher()
-        finally:
-            log_context.reset(token)
 
 
 def endpoint(run: Callable[..., Any], metrics: ServiceMetrics) -> Callable[[Request], Any]:

@@ -11,12 +11,25 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import PerfectQueueError
+from .models import Problem
 
 log = logging.getLogger("perfectqueue.service")
 
 MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = 1
 HTTP_CODES = {404: "unknown_endpoint", 405: "method_not_allowed", 400: "bad_request"}
+
+
+PROBLEM = {
+    "model": Problem,
+    "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem responses an operation can give (every /v1 one needs a key;
+    400 answers a body that is not JSON at all)."""
+    return {status: PROBLEM for status in sorted({*statuses, 400, 401, 403, 413, 422, 503})}
 
 
 def problem(

@@ -29,8 +29,9 @@ from types import FrameType
 import uvicorn
 
 from . import logs
-from .app import Runtime, create_app
+from .app import create_app
 from .config import Settings
+from .runtime import Runtime
 from .security import check_exposure
 
 log = logging.getLogger("perfectqueue.service")

@@ -6,14 +6,20 @@ not. ``PERFECTQUEUE_TEST_MYSQL_URL`` points them at another server.
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio.to_thread
 import pytest
 import sqlalchemy as sa
 
+from perfectqueue.service.config import settings_from
+from perfectqueue.service.metrics import ServiceMetrics
+from perfectqueue.service.runtime import QueueRuntime, Runner
 from perfectqueue.service.store import Database, QueueStore
 
 MYSQL_URL = os.environ.get("PERFECTQUEUE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
@@ -94,3 +100,15 @@ def set_timeout(store: QueueStore, task_id: str, timeout: int) -> None:
 def expire_lease(store: QueueStore, task_id: str) -> None:
     """Move a running task's lease into the past: what waiting alive_time seconds would do."""
     set_timeout(store, task_id, db_now(store) - 1)
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """A store call in a worker thread, as the service runs it."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+
+
+def queue_runtime(store: QueueStore, run: Runner = in_thread, **settings: Any) -> QueueRuntime:
+    """The runtime the service builds for a queue, over ``store``, its store calls run by ``run``
+    (the service's runs them in its worker threads)."""
+    served = settings_from({"table": store.table.name, **settings})
+    return QueueRuntime(served.queue(store.table.name), served, store, run, ServiceMetrics().queue("q"))

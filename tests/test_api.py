@@ -831,7 +831,7 @@ def test_every_field_of_a_submit_reaches_the_store() -> None:
     from dataclasses import fields
 
     from perfectqueue.service import models
-    from perfectqueue.service.routes import new_task
+    from perfectqueue.service.operations import new_task
     from perfectqueue.service.store import NewTask
 
     assert set(models.SubmitRequest.model_fields) == {f.name for f in fields(NewTask)}

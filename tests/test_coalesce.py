@@ -1,5 +1,6 @@
-"""Merged calls (service/coalesce.py): concurrent finishes, submits and immediate polls of one
-queue share one store call, and each caller still gets exactly its own outcome.
+"""Merged calls (service/batching.py, through the queue runtime): concurrent finishes, submits and
+immediate polls of one queue share one store call, and each caller still gets exactly its own
+outcome.
 
 On each backend, against real tables: the store below only records how it was called.
 """
@@ -15,7 +16,7 @@ from typing import Any
 import anyio.to_thread
 import httpx
 import pytest
-from conftest import drop_table, expire_lease
+from conftest import drop_table, expire_lease, in_thread, queue_runtime
 
 from perfectqueue.errors import (
     AlreadyExistsError,
@@ -27,7 +28,7 @@ from perfectqueue.errors import (
     UnavailableError,
 )
 from perfectqueue.service.app import create_app
-from perfectqueue.service.coalesce import Acquirer, Batcher, Coalesced
+from perfectqueue.service.batching import Batcher
 from perfectqueue.service.config import settings_from
 from perfectqueue.service.store import AcquiredTask, Database, NewTask, QueueStore
 
@@ -50,10 +51,6 @@ class Recording(QueueStore):
     def acquire(self, max_tasks: int, alive_time: int) -> list[AcquiredTask]:
         self.calls.append(("acquire", max_tasks))
         return super().acquire(max_tasks, alive_time)
-
-
-async def run(fn: Callable[..., Any], *args: Any) -> Any:
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
 
 
 def gather(*calls: Any) -> list[Any]:
@@ -87,7 +84,7 @@ def test_concurrent_finishes_share_one_transaction_each_with_its_own_outcome(sto
     expire_lease(store, "e")  # another worker takes "e" over: the first lease is fenced off
     (taken,) = store.acquire(1, 300)
     assert taken.task.id == "e"
-    coalesced = Coalesced(store, run)
+    coalesced = queue_runtime(store)
     store.calls.clear()
 
     outcomes = gather(
@@ -120,14 +117,14 @@ def test_a_lone_finish_is_a_single_statement_and_starts_at_once(store: Recording
     submitted(store, "a")
     (a,) = store.acquire(1, 300)
     store.calls.clear()
-    assert gather(lambda: Coalesced(store, run).finish("a", a.lease)) == [None]
+    assert gather(lambda: queue_runtime(store).finish("a", a.lease)) == [None]
     assert store.calls == []  # store.finish, not finish_many
     assert store.get("a").status.value == "finished"
 
 
 def test_concurrent_submits_share_one_insert_and_duplicates_are_refused(store: Recording) -> None:
     submitted(store, "old")
-    coalesced = Coalesced(store, run)
+    coalesced = queue_runtime(store)
     store.calls.clear()
 
     outcomes = gather(
@@ -137,31 +134,31 @@ def test_concurrent_submits_share_one_insert_and_duplicates_are_refused(store: R
         lambda: coalesced.submit(NewTask(id="n2", type="t")),
     )
 
-    assert store.calls == [("submit_many", 3)]
+    assert store.calls == [("submit_many", 4)]  # the store answers the same id twice
     assert outcomes[0] is None and outcomes[3] is None
     assert isinstance(outcomes[1], AlreadyExistsError) and isinstance(outcomes[2], AlreadyExistsError)
-    assert "twice" not in str(outcomes[2])
+    assert "already exists" in str(outcomes[2])
     assert store.get("n1").data == {"from": "first"}
     assert {t.id for t in store.list().tasks} == {"old", "n1", "n2"}
 
 
 def test_concurrent_polls_share_one_acquisition_split_in_arrival_order(store: Recording) -> None:
     submitted(store, *(f"t{i}" for i in range(8)))
-    acquirer = Acquirer(store, run)
+    polls = queue_runtime(store).polls
     store.calls.clear()
 
-    shares = gather(*[functools.partial(acquirer.acquire, want, 300) for want in (2, 3, 4)])
+    shares = gather(*[functools.partial(polls.now, want, 300) for want in (2, 3, 4)])
 
     assert store.calls == [("acquire", 9)]
     assert [len(s) for s in shares] == [2, 3, 3]  # 8 waiting: the last caller gets what is left
     assert len({t.task.id for share in shares for t in share}) == 8  # no task twice
     for share in shares:  # each caller holds its own tasks: its lease finishes them
         assert store.finish_many([(t.task.id, t.lease) for t in share]) == [None] * len(share)
-    assert acquirer.batchers == {}
+    assert polls.immediate == {}
 
     submitted(store, "x", "y")
     store.calls.clear()
-    shares = gather(lambda: acquirer.acquire(1, 300), lambda: acquirer.acquire(1, 60))
+    shares = gather(lambda: polls.now(1, 300), lambda: polls.now(1, 60))
     assert store.calls == [("acquire", 1), ("acquire", 1)]  # another alive_time: its own acquisition
     assert [s[0].task.timeout - s[0].task.created_at >= 300 for s in shares] == [True, False]
 
@@ -172,8 +169,8 @@ def test_a_merged_acquisition_never_exceeds_max_running(db_url: str, table_name:
         store = QueueStore(db, table_name)  # fair: the per-user cap applies
         store.init()
         submitted(store, *(f"u{i}" for i in range(6)), user="u", max_running=2)
-        acquirer = Acquirer(store, run)
-        shares = gather(*[lambda: acquirer.acquire(1, 300)] * 5)
+        polls = queue_runtime(store).polls
+        shares = gather(*[lambda: polls.now(1, 300)] * 5)
         assert sorted(len(s) for s in shares) == [0, 0, 0, 1, 1]
         assert store.counts().running == 2
     finally:
@@ -185,7 +182,7 @@ def test_a_database_out_of_reach_fails_every_caller_and_changes_nothing(store: R
     submitted(store, "a", "b")
     held = [(t.task.id, t.lease) for t in store.acquire(2, 300)]
     broken = Recording(Database(store.db.url), store.table.name + "_gone", fair=False)
-    coalesced = Coalesced(broken, run)
+    coalesced = queue_runtime(broken)
     try:
         outcomes = gather(*[functools.partial(coalesced.finish, i, lease) for i, lease in held * 2])
     finally:
@@ -220,19 +217,19 @@ def test_a_poller_gone_during_its_acquisition_gives_its_tasks_back(store: Record
             release.wait(10)
             return fn(*args)
 
-        return await anyio.to_thread.run_sync(gated) if fn == store.acquire else await run(fn, *args)
+        return await anyio.to_thread.run_sync(gated) if fn == store.acquire else await in_thread(fn, *args)
 
-    acquirer = Acquirer(store, slow_run)
+    polls = queue_runtime(store, slow_run).polls
 
     async def main() -> tuple[list[AcquiredTask], bool]:
-        stays = asyncio.create_task(acquirer.acquire(1, 300))
-        leaves = asyncio.create_task(acquirer.acquire(1, 300))
+        stays = asyncio.create_task(polls.now(1, 300))
+        leaves = asyncio.create_task(polls.now(1, 300))
         await asyncio.sleep(0)
         await anyio.to_thread.run_sync(started.wait, 10)
         leaves.cancel()
         release.set()
         kept = await stays
-        while acquirer.batchers[300].flusher is not None:  # the give-back runs after the split
+        while polls.immediate[300].flusher is not None:  # the give-back runs after the split
             await asyncio.sleep(0.01)
         return kept, leaves.cancelled()
 

@@ -26,9 +26,9 @@ import anyio
 import httpx
 import pytest
 import sqlalchemy as sa
+from conftest import queue_runtime
 from servers import running_services, service_process, write_config
 
-from perfectqueue.service.longpoll import LongPoll
 from perfectqueue.service.store import AcquiredTask, Database, NewTask, QueueStore
 
 pytestmark = pytest.mark.slow
@@ -563,7 +563,7 @@ async def burst(store: QueueStore, polls: int, wait: float) -> tuple[list[list[A
         calls[fn.__name__] += 1
         return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=limiter)
 
-    line = LongPoll(store, run, check_interval=30)
+    line = queue_runtime(store, run, poll_check_interval=30).polls
     try:
         results = await asyncio.gather(*(line.poll(1, 300, wait) for _ in range(polls)))
     finally:
@@ -614,7 +614,7 @@ def test_a_line_served_short_of_its_demand_waits_to_be_woken(store: QueueStore) 
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.3)  # and anything it would do next
 
-        line = LongPoll(store, run, check_interval=30)
+        line = queue_runtime(store, run, poll_check_interval=30).polls
         polls = [asyncio.create_task(line.poll(1, 300, 20)) for _ in range(3)]
         acquisitions = []
         try:
@@ -638,15 +638,15 @@ def test_a_line_served_short_of_its_demand_waits_to_be_woken(store: QueueStore) 
 
 
 def test_a_long_poll_for_more_tasks_than_one_acquisition_of_the_line_is_served(store: QueueStore) -> None:
-    """The line takes any poll the store does (up to 1,000 tasks; the API asks for at most 100,
-    which is also how many the line gathers for several waiters): a waiter wanting more than that
-    is served alone, not failed by an acquisition of nothing."""
+    """The line takes any poll the store does (up to 1,000 tasks, which is also how many it
+    gathers for several waiters; the API asks for at most 100): the head of the line is served
+    whatever it wants, never failed by an acquisition of nothing."""
 
     async def scenario() -> list[AcquiredTask]:
         async def run(fn: Callable[..., Any], *args: Any) -> Any:
             return await anyio.to_thread.run_sync(functools.partial(fn, *args))
 
-        line = LongPoll(store, run, check_interval=30)
+        line = queue_runtime(store, run, poll_check_interval=30).polls
         try:
             waiting = asyncio.create_task(line.poll(500, 300, 20))
             deadline = time.monotonic() + 5

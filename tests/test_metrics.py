@@ -225,7 +225,7 @@ def test_gauges_count_each_state_and_stop_at_the_limit(make_client: Callable[...
     for i in range(5, 10):
         submit(client, f"w{i}")
     assert value(scrape(client), "perfectqueue_queue_tasks", queue="q", state="waiting") == 2, "cached"
-    client.app.state.runtime.gauges.clear()  # what CACHE_SECONDS later would do
+    client.app.state.metrics.gauges.clear()  # what CACHE_SECONDS later would do
     assert value(scrape(client), "perfectqueue_queue_tasks", queue="q", state="waiting") == 3, "capped"
     # The same counts (uncached) answer the queue API and the dashboard, saying which stopped.
     info = client.get(Q).json()

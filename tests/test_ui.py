@@ -153,8 +153,7 @@ def test_throughput_adds_up_over_two_replicas(make_app: Callable[..., TestClient
     assert first.post(f"{Q}/force-finish", json={"id": "s1"}).status_code == 409  # not counted again
 
     for client in (first, second):  # each replica adds its counts (as it does every few seconds)
-        throughput = client.app.state.throughput
-        client.portal.call(throughput.flush, client.app.state.runtime.run)
+        client.portal.call(client.app.state.dashboard.throughput.flush)
     submit(second, "s2")  # counted at the replica's stop (the last flush)
     second.__exit__(None, None, None)
 

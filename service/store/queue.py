@@ -58,6 +58,7 @@ from .model import (
     check_name,
     truncate_error,
 )
+from .observer import StoreObserver, Unobserved
 from .schema import EXTENSION_DEFAULTS, build_table, has_extensions, init_table
 from .stats import DEFAULT_LIMIT, Counts, UserLoad, count_states, user_loads
 
@@ -85,7 +86,8 @@ class QueueStore:
     are kept apart on MySQL: ``skip_locked`` (row locks, in parallel) or ``get_lock`` (the
     original's ``GET_LOCK('<table>')``, for tables shared with Ruby PerfectQueue processes).
     Fair acquisition always serialises on that lock, which is what keeps ``max_running`` exact.
-    ``policy`` holds the queue's retry backoff, ``max_attempts`` and ``dead_retention_time``.
+    ``policy`` holds the queue's retry backoff, ``max_attempts`` and ``dead_retention_time``;
+    ``observer`` hears what only the store sees (the table lock's hold, tasks an acquisition ended).
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class QueueStore:
         fair: bool = True,
         lock: str = "skip_locked",
         policy: RetryPolicy | None = None,
+        observer: StoreObserver | None = None,
     ) -> None:
         if lock not in ("skip_locked", "get_lock"):
             raise InvalidError("lock must be 'skip_locked' or 'get_lock'")
@@ -106,6 +109,7 @@ class QueueStore:
         self.fair = fair
         self.lock = lock
         self.policy = policy or RetryPolicy()
+        self.observer: StoreObserver = observer or Unobserved()
         self._t = self.table.c
         self._acquisition = Acquisition(db, self.table, fair=fair, lock=lock)
         self._listing = Listing(self.table, self._columns)
@@ -191,7 +195,7 @@ class QueueStore:
         self.extended()
         for i, task in enumerate(tasks):
             if task.id in first:
-                results[i] = AlreadyExistsError(f"task {task.id!r} is twice in the batch")
+                results[i] = AlreadyExistsError(f"task {task.id!r} already exists (submitted twice at once)")
             else:
                 first[task.id] = i
         if not first:
@@ -281,15 +285,12 @@ class QueueStore:
                 for r in live
             ]
 
-        acquired = self.db.transaction(work, lock=self._acquisition.lock_name(), timed=self.locked)
+        acquired = self.db.transaction(
+            work, lock=self._acquisition.lock_name(), timed=self.observer.lock_held
+        )
         for outcome, count in ended.items():
-            self.ended(outcome, count)
+            self.observer.ended(outcome, count)
         return acquired
-
-    def locked(self, waited: float, held: float) -> None:
-        """Called after each acquisition that took the table's named lock (MySQL: fair
-        acquisition, or ``lock="get_lock"``) with the seconds it waited for the lock and held
-        it. Nothing here; a subclass measures them."""
 
     def _lease_rows(self) -> sa.Update:
         values = {
@@ -302,11 +303,6 @@ class QueueStore:
             .where(self._t.id.in_(sa.bindparam("ids", expanding=True)))
             .values(self._values(values))
         )
-
-    def ended(self, outcome: Outcome, count: int) -> None:
-        """Called after an acquisition ended ``count`` tasks it found undeliverable (dead: their
-        attempts used up; cancelled: a cancel was requested while their lease ran out). Nothing
-        here; a subclass counts them."""
 
     def _exhausted(self, row: Any) -> bool:
         return self.policy.exhausted(row.attempts, row.max_attempts)

@@ -116,9 +116,10 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from .service.app import Runtime
+    from .service.metrics import ServiceMetrics
+    from .service.runtime import Runtime
 
-    runtime = Runtime(_settings(args))
+    runtime = Runtime(_settings(args), ServiceMetrics())
     for name, queue in runtime.queues.items():
         done = queue.store.init()
         print(f"{name} ({queue.settings.table}): {', '.join(done) if done else 'up to date'}")

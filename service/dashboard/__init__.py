@@ -1,5 +1,6 @@
-"""The dashboard at ``/ui``: static pages (plain HTML, CSS and JavaScript shipped in the package)
-that call the admin API with the key the user enters; and the throughput counts it shows.
+"""The dashboard: its pages at ``/ui`` (plain HTML, CSS and JavaScript shipped in the package),
+the two admin endpoints only it reads (:mod:`.api`), and the per-minute throughput it shows
+(:mod:`.throughput`). :class:`~.state.Dashboard` is its state, held by the app.
 
 The pages hold no data and need no key; every API call they make does (the ``admin`` scope).
 """
@@ -7,15 +8,14 @@ The pages hold no data and need no key; every API call they make does (the ``adm
 from __future__ import annotations
 
 from importlib import resources
-from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi.responses import RedirectResponse, Response
 
-from .throughput import Throughput
-
-if TYPE_CHECKING:
-    from ..app import Runtime
+from ..metrics import PerMinute
+from ..runtime import Runtime
+from . import api
+from .state import Dashboard
 
 ASSETS = {
     "index.html": "text/html; charset=utf-8",
@@ -56,13 +56,9 @@ async def ui_asset(name: str) -> Response:
     return asset(name)
 
 
-def install(app: FastAPI, runtime: Runtime) -> Throughput:
-    """Serve the pages and the dashboard's endpoints, and write the per-minute counts."""
-    from .. import stats
-
-    stores = {name: queue.store for name, queue in runtime.queues.items()}
-    throughput = Throughput(stores, runtime.metrics.per_minute)
-    app.state.throughput = throughput
+def install(app: FastAPI, runtime: Runtime, counts: PerMinute) -> Dashboard:
+    """Serve the pages and the dashboard's endpoints; the app's lifespan runs its throughput."""
+    dashboard = app.state.dashboard = Dashboard(runtime, counts)
     app.include_router(pages)
-    app.include_router(stats.router)
-    return throughput
+    app.include_router(api.router)
+    return dashboard

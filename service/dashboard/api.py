@@ -1,25 +1,27 @@
 """The admin endpoints only the dashboard (``/ui``) reads: the overview of every queue with its
 throughput of the last hour, and each user's load against ``max_running``.
 
-Each translates a request into store calls (counts, users, per-minute counts); the listing, one
-task and the operator's actions are the queue API's own endpoints (:mod:`.routes`).
+Each translates a request into calls of the queues' runtimes (counts, users, per-minute counts);
+the listing, one task and the operator's actions are the queue API's own endpoints
+(:mod:`..routes`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from . import models as m
-from .routes import ADMIN, QueueDep, RuntimeDep, counts_of, problems, queue_info
-from .security import key_of
-from .ui.throughput import WINDOW, Throughput
-
-if TYPE_CHECKING:
-    from .app import Queue, Runtime
+from .. import models as m
+from ..operations import ADMIN
+from ..problems import responses
+from ..routes import QueueDep, queue_info
+from ..runtime import QueueRuntime
+from ..security import key_of, require
+from .state import Dashboard, dashboard_of
+from .throughput import WINDOW
 
 router = APIRouter(prefix="/v1", tags=["dashboard"])
 
@@ -64,51 +66,49 @@ class UserList(BaseModel):
     model_config = m.examples({"users": [{"user": "acme", "running": 2, "scheduled": 1, "max_running": 3}]})
 
 
-async def overview_of(
-    name: str, queue: Queue, runtime: Runtime, throughput: Throughput
-) -> tuple[int, QueueOverview]:
-    counts = await counts_of(queue, runtime)
-    history = await runtime.run(throughput.history, queue.store)
+async def overview_of(queue: QueueRuntime, dashboard: Dashboard) -> tuple[int, QueueOverview]:
+    counts = await queue.counts()
+    history = await dashboard.throughput.history(queue)
     series = ThroughputOut(end=history.end, submitted=history.submitted, finished=history.finished)
-    return counts.now, QueueOverview(**queue_info(name, counts).model_dump(), throughput=series)
+    return counts.now, QueueOverview(**queue_info(queue.name, counts).model_dump(), throughput=series)
 
 
 @router.get(
     "/overview",
     operation_id="getOverview",
-    dependencies=ADMIN,
+    dependencies=[require(*ADMIN)],
     summary="Every queue the key may administer: counts, oldest waiting task, throughput of the last hour",
-    responses=problems(),
+    responses=responses(),
 )
 async def overview(
-    runtime: RuntimeDep,
+    dashboard: Annotated[Dashboard, Depends(dashboard_of)],
     request: Request,
     queue: Annotated[str | None, Query(max_length=64, description="Only this queue")] = None,
 ) -> Overview:
     key = key_of(request)
-    throughput: Throughput = request.app.state.throughput
+    queues = dashboard.runtime.queues
     shown = [
-        (name, served)
-        for name, served in runtime.queues.items()
+        served
+        for name, served in queues.items()
         if queue in (None, name) and (key is None or key.allows("admin", name))
     ]
-    queues, clocks = [], []
-    for name, served in shown:
-        now, found = await overview_of(name, served, runtime, throughput)
+    overviews, clocks = [], []
+    for served in shown:
+        now, found = await overview_of(served, dashboard)
         clocks.append(now)
-        queues.append(found)
+        overviews.append(found)
     if not clocks:  # nothing to show: still the database's clock (counts stopping at once)
-        clocks.append((await runtime.run(next(iter(runtime.queues.values())).store.counts, 1)).now)
-    return Overview(now=clocks[0], queues=queues)
+        clocks.append((await next(iter(queues.values())).counts(1)).now)
+    return Overview(now=clocks[0], queues=overviews)
 
 
 @router.get(
     "/queues/{queue}/users",
     operation_id="listUsers",
-    dependencies=ADMIN,
+    dependencies=[require(*ADMIN)],
     summary="Per user: tasks running and scheduled, against max_running (the fair scheduler's view)",
-    responses=problems(404),
+    responses=responses(404),
 )
-async def users(queue: QueueDep, runtime: RuntimeDep) -> UserList:
-    loads = await runtime.run(queue.store.users, 200, runtime.settings.metrics_count_limit)
+async def users(queue: QueueDep) -> UserList:
+    loads = await queue.users(200)
     return UserList(users=[UserOut(**asdict(load)) for load in loads])

@@ -1,0 +1,32 @@
+"""What the store tells an observer (the service's metrics) of what only it can see.
+
+The store calls these from the thread that runs the operation; an observer must be cheap and
+thread-safe. Everything else about an operation (its outcome, the tasks it carried) is observed
+by the caller, the service's queue runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .model import Outcome
+
+
+class StoreObserver(Protocol):
+    def lock_held(self, waited: float, held: float) -> None:
+        """An acquisition took the table's named lock (MySQL: fair acquisition, or
+        ``lock="get_lock"``): the seconds it waited for it and held it, its commit included."""
+
+    def ended(self, outcome: Outcome, count: int) -> None:
+        """An acquisition ended ``count`` tasks it found undeliverable instead of leasing them
+        (dead: their attempts used up; cancelled: a cancel was requested while their lease ran out)."""
+
+
+class Unobserved:
+    """The observer of a store nobody watches (the SDK's direct backend, the tools)."""
+
+    def lock_held(self, waited: float, held: float) -> None:
+        pass
+
+    def ended(self, outcome: Outcome, count: int) -> None:
+        pass

@@ -20,7 +20,7 @@ with a lease is :mod:`.rows`'.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -56,9 +56,12 @@ from .model import (
 )
 from .reading import Page, QueueReader
 from .rows import (
+    LeaseState,
+    answer_finishes,
     cancel_asked,
     cancelled,
     finish_error,
+    finished_once,
     heartbeat_answer,
     holds,
     lease_error,
@@ -135,7 +138,11 @@ class QueueStore(QueueReader):
             raise error
 
     def submit_many(self, tasks: Sequence[NewTask]) -> list[PerfectQueueError | None]:
-        """Insert many tasks; per task None (stored) or the error (AlreadyExistsError)."""
+        """Insert many tasks in one transaction; per task None (stored) or AlreadyExistsError.
+
+        An id given twice is stored once, from its first task: a later one answers
+        AlreadyExistsError, as a submit coming after the first would (whether the tasks came in
+        one batch or as submits merged into one)."""
         results: list[PerfectQueueError | None] = [None] * len(tasks)
         first: dict[str, int] = {}
         for i, task in enumerate(tasks):
@@ -382,63 +389,55 @@ class QueueStore(QueueReader):
             if row is not None and holds(row, lease) and row.cancel_requested:
                 conn.execute(self._end(self._t.id == task_id, Outcome.CANCELLED))
                 return True
-            raise finish_error(task_id, lease, row, False)
+            raise finish_error(task_id, lease, row)
 
         if self.db.transaction(work):
             raise cancelled(task_id)
 
     def finish_many(self, items: Sequence[tuple[str, int]]) -> list[PerfectQueueError | None]:
-        """Finish many leased tasks in one transaction; per item None or its error.
+        """Finish many leased tasks in one transaction; per item None or the error a finish
+        alone would answer, the items taken in order: the same (id, lease) twice finishes the
+        task once and the second answers AlreadyFinished, as a second finish would.
 
-        One fenced UPDATE finishes a batch whose every item holds its task; when it changes
-        fewer rows (or an id is twice in the batch) it is rolled back and the batch is answered
-        item by item from the rows' state, in a second transaction."""
+        One fenced UPDATE finishes a batch whose every task is held by the one lease its items
+        give; when it changes fewer rows it is rolled back, and the batch is answered item by
+        item from the rows' state, in a second transaction."""
         if not items:
             return []
         self.extended()
-        if len({task_id for task_id, _ in items}) == len(items):
-            ids = sorted(task_id for task_id, _ in items)
-            leases = {lease for _, lease in items}
-            fenced: sa.Executable = (
-                self._columns.prepared("finish", self._finish_held)
-                if len(leases) == 1
-                else self._finish_where(sa.and_(self._holding(items), self._columns.not_cancel_requested()))
-            )
-            params = {"ids": ids, "lease": leases.pop()} if len(leases) == 1 else {}
+        leases = dict(items)
+        one_lease_each = len(leases) == len(set(items))
+        if one_lease_each and self.db.transaction(lambda conn: self._finish_all(conn, leases)):
+            return finished_once(items)
+        return self.db.transaction(lambda conn: self._finish_each(conn, items))
 
-            def all_held(conn: Connection) -> None:
-                if conn.execute(fenced, params).rowcount != len(items):
-                    raise _ShortBatch  # rolls the UPDATE back
+    def _finish_all(self, conn: Connection, leases: dict[str, int]) -> bool:
+        """Finish every task of ``leases`` (id -> lease) if each is held by its lease and no
+        cancel was asked for it; else change nothing and answer False."""
+        if len(set(leases.values())) == 1:
+            fenced = self._columns.prepared("finish", self._finish_held)
+            params: dict[str, Any] = {"ids": sorted(leases), "lease": next(iter(leases.values()))}
+        else:
+            held = sa.and_(self._holding(leases.items()), self._columns.not_cancel_requested())
+            fenced, params = self._finish_where(held), {}
+        if conn.execute(fenced, params).rowcount == len(leases):
+            return True
+        conn.rollback()  # some task is not held (or ends cancelled): it is answered on its own
+        return False
 
-            try:
-                self.db.transaction(all_held)
-                return [None] * len(items)
-            except _ShortBatch:
-                pass
-
-        def work(conn: Connection) -> list[PerfectQueueError | None]:
-            ids = sorted({task_id for task_id, _ in items})
-            rows = conn.execute(self._state_query(self._t.id.in_(ids)).with_for_update()).all()
-            state = {r.id: r for r in rows}
-            results: list[PerfectQueueError | None] = []
-            done: set[str] = set()
-            ended: set[str] = set()
-            for task_id, lease in items:
-                row = state.get(task_id)
-                if row is not None and holds(row, lease) and task_id not in done | ended:
-                    (ended if row.cancel_requested else done).add(task_id)
-                    results.append(cancelled(task_id) if row.cancel_requested else None)
-                elif task_id in ended:
-                    results.append(cancelled(task_id))
-                else:
-                    results.append(finish_error(task_id, lease, row, task_id in done))
-            if done:
-                conn.execute(self._finish_where(self._t.id.in_(sorted(done))))
-            if ended:
-                conn.execute(self._end(self._t.id.in_(sorted(ended)), Outcome.CANCELLED))
-            return results
-
-        return self.db.transaction(work)
+    def _finish_each(
+        self, conn: Connection, items: Sequence[tuple[str, int]]
+    ) -> list[PerfectQueueError | None]:
+        """Answer each item from the rows' state as the items before it left it (:mod:`.rows`),
+        then finish (or end cancelled) what they finished."""
+        ids = sorted({task_id for task_id, _ in items})
+        rows = conn.execute(self._state_query(self._t.id.in_(ids)).with_for_update()).all()
+        finishes = answer_finishes(items, {r.id: LeaseState.of(r) for r in rows})
+        if finishes.done:
+            conn.execute(self._finish_where(self._t.id.in_(sorted(finishes.done))))
+        if finishes.cancelled:
+            conn.execute(self._end(self._t.id.in_(sorted(finishes.cancelled)), Outcome.CANCELLED))
+        return finishes.answers
 
     def force_finish(self, task_id: str) -> None:
         """Finish regardless of any lease (an operator's action); a dead task too."""
@@ -547,12 +546,12 @@ class QueueStore(QueueReader):
             conn.execute(sa.update(self.table).where(self._t.id == task_id).values(values))
         return True
 
-    def _holding(self, items: Sequence[tuple[str, int]]) -> sa.ColumnElement[bool]:
+    def _holding(self, items: Iterable[tuple[str, int]]) -> sa.ColumnElement[bool]:
         """The rows that the (id, lease) pairs hold: one IN list per lease (on the primary key)."""
         leases: dict[int, set[str]] = {}
         for task_id, lease in items:
             leases.setdefault(lease, set()).add(task_id)
-        ids = sorted({task_id for task_id, _ in items})
+        ids = sorted(set().union(*leases.values()))
         held = sa.or_(
             *(sa.and_(self._t.owner == lease, self._t.id.in_(sorted(i))) for lease, i in leases.items())
         )
@@ -599,10 +598,6 @@ class QueueStore(QueueReader):
 
 
 def _already_exists(task_id: str, at_once: bool = False) -> AlreadyExistsError:
-    if at_once:
-        return AlreadyExistsError(f"task {task_id!r} is twice in the batch")
+    if at_once:  # the same id twice in one call: a batch, or submits merged into one
+        return AlreadyExistsError(f"task {task_id!r} already exists (submitted more than once at a time)")
     return AlreadyExistsError(f"task {task_id!r} already exists")
-
-
-class _ShortBatch(Exception):
-    """A fenced batch UPDATE changed fewer rows than the batch has items."""

@@ -7,6 +7,8 @@ or that a cancel was asked for, answers CancelRequestedError.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ...errors import (
@@ -88,12 +90,67 @@ def lease_error(task_id: str, row: Any) -> PerfectQueueError:
     return PreemptedError(f"task {task_id!r} is not held by this lease (finished, gone or taken over)")
 
 
-def finish_error(task_id: str, lease: int, row: Any, finished_now: bool) -> PerfectQueueError:
+def finish_error(task_id: str, lease: int, row: Any) -> PerfectQueueError:
     """Why a finish with this lease did not apply, from the row as it is."""
     if row is None:
         return NotFoundError(f"task {task_id!r} does not exist")
     if row.created_at is None and row.outcome == Outcome.CANCELLED.value:
         return CancelRequestedError(f"task {task_id!r} was cancelled")
-    if finished_now or (row.created_at is None and row.owner == lease):
+    if row.created_at is None and row.owner == lease:
         return already_finished(task_id)
     return PreemptedError(f"task {task_id!r} is not held by this lease (finished, gone or taken over)")
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    """What a finish looks at in a row."""
+
+    created_at: int | None
+    owner: int
+    outcome: str | None
+    cancel_requested: int
+
+    @classmethod
+    def of(cls, row: Any) -> LeaseState:
+        return cls(row.created_at, row.owner, row.outcome, row.cancel_requested)
+
+
+@dataclass(slots=True)
+class Finishes:
+    """A batch of finishes answered as if each came alone, one after the other: which tasks
+    end finished, which cancelled, and each item's answer."""
+
+    answers: list[PerfectQueueError | None]
+    done: list[str]
+    cancelled: list[str]
+
+
+def answer_finishes(items: Sequence[tuple[str, int]], state: dict[str, LeaseState]) -> Finishes:
+    """Each (id, lease) answered from the rows' ``state`` as it is after the items before it:
+    the first finish of a held task ends it (cancelled, if a cancel was asked for); a second
+    one answers what a second finish would (AlreadyFinished, or Preempted for another lease)."""
+    result = Finishes([], [], [])
+    for task_id, lease in items:
+        row = state.get(task_id)
+        if row is None or not holds(row, lease):
+            result.answers.append(finish_error(task_id, lease, row))
+        elif row.cancel_requested:
+            state[task_id] = replace(row, created_at=None, owner=0, outcome=Outcome.CANCELLED.value)
+            result.cancelled.append(task_id)
+            result.answers.append(cancelled(task_id))
+        else:
+            state[task_id] = replace(row, created_at=None)
+            result.done.append(task_id)
+            result.answers.append(None)
+    return result
+
+
+def finished_once(items: Sequence[tuple[str, int]]) -> list[PerfectQueueError | None]:
+    """The answers to a batch whose every task its one lease held, all finished now: None
+    for each task's first item, AlreadyFinished for a repeat (as a second finish answers)."""
+    seen: set[str] = set()
+    answers: list[PerfectQueueError | None] = []
+    for task_id, _ in items:
+        answers.append(already_finished(task_id) if task_id in seen else None)
+        seen.add(task_id)
+    return answers

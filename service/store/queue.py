@@ -13,61 +13,35 @@ ended.
 
 A table the original created lacks those columns until ``init`` adds them; until then the store
 serves it as the original would (no attempts, no dead or cancelled tasks): :mod:`.columns` says
-what each statement reads and writes. The reads are :mod:`.reading`'s; what a row answers a call
-with a lease is :mod:`.rows`'.
+what each statement reads and writes.
+
+``QueueStore`` is here with submit and acquire; its other operations are its bases': the lease
+operations (:mod:`.leases`), the operator's actions (:mod:`.actions`) and the reads
+(:mod:`.reading`), over the statements they share (:mod:`.statements`). What a row answers is
+:mod:`.rows`'.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from ...errors import (
-    AlreadyExistsError,
-    AlreadyFinishedError,
-    CancelRequestedError,
-    InvalidError,
-    NotDeadError,
-    NotFoundError,
-    PerfectQueueError,
-)
+from ...errors import AlreadyExistsError, InvalidError, PerfectQueueError
 from . import throughput
 from .acquire import Acquisition
-from .codec import decode_data, encode_data
+from .actions import OperatorActions
+from .codec import encode_data
 from .columns import Columns
 from .database import Database
+from .leases import LeaseOperations
 from .listing import Listing
-from .model import (
-    DELETE_OFFSET,
-    AcquiredTask,
-    NewTask,
-    Outcome,
-    RetryPolicy,
-    Task,
-    check_data,
-    check_duration,
-    check_int,
-    check_name,
-    truncate_error,
-)
-from .reading import Page, QueueReader
-from .rows import (
-    LeaseState,
-    answer_finishes,
-    cancel_asked,
-    cancelled,
-    finish_error,
-    finished_once,
-    heartbeat_answer,
-    holds,
-    lease_error,
-    status_of,
-    to_task,
-)
+from .model import AcquiredTask, NewTask, Outcome, RetryPolicy, check_duration, check_int
+from .reading import Page
+from .rows import to_task
 from .schema import build_table, init_table
 
 __all__ = ["LEASE_EXPIRED", "MAX_LEASE", "Page", "QueueStore"]
@@ -78,7 +52,7 @@ LEASE_EXPIRED = (
 )
 
 
-class QueueStore(QueueReader):
+class QueueStore(LeaseOperations, OperatorActions):
     """One queue: one table in one database.
 
     ``fair`` orders acquisition by user as the original's resource limit does (its
@@ -278,323 +252,6 @@ class QueueStore(QueueReader):
         if dead:
             conn.execute(self._end(self._t.id.in_(dead), Outcome.DEAD).values(last_error=LEASE_EXPIRED))
         return {Outcome.CANCELLED: len(cancelled), Outcome.DEAD: len(dead)}
-
-    # -- lease operations ------------------------------------------------------------------
-
-    # -- lease operations ------------------------------------------------------------------
-
-    def heartbeat(
-        self, task_id: str, lease: int, alive_time: int, data: dict[str, Any] | None = None
-    ) -> None:
-        """Extend the lease to now + alive_time, optionally replacing the data."""
-        check_duration("alive_time", alive_time, 1)
-        values: dict[str, Any] = {"timeout": self.db.now() + alive_time}
-        self.extended()
-
-        def work(conn: Connection) -> bool:
-            if data is not None:
-                row = conn.execute(
-                    sa.select(self._t.data).where(self._held(task_id, lease)).with_for_update()
-                ).first()
-                if row is None:
-                    raise self._lease_error(conn, task_id)
-                task_type, _, compression = decode_data(task_id, row.data)
-                values["data"] = encode_data(task_type, data, compression)
-            return self._update_held(conn, task_id, lease, values)
-
-        if data is not None:
-            check_data(data)
-        if self.db.transaction(work):
-            raise cancel_asked(task_id)
-
-    def heartbeat_many(
-        self, items: Sequence[tuple[str, int]], alive_time: int
-    ) -> list[PerfectQueueError | None]:
-        """Extend many leases to now + alive_time: one transaction, one fenced UPDATE. Per item
-        None (extended), CancelRequestedError (extended, but a cancel was requested: stop) or
-        the error a single heartbeat would answer (Preempted: finished, gone or taken over).
-
-        A heartbeat changes nothing another would not change again, so the same (id, lease)
-        twice answers the same twice; an id under two leases extends the one that holds it,
-        the other answers Preempted."""
-        check_duration("alive_time", alive_time, 1)
-        if not items:
-            return []
-        self.extended()
-        ids = sorted({task_id for task_id, _ in items})
-        extend = sa.update(self.table).where(self._holding(items)).values(timeout=self.db.now() + alive_time)
-
-        def work(conn: Connection) -> list[PerfectQueueError | None]:
-            conn.execute(extend)  # the rows it changed are locked now: the read below sees them as left
-            state = {r.id: r for r in conn.execute(self._state_query(self._t.id.in_(ids)))}
-            return [heartbeat_answer(task_id, lease, state.get(task_id)) for task_id, lease in items]
-
-        return self.db.transaction(work)
-
-    def retry(
-        self, task_id: str, lease: int, retry_wait: int | None = None, error: str | None = None
-    ) -> int | None:
-        """Give the task back, to be delivered again after ``retry_wait`` seconds (None: the
-        queue's backoff for its attempt count), recording ``error`` (the handler's, truncated).
-
-        Returns the wait, or None when the task's attempts are used up: it is dead now.
-        """
-        if retry_wait is not None:
-            check_duration("retry_wait", retry_wait)
-        self.extended()
-        recorded = self._columns.values({} if error is None else {"last_error": truncate_error(error)})
-        read = [self._columns.read(name) for name in ("attempts", "max_attempts", "cancel_requested")]
-
-        def work(conn: Connection) -> int | CancelRequestedError | None:
-            row = conn.execute(sa.select(*read).where(self._held(task_id, lease)).with_for_update()).first()
-            if row is None:
-                raise self._lease_error(conn, task_id)
-            if row.cancel_requested:
-                conn.execute(self._end(self._t.id == task_id, Outcome.CANCELLED).values(recorded))
-                return cancelled(task_id)
-            if self._exhausted(row):
-                conn.execute(self._end(self._t.id == task_id, Outcome.DEAD).values(recorded))
-                return None
-            wait = self.policy.wait(row.attempts) if retry_wait is None else retry_wait
-            values = {"timeout": self.db.now() + wait, "owner": 0, **recorded}
-            conn.execute(sa.update(self.table).where(self._t.id == task_id).values(values))
-            return wait
-
-        result = self.db.transaction(work)
-        if isinstance(result, CancelRequestedError):
-            raise result
-        return result
-
-    def release(self, task_id: str, lease: int) -> None:
-        """Give the task back, deliverable at once; the attempt it used is given back too (a
-        release means the task was not worked on: a stopping worker, a vanished long-poll)."""
-        attempts = sa.case((self._t.attempts > 0, self._t.attempts - 1), else_=0)
-        self.extended()
-        values = self._columns.values({"timeout": self.db.now(), "owner": 0, "attempts": attempts})
-        if self.db.transaction(lambda conn: self._update_held(conn, task_id, lease, values, end=True)):
-            raise cancelled(task_id)
-
-    def finish(self, task_id: str, lease: int) -> None:
-        """Mark the task finished; it stays retained (and unsubmittable) for retention_time.
-
-        CancelRequestedError if a cancel was requested meanwhile: the task ends cancelled.
-        """
-        self.extended()
-        fenced = self._columns.prepared("finish", self._finish_held)
-
-        def work(conn: Connection) -> bool:
-            if conn.execute(fenced, {"ids": [task_id], "lease": lease}).rowcount == 1:
-                return False
-            row = self._state(conn, task_id)
-            if row is not None and holds(row, lease) and row.cancel_requested:
-                conn.execute(self._end(self._t.id == task_id, Outcome.CANCELLED))
-                return True
-            raise finish_error(task_id, lease, row)
-
-        if self.db.transaction(work):
-            raise cancelled(task_id)
-
-    def finish_many(self, items: Sequence[tuple[str, int]]) -> list[PerfectQueueError | None]:
-        """Finish many leased tasks in one transaction; per item None or the error a finish
-        alone would answer, the items taken in order: the same (id, lease) twice finishes the
-        task once and the second answers AlreadyFinished, as a second finish would.
-
-        One fenced UPDATE finishes a batch whose every task is held by the one lease its items
-        give; when it changes fewer rows it is rolled back, and the batch is answered item by
-        item from the rows' state, in a second transaction."""
-        if not items:
-            return []
-        self.extended()
-        leases = dict(items)
-        one_lease_each = len(leases) == len(set(items))
-        if one_lease_each and self.db.transaction(lambda conn: self._finish_all(conn, leases)):
-            return finished_once(items)
-        return self.db.transaction(lambda conn: self._finish_each(conn, items))
-
-    def _finish_all(self, conn: Connection, leases: dict[str, int]) -> bool:
-        """Finish every task of ``leases`` (id -> lease) if each is held by its lease and no
-        cancel was asked for it; else change nothing and answer False."""
-        if len(set(leases.values())) == 1:
-            fenced = self._columns.prepared("finish", self._finish_held)
-            params: dict[str, Any] = {"ids": sorted(leases), "lease": next(iter(leases.values()))}
-        else:
-            held = sa.and_(self._holding(leases.items()), self._columns.not_cancel_requested())
-            fenced, params = self._finish_where(held), {}
-        if conn.execute(fenced, params).rowcount == len(leases):
-            return True
-        conn.rollback()  # some task is not held (or ends cancelled): it is answered on its own
-        return False
-
-    def _finish_each(
-        self, conn: Connection, items: Sequence[tuple[str, int]]
-    ) -> list[PerfectQueueError | None]:
-        """Answer each item from the rows' state as the items before it left it (:mod:`.rows`),
-        then finish (or end cancelled) what they finished."""
-        ids = sorted({task_id for task_id, _ in items})
-        rows = conn.execute(self._state_query(self._t.id.in_(ids)).with_for_update()).all()
-        finishes = answer_finishes(items, {r.id: LeaseState.of(r) for r in rows})
-        if finishes.done:
-            conn.execute(self._finish_where(self._t.id.in_(sorted(finishes.done))))
-        if finishes.cancelled:
-            conn.execute(self._end(self._t.id.in_(sorted(finishes.cancelled)), Outcome.CANCELLED))
-        return finishes.answers
-
-    def force_finish(self, task_id: str) -> None:
-        """Finish regardless of any lease (an operator's action); a dead task too."""
-        self.extended()
-
-        def work(conn: Connection) -> None:
-            finishable = sa.or_(self._t.created_at.is_not(None), self._columns.outcome_is(Outcome.DEAD))
-            query = self._finish_where(sa.and_(self._t.id == task_id, finishable))
-            if conn.execute(query).rowcount == 0:
-                found = conn.execute(sa.select(self._t.id).where(self._t.id == task_id)).first()
-                if found is None:
-                    raise NotFoundError(f"task {task_id!r} does not exist")
-                raise AlreadyFinishedError(f"task {task_id!r} is already finished")
-
-        self.db.transaction(work)
-
-    def force_release(self, task_id: str) -> None:
-        """Make a task deliverable now, regardless of any lease (an operator's "retry now"): the
-        holder's lease ends (its next call is Preempted). A waiting task keeps its place in the
-        queue. NotFoundError; AlreadyFinishedError if it ended."""
-        check_name("id", task_id)
-
-        def work(conn: Connection) -> None:
-            now = self._now(conn)
-            query = (
-                sa.update(self.table)
-                .where(self._t.id == task_id, self._t.created_at.is_not(None))
-                .values(timeout=sa.case((self._t.timeout > now, now), else_=self._t.timeout), owner=0)
-            )
-            if conn.execute(query).rowcount == 0:
-                self._read(conn, task_id)  # NotFoundError
-                raise AlreadyFinishedError(f"task {task_id!r} is already finished")
-
-        self.db.transaction(work)
-
-    # -- cancel and requeue (beyond the original) --------------------------------------------
-
-    def cancel(self, task_id: str) -> Task:
-        """Cancel a task: one nobody holds (waiting, scheduled for later, or its lease expired)
-        ends cancelled at once; a leased one is asked to stop (``cancel_requested``) and ends
-        cancelled when its holder next calls. NotFoundError; AlreadyFinishedError if finished,
-        dead or cancelled already."""
-        check_name("id", task_id)
-        self._columns.require("cancel")
-
-        def work(conn: Connection) -> Task:
-            row = self._read(conn, task_id, lock=True)
-            if row.created_at is None:
-                raise AlreadyFinishedError(f"task {task_id!r} is already {status_of(row, row.now).value}")
-            if row.owner == 0 or row.timeout <= row.now:
-                conn.execute(self._end(self._t.id == task_id, Outcome.CANCELLED))
-            else:
-                conn.execute(sa.update(self.table).where(self._t.id == task_id).values(cancel_requested=1))
-            row = self._read(conn, task_id)
-            return to_task(row, row.now)
-
-        return self.db.transaction(work)
-
-    def requeue(self, task_id: str) -> Task:
-        """Make a dead task waiting again, its attempts reset (an operator's action).
-
-        NotFoundError; NotDeadError if it is waiting or running; AlreadyFinishedError if it
-        finished or was cancelled."""
-        check_name("id", task_id)
-        self._columns.require("requeue")
-
-        def work(conn: Connection) -> Task:
-            row = self._read(conn, task_id, lock=True)
-            if row.created_at is not None:
-                raise NotDeadError(f"task {task_id!r} is {status_of(row, row.now).value}, not dead")
-            if row.outcome != Outcome.DEAD.value:
-                raise AlreadyFinishedError(f"task {task_id!r} is {status_of(row, row.now).value}, not dead")
-            now = self.db.now()
-            values = {
-                "created_at": now,
-                "timeout": now,
-                "attempts": 0,
-                "outcome": None,
-                "cancel_requested": 0,
-            }
-            conn.execute(sa.update(self.table).where(self._t.id == task_id).values(values))
-            row = self._read(conn, task_id)
-            return to_task(row, row.now)
-
-        return self.db.transaction(work)
-
-    # -- statements shared by the operations -------------------------------------------------
-
-    def _held(self, task_id: str, lease: int) -> sa.ColumnElement[bool]:
-        return sa.and_(self._t.id == task_id, self._t.owner == lease, self._t.created_at.is_not(None))
-
-    def _update_held(
-        self, conn: Connection, task_id: str, lease: int, values: dict[str, Any], end: bool = False
-    ) -> bool:
-        """Apply ``values`` to the held row; True if a cancel was requested for it (the values
-        applied, or with ``end`` the task ended cancelled instead); else the lease error."""
-        held = sa.and_(self._held(task_id, lease), self._columns.not_cancel_requested())
-        if conn.execute(sa.update(self.table).where(held).values(values)).rowcount == 1:
-            return False
-        row = self._state(conn, task_id)
-        if row is None or not holds(row, lease) or not row.cancel_requested:
-            raise lease_error(task_id, row)
-        if end:
-            conn.execute(self._end(self._t.id == task_id, Outcome.CANCELLED))
-        else:
-            conn.execute(sa.update(self.table).where(self._t.id == task_id).values(values))
-        return True
-
-    def _holding(self, items: Iterable[tuple[str, int]]) -> sa.ColumnElement[bool]:
-        """The rows that the (id, lease) pairs hold: one IN list per lease (on the primary key)."""
-        leases: dict[int, set[str]] = {}
-        for task_id, lease in items:
-            leases.setdefault(lease, set()).add(task_id)
-        ids = sorted(set().union(*leases.values()))
-        held = sa.or_(
-            *(sa.and_(self._t.owner == lease, self._t.id.in_(sorted(i))) for lease, i in leases.items())
-        )
-        return sa.and_(self._t.id.in_(ids), self._t.created_at.is_not(None), held)
-
-    def _lease_error(self, conn: Connection, task_id: str) -> PerfectQueueError:
-        return lease_error(task_id, self._state(conn, task_id))
-
-    def _finish_held(self) -> sa.Update:
-        """Finish the rows ``:ids`` that the lease ``:lease`` holds and no cancel was asked for."""
-        held = sa.and_(
-            self._t.id.in_(sa.bindparam("ids", expanding=True)),
-            self._t.owner == sa.bindparam("lease", type_=sa.BigInteger),
-            self._t.created_at.is_not(None),
-            self._columns.not_cancel_requested(),
-        )
-        return self._finish_where(held)
-
-    def _finish_where(self, where: sa.ColumnElement[bool]) -> sa.Update:
-        return self._end(where, None)
-
-    def _end(self, where: sa.ColumnElement[bool], outcome: Outcome | None) -> sa.Update:
-        """Finish rows: normally (``outcome`` None), dead or cancelled. A dead row keeps its
-        user (for a requeue) and its own, longer, retention."""
-        dead = outcome is Outcome.DEAD
-        retention = self.policy.dead_retention_time if dead else self.retention_time
-        values: dict[str, Any] = {
-            "timeout": self.db.now() - DELETE_OFFSET + retention,
-            "created_at": None,
-            "outcome": None if outcome is None else outcome.value,
-        }
-        if outcome is not None:
-            values["owner"] = 0  # a late call by the last holder is refused, not accepted
-        if not dead:
-            values["resource"] = None
-        return sa.update(self.table).where(where).values(self._columns.values(values))
-
-    def _state_query(self, where: sa.ColumnElement[bool]) -> sa.Select[Any]:
-        t, read = self._t, self._columns.read
-        return sa.select(t.id, t.created_at, t.owner, read("outcome"), read("cancel_requested")).where(where)
-
-    def _state(self, conn: Connection, task_id: str) -> Row[Any] | None:
-        return conn.execute(self._state_query(self._t.id == task_id)).first()
 
 
 def _already_exists(task_id: str, at_once: bool = False) -> AlreadyExistsError:

@@ -20,7 +20,7 @@ from test_store_fair_compat import create_original_table
 
 from perfectqueue.errors import PerfectQueueError
 from perfectqueue.service.store import Database, NewTask, QueueStore, TaskStatus
-from perfectqueue.service.store import queue as queue_module
+from perfectqueue.service.store import columns as columns_module
 from perfectqueue.service.store.model import DELETE_OFFSET, EVENT_HORIZON
 from perfectqueue.service.store.schema import EXTENSION_DEFAULTS
 
@@ -142,7 +142,7 @@ def db_now_of(db: Database) -> int:
 def test_init_upgrades_a_table_of_the_original_under_load(
     db_url: str, database: Database, table_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(queue_module, "SCHEMA_RECHECK", 0.2)
+    monkeypatch.setattr(columns_module, "SCHEMA_RECHECK", 0.2)
     create_original_table(database, table_name)
     live = insert_in_flight(database, table_name, 160)
     ours = QueueStore(database, table_name)  # not initialised: serves the table as the original would

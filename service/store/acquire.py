@@ -49,8 +49,9 @@ class Acquisition:
         created, until init adds the columns beyond the original's)."""
         return self._columns
 
-    @columns.setter
-    def columns(self, columns: list[sa.ColumnElement[Any]]) -> None:
+    def use_columns(self, columns: list[sa.ColumnElement[Any]]) -> None:
+        """Read ``columns`` from now on (the table's column set changed): the statements built
+        for the old set are built again."""
         self._columns, self._oldest, self._shaped = columns, None, {}
 
     def rows(self, conn: Connection, limit: int) -> tuple[int, Sequence[Row[Any]]]:

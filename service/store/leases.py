@@ -1,0 +1,191 @@
+"""The operations on a leased task (CONTRACT.md §3): heartbeat, retry, release and finish, one
+task at a time or many in one call.
+
+Each is fenced by its lease: it applies only to a row that lease holds (``owner``) and that has
+not finished; otherwise it changes nothing and answers why from the row as it is (:mod:`.rows`).
+A cancel requested while the task ran is answered at the holder's next call: a heartbeat is told
+to stop; a finish, retry or release ends the task cancelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ...errors import CancelRequestedError, PerfectQueueError
+from .codec import decode_data, encode_data
+from .model import Outcome, check_data, check_duration, truncate_error
+from .rows import (
+    LeaseState,
+    answer_finishes,
+    cancel_asked,
+    cancelled,
+    finish_error,
+    finished_once,
+    heartbeat_answer,
+    holds,
+)
+from .statements import QueueStatements
+
+
+class LeaseOperations(QueueStatements):
+    """What the holder of a lease does with its task (a base of ``QueueStore``)."""
+
+    def heartbeat(
+        self, task_id: str, lease: int, alive_time: int, data: dict[str, Any] | None = None
+    ) -> None:
+        """Extend the lease to now + alive_time, optionally replacing the data."""
+        check_duration("alive_time", alive_time, 1)
+        values: dict[str, Any] = {"timeout": self.db.now() + alive_time}
+        self._columns.extended()
+
+        def work(conn: Connection) -> bool:
+            if data is not None:
+                row = conn.execute(
+                    sa.select(self._t.data).where(self._held(task_id, lease)).with_for_update()
+                ).first()
+                if row is None:
+                    raise self._lease_error(conn, task_id)
+                task_type, _, compression = decode_data(task_id, row.data)
+                values["data"] = encode_data(task_type, data, compression)
+            return self._update_held(conn, task_id, lease, values)
+
+        if data is not None:
+            check_data(data)
+        if self.db.transaction(work):
+            raise cancel_asked(task_id)
+
+    def heartbeat_many(
+        self, items: Sequence[tuple[str, int]], alive_time: int
+    ) -> list[PerfectQueueError | None]:
+        """Extend many leases to now + alive_time: one transaction, one fenced UPDATE. Per item
+        None (extended), CancelRequestedError (extended, but a cancel was requested: stop) or
+        the error a single heartbeat would answer (Preempted: finished, gone or taken over).
+
+        A heartbeat changes nothing another would not change again, so the same (id, lease)
+        twice answers the same twice; an id under two leases extends the one that holds it,
+        the other answers Preempted."""
+        check_duration("alive_time", alive_time, 1)
+        if not items:
+            return []
+        self._columns.extended()
+        ids = sorted({task_id for task_id, _ in items})
+        extend = sa.update(self.table).where(self._holding(items)).values(timeout=self.db.now() + alive_time)
+
+        def work(conn: Connection) -> list[PerfectQueueError | None]:
+            conn.execute(extend)  # the rows it changed are locked now: the read below sees them as left
+            state = {r.id: r for r in conn.execute(self._state_query(self._t.id.in_(ids)))}
+            return [heartbeat_answer(task_id, lease, state.get(task_id)) for task_id, lease in items]
+
+        return self.db.transaction(work)
+
+    def retry(
+        self, task_id: str, lease: int, retry_wait: int | None = None, error: str | None = None
+    ) -> int | None:
+        """Give the task back, to be delivered again after ``retry_wait`` seconds (None: the
+        queue's backoff for its attempt count), recording ``error`` (the handler's, truncated).
+
+        Returns the wait, or None when the task's attempts are used up: it is dead now.
+        """
+        if retry_wait is not None:
+            check_duration("retry_wait", retry_wait)
+        self._columns.extended()
+        recorded = self._columns.values({} if error is None else {"last_error": truncate_error(error)})
+        read = [self._columns.read(name) for name in ("attempts", "max_attempts", "cancel_requested")]
+
+        def work(conn: Connection) -> int | CancelRequestedError | None:
+            row = conn.execute(sa.select(*read).where(self._held(task_id, lease)).with_for_update()).first()
+            if row is None:
+                raise self._lease_error(conn, task_id)
+            if row.cancel_requested:
+                conn.execute(self._end(self._t.id == task_id, Outcome.CANCELLED).values(recorded))
+                return cancelled(task_id)
+            if self.policy.exhausted(row.attempts, row.max_attempts):
+                conn.execute(self._end(self._t.id == task_id, Outcome.DEAD).values(recorded))
+                return None
+            wait = self.policy.wait(row.attempts) if retry_wait is None else retry_wait
+            values = {"timeout": self.db.now() + wait, "owner": 0, **recorded}
+            conn.execute(sa.update(self.table).where(self._t.id == task_id).values(values))
+            return wait
+
+        result = self.db.transaction(work)
+        if isinstance(result, CancelRequestedError):
+            raise result
+        return result
+
+    def release(self, task_id: str, lease: int) -> None:
+        """Give the task back, deliverable at once; the attempt it used is given back too (a
+        release means the task was not worked on: a stopping worker, a vanished long-poll)."""
+        attempts = sa.case((self._t.attempts > 0, self._t.attempts - 1), else_=0)
+        self._columns.extended()
+        values = self._columns.values({"timeout": self.db.now(), "owner": 0, "attempts": attempts})
+        if self.db.transaction(lambda conn: self._update_held(conn, task_id, lease, values, end=True)):
+            raise cancelled(task_id)
+
+    def finish(self, task_id: str, lease: int) -> None:
+        """Mark the task finished; it stays retained (and unsubmittable) for retention_time.
+
+        CancelRequestedError if a cancel was requested meanwhile: the task ends cancelled.
+        """
+        self._columns.extended()
+        fenced = self._columns.prepared("finish", self._finish_held)
+
+        def work(conn: Connection) -> bool:
+            if conn.execute(fenced, {"ids": [task_id], "lease": lease}).rowcount == 1:
+                return False
+            row = self._state(conn, task_id)
+            if row is not None and holds(row, lease) and row.cancel_requested:
+                conn.execute(self._end(self._t.id == task_id, Outcome.CANCELLED))
+                return True
+            raise finish_error(task_id, lease, row)
+
+        if self.db.transaction(work):
+            raise cancelled(task_id)
+
+    def finish_many(self, items: Sequence[tuple[str, int]]) -> list[PerfectQueueError | None]:
+        """Finish many leased tasks in one transaction; per item None or the error a finish
+        alone would answer, the items taken in order: the same (id, lease) twice finishes the
+        task once and the second answers AlreadyFinished, as a second finish would.
+
+        One fenced UPDATE finishes a batch whose every task is held by the one lease its items
+        give; when it changes fewer rows it is rolled back, and the batch is answered item by
+        item from the rows' state, in a second transaction."""
+        if not items:
+            return []
+        self._columns.extended()
+        leases = dict(items)
+        one_lease_each = len(leases) == len(set(items))
+        if one_lease_each and self.db.transaction(lambda conn: self._finish_all(conn, leases)):
+            return finished_once(items)
+        return self.db.transaction(lambda conn: self._finish_each(conn, items))
+
+    def _finish_all(self, conn: Connection, leases: dict[str, int]) -> bool:
+        """Finish every task of ``leases`` (id -> lease) if each is held by its lease and no
+        cancel was asked for it; else change nothing and answer False."""
+        if len(set(leases.values())) == 1:
+            fenced = self._columns.prepared("finish", self._finish_held)
+            params: dict[str, Any] = {"ids": sorted(leases), "lease": next(iter(leases.values()))}
+        else:
+            held = sa.and_(self._holding(leases.items()), self._columns.not_cancel_requested())
+            fenced, params = self._finish_where(held), {}
+        if conn.execute(fenced, params).rowcount == len(leases):
+            return True
+        conn.rollback()  # some task is not held (or ends cancelled): it is answered on its own
+        return False
+
+    def _finish_each(
+        self, conn: Connection, items: Sequence[tuple[str, int]]
+    ) -> list[PerfectQueueError | None]:
+        """Answer each item from the rows' state as the items before it left it (:mod:`.rows`),
+        then finish (or end cancelled) what they finished."""
+        ids = sorted({task_id for task_id, _ in items})
+        rows = conn.execute(self._state_query(self._t.id.in_(ids)).with_for_update()).all()
+        finishes = answer_finishes(items, {r.id: LeaseState.of(r) for r in rows})
+        if finishes.done:
+            conn.execute(self._finish_where(self._t.id.in_(sorted(finishes.done))))
+        if finishes.cancelled:
+            conn.execute(self._end(self._t.id.in_(sorted(finishes.cancelled)), Outcome.CANCELLED))
+        return finishes.answers

@@ -1,0 +1,167 @@
+"""The queue's reads: a task, a page of tasks, the counts, the users' loads, and the probes
+the service runs (ping, has_waiting), with cleanup and the per-minute counts' side table.
+
+Every read takes the database's clock in its own transaction and turns rows into tasks by
+:mod:`.rows`; a table without our columns reads their defaults (:mod:`.columns`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.sql.base import ReadOnlyColumnCollection
+
+from ...errors import NotFoundError
+from . import throughput
+from .codec import decode_data
+from .columns import Columns
+from .database import Database
+from .listing import Listing
+from .model import DELETE_OFFSET, EVENT_HORIZON, Outcome, Task, TaskStatus, check_int, check_name
+from .rows import is_leased, status_of, to_task
+from .stats import DEFAULT_LIMIT, Counts, UserLoad, count_states, user_loads
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a listing; ``cursor`` continues it (None: nothing more)."""
+
+    tasks: list[Task]
+    cursor: str | None
+
+
+class QueueReader:
+    """The reads of one queue's table (the base of ``QueueStore``, which sets these)."""
+
+    db: Database
+    table: sa.Table
+    _t: ReadOnlyColumnCollection[str, sa.Column[Any]]
+    _columns: Columns
+    _listing: Listing
+
+    def get(self, task_id: str) -> Task:
+        """The task's current state; NotFoundError if there is no row."""
+        check_name("id", task_id)
+        self._columns.extended()
+
+        def work(conn: Connection) -> Task:
+            row = self._read(conn, task_id)
+            return to_task(row, row.now)
+
+        return self.db.transaction(work, readonly=True)
+
+    def counts(self, limit: int = DEFAULT_LIMIT) -> Counts:
+        """Tasks by state, each count stopping at ``limit`` (:mod:`.stats`)."""
+        dead = self._columns.outcome_kept(Outcome.DEAD)
+
+        def work(conn: Connection) -> Counts:
+            return count_states(conn, self.table, self._now(conn), dead, limit)
+
+        return self.db.transaction(work, readonly=True)
+
+    def users(self, users: int = 200, limit: int = DEFAULT_LIMIT) -> list[UserLoad]:
+        """Per user, tasks running and scheduled against max_running, among the first ``limit``
+        tasks not yet due (the fair scheduler's view); the ``users`` busiest."""
+
+        def work(conn: Connection) -> list[UserLoad]:
+            return user_loads(conn, self.table, self._now(conn), users, limit)
+
+        return self.db.transaction(work, readonly=True)
+
+    def list(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        task_type: str | None = None,
+        user: str | None = None,
+        prefix: str | None = None,
+        leased: bool | None = None,
+        order: str = "id",
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        """Tasks after ``cursor``, filtered, in ``order``: ``id``, or ``due`` (due time, on an
+        index whatever the filters: :mod:`.listing`). ``leased`` tells running tasks a worker
+        holds from those scheduled for later. A page may be short and carry a cursor."""
+        check_int("limit", limit, 1, 1000)
+        self._columns.extended()
+
+        def keep(now: int) -> Callable[[Row[Any]], bool]:
+            def accepts(row: Row[Any]) -> bool:
+                if status is not None and status_of(row, now) is not status:
+                    return False
+                if leased is not None and is_leased(row, now) is not leased:
+                    return False
+                return task_type is None or decode_data(row.id, row.data)[0] == task_type
+
+            return accepts
+
+        def work(conn: Connection) -> Page:
+            now = self._now(conn)
+            rows, after = self._listing.page(
+                conn,
+                now,
+                order=order,
+                status=status,
+                user=user,
+                prefix=prefix,
+                cursor=cursor,
+                limit=limit,
+                keep=keep(now),
+            )
+            return Page([to_task(r, now) for r in rows], after)
+
+        return self.db.transaction(work, readonly=True)
+
+    def ping(self) -> None:
+        """One index probe of the table: UnavailableError unless the database answers."""
+        query = sa.select(self._t.id).limit(1)
+        self.db.transaction(lambda conn: conn.execute(query).first(), readonly=True)
+
+    def has_waiting(self) -> bool:
+        """Is any task waiting now? (One index probe; used to wake long-polls.)"""
+        now = self.db.now()
+        query = sa.select(self._t.id).where(self._t.timeout > EVENT_HORIZON, self._t.timeout <= now).limit(1)
+        return self.db.transaction(lambda conn: conn.execute(query).first() is not None, readonly=True)
+
+    # -- per-minute counts (the side table of :mod:`.throughput`) ------------------------------
+
+    def add_throughput(self, counts: throughput.MinuteCounts) -> None:
+        """Add per-minute submitted and finished counts to this queue's."""
+        self.db.transaction(lambda conn: throughput.add(conn, self.table.name, counts))
+
+    def throughput(self, start: int, end: int) -> dict[int, tuple[int, int]]:
+        """This queue's (submitted, finished) per minute from ``start`` to ``end``."""
+        name = self.table.name
+        return self.db.transaction(lambda conn: throughput.read(conn, name, start, end), readonly=True)
+
+    # -- cleanup ---------------------------------------------------------------------------
+
+    def cleanup(self, batch: int = 1000) -> int:
+        """Delete up to ``batch`` finished rows whose retention has passed; returns how many."""
+        check_int("batch", batch, 1, 100_000)
+        expired = self._t.timeout <= self.db.now() - DELETE_OFFSET
+        if self.db.is_sqlite:
+            ids = sa.select(self._t.id).where(expired).limit(batch).scalar_subquery()
+            query = sa.delete(self.table).where(self._t.id.in_(ids))
+        else:
+            query = sa.delete(self.table).where(expired).with_dialect_options(mysql_limit=batch)
+        return int(self.db.transaction(lambda conn: conn.execute(query).rowcount))
+
+    # -- shared by the reads and the operations that answer a task ---------------------------
+
+    def _now(self, conn: Connection) -> int:
+        """The database's clock."""
+        return int(conn.execute(sa.select(self.db.now())).scalar_one())
+
+    def _read(self, conn: Connection, task_id: str, lock: bool = False) -> Any:
+        """The task's row with the clock as ``now`` (``lock``: for update); NotFoundError."""
+        query = sa.select(*self._columns.selected(), self.db.now().label("now")).where(self._t.id == task_id)
+        row = conn.execute(query.with_for_update() if lock and not self.db.is_sqlite else query).first()
+        if row is None:
+            raise NotFoundError(f"task {task_id!r} does not exist")
+        return row

@@ -1,0 +1,156 @@
+"""What a row of the table says: the task it holds, and why a call with a lease did not apply.
+
+The answers are read from the row as it is (CONTRACT.md §3): finished, gone or taken over is
+Preempted; a second finish by the same lease is AlreadyFinished; a task that ended cancelled,
+or that a cancel was asked for, answers CancelRequestedError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ...errors import (
+    AlreadyFinishedError,
+    CancelRequestedError,
+    NotFoundError,
+    PerfectQueueError,
+    PreemptedError,
+)
+from .codec import decode_data
+from .model import Outcome, Task, TaskStatus
+
+
+def to_task(row: Any, now: int, timeout: int | None = None, attempts: int | None = None) -> Task:
+    """The task a row holds at ``now``; ``timeout`` and ``attempts`` as just leased, if given."""
+    task_type, data, compression = decode_data(row.id, row.data)
+    leased = is_leased(row, now) if timeout is None else True  # a new timeout: just leased
+    timeout = row.timeout if timeout is None else timeout
+    return Task(
+        id=row.id,
+        type=task_type,
+        data=data,
+        user=row.resource,
+        status=status_of(row, now, timeout),
+        created_at=row.created_at,
+        timeout=timeout,
+        max_running=row.max_running,
+        compression=compression,
+        attempts=row.attempts if attempts is None else attempts,
+        max_attempts=row.max_attempts,
+        last_error=row.last_error,
+        cancel_requested=bool(row.cancel_requested),
+        traceparent=row.traceparent,
+        leased=leased,
+    )
+
+
+def status_of(row: Any, now: int, timeout: int | None = None) -> TaskStatus:
+    if row.created_at is None:
+        if row.outcome in (Outcome.DEAD.value, Outcome.CANCELLED.value):
+            return TaskStatus(row.outcome)
+        return TaskStatus.FINISHED
+    due = row.timeout if timeout is None else timeout
+    return TaskStatus.WAITING if due <= now else TaskStatus.RUNNING
+
+
+def is_leased(row: Any, now: int) -> bool:
+    """Running and held by a worker (a running task nobody holds is scheduled for later)."""
+    return bool(row.created_at is not None and row.timeout > now and row.owner != 0)
+
+
+def holds(row: Any, lease: int) -> bool:
+    return bool(row.created_at is not None and row.owner == lease)
+
+
+def cancel_asked(task_id: str) -> CancelRequestedError:
+    return CancelRequestedError(f"task {task_id!r}: a cancel was requested; stop and give it back")
+
+
+def cancelled(task_id: str) -> CancelRequestedError:
+    return CancelRequestedError(f"task {task_id!r} was cancelled: a cancel was requested while it ran")
+
+
+def heartbeat_answer(task_id: str, lease: int, row: Any) -> PerfectQueueError | None:
+    """A heartbeat's answer from the row as it is after the extension."""
+    if row is None or not holds(row, lease):
+        return lease_error(task_id, row)
+    return cancel_asked(task_id) if row.cancel_requested else None
+
+
+def already_finished(task_id: str) -> AlreadyFinishedError:
+    return AlreadyFinishedError(f"task {task_id!r} is already finished")
+
+
+def lease_error(task_id: str, row: Any) -> PerfectQueueError:
+    """Why a heartbeat, retry or release with a lease did not apply, from the row as it is."""
+    if row is not None and row.created_at is None and row.outcome == Outcome.CANCELLED.value:
+        return CancelRequestedError(f"task {task_id!r} was cancelled")
+    return PreemptedError(f"task {task_id!r} is not held by this lease (finished, gone or taken over)")
+
+
+def finish_error(task_id: str, lease: int, row: Any) -> PerfectQueueError:
+    """Why a finish with this lease did not apply, from the row as it is."""
+    if row is None:
+        return NotFoundError(f"task {task_id!r} does not exist")
+    if row.created_at is None and row.outcome == Outcome.CANCELLED.value:
+        return CancelRequestedError(f"task {task_id!r} was cancelled")
+    if row.created_at is None and row.owner == lease:
+        return already_finished(task_id)
+    return PreemptedError(f"task {task_id!r} is not held by this lease (finished, gone or taken over)")
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    """What a finish looks at in a row."""
+
+    created_at: int | None
+    owner: int
+    outcome: str | None
+    cancel_requested: int
+
+    @classmethod
+    def of(cls, row: Any) -> LeaseState:
+        return cls(row.created_at, row.owner, row.outcome, row.cancel_requested)
+
+
+@dataclass(slots=True)
+class Finishes:
+    """A batch of finishes answered as if each came alone, one after the other: which tasks
+    end finished, which cancelled, and each item's answer."""
+
+    answers: list[PerfectQueueError | None]
+    done: list[str]
+    cancelled: list[str]
+
+
+def answer_finishes(items: Sequence[tuple[str, int]], state: dict[str, LeaseState]) -> Finishes:
+    """Each (id, lease) answered from the rows' ``state`` as it is after the items before it:
+    the first finish of a held task ends it (cancelled, if a cancel was asked for); a second
+    one answers what a second finish would (AlreadyFinished, or Preempted for another lease)."""
+    result = Finishes([], [], [])
+    for task_id, lease in items:
+        row = state.get(task_id)
+        if row is None or not holds(row, lease):
+            result.answers.append(finish_error(task_id, lease, row))
+        elif row.cancel_requested:
+            state[task_id] = replace(row, created_at=None, owner=0, outcome=Outcome.CANCELLED.value)
+            result.cancelled.append(task_id)
+            result.answers.append(cancelled(task_id))
+        else:
+            state[task_id] = replace(row, created_at=None)
+            result.done.append(task_id)
+            result.answers.append(None)
+    return result
+
+
+def finished_once(items: Sequence[tuple[str, int]]) -> list[PerfectQueueError | None]:
+    """The answers to a batch whose every task its one lease held, all finished now: None
+    for each task's first item, AlreadyFinished for a repeat (as a second finish answers)."""
+    seen: set[str] = set()
+    answers: list[PerfectQueueError | None] = []
+    for task_id, _ in items:
+        answers.append(already_finished(task_id) if task_id in seen else None)
+        seen.add(task_id)
+    return answers

@@ -1,0 +1,94 @@
+"""The statements the writing operations share: which rows a lease holds, a row's lease state,
+and how a row ends (finished, dead or cancelled; CONTRACT.md §2's finished range).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from ...errors import PerfectQueueError
+from .model import DELETE_OFFSET, Outcome, RetryPolicy
+from .reading import QueueReader
+from .rows import holds, lease_error
+
+
+class QueueStatements(QueueReader):
+    """The statements shared by the operations that change rows (``QueueStore`` sets
+    ``retention_time`` and ``policy``)."""
+
+    retention_time: int
+    policy: RetryPolicy
+
+    def _held(self, task_id: str, lease: int) -> sa.ColumnElement[bool]:
+        return sa.and_(self._t.id == task_id, self._t.owner == lease, self._t.created_at.is_not(None))
+
+    def _update_held(
+        self, conn: Connection, task_id: str, lease: int, values: dict[str, Any], end: bool = False
+    ) -> bool:
+        """Apply ``values`` to the held row; True if a cancel was requested for it (the values
+        applied, or with ``end`` the task ended cancelled instead); else the lease error."""
+        held = sa.and_(self._held(task_id, lease), self._columns.not_cancel_requested())
+        if conn.execute(sa.update(self.table).where(held).values(values)).rowcount == 1:
+            return False
+        row = self._state(conn, task_id)
+        if row is None or not holds(row, lease) or not row.cancel_requested:
+            raise lease_error(task_id, row)
+        if end:
+            conn.execute(self._end(self._t.id == task_id, Outcome.CANCELLED))
+        else:
+            conn.execute(sa.update(self.table).where(self._t.id == task_id).values(values))
+        return True
+
+    def _holding(self, items: Iterable[tuple[str, int]]) -> sa.ColumnElement[bool]:
+        """The rows that the (id, lease) pairs hold: one IN list per lease (on the primary key)."""
+        leases: dict[int, set[str]] = {}
+        for task_id, lease in items:
+            leases.setdefault(lease, set()).add(task_id)
+        ids = sorted(set().union(*leases.values()))
+        held = sa.or_(
+            *(sa.and_(self._t.owner == lease, self._t.id.in_(sorted(i))) for lease, i in leases.items())
+        )
+        return sa.and_(self._t.id.in_(ids), self._t.created_at.is_not(None), held)
+
+    def _lease_error(self, conn: Connection, task_id: str) -> PerfectQueueError:
+        return lease_error(task_id, self._state(conn, task_id))
+
+    def _finish_held(self) -> sa.Update:
+        """Finish the rows ``:ids`` that the lease ``:lease`` holds and no cancel was asked for."""
+        held = sa.and_(
+            self._t.id.in_(sa.bindparam("ids", expanding=True)),
+            self._t.owner == sa.bindparam("lease", type_=sa.BigInteger),
+            self._t.created_at.is_not(None),
+            self._columns.not_cancel_requested(),
+        )
+        return self._finish_where(held)
+
+    def _finish_where(self, where: sa.ColumnElement[bool]) -> sa.Update:
+        return self._end(where, None)
+
+    def _end(self, where: sa.ColumnElement[bool], outcome: Outcome | None) -> sa.Update:
+        """Finish rows: normally (``outcome`` None), dead or cancelled. A dead row keeps its
+        user (for a requeue) and its own, longer, retention."""
+        dead = outcome is Outcome.DEAD
+        retention = self.policy.dead_retention_time if dead else self.retention_time
+        values: dict[str, Any] = {
+            "timeout": self.db.now() - DELETE_OFFSET + retention,
+            "created_at": None,
+            "outcome": None if outcome is None else outcome.value,
+        }
+        if outcome is not None:
+            values["owner"] = 0  # a late call by the last holder is refused, not accepted
+        if not dead:
+            values["resource"] = None
+        return sa.update(self.table).where(where).values(self._columns.values(values))
+
+    def _state_query(self, where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+        t, read = self._t, self._columns.read
+        return sa.select(t.id, t.created_at, t.owner, read("outcome"), read("cancel_requested")).where(where)
+
+    def _state(self, conn: Connection, task_id: str) -> Row[Any] | None:
+        return conn.execute(self._state_query(self._t.id == task_id)).first()

@@ -13,75 +13,30 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import Any, Generic
 from urllib.parse import quote
 
 import httpx
 
 from .. import __version__
-from ..errors import ERRORS_BY_CODE, InvalidError, PerfectQueueError, UnavailableError
-from ._calls import Backoff, Call
-from ._types import BatchResult, Failure, Leased, Page, QueueStats, TaskMetadata
-
-RETRY_STATUSES = {502, 503, 504}
-STATUS_ERRORS = {
-    code_cls.status: code_cls
-    for code_cls in ERRORS_BY_CODE.values()
-    if code_cls.code in {"unauthorized", "forbidden", "too_large", "invalid", "unavailable"}
-}
+from ..errors import InvalidError, UnavailableError
+from ._calls import Backoff, Call, R
+from ._types import RETRY_STATUSES, error_of
 
 
-class Request:
-    """The HTTP form of a call, and how to read its answer (shared by sync and async)."""
+class Request(Generic[R]):
+    """A call's request to the service of ``queue``, and how to read its answer."""
 
-    def __init__(self, call: Call, queue: str) -> None:
+    def __init__(self, call: Call[R], queue: str) -> None:
         self.call = call
-        args = call.args
-        base = f"/v1/queues/{quote(queue, safe='')}"
-        self.method, self.params, self.json = "POST", None, None
-        op = call.op
-        if op == "submit":
-            self.path, self.json = f"{base}/submit", args["task"].to_json()
-        elif op == "submit_many":
-            self.path, self.json = f"{base}/submit-batch", {"tasks": [t.to_json() for t in args["tasks"]]}
-        elif op in ("finish_many", "heartbeat_many"):
-            self.path = f"{base}/{op.replace('_many', '-batch')}"
-            tasks = [{"id": key, "lease": lease} for key, lease in args["tasks"]]
-            self.json = _present({"tasks": tasks, "alive_time": args.get("alive_time")})
-        elif op == "get":
-            self.method, self.path = "GET", f"{base}/tasks/{_segment(args['id'])}"
-        elif op == "list":
-            self.method, self.path, self.params = "GET", f"{base}/tasks", _present(args)
-        elif op == "stats":
-            self.method, self.path = "GET", base
-        else:  # poll, heartbeat, finish, retry, release, force_finish, cancel, requeue
-            self.path, self.json = f"{base}/{op.replace('_', '-')}", _present(args)
-        self.content = None if self.json is None else _encode(self.json)
+        http = call.http()
+        self.method, self.params = http.method, http.params
+        self.path = f"/v1/queues/{quote(queue, safe='')}{http.path}"
+        self.content = None if http.json is None else _encode(http.json)
         self.headers = None if self.content is None else {"Content-Type": "application/json"}
 
-    def result(self, response: httpx.Response) -> Any:
-        op = self.call.op
-        body: Any = response.json() if response.content else None
-        if op == "poll":
-            return [Leased(TaskMetadata.from_json(t), t["lease"]) for t in body["tasks"]]
-        if op in ("submit_many", "finish_many", "heartbeat_many"):
-            failed = [Failure(f["id"], error_of(f["code"], f["detail"])) for f in body["failed"]]
-            return BatchResult([s["id"] for s in body["successful"]], failed)
-        if op in ("get", "cancel", "requeue"):
-            return TaskMetadata.from_json(body)
-        if op == "list":
-            return Page([TaskMetadata.from_json(t) for t in body["tasks"]], body["next_cursor"])
-        if op == "stats":
-            counts = (body["waiting"], body["running"], body["finished"], body.get("dead", 0))
-            return QueueStats(body["name"], *counts, capped=tuple(body.get("capped", ())))
-        return None
-
-
-def error_of(code: str, detail: str, status: int = 500) -> PerfectQueueError:
-    """The exception class the service named by ``code`` (by status when the code is unknown)."""
-    cls = ERRORS_BY_CODE.get(code) or STATUS_ERRORS.get(status)
-    cls = cls or (UnavailableError if status in RETRY_STATUSES else PerfectQueueError)
-    return cls(detail)
+    def result(self, response: httpx.Response) -> R:
+        return self.call.parse(response.json() if response.content else None)
 
 
 def raise_for(response: httpx.Response) -> None:
@@ -95,7 +50,7 @@ def raise_for(response: httpx.Response) -> None:
     raise error_of(code, detail or f"HTTP {response.status_code}", response.status_code)
 
 
-def retry_delay(request: Request, backoff: Backoff, attempt: int, outcome: object) -> float | None:
+def retry_delay(request: Request[Any], backoff: Backoff, attempt: int, outcome: object) -> float | None:
     """Seconds to wait before trying again, or None to give up and raise."""
     if attempt >= backoff.retries:
         return None
@@ -133,7 +88,7 @@ class HttpBackend:
         self.queue, self.timeout, self.backoff = queue, timeout, backoff
         self.client = httpx.Client(**client_options(url, token, timeout), transport=transport)
 
-    def execute(self, call: Call) -> Any:
+    def execute(self, call: Call[R]) -> R:
         request, attempt = Request(call, self.queue), 0
         while True:
             outcome: httpx.Response | httpx.TransportError
@@ -174,7 +129,7 @@ class AsyncHttpBackend:
         self.queue, self.timeout, self.backoff = queue, timeout, backoff
         self.client = httpx.AsyncClient(**client_options(url, token, timeout), transport=transport)
 
-    async def execute(self, call: Call) -> Any:
+    async def execute(self, call: Call[R]) -> R:
         request, attempt = Request(call, self.queue), 0
         while True:
             outcome: httpx.Response | httpx.TransportError
@@ -199,7 +154,7 @@ class AsyncHttpBackend:
         await self.client.aclose()
 
 
-def _finish(request: Request, outcome: httpx.Response | httpx.TransportError) -> Any:
+def _finish(request: Request[R], outcome: httpx.Response | httpx.TransportError) -> R:
     if isinstance(outcome, httpx.TransportError):
         raise UnavailableError(f"cannot reach the service: {type(outcome).__name__}: {outcome}") from outcome
     raise_for(outcome)
@@ -212,13 +167,3 @@ def _encode(body: Any) -> bytes:
         return json.dumps(body, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except (TypeError, ValueError):  # NaN or Infinity, an unpaired surrogate, a non-JSON value
         raise InvalidError("data must be standard JSON: no NaN, Infinity or unpaired surrogates") from None
-
-
-def _segment(value: str) -> str:
-    """One path segment; an id of '.' or '..' escaped, or URL normalisation would drop it."""
-    quoted = quote(value, safe="")
-    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
-
-
-def _present(args: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in args.items() if v is not None}

@@ -11,14 +11,15 @@ import asyncio
 import time
 from typing import Any
 
-from ._calls import Call
+from ._calls import Call, R
 from ._types import BatchResult, Failure, Leased, Page, QueueStats, SubmitSpec, TaskMetadata
 
 WAIT_STEP = 0.2
 
 
 class RdbBackend:
-    """Synchronous backend over :class:`perfectqueue.service.store.QueueStore`."""
+    """Synchronous backend over :class:`perfectqueue.service.store.QueueStore`: each call is
+    carried out by the method of the :class:`~._calls.Direct` protocol it names."""
 
     def __init__(
         self,
@@ -42,21 +43,20 @@ class RdbBackend:
         )
         self.alive_time, self.name = alive_time, table
 
-    def execute(self, call: Call) -> Any:
-        handler = getattr(self, f"_{call.op}")
-        return handler(**call.args)
+    def execute(self, call: Call[R]) -> R:
+        return call.direct(self)
 
     def close(self) -> None:
         self.db.dispose()
 
-    def _submit(self, task: SubmitSpec) -> None:
+    def submit(self, task: SubmitSpec) -> None:
         self.store.submit(_new_task(task))
 
-    def _submit_many(self, tasks: list[SubmitSpec]) -> BatchResult:
+    def submit_many(self, tasks: list[SubmitSpec]) -> BatchResult:
         results = self.store.submit_many([_new_task(t) for t in tasks])
         return _batch([t.key for t in tasks], results)
 
-    def _poll(self, max: int, alive_time: int | None, wait: float) -> list[Leased]:
+    def poll(self, max: int, alive_time: int | None, wait: float) -> list[Leased]:
         deadline = time.monotonic() + wait
         while True:
             acquired = self.store.acquire(max, alive_time or self.alive_time)
@@ -64,40 +64,40 @@ class RdbBackend:
                 return [Leased(_metadata(a.task), str(a.lease)) for a in acquired]
             time.sleep(min(WAIT_STEP, deadline - time.monotonic()))
 
-    def _heartbeat(self, id: str, lease: str, alive_time: int | None, data: dict[str, Any] | None) -> None:
+    def heartbeat(self, id: str, lease: str, alive_time: int | None, data: dict[str, Any] | None) -> None:
         self.store.heartbeat(id, int(lease), alive_time or self.alive_time, data)
 
-    def _heartbeat_many(self, tasks: list[tuple[str, str]], alive_time: int | None) -> BatchResult:
+    def heartbeat_many(self, tasks: list[tuple[str, str]], alive_time: int | None) -> BatchResult:
         items = [(key, int(lease)) for key, lease in tasks]
         results = self.store.heartbeat_many(items, alive_time or self.alive_time)
         return _batch([key for key, _ in tasks], results)
 
-    def _finish(self, id: str, lease: str) -> None:
+    def finish(self, id: str, lease: str) -> None:
         self.store.finish(id, int(lease))
 
-    def _finish_many(self, tasks: list[tuple[str, str]]) -> BatchResult:
+    def finish_many(self, tasks: list[tuple[str, str]]) -> BatchResult:
         results = self.store.finish_many([(key, int(lease)) for key, lease in tasks])
         return _batch([key for key, _ in tasks], results)
 
-    def _retry(self, id: str, lease: str, retry_wait: int | None, error: str | None) -> None:
+    def retry(self, id: str, lease: str, retry_wait: int | None, error: str | None) -> None:
         self.store.retry(id, int(lease), retry_wait, error)
 
-    def _cancel(self, id: str) -> TaskMetadata:
+    def cancel(self, id: str) -> TaskMetadata:
         return _metadata(self.store.cancel(id))
 
-    def _requeue(self, id: str) -> TaskMetadata:
+    def requeue(self, id: str) -> TaskMetadata:
         return _metadata(self.store.requeue(id))
 
-    def _release(self, id: str, lease: str) -> None:
+    def release(self, id: str, lease: str) -> None:
         self.store.release(id, int(lease))
 
-    def _force_finish(self, id: str) -> None:
+    def force_finish(self, id: str) -> None:
         self.store.force_finish(id)
 
-    def _get(self, id: str) -> TaskMetadata:
+    def get(self, id: str) -> TaskMetadata:
         return _metadata(self.store.get(id))
 
-    def _list(
+    def list_tasks(
         self, status: str | None, type: str | None, user: str | None, cursor: str | None, limit: int
     ) -> Page:
         from ..service.store import TaskStatus
@@ -111,7 +111,7 @@ class RdbBackend:
         )
         return Page([_metadata(t) for t in page.tasks], page.cursor)
 
-    def _stats(self) -> QueueStats:
+    def stats(self) -> QueueStats:
         counts = self.store.counts()
         return QueueStats(
             self.name, counts.waiting, counts.running, counts.finished, counts.dead, counts.capped
@@ -124,7 +124,7 @@ class AsyncRdbBackend:
     def __init__(self, **options: Any) -> None:
         self.sync = RdbBackend(**options)
 
-    async def execute(self, call: Call) -> Any:
+    async def execute(self, call: Call[R]) -> R:
         return await asyncio.to_thread(self.sync.execute, call)
 
     async def close(self) -> None:

@@ -1,13 +1,29 @@
-"""The SDK's plain records, shared by the sync and async queues and by every backend."""
+"""The SDK's plain records, shared by the sync and async queues and by every backend, and how
+each is read from the service's JSON (the same shapes the direct backend builds from the store)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import PerfectQueueError
+from ..errors import ERRORS_BY_CODE, PerfectQueueError, UnavailableError
 
 Status = Literal["waiting", "running", "finished", "dead", "cancelled"]
+
+RETRY_STATUSES = {502, 503, 504}
+"""The statuses of a service out of reach: a gateway's 502/504, or its own 503."""
+STATUS_ERRORS = {
+    code_cls.status: code_cls
+    for code_cls in ERRORS_BY_CODE.values()
+    if code_cls.code in {"unauthorized", "forbidden", "too_large", "invalid", "unavailable"}
+}
+
+
+def error_of(code: str, detail: str, status: int = 500) -> PerfectQueueError:
+    """The exception class the service named by ``code`` (by status when the code is unknown)."""
+    cls = ERRORS_BY_CODE.get(code) or STATUS_ERRORS.get(status)
+    cls = cls or (UnavailableError if status in RETRY_STATUSES else PerfectQueueError)
+    return cls(detail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +93,10 @@ class Leased:
     metadata: TaskMetadata
     lease: str
 
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Leased:
+        return cls(TaskMetadata.from_json(body), body["lease"])
+
 
 @dataclass(frozen=True, slots=True)
 class SubmitSpec:
@@ -113,6 +133,10 @@ class Failure:
     key: str
     error: PerfectQueueError
 
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Failure:
+        return cls(body["id"], error_of(body["code"], body["detail"]))
+
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
@@ -121,11 +145,19 @@ class BatchResult:
     successful: list[str]
     failed: list[Failure]
 
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> BatchResult:
+        return cls([s["id"] for s in body["successful"]], [Failure.from_json(f) for f in body["failed"]])
+
 
 @dataclass(frozen=True, slots=True)
 class Page:
     tasks: list[TaskMetadata]
     cursor: str | None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Page:
+        return cls([TaskMetadata.from_json(t) for t in body["tasks"]], body["next_cursor"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +169,11 @@ class QueueStats:
     dead: int = 0
     capped: tuple[str, ...] = ()
     """The counts that stopped at the service's count limit: there are at least that many."""
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> QueueStats:
+        counts = (body["waiting"], body["running"], body["finished"], body.get("dead", 0))
+        return cls(body["name"], *counts, capped=tuple(body.get("capped", ())))
 
     def shown(self, name: str) -> str:
         """A count for people: ``10000+`` when it stopped at the limit."""

@@ -7,12 +7,13 @@ from typing import Any, Protocol
 
 from ..errors import NotFoundError
 from . import _calls as calls
+from ._calls import R
 from ._types import BatchResult, Leased, QueueStats, SubmitSpec, TaskMetadata
 from .queue import _spec
 
 
 class AsyncBackend(Protocol):
-    async def execute(self, call: calls.Call) -> Any: ...
+    async def execute(self, call: calls.Call[R]) -> R: ...
 
     async def close(self) -> None: ...
 
@@ -48,11 +49,11 @@ class AsyncQueue:
         spec = SubmitSpec(
             key, type, dict(data or {}), user, max_running, run_at, compression, max_attempts, traceparent
         )
-        await self.backend.execute(calls.submit(spec))
+        await self.backend.execute(calls.Submit(spec))
         return AsyncTask(self, key)
 
     async def submit_many(self, tasks: Iterable[SubmitSpec | Mapping[str, Any]]) -> BatchResult:
-        return await self.backend.execute(calls.submit_many([_spec(t) for t in tasks]))  # type: ignore[no-any-return]
+        return await self.backend.execute(calls.SubmitMany([_spec(t) for t in tasks]))
 
     async def poll(self, *, alive_time: int | None = None) -> AsyncAcquiredTask | None:
         tasks = await self.poll_multi(max=1, alive_time=alive_time)
@@ -61,7 +62,7 @@ class AsyncQueue:
     async def poll_multi(
         self, *, max: int = 10, alive_time: int | None = None, wait: float = 0.0
     ) -> list[AsyncAcquiredTask]:
-        leased: list[Leased] = await self.backend.execute(calls.poll(max, alive_time, wait))
+        leased = await self.backend.execute(calls.Poll(max, alive_time, wait))
         return [AsyncAcquiredTask(self, item) for item in leased]
 
     async def heartbeat_many(
@@ -69,7 +70,7 @@ class AsyncQueue:
     ) -> BatchResult:
         """Extend the leases of up to 1,000 tasks in one request; per-task results (see
         :meth:`Queue.heartbeat_many <perfectqueue.client.Queue.heartbeat_many>`)."""
-        return await self.backend.execute(calls.heartbeat_many(tasks, alive_time))  # type: ignore[no-any-return]
+        return await self.backend.execute(calls.HeartbeatMany.of(tasks, alive_time))
 
     def __getitem__(self, key: str) -> AsyncTask:
         return AsyncTask(self, key)
@@ -84,7 +85,7 @@ class AsyncQueue:
     ) -> AsyncIterator[TaskMetadata]:
         cursor: str | None = None
         while True:
-            page = await self.backend.execute(calls.list_tasks(status, type, user, cursor, page_size))
+            page = await self.backend.execute(calls.ListTasks(status, type, user, cursor, page_size))
             for task in page.tasks:
                 yield task
             if page.cursor is None:
@@ -95,7 +96,7 @@ class AsyncQueue:
         return self.tasks()
 
     async def stats(self) -> QueueStats:
-        return await self.backend.execute(calls.stats())  # type: ignore[no-any-return]
+        return await self.backend.execute(calls.Stats())
 
 
 class AsyncTask:
@@ -106,7 +107,7 @@ class AsyncTask:
         return f"{type(self).__name__}({self.key!r})"
 
     async def metadata(self) -> TaskMetadata:
-        return await self.queue.backend.execute(calls.get(self.key))  # type: ignore[no-any-return]
+        return await self.queue.backend.execute(calls.Get(self.key))
 
     async def exists(self) -> bool:
         try:
@@ -116,13 +117,13 @@ class AsyncTask:
         return True
 
     async def force_finish(self) -> None:
-        await self.queue.backend.execute(calls.force_finish(self.key))
+        await self.queue.backend.execute(calls.ForceFinish(self.key))
 
     async def cancel(self) -> TaskMetadata:
-        return await self.queue.backend.execute(calls.cancel(self.key))  # type: ignore[no-any-return]
+        return await self.queue.backend.execute(calls.Cancel(self.key))
 
     async def requeue(self) -> TaskMetadata:
-        return await self.queue.backend.execute(calls.requeue(self.key))  # type: ignore[no-any-return]
+        return await self.queue.backend.execute(calls.Requeue(self.key))
 
 
 class AsyncAcquiredTask(AsyncTask):
@@ -149,18 +150,18 @@ class AsyncAcquiredTask(AsyncTask):
         return self.acquired.traceparent
 
     async def finish(self) -> None:
-        await self.queue.backend.execute(calls.finish(self.key, self.lease))
+        await self.queue.backend.execute(calls.Finish(self.key, self.lease))
 
     async def retry(self, retry_wait: int | None = None, error: str | None = None) -> None:
-        await self.queue.backend.execute(calls.retry(self.key, self.lease, retry_wait, error))
+        await self.queue.backend.execute(calls.Retry(self.key, self.lease, retry_wait, error))
 
     async def release(self) -> None:
-        await self.queue.backend.execute(calls.release(self.key, self.lease))
+        await self.queue.backend.execute(calls.Release(self.key, self.lease))
 
     async def heartbeat(self, alive_time: int | None = None) -> None:
-        await self.queue.backend.execute(calls.heartbeat(self.key, self.lease, alive_time, None))
+        await self.queue.backend.execute(calls.Heartbeat(self.key, self.lease, alive_time))
 
     async def update_data(self, changes: Mapping[str, Any], alive_time: int | None = None) -> None:
         data = {**self.data, **changes}
-        await self.queue.backend.execute(calls.heartbeat(self.key, self.lease, alive_time, data))
+        await self.queue.backend.execute(calls.Heartbeat(self.key, self.lease, alive_time, data))
         self.data = data

@@ -7,11 +7,12 @@ from typing import Any, Protocol
 
 from ..errors import NotFoundError
 from . import _calls as calls
+from ._calls import R
 from ._types import BatchResult, Leased, QueueStats, SubmitSpec, TaskMetadata
 
 
 class Backend(Protocol):
-    def execute(self, call: calls.Call) -> Any: ...
+    def execute(self, call: calls.Call[R]) -> R: ...
 
     def close(self) -> None: ...
 
@@ -52,12 +53,12 @@ class Queue:
         spec = SubmitSpec(
             key, type, dict(data or {}), user, max_running, run_at, compression, max_attempts, traceparent
         )
-        self.backend.execute(calls.submit(spec))
+        self.backend.execute(calls.Submit(spec))
         return Task(self, key)
 
     def submit_many(self, tasks: Iterable[SubmitSpec | Mapping[str, Any]]) -> BatchResult:
         """Submit up to 1,000 tasks in one request; per-task results."""
-        return self.backend.execute(calls.submit_many([_spec(t) for t in tasks]))  # type: ignore[no-any-return]
+        return self.backend.execute(calls.SubmitMany([_spec(t) for t in tasks]))
 
     def poll(self, *, alive_time: int | None = None) -> AcquiredTask | None:
         """One waiting task, leased to this caller, or None."""
@@ -68,13 +69,13 @@ class Queue:
         self, *, max: int = 10, alive_time: int | None = None, wait: float = 0.0
     ) -> list[AcquiredTask]:
         """Up to ``max`` tasks, waiting up to ``wait`` seconds when none is waiting (long-poll)."""
-        leased: list[Leased] = self.backend.execute(calls.poll(max, alive_time, wait))
+        leased = self.backend.execute(calls.Poll(max, alive_time, wait))
         return [AcquiredTask(self, item) for item in leased]
 
     def heartbeat_many(self, tasks: Iterable[AcquiredTask], *, alive_time: int | None = None) -> BatchResult:
         """Extend the leases of up to 1,000 tasks in one request; per-task results. A task failed
         with CancelRequestedError was extended, but somebody cancelled it: stop its work."""
-        return self.backend.execute(calls.heartbeat_many(tasks, alive_time))  # type: ignore[no-any-return]
+        return self.backend.execute(calls.HeartbeatMany.of(tasks, alive_time))
 
     def __getitem__(self, key: str) -> Task:
         return Task(self, key)
@@ -90,7 +91,7 @@ class Queue:
         """Every task matching the filters, fetched lazily one page at a time."""
         cursor: str | None = None
         while True:
-            page = self.backend.execute(calls.list_tasks(status, type, user, cursor, page_size))
+            page = self.backend.execute(calls.ListTasks(status, type, user, cursor, page_size))
             yield from page.tasks
             if page.cursor is None:
                 return
@@ -101,7 +102,7 @@ class Queue:
 
     def stats(self) -> QueueStats:
         """Waiting, running and retained finished counts."""
-        return self.backend.execute(calls.stats())  # type: ignore[no-any-return]
+        return self.backend.execute(calls.Stats())
 
 
 class Task:
@@ -115,7 +116,7 @@ class Task:
 
     def metadata(self) -> TaskMetadata:
         """The task's current state; NotFoundError if it does not exist."""
-        return self.queue.backend.execute(calls.get(self.key))  # type: ignore[no-any-return]
+        return self.queue.backend.execute(calls.Get(self.key))
 
     def exists(self) -> bool:
         try:
@@ -126,17 +127,17 @@ class Task:
 
     def force_finish(self) -> None:
         """Finish the task whatever holds it, or a dead task (an operator's action)."""
-        self.queue.backend.execute(calls.force_finish(self.key))
+        self.queue.backend.execute(calls.ForceFinish(self.key))
 
     def cancel(self) -> TaskMetadata:
         """Cancel the task: at once if nobody holds it, else when its holder next calls (it is
         then ``cancel_requested``). AlreadyFinishedError if it had ended. Returns its state."""
-        return self.queue.backend.execute(calls.cancel(self.key))  # type: ignore[no-any-return]
+        return self.queue.backend.execute(calls.Cancel(self.key))
 
     def requeue(self) -> TaskMetadata:
         """Make a dead task waiting again, its attempts reset (an operator's action).
         NotDeadError if it is waiting or running. Returns its state."""
-        return self.queue.backend.execute(calls.requeue(self.key))  # type: ignore[no-any-return]
+        return self.queue.backend.execute(calls.Requeue(self.key))
 
 
 class AcquiredTask(Task):
@@ -168,26 +169,26 @@ class AcquiredTask(Task):
 
     def finish(self) -> None:
         """Done: never delivered again (AlreadyFinishedError if it already was finished)."""
-        self.queue.backend.execute(calls.finish(self.key, self.lease))
+        self.queue.backend.execute(calls.Finish(self.key, self.lease))
 
     def retry(self, retry_wait: int | None = None, error: str | None = None) -> None:
         """Give it back, to be delivered again after ``retry_wait`` s (default: the queue's
         backoff), recording ``error`` as its ``last_error``. If its attempts are used up it is
         dead instead."""
-        self.queue.backend.execute(calls.retry(self.key, self.lease, retry_wait, error))
+        self.queue.backend.execute(calls.Retry(self.key, self.lease, retry_wait, error))
 
     def release(self) -> None:
         """Give it back, deliverable again at once."""
-        self.queue.backend.execute(calls.release(self.key, self.lease))
+        self.queue.backend.execute(calls.Release(self.key, self.lease))
 
     def heartbeat(self, alive_time: int | None = None) -> None:
         """Extend the lease (PreemptedError if another acquisition holds the task now)."""
-        self.queue.backend.execute(calls.heartbeat(self.key, self.lease, alive_time, None))
+        self.queue.backend.execute(calls.Heartbeat(self.key, self.lease, alive_time))
 
     def update_data(self, changes: Mapping[str, Any], alive_time: int | None = None) -> None:
         """Merge ``changes`` into the task's data and store it with a heartbeat."""
         data = {**self.data, **changes}
-        self.queue.backend.execute(calls.heartbeat(self.key, self.lease, alive_time, data))
+        self.queue.backend.execute(calls.Heartbeat(self.key, self.lease, alive_time, data))
         self.data = data
 
 

@@ -19,14 +19,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
+from ..settings import QUEUE_KEYS
 from ._calls import Backoff
 from ._types import BatchResult, Failure, QueueStats, SubmitSpec, TaskMetadata
 from .aqueue import AsyncAcquiredTask, AsyncQueue, AsyncTask
 from .queue import AcquiredTask, Queue, Task
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-RDB_KEYS = ("alive_time", "retry_wait", "retention_time", "dead_retention_time", "retry_wait_max")
-POLICY_KEYS = {"retry_backoff": "backoff", "retry_jitter": "retry_jitter", "max_attempts": "max_attempts"}
 
 
 def open(config: Mapping[str, Any] | None = None, **options: Any) -> Queue:
@@ -84,12 +83,7 @@ def _http_options(settings: dict[str, Any]) -> dict[str, Any]:
 def _rdb_options(settings: dict[str, Any]) -> dict[str, Any]:
     if not settings.get("url") or not settings.get("table"):
         raise ConfigError("the rdb_compat backend needs 'url' (the database) and 'table'")
-    options: dict[str, Any] = {"url": settings["url"], "table": settings["table"]}
-    options.update({key: int(settings[key]) for key in RDB_KEYS if settings.get(key) is not None})
-    options.update({arg: settings[key] for key, arg in POLICY_KEYS.items() if settings.get(key) is not None})
-    options["fair"] = not settings.get("disable_resource_limit", False)
-    options["lock"] = settings.get("acquire_lock", "skip_locked")
-    return options
+    return {key: settings[key] for key in QUEUE_KEYS if settings.get(key) is not None}
 
 
 __all__ = [

@@ -11,6 +11,7 @@ import asyncio
 import time
 from typing import Any
 
+from ..settings import QueueSettings
 from ._calls import Call, R
 from ._types import BatchResult, Failure, Leased, Page, QueueStats, SubmitSpec, TaskMetadata
 
@@ -21,27 +22,22 @@ class RdbBackend:
     """Synchronous backend over :class:`perfectqueue.service.store.QueueStore`: each call is
     carried out by the method of the :class:`~._calls.Direct` protocol it names."""
 
-    def __init__(
-        self,
-        url: str,
-        table: str,
-        *,
-        alive_time: int = 300,
-        retry_wait: int = 300,
-        retention_time: int = 300,
-        fair: bool = True,
-        lock: str = "skip_locked",
-        **policy: Any,
-    ) -> None:
+    def __init__(self, url: str, table: str, **settings: Any) -> None:
+        """``settings``: the queue's keys (:class:`perfectqueue.settings.QueueSettings`)."""
         from ..service.store import Database, QueueStore
         from ..service.store.model import RetryPolicy
 
+        queue = QueueSettings(url=url, table=table, **settings)
         self.db = Database(url)
-        retry = RetryPolicy(retry_wait=retry_wait, **policy)
         self.store = QueueStore(
-            self.db, table, retention_time=retention_time, fair=fair, lock=lock, policy=retry
+            self.db,
+            table,
+            retention_time=queue.retention_time,
+            fair=queue.fair,
+            lock=queue.acquire_lock,
+            policy=RetryPolicy(queue),
         )
-        self.alive_time, self.name = alive_time, table
+        self.alive_time, self.name = queue.alive_time, table
 
     def execute(self, call: Call[R]) -> R:
         return call.direct(self)

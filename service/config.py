@@ -2,8 +2,13 @@
 
 A YAML file may hold the settings at its top level or in per-environment sections (the seed's
 ``yml[ENV['RAILS_ENV'] || 'development']``); ``PERFECTQUEUE_<KEY>`` environment variables
-override the file; command-line flags override both. Worker-only keys of the seed are accepted
-and ignored here, so one file serves the service and the workers.
+override the file; command-line flags override both. The keys of the other parts (the worker's,
+the SDK's) are accepted and ignored here, so one file serves the service and the workers.
+
+A queue's settings are declared once, in :class:`perfectqueue.settings.QueueSettings`; the
+models here are derived from it: the service-wide values (:class:`Settings`, the declared
+defaults) and each queue's overrides (``queues``, every key optional), merged per queue by
+:meth:`Settings.queue`.
 """
 
 from __future__ import annotations
@@ -11,41 +16,34 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from ..configfile import read_section
 from ..errors import ConfigError
-from .security import ApiKey
+from ..settings import CONNECTION_KEYS, MAX_DURATION, QUEUE_FIELDS, WORKER_KEYS, QueueSettings, type_hints
+from ..settings import bounds as declared_bounds
 from .store import check_table_name, normalize_url
-from .store.model import MAX_ATTEMPTS, MAX_DURATION, RetryPolicy
+from .store.model import RetryPolicy
 from .store.schema import TABLE_NAME
 
 QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 ENV_PREFIX = "PERFECTQUEUE_"
 DEFAULT_URL = "sqlite:///perfectqueue.sqlite3"
+HASH = re.compile(r"sha256:[0-9a-f]{64}")
 
-WORKER_KEYS = frozenset(
-    {
-        "log",
-        "processors",
-        "processor_type",
-        "poll_interval",
-        "task_heartbeat_interval",
-        "child_kill_interval",
-        "child_graceful_kill_limit",
-        "child_heartbeat_interval",
-        "child_heartbeat_limit",
-        "detach_wait",
-        "max_request_per_child",
-        "task_prefetch",
-        "queue",
-        "token",
-        "metrics_port",
-    }
-)
-"""Keys of the seed (and of the original's worker) that only the worker reads."""
+Scope_ = Literal["submit", "work", "admin"]
 
 
 def check_url(value: str) -> str:
@@ -54,51 +52,75 @@ def check_url(value: str) -> str:
     return value
 
 
-class QueueSettings(BaseModel):
-    """One named queue: its table, and what it overrides of the service-wide settings."""
+class ApiKey(BaseModel):
+    """One configured key: its name (for logs), the hash of the key, its scopes and queues."""
 
     model_config = ConfigDict(extra="forbid")
 
-    table: str | None = None
-    url: str | None = None
-    alive_time: int | None = Field(default=None, ge=1, le=MAX_DURATION)
-    retry_wait: int | None = Field(default=None, ge=0, le=MAX_DURATION)
-    retention_time: int | None = Field(default=None, ge=0, le=MAX_DURATION)
-    disable_resource_limit: bool | None = None
-    acquire_lock: Literal["skip_locked", "get_lock"] | None = None
-    max_attempts: int | None = Field(default=None, ge=1, le=MAX_ATTEMPTS)
-    dead_retention_time: int | None = Field(default=None, ge=0, le=MAX_DURATION)
-    retry_backoff: Literal["constant", "exponential"] | None = None
-    retry_wait_max: int | None = Field(default=None, ge=0, le=MAX_DURATION)
-    retry_jitter: float | None = Field(default=None, ge=0, le=1)
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+    hash: str
+    scopes: list[Scope_] = Field(min_length=1)
+    queues: list[str] | None = Field(default=None, min_length=1)  # None: every queue
 
-    @field_validator("table")
+    @field_validator("hash")
+    @classmethod
+    def _hash(cls, value: str) -> str:
+        if not HASH.fullmatch(value.strip().lower()):  # the value is never repeated: it may be a key
+            raise ValueError("must be 'sha256:' and 64 hex digits (perfectqueue keygen prints one)")
+        return value.strip().lower()
+
+    def allows(self, scope: str, queue: str | None) -> bool:
+        return scope in self.scopes and (queue is None or self.queues is None or queue in self.queues)
+
+
+class QueueWhere(BaseModel):
+    """The checks of a queue's ``table`` and ``url`` (the fields come from the declaration)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("table", check_fields=False)
     @classmethod
     def _table(cls, value: str | None) -> str | None:
         return None if value is None else check_table_name(value)
 
-    _url = field_validator("url")(lambda value: check_url(value) if value else None)  # empty: the service's
+    @field_validator("url", check_fields=False)
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return check_url(value) if value else None  # a queue's empty url: the service's
 
 
-class Settings(BaseModel):
-    """Every setting of the service, validated at start-up."""
+def queue_fields(*, overrides: bool) -> dict[str, Any]:
+    """The declared queue settings as pydantic fields: with the declared defaults (the
+    service-wide values), or all optional (a queue's overrides; None: the service-wide value)."""
+    hints = type_hints(QueueSettings)
+    fields: dict[str, Any] = {}
+    for name, field in QUEUE_FIELDS.items():
+        limits: dict[str, Any] = declared_bounds(field)
+        default: Any = field.default
+        if overrides:
+            fields[name] = (hints[name] | None, Field(default=None, **limits))
+        else:
+            fields[name] = (hints[name], Field(default=default, **limits))
+    return fields
+
+
+if TYPE_CHECKING:  # derived at run time from the declaration; typed for mypy as what they are
+    QueueOverrides = QueueWhere
+    QueueDefaults = QueueWhere
+else:
+    QueueOverrides = create_model("QueueSettings", __base__=QueueWhere, **queue_fields(overrides=True))
+    QueueDefaults = create_model("QueueDefaults", __base__=QueueWhere, **queue_fields(overrides=False))
+
+
+class Settings(QueueDefaults):
+    """Every setting of the service, validated at start-up: the declared queue settings as
+    service-wide values (``url`` defaults to a SQLite file here), the queues, and the service's own."""
 
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["rdb_compat"] = "rdb_compat"
     url: str = DEFAULT_URL
-    table: str | None = None
-    alive_time: int = Field(default=300, ge=1, le=MAX_DURATION)
-    retry_wait: int = Field(default=300, ge=0, le=MAX_DURATION)
-    retention_time: int = Field(default=300, ge=0, le=MAX_DURATION)
-    disable_resource_limit: bool = False
-    acquire_lock: Literal["skip_locked", "get_lock"] = "skip_locked"
-    max_attempts: int | None = Field(default=None, ge=1, le=MAX_ATTEMPTS)  # None: unlimited
-    dead_retention_time: int = Field(default=604800, ge=0, le=MAX_DURATION)
-    retry_backoff: Literal["constant", "exponential"] = "constant"
-    retry_wait_max: int = Field(default=86400, ge=0, le=MAX_DURATION)
-    retry_jitter: float = Field(default=0.25, ge=0, le=1)
-    queues: dict[str, QueueSettings] = Field(default_factory=dict)
+    queues: dict[str, QueueOverrides] = Field(default_factory=dict)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -120,26 +142,23 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
     max_data_bytes: int = Field(default=512 * 1024, ge=64, le=1024**3)
 
-    @field_validator("table")
+    @field_validator("url")
     @classmethod
-    def _table(cls, value: str | None) -> str | None:
-        return None if value is None else check_table_name(value)
-
-    _url = field_validator("url")(check_url)
+    def _url(cls, value: str | None) -> str | None:  # the queues' may be empty, the service's not
+        return check_url(value or "")
 
     @model_validator(mode="after")
     def _queues(self) -> Settings:
-        if self.queues and self.table is not None:
+        table = self.model_dump(include={"table"})["table"]
+        if self.queues and table is not None:
             raise ValueError("set either 'table' (one queue) or 'queues', not both")
         if not self.queues:
-            name = self.table or "default"
-            self.queues = {name: QueueSettings(table=name)}
+            self.queues = {table or "default": QueueOverrides()}
         for name, queue in self.queues.items():
             if not QUEUE_NAME.fullmatch(name):
                 raise ValueError(f"invalid queue name {name!r}: use letters, digits, '_', '.', '-'")
-            if queue.table is None and not TABLE_NAME.fullmatch(name):
+            if queue.model_dump(include={"table"})["table"] is None and not TABLE_NAME.fullmatch(name):
                 raise ValueError(f"queue {name!r} needs a 'table': its name is not a valid table name")
-            queue.table = queue.table or name
         return self
 
     @model_validator(mode="after")
@@ -158,56 +177,24 @@ class Settings(BaseModel):
         return self
 
     def queue(self, name: str) -> ResolvedQueue:
-        """One queue's settings with the service-wide defaults filled in."""
-        q = self.queues[name]
-        return ResolvedQueue(
-            name=name,
-            table=q.table or name,
-            url=q.url or self.url,
-            alive_time=self.alive_time if q.alive_time is None else q.alive_time,
-            retry_wait=self.retry_wait if q.retry_wait is None else q.retry_wait,
-            retention_time=self.retention_time if q.retention_time is None else q.retention_time,
-            fair=not (
-                self.disable_resource_limit if q.disable_resource_limit is None else q.disable_resource_limit
-            ),
-            acquire_lock=q.acquire_lock or self.acquire_lock,
-            max_attempts=self.max_attempts if q.max_attempts is None else q.max_attempts,
-            dead_retention_time=_either(q.dead_retention_time, self.dead_retention_time),
-            retry_backoff=q.retry_backoff or self.retry_backoff,
-            retry_wait_max=_either(q.retry_wait_max, self.retry_wait_max),
-            retry_jitter=self.retry_jitter if q.retry_jitter is None else q.retry_jitter,
-        )
+        """One queue's settings: its overrides over the service-wide values, its table named
+        after it unless it names one."""
+        overrides = self.queues[name].model_dump(exclude_none=True)
+        values = {**self.model_dump(include=set(QUEUE_FIELDS)), **overrides}
+        return ResolvedQueue(name=name, **{**values, "table": overrides.get("table", name)})
 
 
-def _either(value: int | None, default: int) -> int:
-    return default if value is None else value
+@dataclass(frozen=True, kw_only=True)
+class ResolvedQueue(QueueSettings):
+    """A queue of the service: its name and its settings, every one of them set."""
 
-
-class ResolvedQueue(BaseModel):
     name: str
     table: str
     url: str
-    alive_time: int
-    retry_wait: int
-    retention_time: int
-    fair: bool
-    acquire_lock: Literal["skip_locked", "get_lock"]
-    max_attempts: int | None = None
-    dead_retention_time: int = 604800
-    retry_backoff: Literal["constant", "exponential"] = "constant"
-    retry_wait_max: int = 86400
-    retry_jitter: float = 0.25
 
     def retry_policy(self) -> RetryPolicy:
         """The queue's retry backoff and attempt limit, as the store applies them."""
-        return RetryPolicy(
-            retry_wait=self.retry_wait,
-            backoff=self.retry_backoff,
-            retry_wait_max=self.retry_wait_max,
-            retry_jitter=self.retry_jitter,
-            max_attempts=self.max_attempts,
-            dead_retention_time=self.dead_retention_time,
-        )
+        return RetryPolicy(self)
 
 
 def load_settings(
@@ -239,7 +226,8 @@ def api_keys_from_json(text: str) -> Any:
 
 
 def settings_from(values: dict[str, Any], origin: str = "settings") -> Settings:
-    values = {k: v for k, v in values.items() if k not in WORKER_KEYS}
+    """Validated settings from a mapping (the keys of the other parts are dropped first)."""
+    values = {k: v for k, v in values.items() if k not in OTHER_PARTS_KEYS}
     try:
         return Settings.model_validate(values)
     except ValidationError as exc:
@@ -251,26 +239,8 @@ def settings_from(values: dict[str, Any], origin: str = "settings") -> Settings:
 
 def read_yaml(path: Path, environment: str) -> dict[str, Any]:
     """The file's section for ``environment`` if it has one, else the whole file."""
-    import yaml
-
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read {path}: {one_line(exc)}") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings")
-    section = loaded.get(environment)
-    if isinstance(section, dict):
-        return dict(section)
-    known = set(Settings.model_fields) | WORKER_KEYS
-    if loaded and all(isinstance(v, dict) for v in loaded.values()) and not known & set(loaded):
-        raise ConfigError(f"{path} has no section {environment!r} (it has: {', '.join(map(str, loaded))})")
-    return loaded
+    return read_section(path, environment, known=set(Settings.model_fields) | OTHER_PARTS_KEYS)
 
 
-def one_line(exc: Exception) -> str:
-    """A YAML error's problem and position (its own text spans several lines), or the error."""
-    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
-    if problem and mark is not None:
-        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
-    return " ".join(str(exc).split())
+OTHER_PARTS_KEYS = (WORKER_KEYS | CONNECTION_KEYS) - set(Settings.model_fields)
+"""Keys of the worker and of the SDK that a file shared with them may hold: not the service's."""

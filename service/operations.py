@@ -16,8 +16,8 @@ from pydantic import BaseModel
 
 from ..errors import InvalidError, PerfectQueueError
 from . import models as m
+from .config import Scope_
 from .runtime import QueueRuntime
-from .security import Scope_
 from .store import NewTask
 from .store.model import check_traceparent
 from .store.queue import MAX_LEASE

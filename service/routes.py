@@ -13,10 +13,11 @@ from fastapi.responses import JSONResponse
 
 from ..errors import PerfectQueueError, UnknownQueueError
 from . import models as m
+from .config import Scope_
 from .operations import ADMIN, OPERATIONS, Call, Operation, traceparent_of
 from .problems import responses
 from .runtime import QueueRuntime, Runtime
-from .security import Scope_, key_of, require
+from .security import key_of, require
 from .store import Counts, TaskStatus
 
 health = APIRouter(tags=["health"])

@@ -13,26 +13,20 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-import re
 import secrets
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ConfigError, ForbiddenError, UnauthorizedError
 from . import problems
 from .asgi import header
-
-if TYPE_CHECKING:
-    from .config import Settings
+from .config import ApiKey, Scope_, Settings
 
 log = logging.getLogger("perfectqueue.service")
 
-Scope_ = Literal["submit", "work", "admin"]
-HASH = re.compile(r"sha256:[0-9a-f]{64}")
 KEY_PREFIX = "pq_"
 OPEN_PATHS = frozenset(
     {"/livez", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
@@ -48,27 +42,6 @@ bearer = HTTPBearer(
     description="An API key of the service (`perfectqueue keygen`), sent as `Authorization: Bearer <key>`. "
     "Needed on every endpoint but /livez and /readyz once the service has keys configured.",
 )
-
-
-class ApiKey(BaseModel):
-    """One configured key: its name (for logs), the hash of the key, its scopes and queues."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-    hash: str
-    scopes: list[Scope_] = Field(min_length=1)
-    queues: list[str] | None = Field(default=None, min_length=1)  # None: every queue
-
-    @field_validator("hash")
-    @classmethod
-    def _hash(cls, value: str) -> str:
-        if not HASH.fullmatch(value.strip().lower()):  # the value is never repeated: it may be a key
-            raise ValueError("must be 'sha256:' and 64 hex digits (perfectqueue keygen prints one)")
-        return value.strip().lower()
-
-    def allows(self, scope: str, queue: str | None) -> bool:
-        return scope in self.scopes and (queue is None or self.queues is None or queue in self.queues)
 
 
 def hash_key(key: str) -> str:

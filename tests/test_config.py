@@ -3,6 +3,7 @@ the loud refusal of anything invalid."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,14 @@ import sqlalchemy as sa
 import yaml
 from conftest import require_mysql
 
+import perfectqueue
+from perfectqueue.configfile import read_section
 from perfectqueue.errors import ConfigError
 from perfectqueue.service.config import Settings, load_settings, settings_from
 from perfectqueue.service.store import Database, normalize_url
+from perfectqueue.service.store.model import RetryPolicy
+from perfectqueue.settings import CONNECTION_KEYS, QUEUE_FIELDS, QUEUE_KEYS, WORKER_KEYS, QueueSettings
+from perfectqueue.worker.config import WorkerConfig
 
 SEED_WORKER_KEYS = {
     "log": "/var/log/perfectqueue.log",
@@ -403,3 +409,115 @@ def test_the_readmes_example_settings_load() -> None:
     assert sorted(settings.queues) == ["mails", "reports"]
     assert settings.queue("reports").alive_time == 900
     assert not settings.queue("reports").fair
+
+
+# -- one declaration ---------------------------------------------------------------------------
+
+
+def test_the_service_models_are_derived_from_the_declaration() -> None:
+    settings, overrides = settings_from({}), settings_from({"queues": {"q": {}}}).queues["q"]
+    for name, field in QUEUE_FIELDS.items():
+        assert name in Settings.model_fields and name in type(overrides).model_fields
+        assert getattr(overrides, name) is None  # a queue inherits what it does not set
+        if name != "url":  # the service's own default database
+            assert getattr(settings, name) == field.default, name
+    assert settings.url == "sqlite:///perfectqueue.sqlite3"
+
+
+@pytest.mark.parametrize("name", sorted(QUEUE_KEYS - {"table", "url"}))
+def test_every_queue_setting_is_bounded_alike_everywhere(name: str) -> None:
+    """The bounds declared once hold for the service-wide value, a queue's override, the direct
+    backend and the store's retry policy."""
+    default = QUEUE_FIELDS[name].default
+    bad = "maybe" if isinstance(default, bool) else "no" if isinstance(default, str) else -1
+    refused({name: bad}, name)
+    refused({"queues": {"q": {name: bad}}}, name)
+    with pytest.raises(ConfigError, match=name):
+        QueueSettings(**{name: bad})
+
+
+def test_the_defaults_are_the_documented_ones() -> None:
+    defaults = QueueSettings()
+    assert (defaults.alive_time, defaults.retry_wait, defaults.retention_time) == (300, 300, 300)
+    assert (defaults.fair, defaults.acquire_lock, defaults.max_attempts) == (True, "skip_locked", None)
+    assert (defaults.dead_retention_time, defaults.retry_backoff) == (604800, "constant")
+    assert (defaults.retry_wait_max, defaults.retry_jitter) == (86400, 0.25)
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
+    for name in QUEUE_KEYS - {"table", "url", "disable_resource_limit", "acquire_lock", "max_attempts"}:
+        assert f"| `{name}` | {QUEUE_FIELDS[name].default}" in doc.replace("`constant`", "constant"), name
+
+
+def test_a_queue_resolves_its_overrides_over_the_service_wide_values() -> None:
+    settings = settings_from(
+        {
+            "retry_backoff": "exponential",
+            "max_attempts": 5,
+            "queues": {"a": {}, "b": {"table": "bt", "retry_jitter": 0}},
+        }
+    )
+    a, b = settings.queue("a"), settings.queue("b")
+    assert (a.name, a.table, b.name, b.table) == ("a", "a", "b", "bt")
+    assert (a.retry_jitter, b.retry_jitter, b.retry_backoff, b.max_attempts) == (0.25, 0.0, "exponential", 5)
+    policy = b.retry_policy()
+    assert isinstance(policy, RetryPolicy) and policy.wait(3) == 1200  # 300 * 2**2, no jitter
+    assert policy.exhausted(5, None) and not a.retry_policy().exhausted(4, None)
+
+
+def test_a_file_shared_with_the_worker_and_the_sdk_is_accepted(tmp_path: Path) -> None:
+    """Every key of the worker and of the SDK's connection is known to the service (it refused
+    child_fork_frequency_limit, timeout and retries when it kept a list of its own)."""
+    shared = {key: None for key in (WORKER_KEYS | CONNECTION_KEYS) - set(Settings.model_fields)}
+    shared.update({"child_fork_frequency_limit": 3, "timeout": 5, "retries": 2, "queue": "q"})
+    assert settings_from(shared) == settings_from({})
+    path = write(
+        tmp_path, "development:\n  url: sqlite:///x.sqlite3\n  table: t\n  timeout: 5\n  processors: 2\n"
+    )
+    config = WorkerConfig.from_mapping(read_section(path))
+    assert (config.processors, config.backend["timeout"], config.backend["table"]) == (2, 5, "t")
+    assert load(path).queue("t").url == "sqlite:///x.sqlite3"
+
+
+def test_the_worker_passes_every_queue_setting_to_the_backend() -> None:
+    raw = {key: QUEUE_FIELDS[key].default for key in QUEUE_KEYS} | {"url": "sqlite://", "table": "t"}
+    backend = WorkerConfig.from_mapping(raw).backend
+    assert set(backend) >= QUEUE_KEYS
+
+
+def test_the_direct_backend_takes_the_declared_keys(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'direct.sqlite3'}"
+    options = {"type": "rdb_compat", "url": url, "table": "t", "retry_backoff": "exponential"}
+    with perfectqueue.open(
+        options, retry_wait=10, disable_resource_limit=True, acquire_lock="get_lock"
+    ) as queue:
+        store = queue.backend.store
+        assert (store.fair, store.lock, store.policy.wait(2)) in {
+            (False, "get_lock", w) for w in range(15, 21)
+        }
+    with pytest.raises(ConfigError, match="retry_jitter"):
+        perfectqueue.open(options, retry_jitter=3)
+
+
+# -- the YAML reader ---------------------------------------------------------------------------
+
+
+def test_the_service_the_worker_and_the_commands_read_the_same_section(tmp_path: Path) -> None:
+    path = write(tmp_path, SECTIONS)
+    assert read_section(path, environ={"PERFECTQUEUE_ENV": "production"})["retry_wait"] == 60
+    assert read_section(path, "production", environ={"PERFECTQUEUE_ENV": "development"})["retry_wait"] == 60
+    assert read_section(path, environ={})["alive_time"] == 30
+    with pytest.raises(ConfigError, match="no section 'staging'"):
+        read_section(path, "staging")
+    flat = write(tmp_path, "url: http://127.0.0.1:8000\nqueue: q\n", "flat.yml")
+    assert read_section(flat, "production") == {"url": "http://127.0.0.1:8000", "queue": "q"}
+
+
+def test_without_pyyaml_a_file_is_one_line_naming_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, SECTIONS)
+    monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml: ModuleNotFoundError
+    with pytest.raises(ConfigError, match=r"needs PyYAML: pip install 'perfectqueue\[yaml\]'") as info:
+        read_section(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="PyYAML"):
+        load(path)

@@ -2,8 +2,9 @@
 
 ``-I`` adds a directory to ``sys.path`` (Ruby's ``$LOAD_PATH``), ``-r`` imports a module before
 the application is looked up. The configuration is read from the YAML file again on every
-restart (USR1/HUP): its section for the environment (``-e``, ``PERFECTQUEUE_ENV``, default
-``development``) when it has one, else the whole file.
+restart (USR1/HUP) by :func:`perfectqueue.configfile.read_section`: its section for the
+environment (``-e``, ``PERFECTQUEUE_ENV``, default ``development``) when it has one, else the
+whole file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..configfile import read_section
 from ..errors import ConfigError
 from .application import Base
 
@@ -68,21 +70,3 @@ def yaml_loader(path: Path, environment: str | None) -> Callable[[], Mapping[str
         return read_section(path, environment)
 
     return load
-
-
-def read_section(path: Path, environment: str | None) -> Mapping[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read the configuration file {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of settings")
-    env = environment or os.environ.get("PERFECTQUEUE_ENV") or "development"
-    section = data.get(env)
-    if isinstance(section, dict):
-        return section
-    if environment is not None:
-        raise ConfigError(f"{path} has no section for the environment {environment!r}")
-    return data

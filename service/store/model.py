@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import random
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import InvalidError
+from ... import settings as declared
+from ...errors import ConfigError, InvalidError
+from ...settings import QueueSettings
 from .codec import compact_json
 
 EVENT_HORIZON = 1_300_000_000
@@ -20,14 +23,14 @@ DELETE_OFFSET = 1_000_000_000
 MAX_TIMESTAMP = 2**31 - 1
 """The timeout column is a signed 32-bit INT: no time may go past January 2038."""
 
-MAX_DURATION = 365 * 24 * 3600
+MAX_DURATION = declared.MAX_DURATION
 """The longest alive_time, retry_wait or retention_time accepted (one year)."""
+
+MAX_ATTEMPTS = declared.MAX_ATTEMPTS
+"""The largest max_attempts accepted (per task or per queue)."""
 
 MAX_NAME_BYTES = 255
 """Task ids, types and users are stored in VARCHAR(255) columns (or the data's JSON)."""
-
-MAX_ATTEMPTS = 1_000_000
-"""The largest max_attempts accepted (per task or per queue)."""
 
 LAST_ERROR_CHARS = 1000
 """A handler's error (type and message) is kept truncated to this many characters."""
@@ -116,7 +119,7 @@ class NewTask:
             check_traceparent(self.traceparent)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class RetryPolicy:
     """When a retry without an explicit wait is delivered again, and when a task is dead.
 
@@ -124,36 +127,39 @@ class RetryPolicy:
     ``retry_wait * 2 ** (attempts - 1)``, at most ``retry_wait_max``, less a random part of up
     to ``retry_jitter`` of it (so that tasks failing together do not return together).
     ``max_attempts`` (None: unlimited) applies to tasks submitted without their own.
+
+    Built from a queue's :class:`~perfectqueue.settings.QueueSettings` (where these keys are
+    declared), or from the declared defaults with some of them changed:
+    ``RetryPolicy(retry_wait=7, backoff="exponential")`` (``backoff`` is ``retry_backoff``).
     """
 
-    retry_wait: int = 300
-    backoff: str = "constant"
-    retry_wait_max: int = 86400
-    retry_jitter: float = 0.25
-    max_attempts: int | None = None
-    dead_retention_time: int = 604800
+    settings: QueueSettings
 
-    def __post_init__(self) -> None:
-        check_duration("retry_wait", self.retry_wait)
-        check_duration("retry_wait_max", self.retry_wait_max)
-        check_duration("dead_retention_time", self.dead_retention_time)
-        if self.backoff not in ("constant", "exponential"):
-            raise InvalidError("retry_backoff must be 'constant' or 'exponential'")
-        if isinstance(self.retry_jitter, bool) or not 0 <= self.retry_jitter <= 1:
-            raise InvalidError("retry_jitter must be a number from 0 to 1")
-        if self.max_attempts is not None:
-            check_int("max_attempts", self.max_attempts, 1, MAX_ATTEMPTS)
+    def __init__(self, settings: QueueSettings | None = None, /, **changes: Any) -> None:
+        if "backoff" in changes:
+            changes["retry_backoff"] = changes.pop("backoff")
+        try:
+            settings = dataclasses.replace(settings or QueueSettings(), **changes)
+        except ConfigError as exc:
+            raise InvalidError(str(exc)) from None
+        object.__setattr__(self, "settings", settings)
+
+    @property
+    def dead_retention_time(self) -> int:
+        """Seconds a dead task is kept."""
+        return self.settings.dead_retention_time
 
     def wait(self, attempts: int) -> int:
         """Seconds before the next delivery of a task whose attempt number ``attempts`` failed."""
-        if self.backoff == "constant":
-            return self.retry_wait
-        wait = min(self.retry_wait_max, self.retry_wait << min(max(attempts - 1, 0), 40))
-        return round(wait - random.uniform(0, self.retry_jitter * wait))
+        s = self.settings
+        if s.retry_backoff == "constant":
+            return s.retry_wait
+        wait = min(s.retry_wait_max, s.retry_wait << min(max(attempts - 1, 0), 40))
+        return round(wait - random.uniform(0, s.retry_jitter * wait))
 
     def exhausted(self, attempts: int, max_attempts: int | None) -> bool:
         """Has a task with this many attempts used up its own limit, or else the queue's?"""
-        limit = self.max_attempts if max_attempts is None else max_attempts
+        limit = self.settings.max_attempts if max_attempts is None else max_attempts
         return limit is not None and attempts >= limit
 
 

@@ -1,4 +1,9 @@
-"""The ``perfectqueue`` command (also ``python -m perfectqueue``)."""
+"""The ``perfectqueue`` command (also ``python -m perfectqueue``).
+
+The task commands and ``run`` need the SDK alone (and PyYAML to read a ``-c`` file); ``serve``,
+``init``, ``keygen`` and ``openapi`` import the service, and say which extra to install when it
+is not there.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,9 @@ from typing import Any
 
 from .errors import PerfectQueueError
 
+SERVICE_EXTRA = "service"
+"""The extra that installs what the service commands import (FastAPI, SQLAlchemy, …)."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
@@ -22,11 +30,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PerfectQueueError as exc:
         print(f"perfectqueue: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        if not args.extra:
+            raise
+        print(
+            f"perfectqueue: error: this command needs the '{args.extra}' extra ({exc.name} is not "
+            f"installed): pip install 'perfectqueue[{args.extra}]'",
+            file=sys.stderr,
+        )
+        return 2
     return result
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perfectqueue", description=__doc__)
+    parser.set_defaults(extra=None)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the HTTP service (default: SQLite, 127.0.0.1:8000)")
@@ -43,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="allow serving a non-loopback address without api_keys (no authentication at all)",
     )
-    serve.set_defaults(command=_serve)
+    serve.set_defaults(command=_serve, extra=SERVICE_EXTRA)
 
     keygen = commands.add_parser("keygen", help="print a new random API key and its settings entry (hash)")
     keygen.add_argument("--name", default="client", help="the key's name in the settings and in logs")
@@ -54,11 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a scope of the key (repeat for several; default: submit and work)",
     )
     keygen.add_argument("--queue", action="append", help="limit the key to this queue (repeat; default: all)")
-    keygen.set_defaults(command=_keygen)
+    keygen.set_defaults(command=_keygen, extra=SERVICE_EXTRA)
 
     init = commands.add_parser("init", help="create each queue's table, or add what it lacks (idempotent)")
     _config_options(init)
-    init.set_defaults(command=_init)
+    init.set_defaults(command=_init, extra=SERVICE_EXTRA)
 
     from . import commands as task_commands
 
@@ -69,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(commands)  # perfectqueue run MODULE:Dispatch (the worker)
 
     openapi = commands.add_parser("openapi", help="print the service's OpenAPI document")
-    openapi.set_defaults(command=_openapi)
+    openapi.set_defaults(command=_openapi, extra=SERVICE_EXTRA)
     return parser
 
 

@@ -13,10 +13,10 @@ import json
 import os
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from .client import Queue, TaskMetadata, open
+from .configfile import read_section
 from .errors import InvalidError
 
 COLUMNS = ("key", "type", "user", "status", "created_at", "timeout", "data")
@@ -81,13 +81,7 @@ def _parser(commands: Any, name: str, help_text: str) -> argparse.ArgumentParser
 
 
 def open_queue(args: argparse.Namespace) -> Queue:
-    config: dict[str, Any] = {}
-    if args.config:
-        from .service.config import read_yaml
-
-        config = read_yaml(
-            Path(args.config), args.environment or os.environ.get("PERFECTQUEUE_ENV", "development")
-        )
+    config = read_section(args.config, args.environment) if args.config else {}
     flags = {"url": args.url, "queue": args.queue, "table": args.table, "type": args.backend}
     config.update({k: v for k, v in flags.items() if v is not None})
     config.setdefault("token", os.environ.get("PERFECTQUEUE_TOKEN"))

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .. import __version__
+from .._version import __version__
 from ..errors import InvalidError, UnavailableError
 from ._calls import Backoff, Call, R
 from ._types import RETRY_STATUSES, error_of

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from .. import __version__
+from .._version import __version__
 from . import dashboard, metrics, problems, routes
 from .config import Settings
 from .fastlane import FastLane

@@ -6,8 +6,7 @@ part raises are in :mod:`perfectqueue.errors` and exported here.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .client import (
     AcquiredTask,
     AsyncQueue,

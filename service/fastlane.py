@@ -2,10 +2,11 @@
 solving and response validation.
 
 For one task per call most of the service's CPU went to the framework around the store call
-(docs/benchmarks.md). A POST to a hot operation (``Operation.hot``) whose request is plainly fine
-— a JSON body its model accepts, a declared queue, a key with the operation's scope — is answered
-here by the operation's own handler, from its declaration (:data:`.operations.OPERATIONS`): the
-same handler, body model, status and answer model FastAPI's route is built from. Every other
+(docs/benchmarks-history.md, round 4). A POST to a hot operation (``Operation.hot``) whose
+request is plainly fine — a JSON body its model accepts, a declared queue, a key with the
+operation's scope — is answered here by the operation's own handler, from its declaration
+(:data:`.operations.OPERATIONS`): the same handler, body model, status and answer model FastAPI's
+route is built from. Every other
 request, and every request this path is unsure of, goes on to FastAPI unchanged, so that every
 refusal of a request is FastAPI's own answer; a handler's error is answered here as FastAPI's
 error handler answers it.

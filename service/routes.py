@@ -49,6 +49,16 @@ TraceparentHeader = Annotated[
 ]
 
 
+def administered(runtime: Runtime, request: Request, only: str | None = None) -> list[QueueRuntime]:
+    """The queues (or the one named ``only``) that the request's key may administer."""
+    key = key_of(request)
+    return [
+        queue
+        for name, queue in runtime.queues.items()
+        if only in (None, name) and (key is None or key.allows("admin", name))
+    ]
+
+
 def queue_info(name: str, counts: Counts) -> m.QueueInfo:
     return m.QueueInfo(
         name=name,
@@ -99,13 +109,7 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     responses=responses(),
 )
 async def list_queues(runtime: RuntimeDep, request: Request) -> m.QueueList:
-    key = key_of(request)
-    infos = []
-    for name, queue in runtime.queues.items():
-        if key is not None and not key.allows("admin", name):
-            continue
-        infos.append(queue_info(name, await queue.counts()))
-    return m.QueueList(queues=infos)
+    return m.QueueList(queues=[queue_info(q.name, await q.counts()) for q in administered(runtime, request)])
 
 
 @router.get(

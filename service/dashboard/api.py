@@ -17,9 +17,9 @@ from pydantic import BaseModel, Field
 from .. import models as m
 from ..operations import ADMIN
 from ..problems import responses
-from ..routes import QueueDep, queue_info
+from ..routes import QueueDep, administered, queue_info
 from ..runtime import QueueRuntime
-from ..security import key_of, require
+from ..security import require
 from .state import Dashboard, dashboard_of
 from .throughput import WINDOW
 
@@ -85,20 +85,13 @@ async def overview(
     request: Request,
     queue: Annotated[str | None, Query(max_length=64, description="Only this queue")] = None,
 ) -> Overview:
-    key = key_of(request)
-    queues = dashboard.runtime.queues
-    shown = [
-        served
-        for name, served in queues.items()
-        if queue in (None, name) and (key is None or key.allows("admin", name))
-    ]
     overviews, clocks = [], []
-    for served in shown:
+    for served in administered(dashboard.runtime, request, queue):
         now, found = await overview_of(served, dashboard)
         clocks.append(now)
         overviews.append(found)
     if not clocks:  # nothing to show: still the database's clock (counts stopping at once)
-        clocks.append((await next(iter(queues.values())).counts(1)).now)
+        clocks.append((await next(iter(dashboard.runtime.queues.values())).counts(1)).now)
     return Overview(now=clocks[0], queues=overviews)
 
 

@@ -4,7 +4,10 @@ Every statement the queue runs goes through :meth:`Database.transaction`, which 
 deadlocks, lock-wait timeouts, Galera certification failures and SQLite's busy errors, retries a
 lost connection once (or, when the url lists several Galera nodes, moves to the next node: see
 ``nodes.py``), and turns any other driver failure into :class:`UnavailableError` — driver errors
-never leave the store.
+never leave the store. A statement the database refuses for good (over one of its limits, or
+malformed) is not unavailability: retrying it cannot succeed, so it answers
+:class:`TooLargeError` (a limit on a statement's size) or :class:`RefusedError` (500), which no
+client retries.
 """
 
 from __future__ import annotations
@@ -26,7 +29,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from ...errors import AlreadyExistsError, ConfigError, UnavailableError
+from ...errors import (
+    AlreadyExistsError,
+    ConfigError,
+    PerfectQueueError,
+    TooLargeError,
+    UnavailableError,
+)
 from .nodes import NODE_ERRNOS, Node, NodeSet, attach, split_hosts, sync_wait_of
 
 log = logging.getLogger("perfectqueue.store")
@@ -37,6 +46,30 @@ LockTimer = Callable[[float, float], None]  # seconds waiting for a named lock, 
 MYSQL_RETRYABLE = {1205, 1213}  # lock wait timeout, deadlock (also Galera certification failure)
 MAX_LOCK_RETRIES = 8
 LOCK_WAIT_SECONDS = 10
+
+MYSQL_TOO_LARGE = {
+    1153: "packet larger than max_allowed_packet",
+    1301: "result larger than max_allowed_packet",
+    1390: "too many placeholders",
+    1436: "thread stack overrun",
+}
+MYSQL_REFUSED = {1064, 1149, 1264, 1366, 1406}  # syntax errors; values out of range or too long
+SQLITE_TOO_LARGE = (
+    "Expression tree is too large",
+    "too many SQL variables",
+    "too many terms in compound SELECT",
+    "string or blob too big",
+    "parser stack overflow",
+    "too many arguments on function",
+)
+SQLITE_REFUSED = ("syntax error",)
+
+
+class RefusedError(PerfectQueueError):
+    """The database refused the statement for good: the same request cannot succeed if retried."""
+
+    code = "internal"
+    status = 500
 
 
 @dataclass(frozen=True)
@@ -176,6 +209,9 @@ class Database:
             except DBAPIError as exc:
                 if is_duplicate_key(exc):
                     raise AlreadyExistsError("a task with this id already exists") from exc
+                refused = refusal(exc)
+                if refused is not None:
+                    raise refused from exc
                 if self._is_lock_conflict(exc) and lock_retries < MAX_LOCK_RETRIES:
                     lock_retries += 1
                     self._count("conflicts")
@@ -239,6 +275,24 @@ def server_at_least(conn: Connection, *, mariadb: tuple[int, ...], mysql: tuple[
 def is_duplicate_key(exc: DBAPIError) -> bool:
     """Did an INSERT meet an existing primary key?"""
     return _mysql_errno(exc) == 1062 or "UNIQUE constraint failed" in str(exc.orig)
+
+
+def refusal(exc: DBAPIError) -> PerfectQueueError | None:
+    """The error to answer when the database refused a statement for good (one over its limits,
+    or one it cannot parse), which no retry can change; None for any other failure (those are
+    unavailability: a lost connection, a lock, a missing table that ``init`` may yet create)."""
+    errno, message = _mysql_errno(exc), str(exc.orig)
+    if errno is not None:
+        too_large, refused = MYSQL_TOO_LARGE.get(errno), errno in MYSQL_REFUSED
+    else:
+        too_large = next((limit for limit in SQLITE_TOO_LARGE if limit in message), None)
+        refused = any(what in message for what in SQLITE_REFUSED)
+    if too_large is None and not refused:
+        return None
+    log.warning("the database refused a statement for good: %s", _describe(exc))
+    if too_large is not None:
+        return TooLargeError(f"the database refused the statement as too large ({too_large}): send less")
+    return RefusedError("the database refused a statement of this request (the service's log says why)")
 
 
 def is_missing_table(exc: BaseException) -> bool:

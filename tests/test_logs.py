@@ -13,7 +13,8 @@ import httpx
 from servers import service_process, write_config
 
 from perfectqueue.cli import build_parser
-from perfectqueue.logformat import ContextFilter, JsonFormatter, TextFormatter, context, set_context
+from perfectqueue.logformat import ContextFilter, JsonFormatter, TextFormatter, context, escape, set_context
+from perfectqueue.worker import logs as worker_logs
 
 
 def test_a_json_service_log_has_one_object_a_line_with_each_request_s_context(
@@ -83,6 +84,48 @@ def test_the_json_format_carries_context_fields_and_the_traceback() -> None:
     assert subset(entry, queue="q", task_id="a", status=503)
     assert entry["timestamp"].endswith("+00:00")
     assert "ValueError: bad" in entry["error"]
+
+
+HOSTILE = "a\nb\rc\x00d\x1be\x7ff\x85g\u2028h\u2029i\\j\tk"
+ESCAPED = "a\\nb\\rc\\x00d\\x1be\\x7ff\\x85g\\u2028h\\u2029i\\\\j\\tk"
+
+
+def test_the_text_format_escapes_control_characters_of_the_message_and_the_context() -> None:
+    assert escape(HOSTILE) == ESCAPED
+    assert escape("plain ünïcode ✓") == "plain ünïcode ✓"
+    with context(request_id="r1", queue=HOSTILE):
+        record = logging.getLogger("x").makeRecord("x", logging.INFO, __file__, 1, "GET %s", (HOSTILE,), None)
+        ContextFilter().filter(record)
+    line = TextFormatter().format(record)
+    assert line.endswith(f"x: GET {ESCAPED} [request_id=r1 queue={ESCAPED}]")
+    assert len(line.splitlines()) == 1
+    worker = worker_logs.FORMAT
+    assert (
+        TextFormatter(worker)
+        .format(record)
+        .endswith(f"pid={record.process}: GET {ESCAPED} [request_id=r1 queue={ESCAPED}]")
+    )
+
+
+def test_the_text_format_keeps_a_traceback_on_its_own_lines() -> None:
+    try:
+        raise ValueError("bad\x1b[2J\nvalue")
+    except ValueError as exc:
+        record = make_record("failed\nforged", exc=exc)
+    first, *trace = TextFormatter().format(record).split("\n")
+    assert first.endswith("perfectqueue.service: failed\\nforged [request_id=r1 queue=q task_id=a]")
+    assert trace[0] == "Traceback (most recent call last):"
+    assert trace[-2:] == ["ValueError: bad\\x1b[2J", "value"], "line breaks kept, other controls escaped"
+
+
+def test_the_json_format_escapes_what_json_leaves_raw_but_line_readers_split_on() -> None:
+    with context(request_id="r1", queue=HOSTILE):
+        record = logging.getLogger("x").makeRecord("x", logging.INFO, __file__, 1, "GET %s", (HOSTILE,), None)
+        ContextFilter().filter(record)
+    line = JsonFormatter().format(record)
+    assert len(line.splitlines()) == 1
+    assert not set(line) & {"\x7f", "\x85", "\u2028", "\u2029"}
+    assert subset(json.loads(line), message=f"GET {HOSTILE}", queue=HOSTILE)
 
 
 def test_serve_takes_a_log_format_flag() -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +129,42 @@ def test_the_json_format_escapes_what_json_leaves_raw_but_line_readers_split_on(
     assert len(line.splitlines()) == 1
     assert not set(line) & {"\x7f", "\x85", "\u2028", "\u2029"}
     assert subset(json.loads(line), message=f"GET {HOSTILE}", queue=HOSTILE)
+
+
+PREPARE = """
+import sys
+from perfectqueue.errors import ConfigError
+from perfectqueue.service.config import Settings
+from perfectqueue.service.server import prepare_logs
+try:
+    prepare_logs(Settings(host="0.0.0.0", insecure=sys.argv[1] == "insecure", log_format=sys.argv[2]))
+except ConfigError as exc:
+    print("refused:", exc)
+"""
+
+
+def prepare(*args: str) -> subprocess.CompletedProcess[str]:
+    """``serve``'s start-up up to its exposure check, which binds nothing, in a process of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERFECTQUEUE_")}
+    return subprocess.run(
+        [sys.executable, "-c", PREPARE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=True,
+    )
+
+
+def test_the_insecure_warning_is_written_in_the_configured_log_format() -> None:
+    (line,) = prepare("insecure", "json").stderr.splitlines()
+    entry = json.loads(line)
+    assert subset(entry, level="warning", logger="perfectqueue.service")
+    assert entry["message"].startswith("serving on 0.0.0.0 WITHOUT authentication")
+    (text,) = prepare("insecure", "text").stderr.splitlines()
+    assert " WARNING perfectqueue.service: serving on 0.0.0.0 WITHOUT authentication" in text
+    refused = prepare("secure", "json")
+    assert refused.stdout.startswith("refused: refusing to serve on 0.0.0.0") and not refused.stderr
 
 
 def test_serve_takes_a_log_format_flag() -> None:

@@ -98,10 +98,16 @@ class Server(uvicorn.Server):
             self._captured_signals.clear()
 
 
+def prepare_logs(settings: Settings, log_level: str = "info") -> None:
+    """Configure the log, then check the exposure: its ``--insecure`` warning is written in the
+    configured ``log_format`` like every later line (a refusal raises before anything is bound)."""
+    logs.configure(settings.log_format, log_level)
+    check_exposure(settings)
+
+
 def serve(settings: Settings, log_level: str = "info") -> None:
     """Serve until stopped by SIGTERM or SIGINT (refused on a public address without keys)."""
-    check_exposure(settings)
-    logs.configure(settings.log_format, log_level)
+    prepare_logs(settings, log_level)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,8 @@ import httpx
 from servers import service_process, write_config
 
 from perfectqueue.cli import build_parser
-from perfectqueue.logformat import ContextFilter, JsonFormatter, TextFormatter, context, set_context
+from perfectqueue.logformat import ContextFilter, JsonFormatter, TextFormatter, context, escape, set_context
+from perfectqueue.worker import logs as worker_logs
 
 
 def test_a_json_service_log_has_one_object_a_line_with_each_request_s_context(
@@ -83,6 +87,84 @@ def test_the_json_format_carries_context_fields_and_the_traceback() -> None:
     assert subset(entry, queue="q", task_id="a", status=503)
     assert entry["timestamp"].endswith("+00:00")
     assert "ValueError: bad" in entry["error"]
+
+
+HOSTILE = "a\nb\rc\x00d\x1be\x7ff\x85g\u2028h\u2029i\\j\tk"
+ESCAPED = "a\\nb\\rc\\x00d\\x1be\\x7ff\\x85g\\u2028h\\u2029i\\\\j\\tk"
+
+
+def test_the_text_format_escapes_control_characters_of_the_message_and_the_context() -> None:
+    assert escape(HOSTILE) == ESCAPED
+    assert escape("plain ünïcode ✓") == "plain ünïcode ✓"
+    with context(request_id="r1", queue=HOSTILE):
+        record = logging.getLogger("x").makeRecord("x", logging.INFO, __file__, 1, "GET %s", (HOSTILE,), None)
+        ContextFilter().filter(record)
+    line = TextFormatter().format(record)
+    assert line.endswith(f"x: GET {ESCAPED} [request_id=r1 queue={ESCAPED}]")
+    assert len(line.splitlines()) == 1
+    worker = worker_logs.FORMAT
+    assert (
+        TextFormatter(worker)
+        .format(record)
+        .endswith(f"pid={record.process}: GET {ESCAPED} [request_id=r1 queue={ESCAPED}]")
+    )
+
+
+def test_the_text_format_keeps_a_traceback_on_its_own_lines() -> None:
+    try:
+        raise ValueError("bad\x1b[2J\nvalue")
+    except ValueError as exc:
+        record = make_record("failed\nforged", exc=exc)
+    first, *trace = TextFormatter().format(record).split("\n")
+    assert first.endswith("perfectqueue.service: failed\\nforged [request_id=r1 queue=q task_id=a]")
+    assert trace[0] == "Traceback (most recent call last):"
+    assert trace[-2:] == ["ValueError: bad\\x1b[2J", "value"], "line breaks kept, other controls escaped"
+
+
+def test_the_json_format_escapes_what_json_leaves_raw_but_line_readers_split_on() -> None:
+    with context(request_id="r1", queue=HOSTILE):
+        record = logging.getLogger("x").makeRecord("x", logging.INFO, __file__, 1, "GET %s", (HOSTILE,), None)
+        ContextFilter().filter(record)
+    line = JsonFormatter().format(record)
+    assert len(line.splitlines()) == 1
+    assert not set(line) & {"\x7f", "\x85", "\u2028", "\u2029"}
+    assert subset(json.loads(line), message=f"GET {HOSTILE}", queue=HOSTILE)
+
+
+PREPARE = """
+import sys
+from perfectqueue.errors import ConfigError
+from perfectqueue.service.config import Settings
+from perfectqueue.service.server import prepare_logs
+try:
+    prepare_logs(Settings(host="0.0.0.0", insecure=sys.argv[1] == "insecure", log_format=sys.argv[2]))
+except ConfigError as exc:
+    print("refused:", exc)
+"""
+
+
+def prepare(*args: str) -> subprocess.CompletedProcess[str]:
+    """``serve``'s start-up up to its exposure check, which binds nothing, in a process of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERFECTQUEUE_")}
+    return subprocess.run(
+        [sys.executable, "-c", PREPARE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=True,
+    )
+
+
+def test_the_insecure_warning_is_written_in_the_configured_log_format() -> None:
+    (line,) = prepare("insecure", "json").stderr.splitlines()
+    entry = json.loads(line)
+    assert subset(entry, level="warning", logger="perfectqueue.service")
+    assert entry["message"].startswith("serving on 0.0.0.0 WITHOUT authentication")
+    (text,) = prepare("insecure", "text").stderr.splitlines()
+    assert " WARNING perfectqueue.service: serving on 0.0.0.0 WITHOUT authentication" in text
+    refused = prepare("secure", "json")
+    assert refused.stdout.startswith("refused: refusing to serve on 0.0.0.0") and not refused.stderr
 
 
 def test_serve_takes_a_log_format_flag() -> None:

@@ -7,12 +7,19 @@ deeper down (a store call running in a worker thread, whose context is a copy) c
 JSON lines have ``timestamp`` (UTC, ISO 8601, milliseconds), ``level``, ``logger``, ``message``,
 ``pid``, the context's keys, a line's ``extra`` fields (``method``, ``status``, ``duration_ms``…), and
 ``error`` (the traceback) when one is attached.
+
+What a request carries (its path, its queue and task names...) reaches the log, so neither format
+lets a value break a line: text lines show every control character of a message or a context value
+as an escape (``\\n``, ``\\x1b``, ``\\u2028``; a backslash as ``\\\\``), and keep only a traceback on
+lines of its own; JSON lines carry them as ``\\uXXXX`` escapes (DEL, C1, U+2028 and U+2029 too,
+which ``json.dumps`` leaves raw).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -26,6 +33,13 @@ CONTEXT_KEYS = ("request_id", "queue", "task_id")
 
 log_context: ContextVar[dict[str, Any] | None] = ContextVar("perfectqueue_log_context", default=None)
 """The current request's (or task's) fields; ``None`` outside of one."""
+
+_UNSAFE = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\\\]")
+_NAMED = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_TRACE_UNSAFE = re.compile("[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f\\u2028\\u2029]")
+"""In a traceback, which keeps its line breaks (and tabs) and backslashes (paths, source lines)."""
+_JSON_UNSAFE = re.compile("[\\x7f-\\x9f\\u2028\\u2029]")
+"""What ``json.dumps`` leaves raw but a line reader (``str.splitlines``) or a terminal acts on."""
 
 _RECORD_KEYS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "context"}
 
@@ -58,19 +72,23 @@ class ContextFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    """``time level logger: message [request_id=… queue=… task_id=…]``."""
+    """``time level logger: message [request_id=… queue=… task_id=…]``, one line (see :func:`escape`)
+    but for a traceback on the lines after it."""
 
     def __init__(self, fmt: str = TEXT_FORMAT) -> None:
         super().__init__(fmt)
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        fields: dict[str, Any] = getattr(record, "context", None) or {}
-        if not fields:
-            return line
-        suffix = " ".join(f"{k}={fields[k]}" for k in sorted(fields, key=_context_order))
-        first, newline, rest = line.partition("\n")
-        return f"{first} [{suffix}]{newline}{rest}"
+        record.message = record.getMessage()
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        line = escape(self.formatMessage(record)) + _suffix(getattr(record, "context", None) or {})
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        stack = self.formatStack(record.stack_info) if record.stack_info else None
+        return "\n".join(
+            [line, *(_TRACE_UNSAFE.sub(_escaped, text) for text in (record.exc_text, stack) if text)]
+        )
 
 
 class JsonFormatter(logging.Formatter):
@@ -90,7 +108,14 @@ class JsonFormatter(logging.Formatter):
             entry["error"] = self.formatException(record.exc_info)
         elif record.exc_text:
             entry["error"] = record.exc_text
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return _JSON_UNSAFE.sub(_json_escaped, json.dumps(entry, default=str, ensure_ascii=False))
+
+
+def escape(text: str) -> str:
+    """``text`` with each control character (C0, DEL, C1, U+2028, U+2029) as a visible escape —
+    ``\\n``, ``\\r``, ``\\t``, ``\\x1b``, ``\\u2028`` — and each backslash doubled, so that
+    it stays on one line and reads back unambiguously."""
+    return _UNSAFE.sub(_escaped, text)
 
 
 def formatter(kind: LogFormat, text_format: str = TEXT_FORMAT) -> logging.Formatter:
@@ -106,3 +131,20 @@ def check_format(value: Any) -> LogFormat:
 
 def _context_order(key: str) -> tuple[int, str]:
     return (CONTEXT_KEYS.index(key) if key in CONTEXT_KEYS else len(CONTEXT_KEYS), key)
+
+
+def _suffix(fields: dict[str, Any]) -> str:
+    if not fields:
+        return ""
+    pairs = " ".join(f"{escape(str(k))}={escape(str(fields[k]))}" for k in sorted(fields, key=_context_order))
+    return f" [{pairs}]"
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def _json_escaped(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"

@@ -173,7 +173,9 @@ for _operation in OPERATIONS:
     description="`order=due` lists in due-time order on the timeout index, so that a page costs the "
     "same however rare its status or user is (the dashboard's order). A page shorter than `limit` may "
     "still have a `next_cursor`: the filters no index holds (`type`, `leased`) are applied to a bounded "
-    "number of rows a page.",
+    "number of rows a page. `type`, `user`, `prefix` and `cursor` are names as a task's (non-empty, at "
+    "most 255 UTF-8 bytes, no control characters); anything else, or a cursor no listing returned (in "
+    "due order `<timeout>:<id>`, the timeout in ASCII digits up to 2147483647), is `422 invalid`.",
     responses=responses(404),
 )
 async def list_tasks(

@@ -86,8 +86,13 @@ class QueueReader:
     ) -> Page:
         """Tasks after ``cursor``, filtered, in ``order``: ``id``, or ``due`` (due time, on an
         index whatever the filters: :mod:`.listing`). ``leased`` tells running tasks a worker
-        holds from those scheduled for later. A page may be short and carry a cursor."""
+        holds from those scheduled for later. A page may be short and carry a cursor. The
+        filters are names as a task's (``check_name``): any other can match nothing and is
+        InvalidError, as is a cursor the listing did not return."""
         check_int("limit", limit, 1, 1000)
+        for what, name in (("type", task_type), ("user", user), ("prefix", prefix)):
+            if name is not None:
+                check_name(what, name)
         self._columns.extended()
 
         def keep(now: int) -> Callable[[Row[Any]], bool]:

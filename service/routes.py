@@ -4,6 +4,7 @@ answer back. The operations that take a JSON body are built from their declarati
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from inspect import Parameter, Signature
 from typing import Annotated, Any, Literal
@@ -88,13 +89,18 @@ async def livez() -> m.Health:
     response_model=m.Health,
 )
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    """No key is needed, so a database that does not answer is named in general terms only; its
+    error (host, user, the driver's message) is in the service's log."""
     if runtime.draining:
         return JSONResponse({"status": "stopping"}, status_code=503)
     for queue in runtime.queues.values():
         try:
             await queue.ping()
         except PerfectQueueError as exc:
-            return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
+            logging.getLogger("perfectqueue.service").warning("readyz: queue %s: %s", queue.name, exc)
+            return JSONResponse(
+                {"status": "unavailable", "detail": "a database did not answer"}, status_code=503
+            )
     return JSONResponse({"status": "ok"})
 
 

@@ -4,6 +4,7 @@ answer back. The operations that take a JSON body are built from their declarati
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from inspect import Parameter, Signature
 from typing import Annotated, Any, Literal
@@ -88,13 +89,18 @@ async def livez() -> m.Health:
     response_model=m.Health,
 )
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    """No key is needed, so a database that does not answer is named in general terms only; its
+    error (host, user, the driver's message) is in the service's log."""
     if runtime.draining:
         return JSONResponse({"status": "stopping"}, status_code=503)
     for queue in runtime.queues.values():
         try:
             await queue.ping()
         except PerfectQueueError as exc:
-            return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
+            logging.getLogger("perfectqueue.service").warning("readyz: queue %s: %s", queue.name, exc)
+            return JSONResponse(
+                {"status": "unavailable", "detail": "a database did not answer"}, status_code=503
+            )
     return JSONResponse({"status": "ok"})
 
 
@@ -173,7 +179,9 @@ for _operation in OPERATIONS:
     description="`order=due` lists in due-time order on the timeout index, so that a page costs the "
     "same however rare its status or user is (the dashboard's order). A page shorter than `limit` may "
     "still have a `next_cursor`: the filters no index holds (`type`, `leased`) are applied to a bounded "
-    "number of rows a page.",
+    "number of rows a page. The filters match any value a table may hold (one shared with the original "
+    "may hold ids and users a submit refuses); a cursor no listing returned (in due order "
+    "`<timeout>:<id>`, the timeout in ASCII digits up to 2147483647) is `422 invalid`.",
     responses=responses(404),
 )
 async def list_tasks(

@@ -12,11 +12,13 @@ an id prefix in due order) are applied to at most ``SCAN_BATCHES * limit`` rows 
 be short and still carry a cursor (ask for the next one).
 
 A cursor is the last row's id (id order: the same as the original listing's) or
-``<timeout>:<id>`` (timeout order).
+``<timeout>:<id>`` (timeout order), the timeout in ASCII digits within the column's range; any
+other cursor is refused (InvalidError) before a statement is built.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,11 +26,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from ...errors import InvalidError
-from .model import EVENT_HORIZON, TaskStatus
+from .model import EVENT_HORIZON, MAX_TIMESTAMP, TaskStatus
 
 SCAN_BATCHES = 10
 ORDERS = ("id", "due")
 Position = str | tuple[int, str]
+TIMEOUT = re.compile("[0-9]{1,10}")  # not \d nor isdigit(): int() fails on "²"
+FOREIGN = "cursor is not one this listing's filters returned"
 
 
 class Listing:
@@ -141,9 +145,11 @@ def encode_cursor(position: Position) -> str:
 
 def decode_cursor(cursor: str | None, by_id: bool) -> Any:
     """The position a cursor names: an id (id order) or (timeout, id); InvalidError if foreign."""
-    if cursor is None or by_id:
-        return cursor
+    if cursor is None:
+        return None
+    if by_id:
+        return cursor  # any id the table may hold (the original's may hold control characters)
     timeout, sep, task_id = cursor.partition(":")
-    if not sep or not timeout.isdigit() or not task_id:
-        raise InvalidError("cursor is not one this listing's filters returned")
+    if not sep or not task_id or not TIMEOUT.fullmatch(timeout) or int(timeout) > MAX_TIMESTAMP:
+        raise InvalidError(FOREIGN)
     return (int(timeout), task_id)

@@ -86,7 +86,9 @@ class QueueReader:
     ) -> Page:
         """Tasks after ``cursor``, filtered, in ``order``: ``id``, or ``due`` (due time, on an
         index whatever the filters: :mod:`.listing`). ``leased`` tells running tasks a worker
-        holds from those scheduled for later. A page may be short and carry a cursor."""
+        holds from those scheduled for later. A page may be short and carry a cursor; a cursor
+        the listing cannot have returned is InvalidError. The filters match what the table
+        holds, whatever it holds (a table shared with the original may hold any string)."""
         check_int("limit", limit, 1, 1000)
         self._columns.extended()
 

@@ -1,12 +1,14 @@
-"""Size limits: the request body (counted as it arrives, before anything parses it) and task data."""
+"""Size limits: the request body (counted as it arrives, before anything parses it) and task data;
+and what a body must be to be read as JSON."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import InvalidError, TooLargeError
+from ..errors import InvalidError, RequestError, TooLargeError
 from . import problems
 from .asgi import header
 from .store.codec import compact_json
@@ -18,6 +20,9 @@ class BodyLimit:
     A declared Content-Length over the limit is refused at once; otherwise the body is read here,
     counting bytes as they arrive (a chunked body has no Content-Length), and replayed to the app,
     so that nothing downstream ever parses a body over the limit.
+
+    Both paths to an operation (the short path and FastAPI) meet here, so the body's one rule of
+    encoding is kept here too: see :func:`json_body`.
     """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
@@ -46,11 +51,43 @@ class BodyLimit:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        await self.app(scope, replay(b"".join(chunks), receive), send)
+        body = b"".join(chunks)
+        refusal = json_body(scope, body)
+        if refusal is not None:
+            await problems.error_problem(refusal)(scope, receive, send)
+            return
+        await self.app(scope, replay(body, receive), send)
 
     def too_large(self) -> Any:
         detail = f"the request body is over the limit of {self.limit} bytes (max_body_bytes)"
         return problems.problem(413, "too_large", "The request or a part of it is over a size limit.", detail)
+
+
+def json_body(scope: Scope, body: bytes) -> RequestError | None:
+    """A body without a Content-Type is JSON (it is given ``application/json``, so that FastAPI
+    reads it as the short path does); a JSON body must be UTF-8 (RFC 8259 §8.1), where Python's
+    ``json`` would read UTF-16 and UTF-32 too. The refusal (400 ``bad_request``), or None."""
+    if not body:
+        return None
+    kind = header(scope, b"content-type")
+    if kind is None:
+        scope["headers"] = [*scope["headers"], (b"content-type", b"application/json")]
+    elif not is_json_media(kind):
+        return None  # not JSON at all: the operation answers 415 (see problems.py)
+    encoding = json.detect_encoding(body)  # as json.loads reads it: UTF-16 and -32 need no BOM
+    if not encoding.startswith("utf-8"):
+        return RequestError(f"the body is {encoding.upper()}, not UTF-8: JSON is sent as UTF-8")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return RequestError(f"the body is not UTF-8 (byte {exc.start}): JSON is sent as UTF-8")
+    return None
+
+
+def is_json_media(content_type: str) -> bool:
+    """FastAPI's rule: ``application/json`` or ``application/<anything>+json``, any parameters."""
+    main, _, sub = content_type.partition(";")[0].strip().lower().partition("/")
+    return main == "application" and "/" not in sub and (sub == "json" or sub.endswith("+json"))
 
 
 def declared_length(scope: Scope) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ..errors import PerfectQueueError
+from ..errors import PerfectQueueError, RequestError, UnsupportedMediaTypeError
 from .models import Problem
 
 log = logging.getLogger("perfectqueue.service")
@@ -63,7 +64,10 @@ def install(app: FastAPI) -> None:
         return error_problem(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        refusal = unreadable(request, exc)
+        if refusal is not None:
+            return error_problem(refusal)
         errors = [
             {"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", ""))}
             for err in exc.errors()
@@ -84,18 +88,42 @@ def install(app: FastAPI) -> None:
         return problem(500, "internal", "Internal error.", "The service failed; the error is in its log.")
 
 
+def unreadable(request: Request, exc: RequestValidationError) -> RequestError | None:
+    """A body that could not be read as JSON at all: 400 ``bad_request`` if it is malformed JSON,
+    415 ``unsupported_media_type`` if its Content-Type is not JSON (FastAPI then passes the body on
+    as bytes). A body that is not UTF-8 was refused before routing (limits.py)."""
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            reason = error.get("ctx", {}).get("error", "malformed")
+            return RequestError(f"the body is not JSON: {reason} (at character {error['loc'][-1]})")
+    if isinstance(exc.body, bytes):
+        kind = request.headers.get("content-type", "")
+        return UnsupportedMediaTypeError(f"the body is {kind[:100]!r}; send application/json")
+    return None
+
+
 def _document_problems_only(app: FastAPI) -> None:
     """FastAPI lists ``application/json`` beside ``application/problem+json`` for every error
-    response with a model; errors are only ever problem+json, so the document says just that."""
+    response with a model; errors are only ever problem+json, so the document says just that.
+    Every operation that takes a body can answer 415 (see :func:`unreadable`): it says so too."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             for path in generate()["paths"].values():
                 for operation in path.values():
+                    if "requestBody" in operation:
+                        operation["responses"] = with_415(operation.get("responses", {}))
                     for status, response in operation.get("responses", {}).items():
                         if status[0] in "45" and MEDIA_TYPE in response.get("content", {}):
                             response["content"].pop("application/json", None)
         return app.openapi_schema or generate()
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def with_415(responses: dict[str, Any]) -> dict[str, Any]:
+    """``responses`` (an operation's, in the document) with the 415 problem, in status order."""
+    schema = {"schema": {"$ref": "#/components/schemas/Problem"}}
+    unsupported = {"description": HTTPStatus(415).phrase, "content": {MEDIA_TYPE: schema}}
+    return dict(sorted({"415": unsupported, **responses}.items()))

@@ -32,10 +32,18 @@ async def runtime_of(request: Request) -> Runtime:  # async: a plain def runs in
     return runtime
 
 
-async def queue_of(request: Request, queue: Annotated[str, Path(max_length=64)]) -> QueueRuntime:
+QUEUE_NAME = Path(
+    description="A declared queue's name (at most 64 characters); any other name is 404 unknown_queue",
+    json_schema_extra={"maxLength": 64},  # documented, not checked: a longer name is unknown too
+)
+
+
+async def queue_of(request: Request, queue: Annotated[str, QUEUE_NAME]) -> QueueRuntime:
+    """The declared queue ``queue``; any other name, whatever its length, is 404 ``unknown_queue``."""
     found = (await runtime_of(request)).queues.get(queue)
     if found is None:
-        raise UnknownQueueError(f"queue {queue!r} is not declared in this service's configuration")
+        name = queue if len(queue) <= 64 else f"{queue[:64]}…"
+        raise UnknownQueueError(f"queue {name!r} is not declared in this service's configuration")
     return found
 
 
@@ -102,6 +110,22 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
                 {"status": "unavailable", "detail": "a database did not answer"}, status_code=503
             )
     return JSONResponse({"status": "ok"})
+
+
+# a load balancer's probe may be a HEAD: the status and headers of the GET, without its body
+@health.head("/livez", include_in_schema=False)
+@health.head("/healthz", include_in_schema=False)
+async def livez_head() -> Response:
+    return headers_only(JSONResponse((await livez()).model_dump(exclude_none=True)))
+
+
+@health.head("/readyz", include_in_schema=False)
+async def readyz_head(runtime: RuntimeDep) -> Response:
+    return headers_only(await readyz(runtime))
+
+
+def headers_only(response: Response) -> Response:
+    return Response(status_code=response.status_code, headers=dict(response.headers))
 
 
 # -- queues ----------------------------------------------------------------------------------

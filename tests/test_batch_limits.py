@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 import perfectqueue
 from perfectqueue.errors import (
     AlreadyExistsError,
+    InternalError,
     PerfectQueueError,
     PreemptedError,
     TooLargeError,
@@ -26,7 +27,6 @@ from perfectqueue.errors import (
 from perfectqueue.service.app import create_app
 from perfectqueue.service.config import settings_from
 from perfectqueue.service.store import Database, NewTask, QueueStore, TaskStatus
-from perfectqueue.service.store.database import RefusedError
 
 MAX_BATCH = 1000
 IDS = [f"{i:04d}-".ljust(255, "x") for i in range(MAX_BATCH)]
@@ -124,8 +124,8 @@ def test_a_statement_refused_for_good_is_not_unavailability(database: Database) 
             database.transaction(work, readonly=True)
         return type(caught.value)
 
-    assert refused(lambda conn: conn.exec_driver_sql("SELEC 1")) is RefusedError
-    assert RefusedError.status == 500
+    assert refused(lambda conn: conn.exec_driver_sql("SELEC 1")) is InternalError
+    assert InternalError.status == 500
     if database.is_sqlite:
         deep = sa.or_(*(sa.literal_column("1") == sa.literal(i) for i in range(1100)))
         assert refused(lambda conn: conn.execute(sa.select(deep))) is TooLargeError

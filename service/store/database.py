@@ -6,7 +6,7 @@ lost connection once (or, when the url lists several Galera nodes, moves to the 
 ``nodes.py``), and turns any other driver failure into :class:`UnavailableError` — driver errors
 never leave the store. A statement the database refuses for good (over one of its limits, or
 malformed) is not unavailability: retrying it cannot succeed, so it answers
-:class:`TooLargeError` (a limit on a statement's size) or :class:`RefusedError` (500), which no
+:class:`TooLargeError` (a limit on a statement's size) or :class:`InternalError` (500), which no
 client retries.
 """
 
@@ -32,6 +32,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from ...errors import (
     AlreadyExistsError,
     ConfigError,
+    InternalError,
     PerfectQueueError,
     TooLargeError,
     UnavailableError,
@@ -63,13 +64,6 @@ SQLITE_TOO_LARGE = (
     "too many arguments on function",
 )
 SQLITE_REFUSED = ("syntax error",)
-
-
-class RefusedError(PerfectQueueError):
-    """The database refused the statement for good: the same request cannot succeed if retried."""
-
-    code = "internal"
-    status = 500
 
 
 @dataclass(frozen=True)
@@ -292,7 +286,7 @@ def refusal(exc: DBAPIError) -> PerfectQueueError | None:
     log.warning("the database refused a statement for good: %s", _describe(exc))
     if too_large is not None:
         return TooLargeError(f"the database refused the statement as too large ({too_large}): send less")
-    return RefusedError("the database refused a statement of this request (the service's log says why)")
+    return InternalError("the database refused a statement of this request (the service's log says why)")
 
 
 def is_missing_table(exc: BaseException) -> bool:

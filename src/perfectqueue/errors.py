@@ -13,13 +13,16 @@ it answers with, so that the SDK maps a response back to exactly the class the s
     │   ├── CancelRequestedError       409 cancel_requested
     │   ├── NotDeadError               409 not_dead
     │   └── NotSupportedError          501 not_supported
-    ├── RequestError                   the request itself is wrong; nothing was changed
+    ├── RequestError                   400 bad_request (not JSON, or not UTF-8); nothing was changed
     │   ├── InvalidError               422 invalid
     │   ├── UnknownQueueError          404 unknown_queue
     │   ├── UnauthorizedError          401 unauthorized
     │   ├── ForbiddenError             403 forbidden
-    │   └── TooLargeError              413 too_large
+    │   ├── TooLargeError              413 too_large
+    │   └── UnsupportedMediaTypeError  415 unsupported_media_type
     ├── UnavailableError               503 unavailable (retryable: the database is out of reach)
+    ├── InternalError                  500 internal (not retryable: a statement the database
+    │                                  refuses for good, or a fault of the service)
     └── ConfigError                    bad configuration, refused at start-up
 
 ``IdempotentError`` is a marker (as in the original): an application that retried a request may
@@ -143,11 +146,26 @@ class TooLargeError(RequestError):
     status = 413
 
 
+class UnsupportedMediaTypeError(RequestError):
+    """The request's body is not JSON (its Content-Type names another media type)."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
 class UnavailableError(PerfectQueueError):
     """The database cannot be reached or did not answer in time; the request may be retried."""
 
     code = "unavailable"
     status = 503
+
+
+class InternalError(PerfectQueueError):
+    """The service could not answer, and the same request would fail again (a statement the
+    database refuses for good, or a fault of the service); its log says why."""
+
+    code = "internal"
+    status = 500
 
 
 class ConfigError(PerfectQueueError):

@@ -9,7 +9,9 @@ files the chart writes are loaded by the service's and the worker's own validato
 from __future__ import annotations
 
 import base64
+import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -354,6 +356,76 @@ def test_the_values_schema_refuses_bad_values(chart: Any, helm: Any) -> None:
             chart.validate_schema(bad)
         with pytest.raises(helm.HelmError):
             chart.render(bad, name="pq")
+
+
+PASSWORD = re.compile(r"://[^/?#@:\"\s]*:[^@\"\s]*@|[?&](password|passwd)=", re.IGNORECASE)
+"""A password in a database url, as SQLAlchemy reads one (``user:password@``) or as a parameter."""
+QUEUE_URLS_WITH_A_PASSWORD = [
+    "mysql://pq:hunter2@mariadb.databases.svc:3306/mails",
+    "mysql+pymysql://pq:hun%40ter/2@db-0,db-1:3306/mails",
+    "mysql://pq@mariadb:3306/mails?charset=utf8mb4&password=hunter2",
+    "mysql://pq@mariadb:3306/mails?PASSWD=hunter2",
+]
+QUEUE_URLS_WITHOUT_ONE = [
+    "mysql://pq@mariadb.databases.svc:3306/mails",
+    "mysql://mariadb:3306/mails?charset=utf8mb4",
+    "sqlite:////var/lib/perfectqueue/mails.sqlite3",
+    "",
+]
+
+
+def with_queue_url(url: str, values: dict[str, Any] = FULL_VALUES) -> dict[str, Any]:
+    values = copy.deepcopy(values)
+    values["config"]["queues"]["mails"]["url"] = url
+    return values
+
+
+@pytest.mark.parametrize("url", QUEUE_URLS_WITH_A_PASSWORD)
+def test_a_queue_url_with_a_password_is_refused_with_the_secret_way(chart: Any, helm: Any, url: str) -> None:
+    with pytest.raises(helm.HelmError) as refused:
+        chart.render(with_queue_url(url), name="pq")
+    message = str(refused.value)
+    assert "config.queues.mails.url holds a database password" in message
+    assert "database.url or in your existingSecret" in message
+    assert "hun" not in message  # the password is never repeated
+
+
+@pytest.mark.parametrize("url", QUEUE_URLS_WITHOUT_ONE)
+def test_a_queue_url_without_a_password_renders(chart: Any, url: str, tmp_path: Path) -> None:
+    docs = render(chart, with_queue_url(url))
+    path = tmp_path / "perfectqueue.yml"
+    path.write_text(one(docs, "ConfigMap", "pq-perfectqueue")["data"]["perfectqueue.yml"])
+    settings = load_settings(path, environ={"PERFECTQUEUE_URL": FULL_VALUES["database"]["url"]})
+    assert settings.queue("mails").url == (url or FULL_VALUES["database"]["url"])
+
+
+NO_PASSWORD_IN_A_CONFIGMAP = {
+    "database.url": FULL_VALUES,
+    "existingSecret": {**FULL_VALUES, "existingSecret": "queue-credentials"},
+    "no hook": {**FULL_VALUES, "dbInit": {"enabled": True, "hook": False}},
+    **{
+        f"queue url {url!r}": with_queue_url(url)
+        for url in QUEUE_URLS_WITH_A_PASSWORD + QUEUE_URLS_WITHOUT_ONE
+    },
+    "a section": {"config": {"production": {"url": "mysql://pq:hunter2@mariadb:3306/queues"}}},
+    "another key": {"config": {"queues": {"mails": {"table": "pq_mails", "dsn": "mysql://pq:hunter2@db/q"}}}},
+}
+
+
+@pytest.mark.parametrize("values", NO_PASSWORD_IN_A_CONFIGMAP, ids=list(NO_PASSWORD_IN_A_CONFIGMAP))
+def test_no_configmap_holds_a_password(chart: Any, helm: Any, values: str) -> None:
+    """Whatever the values, a database password lands in a Secret or the rendering fails."""
+    try:
+        docs = render(chart, NO_PASSWORD_IN_A_CONFIGMAP[values])
+    except helm.HelmError as refused:
+        assert "existingSecret" in str(refused)
+        return
+    configmaps = by_kind(docs, "ConfigMap")
+    assert configmaps
+    for configmap in configmaps:
+        for text in configmap["data"].values():
+            assert not PASSWORD.search(text), configmap["metadata"]["name"]
+            assert "hunter2" not in text and "pq:secret" not in text, configmap["metadata"]["name"]
 
 
 def test_a_broken_chart_fails_these_checks(helm: Any, kv: Any, tmp_path: Path) -> None:

@@ -71,7 +71,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.service.insecure }}
 {{- $_ = set $config "insecure" true }}
 {{- end }}
+{{- include "perfectqueue.refusePasswords" $config }}
 {{- toYaml $config }}
+{{- end }}
+
+{{/* The settings file is a ConfigMap: a database password in it (`user:password@`, as SQLAlchemy
+     reads a url, or a `password`/`passwd` parameter) fails the rendering. The service reads
+     only its top-level url from the environment (PERFECTQUEUE_URL, from the Secret); a queue's
+     url comes from the file alone, so a queue cannot have credentials of its own here. */}}
+{{- define "perfectqueue.refusePasswords" -}}
+{{- $password := `://[^/?#@:"]*:[^@"]*@|(?i:[?&]|\\u0026)(?i:password|passwd)=` }}
+{{- $advice := "a ConfigMap is no place for it. The service reads a queue's url from the settings file only, never from a Secret: drop the queue's url (it then uses the service-wide database, whose url with its password goes in database.url or in your existingSecret), or give that database a release of its own with its url in that release's database.url or existingSecret (docs/kubernetes.md)" }}
+{{- range $name, $queue := .queues }}
+{{- if regexMatch $password (toJson $queue) }}
+{{- fail (printf "config.queues.%s.url holds a database password: %s" $name $advice) }}
+{{- end }}
+{{- end }}
+{{- if regexMatch $password (toJson .) }}
+{{- fail (printf "config holds a database password: %s" $advice) }}
+{{- end }}
 {{- end }}
 
 {{/* The worker's settings file: the values' `worker.config`, the service's url, the token and

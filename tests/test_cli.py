@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -273,3 +274,26 @@ def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         env=clean_environ(),
         check=False,
     )
+
+
+# -- help ------------------------------------------------------------------------------------
+
+
+def test_the_help_speaks_to_users(capsys: pytest.CaptureFixture[str]) -> None:
+    """No internal vocabulary or reST markup, and each command listed once (force-finish, the
+    alias of force_finish, is accepted but not listed)."""
+    (commands,) = [a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {}
+    for command in [None, *commands.choices]:
+        with pytest.raises(SystemExit) as exit:
+            cli.main([command, "--help"] if command else ["--help"])
+        assert exit.value.code == 0
+        helps[command] = capsys.readouterr().out
+    for command, text in helps.items():
+        for unwanted in ("seed", "``", "==SUPPRESS=="):
+            assert unwanted not in text, (command, unwanted, text)
+    listed = [line.split()[0] for line in helps[None].splitlines() if line.startswith("    ")]
+    listed = [name for name in listed if name in commands.choices]
+    assert sorted(listed) == sorted(set(commands.choices) - {"force-finish"}), helps[None]
+    assert "force-finish" not in helps[None]
+    assert "last_error" in helps["list"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -226,3 +228,72 @@ def wait_for(condition: Any, timeout: float = 10) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.01)
+
+
+# -- run: finding the application ------------------------------------------------------------
+
+APP = "from perfectqueue.worker import Dispatch\n\n\nclass Dispatcher(Dispatch):\n    pass\n\n\nhelper = 1\n"
+
+
+def test_run_imports_the_application_from_the_current_directory(tmp_path: Path) -> None:
+    """As the installed ``perfectqueue`` script does (``-P``: Python does not add the current
+    directory itself), with no ``-I``; an application that cannot be used is one line."""
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "tasks.py").write_text(APP)
+    (tmp_path / "myapp" / "needy.py").write_text("import not_installed_anywhere\n")
+    (tmp_path / "bad.yml").write_text("processors: zero\n")
+    cases = {
+        "myapp.tasks:Dispatcher": "processors must be",  # found; its configuration is read next
+        "nothere.tasks:Dispatcher": "cannot import nothere.tasks: no module named 'nothere'",
+        "myapp.absent:Dispatcher": "no module named 'myapp.absent'",
+        "myapp.needy:Dispatcher": "it imports 'not_installed_anywhere', which is not found",
+        "myapp.tasks:Missing": "cannot find Missing in module myapp.tasks",
+        "myapp.tasks:helper": "myapp.tasks:helper is not a perfectqueue.worker Dispatch or Base subclass",
+    }
+    with ThreadPoolExecutor(len(cases)) as pool:
+        runs = pool.map(lambda app: run_script("run", app, "-c", "bad.yml", cwd=tmp_path), cases)
+        done = dict(zip(cases, runs, strict=True))
+    found = done.pop("myapp.tasks:Dispatcher")
+    assert found.returncode == 2 and "Traceback" not in found.stderr, found.stderr
+    assert found.stderr.splitlines()[-1].startswith("perfectqueue: error: processors must be"), found.stderr
+    for app, result in done.items():
+        assert result.returncode == 2, (app, result.stderr)
+        assert_one_line_error(app, result.stdout, result.stderr)
+        assert cases[app] in result.stderr, (app, result.stderr)
+
+
+def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The command as its console script runs it: the current directory is not on ``sys.path``."""
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "perfectqueue", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env=clean_environ(),
+        check=False,
+    )
+
+
+# -- help ------------------------------------------------------------------------------------
+
+
+def test_the_help_speaks_to_users(capsys: pytest.CaptureFixture[str]) -> None:
+    """No internal vocabulary or reST markup, and each command listed once (force-finish, the
+    alias of force_finish, is accepted but not listed)."""
+    (commands,) = [a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {}
+    for command in [None, *commands.choices]:
+        with pytest.raises(SystemExit) as exit:
+            cli.main([command, "--help"] if command else ["--help"])
+        assert exit.value.code == 0
+        helps[command] = capsys.readouterr().out
+    for command, text in helps.items():
+        for unwanted in ("seed", "``", "==SUPPRESS=="):
+            assert unwanted not in text, (command, unwanted, text)
+    listed = [line.split()[0] for line in helps[None].splitlines() if line.startswith("    ")]
+    listed = [name for name in listed if name in commands.choices]
+    assert sorted(listed) == sorted(set(commands.choices) - {"force-finish"}), helps[None]
+    assert "force-finish" not in helps[None]
+    assert "last_error" in helps["list"]

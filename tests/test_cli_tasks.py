@@ -171,3 +171,29 @@ def test_the_token_from_the_environment_is_sent(config: dict[str, Any]) -> None:
     assert done.returncode == 0, done.stderr
     assert [seen.header("authorization") for seen in proxy.seen] == ["Bearer t0k"]
     assert (proxy.seen[0].header("user-agent") or "").startswith("perfectqueue-python/")
+
+
+@ON_SQLITE
+def test_list_dead_shows_the_last_error(config: dict[str, Any]) -> None:
+    q = flags(config)
+    ok("submit", "doomed", "t", "{}", "-a", "1", *q)
+    with perfectqueue.open(config) as queue:
+        task = queue.poll()
+        assert task is not None and task.key == "doomed"
+        task.retry(error="DiskFull: no space left\non /var")  # its only attempt: dead
+    ok("submit", "fine", "t", "{}", *q)
+
+    table_text, listed_text, all_text = ok_all(
+        ["list", "--status", "dead", *q], ["list", "--status", "dead", "--json", *q], ["list", "--json", *q]
+    )
+    header, *rows = table_text.splitlines()
+    assert header.split() == ["key", "type", "user", "status", "created_at", "timeout", "data", "last_error"]
+    assert [row.split()[0] for row in rows] == ["doomed"]
+    assert rows[0].endswith("DiskFull: no space left on /var")  # one line per task
+    (listed,) = json_lines(listed_text)
+    assert (listed["status"], listed["last_error"]) == ("dead", "DiskFull: no space left\non /var")
+    assert {t["key"]: t["last_error"] for t in json_lines(all_text)} == {
+        "doomed": "DiskFull: no space left\non /var",
+        "fine": None,
+    }
+    assert "last_error" not in ok("list", *q).splitlines()[0]  # only the dead have one to show

@@ -59,7 +59,7 @@ def build_wheel(tmp: Path) -> Path:
     source = tmp / "source"
     source.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
     for name in ("src", "service", "client", "worker"):
         shutil.copytree(ROOT / name, source / name, symlinks=True, ignore=ignore)
@@ -84,6 +84,12 @@ def check_contents(wheel: Path) -> None:
     requires = [line for line in lines if line.startswith("Requires-Dist:") and "extra ==" not in line]
     assert [r.split(":", 1)[1].split(">")[0].strip() for r in requires] == ["httpx"]
     assert "Provides-Extra: yaml" in lines and "Provides-Extra: service" in lines
+    assert "License-Expression: Apache-2.0" in lines and "License-File: LICENSE" in lines
+    [licence] = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+    with zipfile.ZipFile(wheel) as archive:
+        text = archive.read(licence).decode()
+    assert text == (ROOT / "LICENSE").read_text() and "Apache License\n" in text
+    assert "Version 2.0, January 2004" in text
 
 
 def new_environment(tmp: Path, wheel: Path) -> Path:

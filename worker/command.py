@@ -1,10 +1,12 @@
-"""``perfectqueue run MODULE:Dispatch [-c CONFIG] [-e ENV] [-I PATH] [-r MODULE]``: the seed's tool.
+"""``perfectqueue run MODULE:Dispatch [-c CONFIG] [-e ENV] [-I PATH] [-r MODULE]``: the original's tool.
 
-``-I`` adds a directory to ``sys.path`` (Ruby's ``$LOAD_PATH``), ``-r`` imports a module before
-the application is looked up. The configuration is read from the YAML file again on every
-restart (USR1/HUP) by :func:`perfectqueue.configfile.read_section`: its section for the
-environment (``-e``, ``PERFECTQUEUE_ENV``, default ``development``) when it has one, else the
-whole file.
+The current directory is on ``sys.path`` (as with dramatiq and celery), ``-I`` adds more (Ruby's
+``$LOAD_PATH``), ``-r`` imports a module before the application is looked up. An application
+that cannot be imported, or is not a Dispatch or Base subclass, is one line and exit status 2.
+
+The configuration is read from the YAML file again on every restart (USR1/HUP) by
+:func:`perfectqueue.configfile.read_section`: its section for the environment (``-e``,
+``PERFECTQUEUE_ENV``, default ``development``) when it has one, else the whole file.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from ..configfile import read_section
@@ -33,7 +36,12 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("-e", "--environment", help="section of the file (default development)")
     parser.add_argument(
-        "-I", "--include", action="append", default=[], metavar="PATH", help="add to sys.path"
+        "-I",
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also import from this directory (the current one always is)",
     )
     parser.add_argument("-r", "--require", action="append", default=[], metavar="MODULE", help="import first")
     parser.set_defaults(command=run_command)
@@ -42,10 +50,10 @@ def add_parser(commands: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from .supervisor import run
 
-    for path in args.include:
+    for path in [os.curdir, *args.include]:
         sys.path.insert(0, os.path.abspath(path))
     for module in args.require:
-        importlib.import_module(module)
+        import_module(module)
     application = find_application(args.application)
     return run(application, yaml_loader(Path(args.config), args.environment))
 
@@ -57,10 +65,26 @@ def find_application(spec: str) -> type[Base]:
         module_name, _, attr = spec.rpartition(".")
     if not module_name or not attr:
         raise ConfigError(f"the application must be given as MODULE:CLASS, not {spec!r}")
-    found = getattr(importlib.import_module(module_name), attr, None)
+    found = getattr(import_module(module_name), attr, None)
+    if found is None:
+        raise ConfigError(f"cannot find {attr} in module {module_name} (given {spec})")
     if not (isinstance(found, type) and issubclass(found, Base)):
         raise ConfigError(f"{spec} is not a perfectqueue.worker Dispatch or Base subclass")
     return found
+
+
+def import_module(name: str) -> ModuleType:
+    """The module, or a ConfigError naming what is missing (a module of the application's own
+    failing in another way keeps its traceback: that is where its author looks)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if f"{name}.".startswith(f"{exc.name}."):  # the module itself (or its package) is missing
+            raise ConfigError(
+                f"cannot import {name}: no module named {exc.name!r} here or on the path "
+                "(-I PATH adds a directory)"
+            ) from None
+        raise ConfigError(f"cannot import {name}: it imports {exc.name!r}, which is not found") from None
 
 
 def yaml_loader(path: Path, environment: str | None) -> Callable[[], Mapping[str, Any]]:

@@ -16,6 +16,12 @@ from typing import Any
 
 from .errors import PerfectQueueError
 
+DESCRIPTION = (
+    "Submit, list and manage the tasks of a PerfectQueue service, run workers, and run the service."
+    " The task commands and run need only the SDK (and PyYAML for a -c file);"
+    " serve, keygen, init and openapi need the 'service' extra."
+)
+
 SERVICE_EXTRA = "service"
 """The extra that installs what the service commands import (FastAPI, SQLAlchemy, …)."""
 
@@ -43,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="perfectqueue", description=__doc__)
+    parser = argparse.ArgumentParser(prog="perfectqueue", description=DESCRIPTION)
     parser.set_defaults(extra=None)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 

@@ -1,5 +1,5 @@
-"""The seed's command-line tool for tasks: list, submit, force_finish, show, stats; and
-cancel and requeue (of a dead task), beyond the original.
+"""The original's command-line tool for tasks: list, submit, force_finish, show, stats; and
+cancel and requeue (of a dead task), beyond the original. ``force-finish`` is a hidden alias.
 
 They talk to the service (``type: http``, the default) or straight to the database
 (``type: rdb_compat`` with the seed's ``url`` and ``table``), configured as the SDK is: a YAML
@@ -20,14 +20,19 @@ from .configfile import read_section
 from .errors import InvalidError
 
 COLUMNS = ("key", "type", "user", "status", "created_at", "timeout", "data")
+WIDTHS = {"key": 24, "type": 14, "user": 12, "status": 9, "created_at": 19, "timeout": 19, "data": 30}
 
 
 def add_parsers(commands: Any) -> None:
     """The task commands, added to the ``perfectqueue`` command's subparsers."""
     listing = _parser(commands, "list", "list tasks (a readable table, or JSON lines with --json)")
-    listing.add_argument("--status", choices=["waiting", "running", "finished", "dead", "cancelled"])
-    listing.add_argument("--type", dest="task_type")
-    listing.add_argument("--user")
+    listing.add_argument(
+        "--status",
+        choices=["waiting", "running", "finished", "dead", "cancelled"],
+        help="only the tasks in this state (dead ones with their last_error)",
+    )
+    listing.add_argument("--type", dest="task_type", help="only the tasks of this type")
+    listing.add_argument("--user", help="only the tasks of this user")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.set_defaults(command=list_tasks)
 
@@ -42,8 +47,8 @@ def add_parsers(commands: Any) -> None:
     submit.add_argument("--traceparent", help="a W3C trace context to carry with the task")
     submit.set_defaults(command=submit_task)
 
-    for name in ("force_finish", "force-finish"):
-        finish = _parser(commands, name, "finish a task whatever holds it")
+    for name in ("force_finish", "force-finish"):  # the second one accepted, not listed
+        finish = _parser(commands, name, "finish a task whatever holds it", listed=name == "force_finish")
         finish.add_argument("key")
         finish.set_defaults(command=force_finish)
 
@@ -65,17 +70,18 @@ def add_parsers(commands: Any) -> None:
     stats.set_defaults(command=show_stats)
 
 
-def _parser(commands: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
-    parser.add_argument(
-        "-c", "--config", help="YAML file with the seed's keys (type, url, queue, table, token)"
-    )
+def _parser(commands: Any, name: str, help_text: str, *, listed: bool = True) -> argparse.ArgumentParser:
+    shown = {"help": help_text} if listed else {}  # a subparser without help is not in the list
+    parser: argparse.ArgumentParser = commands.add_parser(name, description=help_text, **shown)
+    parser.add_argument("-c", "--config", help="YAML settings file (keys: type, url, queue, table, token)")
     parser.add_argument("-e", "--environment", help="section of the file (default development)")
     parser.add_argument("--url", help="service url (default http://127.0.0.1:8000), or database url")
     parser.add_argument("--queue", help="queue name on the service (default 'default')")
     parser.add_argument("--table", help="table, with --backend rdb_compat")
     parser.add_argument(
-        "--backend", choices=["http", "rdb_compat"], help="the seed's type: http or rdb_compat"
+        "--backend",
+        choices=["http", "rdb_compat"],
+        help="http: through the service (default); rdb_compat: straight to the database",
     )
     return parser
 
@@ -95,9 +101,11 @@ def list_tasks(args: argparse.Namespace) -> int:
             for task in tasks:
                 print(json.dumps(_row(task), ensure_ascii=False), flush=True)
             return 0
-        print(_format_row({c: c for c in COLUMNS}), file=sys.stdout)
+        columns = (*COLUMNS, "last_error") if args.status == "dead" else COLUMNS
+        print(_format_row({c: c for c in columns}, columns), file=sys.stdout)
         for count, task in enumerate(tasks, 1):
-            print(_format_row({k: _text(k, v) for k, v in _row(task).items()}), flush=count % 100 == 0)
+            row = {k: _text(k, v) for k, v in _row(task).items()}
+            print(_format_row(row, columns), flush=count % 100 == 0)
     return 0
 
 
@@ -182,10 +190,12 @@ def _text(column: str, value: Any) -> str:
         return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
     if column == "data":
         return json.dumps(value, ensure_ascii=False)
+    if column == "last_error":
+        return " ".join(str(value).split())  # one line per task
     return str(value)
 
 
-def _format_row(row: dict[str, str]) -> str:
-    widths = {"key": 24, "type": 14, "user": 12, "status": 9, "created_at": 19, "timeout": 19}
-    cells = [row[c].ljust(widths[c]) for c in COLUMNS[:-1]]  # the table reads on a terminal
-    return "  ".join([*cells, row["data"]])
+def _format_row(row: dict[str, str], columns: tuple[str, ...]) -> str:
+    """Fixed widths (the table reads on a terminal, row by row as they come); the last unpadded."""
+    *padded, last = columns
+    return "  ".join([*(row[c].ljust(WIDTHS[c]) for c in padded), row[last]])

@@ -16,7 +16,7 @@ WORKDIR /build
 # the lock changes, not on every change of the source.
 COPY requirements/service.lock requirements/service.lock
 RUN pip install --no-deps --require-hashes -r requirements/service.lock
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY src/ src/
 COPY service/ service/
 COPY client/ client/

@@ -13,7 +13,9 @@ from servers import running_service, write_config
 
 import perfectqueue
 from perfectqueue.errors import ConfigError
+from perfectqueue.service.store.model import LAST_ERROR_CHARS
 from perfectqueue.worker import Base, Dispatch, Signals, WorkerConfig, WorkerTask
+from perfectqueue.worker.application import ERROR_CHARS, report
 from perfectqueue.worker.runner import Runner
 from perfectqueue.worker.task_monitor import TaskMonitor
 
@@ -35,6 +37,26 @@ class Lazy(Base):
 class Boom(Base):
     def run(self) -> None:
         raise RuntimeError("boom")
+
+
+class Invalid(Base):
+    def run(self) -> None:
+        check(self.task.data)
+
+
+def check(data: dict[str, object]) -> None:
+    raise ValueError(f"bad value {data.get('n')}")
+
+
+class Deep(Base):
+    def run(self) -> None:
+        recurse(60)
+
+
+def recurse(depth: int) -> None:
+    if depth == 0:
+        raise KeyError("the bottom")
+    recurse(depth - 1)
 
 
 class Steps(Base):
@@ -68,6 +90,8 @@ App.route(re.compile(r"^lazy-"), "Lazy")
 App.route("dotted", "test_worker_dispatch.Finisher")
 App.route("boom", Boom)
 App.route("steps", Steps)
+App.route("invalid", Invalid)
+App.route("deep", Deep)
 App.route("returns", Returns)
 App.route("missing", "NoSuchHandler")
 
@@ -87,8 +111,10 @@ def queue(service: str) -> Iterator[perfectqueue.Queue]:
         yield q
 
 
-def run_one(queue: perfectqueue.Queue, key: str, task_type: str, **data: object) -> WorkerTask:
-    queue.submit(key, task_type, data)
+def run_one(
+    queue: perfectqueue.Queue, key: str, task_type: str, max_attempts: int | None = None, **data: object
+) -> WorkerTask:
+    queue.submit(key, task_type, data, max_attempts=max_attempts)
     acquired = queue.poll()
     assert acquired is not None and acquired.key == key
     config = WorkerConfig.from_mapping({"retry_wait": 120})
@@ -145,6 +171,54 @@ def test_an_exception_retries_after_retry_wait_and_is_logged(
     assert 100 <= retried_for(queue, "b1") <= 121
     assert "RuntimeError: boom" in caplog.text
     assert "event=retry id=b1 type=boom duration=" in caplog.text
+
+
+def test_the_error_recorded_is_the_type_message_and_the_last_frames(queue: perfectqueue.Queue) -> None:
+    assert run_one(queue, "v1", "invalid", n=7).outcome == "retried"
+    error = queue["v1"].metadata().last_error
+    assert error is not None
+    head, trace = error.split("\n", 1)
+    assert head == "ValueError: bad value 7"
+    assert trace.startswith("Traceback (most recent call last):\n")
+    assert trace.rstrip().endswith("raise ValueError(f\"bad value {data.get('n')}\")")
+    assert ", in check\n" in trace and ", in run\n" in trace
+
+
+def test_a_deep_traceback_keeps_its_last_frames_within_the_store_s_bound(queue: perfectqueue.Queue) -> None:
+    assert ERROR_CHARS == LAST_ERROR_CHARS
+    run_one(queue, "k1", "deep")
+    error = queue["k1"].metadata().last_error
+    assert error is not None and len(error) <= LAST_ERROR_CHARS
+    assert error.startswith("KeyError: 'the bottom'\nTraceback (most recent call last):\n")
+    assert error.endswith('raise KeyError("the bottom")')  # the frame nearest the error, not cut
+    assert not error.endswith("...")
+
+
+def test_a_long_message_is_clipped_and_leaves_room_for_frames() -> None:
+    try:
+        check({"n": "x" * 5000})
+    except ValueError as exc:
+        error = report(exc)
+    assert len(error) <= ERROR_CHARS
+    assert error.startswith("ValueError: bad value xxx") and "...\nTraceback" in error
+    assert error.endswith("raise ValueError(f\"bad value {data.get('n')}\")")
+
+
+def test_the_last_attempt_ends_dead_and_is_logged_so(
+    queue: perfectqueue.Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="perfectqueue.worker"):
+        task = run_one(queue, "x1", "invalid", max_attempts=1, n=1)
+    assert task.outcome == "dead"
+    assert queue["x1"].metadata().is_dead()
+    assert "event=dead id=x1 type=invalid duration=" in caplog.text
+    assert "event=retry id=x1" not in caplog.text
+    assert queue["x1"].metadata().last_error.startswith("ValueError: bad value 1\nTraceback")
+
+
+def test_an_attempt_before_the_last_is_a_retry(queue: perfectqueue.Queue) -> None:
+    assert run_one(queue, "x2", "invalid", max_attempts=2).outcome == "retried"
+    assert not queue["x2"].metadata().is_dead()
 
 
 def test_before_perform_and_after_run_around_perform(queue: perfectqueue.Queue) -> None:

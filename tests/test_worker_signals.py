@@ -72,6 +72,26 @@ def test_quit_releases_the_task_in_hand_and_exits_at_once(tmp_path: Path, servic
     assert status(service, "slow-1") == "waiting"  # released: deliverable again at once
 
 
+@pytest.mark.parametrize("processor_type", ["process", "thread"])
+def test_an_idle_worker_stops_at_once_without_waiting_out_its_long_poll(
+    tmp_path: Path, service: str, processor_type: str
+) -> None:
+    log = tmp_path / "worker.log"
+    config = write_worker_config(
+        tmp_path / "worker.yaml", service, poll_interval=3, processor_type=processor_type
+    )
+    with worker_process(tmp_path, config, log) as proc:
+        wait_for(lambda: "event=child_start" in log.read_text(), what="the child to start")
+        time.sleep(0.5)  # into its long-poll (were it not yet, the stop would be as quick)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert exited(proc, 15) == 0
+        assert time.monotonic() - started < 1.0  # not the poll_interval (3 s) the poll had left
+    submit(service, "late", "quick", ledger=str(tmp_path / "ledger"))
+    time.sleep(3)  # the abandoned long-poll's wait ends meanwhile, on the service's side
+    assert status(service, "late") == "waiting"  # given back (or never leased), not leased to nobody
+
+
 @pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGHUP])
 def test_restart_reloads_the_configuration_in_new_children(tmp_path: Path, service: str, signum: int) -> None:
     book = tmp_path / "ledger"

@@ -15,6 +15,7 @@ from test_worker_harness import wait_for
 
 import perfectqueue
 from perfectqueue.worker import Base, Dispatch, Signals, Supervisor
+from perfectqueue.worker.polling import Poll
 
 done: list[tuple[str, str]] = []
 
@@ -110,3 +111,17 @@ def test_a_recorded_detach_of_threads_leaves_after_detach_wait_releasing_their_t
         assert queue["long"].metadata().is_waiting()  # a thread cannot outlive its process: released
     assert "event=detach " in supervisor_logs.text
     assert "event=release id=long" in supervisor_logs.text
+
+
+def test_an_abandoned_poll_releases_what_it_gets_and_closes_the_queue(service: str) -> None:
+    queue = perfectqueue.open({"url": service, "queue": "q"})
+    poll = Poll(queue, 1, 300, 5)
+    poll.start()
+    time.sleep(0.3)  # into its long-poll (were it not yet, it would find the task at once)
+    assert poll.take() is None  # not answered: abandoned, as by a stop
+    with perfectqueue.open({"url": service, "queue": "q"}) as other:
+        other.submit("late", "record", {})
+        assert poll.done.wait(10)  # the long-poll got the task…
+        wait_for(lambda: other["late"].metadata().is_waiting(), what="the task to be released")
+        assert other["late"].metadata().attempts == 0  # …and gave it back, its attempt with it
+    wait_for(lambda: queue.backend.client.is_closed, what="the poll to close the queue")

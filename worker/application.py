@@ -6,7 +6,8 @@ overriding :meth:`Base.perform`, which the default ``run`` calls between ``befor
 ``after_perform``.
 
 An exception that escapes a handler goes to :meth:`Base.decide`, which by default logs it and
-retries the task with the error recorded, after the queue's backoff (or the worker's
+retries the task with the error recorded (its type, message and the last frames of its
+traceback), after the queue's backoff (or the worker's
 ``retry_wait`` when its configuration sets one). It never crashes the worker. A
 :class:`~perfectqueue.errors.CancelRequestedError` (the task was cancelled) is not an error of
 the handler: it skips ``decide`` and the task ends as cancelled.
@@ -19,6 +20,7 @@ queues). A task that was preempted meanwhile is never finished.
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from ..errors import CancelRequestedError, PerfectQueueError
@@ -26,6 +28,10 @@ from . import logs, metrics
 from .task import WorkerTask
 
 log = logging.getLogger("perfectqueue.worker")
+ERROR_CHARS = 1000
+"""What the store keeps of ``last_error`` (its ``LAST_ERROR_CHARS``): :func:`report` fits in it,
+so the store's truncation never cuts the frames nearest the error."""
+TRACEBACK = "Traceback (most recent call last):\n"
 
 
 class Base:
@@ -54,12 +60,10 @@ class Base:
         """What to do with a task whose handler raised ``error``: by default retry it later,
         recording the error (the queue counts the attempt: a task out of attempts is dead)."""
         task = self.task
-        described = describe(error)
-        log.error(
-            "%s", logs.fields(event="error", id=task.key, type=task.type, error=described), exc_info=error
-        )
+        line = logs.fields(event="error", id=task.key, type=task.type, error=describe(error))
+        log.error("%s", line, exc_info=error)
         if task.in_hand:
-            retry(task, error=described)
+            retry(task, error=report(error))
 
     def execute(self) -> None:
         """:meth:`run`, with an escaping exception handed to :meth:`decide`."""
@@ -73,8 +77,27 @@ class Base:
 
 
 def describe(error: BaseException) -> str:
-    """An error as the queue records it: its type and message."""
+    """An error in one line: its type and message."""
     return f"{type(error).__name__}: {error}"
+
+
+def report(error: BaseException, limit: int = ERROR_CHARS) -> str:
+    """An error as the queue records it (``last_error``): ``Type: message``, then the last frames
+    of its traceback, as many as fit in ``limit`` characters (the message clipped to half of it)."""
+    head = describe(error)
+    if len(head) > limit // 2:
+        head = head[: limit // 2 - 3] + "..."
+    frames = traceback.format_tb(error.__traceback__)
+    kept: list[str] = []
+    room = limit - len(head) - len(TRACEBACK) - 1
+    for frame in reversed(frames):
+        if len(frame) > room:
+            break
+        kept.insert(0, frame)
+        room -= len(frame)
+    if not kept:
+        return head
+    return f"{head}\n{TRACEBACK}{''.join(kept)}".rstrip("\n")
 
 
 def retry(task: WorkerTask, retry_wait: int | None = None, error: str | None = None, **reason: Any) -> None:

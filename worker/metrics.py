@@ -32,7 +32,7 @@ DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
 def task_done(outcome: str, seconds: float) -> None:
-    """A task left the child's hands: ``outcome`` (finish, retry, release, cancelled, preempted,
+    """A task left the child's hands: ``outcome`` (finish, retry, dead, release, cancelled, preempted,
     unsettled) after ``seconds``."""
     _send(f"task {outcome} {seconds:.6f}")
 

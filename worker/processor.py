@@ -2,8 +2,9 @@
 
     until a stop is requested (or max_request_per_child tasks were handled):
         poll up to 1 + task_prefetch tasks, long-polling up to poll_interval (so the interval
-        applies only when the queue is empty); run them one after another under the task monitor,
-        which keeps every one of them leased while it waits its turn
+        applies only when the queue is empty; a stop ends the wait at once, see :mod:`.polling`);
+        run them one after another under the task monitor, which keeps every one of them leased
+        while it waits its turn
 
 A graceful stop lets the running task finish and takes no more: the tasks in hand that have not
 started (prefetched, or returned by a poll after the stop was requested) are released at once.
@@ -14,6 +15,7 @@ An immediate stop releases every task in hand and ends the processor from the mo
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +25,7 @@ from ..errors import PerfectQueueError
 from . import logs, metrics
 from .application import Base
 from .config import WorkerConfig
+from .polling import Poll
 from .runner import Runner
 from .signals import Signals
 from .task import WorkerTask
@@ -53,6 +56,7 @@ class Processor:
         )
         self.runner = Runner(application, self.monitor, config)
         self.handled = 0
+        self.abandoned_poll = False
 
     def run(self) -> None:
         queue = self.open_queue(self.config.backend)
@@ -62,7 +66,8 @@ class Processor:
                 self._run_batch([self.runner.wrap(task) for task in self._acquire(queue)])
         finally:
             self.monitor.stop()
-            queue.close()
+            if not self.abandoned_poll:
+                queue.close()
 
     def _recycle(self) -> bool:
         if self._used_up():
@@ -97,12 +102,20 @@ class Processor:
         count = 1 + self.config.task_prefetch
         if self.config.max_request_per_child is not None:  # acquire no more than it will run
             count = max(1, min(count, self.config.max_request_per_child - self.handled))
+        poll = Poll(queue, count, self.config.alive_time, interval)
+        with self.monitor.waking(poll.done):
+            poll.start()
+            poll.done.wait()
         try:
-            tasks = queue.poll_multi(max=count, alive_time=self.config.alive_time, wait=interval)
+            tasks = poll.take()
         except PerfectQueueError as exc:
             log.warning("%s", logs.fields(event="poll_failed", error=f"{type(exc).__name__}: {exc}"))
             metrics.poll_failed()
             tasks = []
+        if tasks is None:  # a stop was requested: the poll is left behind, and closes the queue
+            self.abandoned_poll = True
+            return []
         if not tasks:  # a backend without long-polls, or an error: wait out the interval here
-            self.monitor.signals.wait(interval - (time.monotonic() - started))
-        return list(tasks)
+            with self.monitor.waking(threading.Event()) as stop:
+                stop.wait(interval - (time.monotonic() - started))
+        return tasks

@@ -7,7 +7,8 @@ under the task monitor. Afterwards:
 - the task was preempted (its lease taken over): it is left alone, never finished;
 - the handler returned without settling it: the worker finishes it (returning is success);
 - the handler (or its ``decide``) raised: the task is retried with the error recorded, after the
-  queue's backoff (or the worker's ``retry_wait`` if its configuration sets one);
+  queue's backoff (or the worker's ``retry_wait`` if its configuration sets one); a retry of the
+  task's last attempt ends it dead (logged ``event=dead``, see :attr:`WorkerTask.last_attempt`);
 - a cancel was requested while it ran (the handler was interrupted with CancelRequestedError, or
   ignored it): the task ends as cancelled.
 
@@ -22,7 +23,7 @@ import time
 from ..client import AcquiredTask
 from ..errors import AlreadyFinishedError, CancelRequestedError, PerfectQueueError
 from . import logs, metrics
-from .application import Base, describe, retry
+from .application import Base, report, retry
 from .config import WorkerConfig
 from .task import WorkerTask
 from .task_monitor import TaskMonitor
@@ -31,6 +32,7 @@ log = logging.getLogger("perfectqueue.worker")
 OUTCOME_EVENTS = {
     "finished": "finish",
     "retried": "retry",
+    "dead": "dead",
     "released": "release",
     "cancelled": "cancelled",
     "preempted": "preempted",
@@ -71,7 +73,7 @@ class Runner:
         except Exception as exc:  # decide() itself failed: still never crash the worker
             log.exception("%s", logs.fields(event="error", id=task.key, type=task.type, error=exc))
             if task.in_hand:
-                retry(task, error=describe(exc))
+                retry(task, error=report(exc))
 
 
 def end_cancelled(task: WorkerTask) -> None:
@@ -96,6 +98,6 @@ def _finish_on_return(task: WorkerTask) -> None:
 def _log_outcome(task: WorkerTask) -> None:
     event = OUTCOME_EVENTS.get(task.outcome or "", "unsettled")
     duration = time.monotonic() - task.started
-    level = logging.WARNING if event in ("preempted", "unsettled") else logging.INFO
+    level = logging.WARNING if event in ("preempted", "unsettled", "dead") else logging.INFO
     log.log(level, "%s", logs.fields(event=event, id=task.key, type=task.type, duration=duration))
     metrics.task_done(event, duration)

@@ -80,8 +80,10 @@ class Supervisor:
         """Run until stopped (or detached); 0 after a clean stop."""
         log.info("%s", logs.fields(event="supervisor_start", application=self.application.__name__))
         try:
-            while not self.finished:
+            while True:
                 self.step()
+                if self.finished:
+                    break  # at once: the children's exits were just reaped
                 if self.detached:
                     self._leave_children()
                     break

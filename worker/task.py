@@ -17,7 +17,8 @@ Besides the SDK's ``key``, ``type``, ``data``, ``user``, ``lease``, ``finish()``
   submit, or None), from the SDK's task.
 - ``config``: the worker's configuration as loaded (your own keys included), reloaded on restart.
 - ``outcome``: ``None`` while the task is in hand, then ``"finished"``, ``"retried"``,
-  ``"released"``, ``"cancelled"`` or ``"preempted"``.
+  ``"dead"`` (retried on its last attempt, see ``last_attempt``), ``"released"``,
+  ``"cancelled"`` or ``"preempted"``.
 
 Calls are serialised with the task monitor's heartbeats by a lock.
 """
@@ -98,7 +99,16 @@ class WorkerTask(AcquiredTask):
 
     def retry(self, retry_wait: int | None = None, error: str | None = None) -> None:
         wait = self.default_retry_wait if retry_wait is None else retry_wait
-        self._settle("retried", lambda: AcquiredTask.retry(self, wait, error))
+        outcome = "dead" if self.last_attempt else "retried"
+        self._settle(outcome, lambda: AcquiredTask.retry(self, wait, error))
+
+    @property
+    def last_attempt(self) -> bool:
+        """This delivery is the task's last: a retry ends it dead. The service's retry does not say
+        so; the worker compares ``attempts`` with the task's own ``max_attempts`` (from the task's
+        metadata it polled). A task under the queue's default limit is not told it: False then."""
+        limit = self.acquired.max_attempts
+        return limit is not None and self.attempts >= limit
 
     def release(self) -> None:
         self._settle("released", super().release)

@@ -21,8 +21,8 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 
 from ..errors import CancelRequestedError, PerfectQueueError, TaskError, UnavailableError
 from . import logs
@@ -53,10 +53,25 @@ class TaskMonitor:
         self._held: list[WorkerTask] = []
         self._lock = threading.Lock()
         self._done = threading.Event()
+        self._woken: set[threading.Event] = set()
         self._thread = threading.Thread(target=self._run, name="perfectqueue-task-monitor", daemon=True)
 
     def stopping(self) -> bool:
         return self.graceful.is_set() or self.immediate.is_set()
+
+    @contextmanager
+    def waking(self, event: threading.Event) -> Iterator[threading.Event]:
+        """While in the block, a stop request (graceful or immediate) sets ``event``: the
+        processor's wait for a long-poll ends at once when the worker is told to stop."""
+        with self._lock:
+            self._woken.add(event)
+        if self.stopping():
+            event.set()
+        try:
+            yield event
+        finally:
+            with self._lock:
+                self._woken.discard(event)
 
     def start(self) -> None:
         self._thread.start()
@@ -105,13 +120,19 @@ class TaskMonitor:
         for signum in self.signals.take():
             if signum == signal.SIGTTIN:
                 self.detached = True  # the supervisor leaves after detach_wait: do not follow it
-                self.graceful.set()
+                self._request(self.graceful)
             elif signum in (signal.SIGTERM, signal.SIGINT):
-                self.graceful.set()  # repeated every child_kill_interval: escalation is the supervisor's
+                self._request(self.graceful)  # repeated every child_kill_interval: the supervisor escalates
             elif signum == signal.SIGQUIT:
-                self.immediate.set()
+                self._request(self.immediate)
             elif signum == signal.SIGUSR2:
                 logs.reopen()
+
+    def _request(self, stop: threading.Event) -> None:
+        stop.set()
+        with self._lock:
+            for event in self._woken:
+                event.set()
 
     def _beat_child(self) -> None:
         try:
@@ -120,7 +141,7 @@ class TaskMonitor:
             if self.detached:
                 return  # detached: finish the task in hand without the supervisor
             log.error("the supervisor is gone; stopping immediately")
-            self.immediate.set()
+            self._request(self.immediate)
 
     def _beat_task(self) -> None:
         tasks = self.in_hand()

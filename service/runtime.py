@@ -135,8 +135,8 @@ class QueueRuntime:
 
     async def submit_many(self, tasks: Sequence[NewTask]) -> Outcomes:
         set_context(queue=self.name)
-        for index, task in enumerate(tasks):
-            check_data_size(task.data, self.service.max_data_bytes, f"tasks[{index}].data")
+        for task in tasks:  # named by id: the caller may have left out tasks it refused itself
+            check_data_size(task.data, self.service.max_data_bytes, f"the data of task {task.id!r}")
         self.observer.carried("submit", len(tasks))
         outcomes = await self._call(self.store.submit_many, tasks)
         self._count(outcomes, "submitted", REFUSED_SUBMIT)

@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from perfectqueue.service.config import settings_from
+from perfectqueue.service.fastlane import FastLane
 from perfectqueue.service.metrics import ServiceMetrics
 from perfectqueue.service.runtime import QueueRuntime, Runner
 from perfectqueue.service.store import Database, QueueStore
@@ -112,3 +113,11 @@ def queue_runtime(store: QueueStore, run: Runner = in_thread, **settings: Any) -
     (the service's runs them in its worker threads)."""
     served = settings_from({"table": store.table.name, **settings})
     return QueueRuntime(served.queue(store.table.name), served, store, run, ServiceMetrics().queue("q"))
+
+
+def fast_lane(client: Any) -> FastLane:
+    """The short path of a TestClient's app (its ASGI layers unwrapped down to it)."""
+    app: Any = client.app.middleware_stack
+    while not isinstance(app, FastLane):
+        app = app.app
+    return app

@@ -31,9 +31,11 @@ def clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PERFECTQUEUE_")}
 
 
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(*args: str, cwd: Path | None = None, script: bool = False) -> subprocess.CompletedProcess[str]:
+    """The command; ``script``: as its console script runs it (the current directory is not on
+    ``sys.path``, as ``-m`` would put it)."""
     return subprocess.run(
-        [sys.executable, "-m", "perfectqueue", *args],
+        [sys.executable, *(["-P"] if script else []), "-m", "perfectqueue", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -252,7 +254,7 @@ def test_run_imports_the_application_from_the_current_directory(tmp_path: Path) 
         "myapp.tasks:helper": "myapp.tasks:helper is not a perfectqueue.worker Dispatch or Base subclass",
     }
     with ThreadPoolExecutor(len(cases)) as pool:
-        runs = pool.map(lambda app: run_script("run", app, "-c", "bad.yml", cwd=tmp_path), cases)
+        runs = pool.map(lambda app: run("run", app, "-c", "bad.yml", cwd=tmp_path, script=True), cases)
         done = dict(zip(cases, runs, strict=True))
     found = done.pop("myapp.tasks:Dispatcher")
     assert found.returncode == 2 and "Traceback" not in found.stderr, found.stderr
@@ -261,19 +263,6 @@ def test_run_imports_the_application_from_the_current_directory(tmp_path: Path) 
         assert result.returncode == 2, (app, result.stderr)
         assert_one_line_error(app, result.stdout, result.stderr)
         assert cases[app] in result.stderr, (app, result.stderr)
-
-
-def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """The command as its console script runs it: the current directory is not on ``sys.path``."""
-    return subprocess.run(
-        [sys.executable, "-P", "-m", "perfectqueue", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        env=clean_environ(),
-        check=False,
-    )
 
 
 # -- help ------------------------------------------------------------------------------------

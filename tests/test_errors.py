@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import drop_table
+from conftest import drop_table, fast_lane
 
 from perfectqueue.client._http import raise_for
 from perfectqueue.errors import (
@@ -29,7 +29,6 @@ from perfectqueue.errors import (
 from perfectqueue.service import problems
 from perfectqueue.service.app import create_app
 from perfectqueue.service.config import settings_from
-from perfectqueue.service.fastlane import FastLane
 from perfectqueue.service.operations import OPERATIONS
 from perfectqueue.service.store import Database
 
@@ -56,13 +55,6 @@ def clients(db_url: str, table_name: str) -> Iterator[tuple[TestClient, TestClie
         db = Database(db_url)
         drop_table(db, table_name)
         db.dispose()
-
-
-def fast_lane(client: TestClient) -> FastLane:
-    app: Any = client.app.middleware_stack  # type: ignore[attr-defined]
-    while not isinstance(app, FastLane):
-        app = app.app
-    return app
 
 
 def both(

@@ -12,12 +12,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import drop_table
+from conftest import drop_table, fast_lane
 from starlette.types import Receive, Scope, Send
 
 from perfectqueue.service.app import create_app
 from perfectqueue.service.config import settings_from
-from perfectqueue.service.fastlane import FastLane
 from perfectqueue.service.operations import OPERATIONS
 from perfectqueue.service.security import hash_key, new_key
 from perfectqueue.service.store import Database
@@ -57,13 +56,6 @@ def make_client(db_url: str, table_name: str) -> Iterator[Callable[[str], TestCl
             db = Database(db_url)
             drop_table(db, table)
             db.dispose()
-
-
-def fast_lane(client: TestClient) -> FastLane:
-    app: Any = client.app.middleware_stack  # type: ignore[attr-defined]
-    while not isinstance(app, FastLane):
-        app = app.app
-    return app
 
 
 class Behind:

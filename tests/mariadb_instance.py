@@ -61,6 +61,7 @@ class MariaDB:
             MARIADBD,
             "--no-defaults",
             f"--datadir={self.datadir}",
+            f"--tmpdir={self.base}",  # not /tmp: a starting server deletes the #sql files of its tmpdir
             f"--port={self.port}",
             "--bind-address=127.0.0.1",
             f"--socket={self.base / 'mysqld.sock'}",

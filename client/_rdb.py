@@ -13,7 +13,18 @@ from typing import Any
 
 from ..settings import QueueSettings
 from ._calls import Call, R
-from ._types import BatchResult, Failure, Leased, Page, QueueStats, SubmitSpec, TaskMetadata
+from ._types import (
+    INSTANTS,
+    STATES,
+    BatchResult,
+    Failure,
+    Leased,
+    Page,
+    QueueStats,
+    SubmitSpec,
+    TaskMetadata,
+    from_unix,
+)
 
 WAIT_STEP = 0.2
 
@@ -109,9 +120,7 @@ class RdbBackend:
 
     def stats(self) -> QueueStats:
         counts = self.store.counts()
-        return QueueStats(
-            self.name, counts.waiting, counts.running, counts.finished, counts.dead, counts.capped
-        )
+        return QueueStats(self.name, **{name: getattr(counts, name) for name in STATES}, capped=counts.capped)
 
 
 class AsyncRdbBackend:
@@ -150,8 +159,7 @@ def _metadata(task: Any) -> TaskMetadata:
         data=task.data,
         status=task.status.value,
         user=task.user,
-        created_at=task.created_at,
-        timeout=task.timeout,
+        created_at=from_unix(task.created_at),
         max_running=task.max_running,
         compression=task.compression,
         attempts=task.attempts,
@@ -159,6 +167,8 @@ def _metadata(task: Any) -> TaskMetadata:
         last_error=task.last_error,
         cancel_requested=task.cancel_requested,
         traceparent=task.traceparent,
+        leased=task.leased,
+        **{name: from_unix(getattr(task, name)) for name in INSTANTS},
     )
 
 

@@ -72,10 +72,11 @@ def queue_info(name: str, counts: Counts) -> m.QueueInfo:
     return m.QueueInfo(
         name=name,
         waiting=counts.waiting,
-        running=counts.running,
+        leased=counts.leased,
         scheduled=counts.scheduled,
         finished=counts.finished,
         dead=counts.dead,
+        cancelled=counts.cancelled,
         oldest_waiting_age=counts.oldest_waiting_age,
         capped=list(counts.capped),
     )

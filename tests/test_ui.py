@@ -92,11 +92,13 @@ def test_counts_users_listing_and_release(make_app: Callable[..., TestClient]) -
     assert client.post(f"{Q}/force-finish", json={"id": "b3"}).status_code == 204
 
     queue = client.get("/v1/overview").json()["queues"][0]
-    assert {k: queue[k] for k in ("waiting", "running", "scheduled", "finished")} == {
+    assert {k: queue[k] for k in ("waiting", "leased", "scheduled", "finished", "dead", "cancelled")} == {
         "waiting": 8,
-        "running": 4,  # 3 leased, 1 scheduled
+        "leased": 3,
         "scheduled": 1,
         "finished": 1,
+        "dead": 0,
+        "cancelled": 0,
     }
     assert queue["oldest_waiting_age"] >= 0 and len(queue["throughput"]["submitted"]) == 60
     assert queue["capped"] == []
@@ -106,7 +108,7 @@ def test_counts_users_listing_and_release(make_app: Callable[..., TestClient]) -
     }
     users = client.get(f"{Q}/users").json()["users"]
     ann_running = sum(1 for t in leased if t["user"] == "ann")
-    assert users == [{"user": "ann", "running": ann_running, "scheduled": 0, "max_running": 2}]
+    assert users == [{"user": "ann", "leased": ann_running, "scheduled": 0, "max_running": 2}]
 
     everything = sorted([f"a{i}" for i in range(8)] + [f"b{i}" for i in range(4)] + ["later"])
     assert browse_all(client) == everything  # id order
@@ -230,6 +232,9 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, artifacts: Path) -> None
         )
         assert submitted.status_code == 201
         expect(card.locator("[data-stat=waiting] b")).to_have_text("1", timeout=15_000)
+        tiles = ["waiting", "leased", "scheduled", "finished", "dead", "cancelled"]
+        shown = [card.locator(f"[data-stat={t}] b").inner_text() for t in tiles]
+        assert shown == ["1", "0", "0", "0", "0", "0"]
         page.screenshot(path=artifacts / "overview.png")
 
         # The queue page lists it; the task page shows it, decompressed; force-finish it.
@@ -248,6 +253,9 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, artifacts: Path) -> None
         page.screenshot(path=artifacts / "task-confirm.png")
         page.click("#confirm-ok")
         expect(page.locator("#task-state")).to_have_text("finished", timeout=10_000)
+        # Real instants: it ended just now, its row goes in retention_time (never decades ago).
+        expect(page.locator("#task-ended")).to_contain_text("s ago")
+        expect(page.locator("#task-due")).to_contain_text("in ")
         page.screenshot(path=artifacts / "task-finished.png", full_page=True)
         shown = httpx.get(f"{base}{Q}/tasks/report%2F2026-11", headers=app).json()
         assert shown["status"] == "finished"

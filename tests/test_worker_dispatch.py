@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sdk_support import next_time
 from servers import running_service, write_config
 
 import perfectqueue
@@ -124,7 +125,7 @@ def run_one(
 
 def retried_for(queue: perfectqueue.Queue, key: str) -> int:
     """Seconds until a retried task is deliverable again."""
-    return queue[key].metadata().timeout - int(time.time())
+    return next_time(queue[key].metadata()) - int(time.time())
 
 
 def test_an_exact_type_routes_to_its_handler(queue: perfectqueue.Queue) -> None:

@@ -52,9 +52,12 @@ class Overview(BaseModel):
 
 class UserOut(BaseModel):
     user: str
-    running: int
-    scheduled: int
-    max_running: int | None
+    leased: int = Field(description="Tasks of the user held by a worker")
+    scheduled: int = Field(description="Tasks of the user due later, held by nobody")
+    max_running: int | None = Field(
+        description="The most tasks of the user not yet due (leased or scheduled, the original's running) "
+        "that may be at once"
+    )
 
 
 class UserList(BaseModel):
@@ -63,7 +66,7 @@ class UserList(BaseModel):
         "metrics_count_limit tasks not yet due)"
     )
 
-    model_config = m.examples({"users": [{"user": "acme", "running": 2, "scheduled": 1, "max_running": 3}]})
+    model_config = m.examples({"users": [{"user": "acme", "leased": 2, "scheduled": 1, "max_running": 3}]})
 
 
 async def overview_of(queue: QueueRuntime, dashboard: Dashboard) -> tuple[int, QueueOverview]:
@@ -99,7 +102,7 @@ async def overview(
     "/queues/{queue}/users",
     operation_id="listUsers",
     dependencies=[require(*ADMIN)],
-    summary="Per user: tasks running and scheduled, against max_running (the fair scheduler's view)",
+    summary="Per user: tasks leased and scheduled, against max_running (the fair scheduler's view)",
     responses=responses(404),
 )
 async def users(queue: QueueDep) -> UserList:

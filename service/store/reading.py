@@ -21,7 +21,16 @@ from .codec import decode_data
 from .columns import Columns
 from .database import Database
 from .listing import Listing
-from .model import DELETE_OFFSET, EVENT_HORIZON, Outcome, Task, TaskStatus, check_int, check_name
+from .model import (
+    DELETE_OFFSET,
+    EVENT_HORIZON,
+    Retention,
+    RetryPolicy,
+    Task,
+    TaskStatus,
+    check_int,
+    check_name,
+)
 from .rows import is_leased, status_of, to_task
 from .stats import DEFAULT_LIMIT, Counts, UserLoad, count_states, user_loads
 
@@ -42,6 +51,12 @@ class QueueReader:
     _t: ReadOnlyColumnCollection[str, sa.Column[Any]]
     _columns: Columns
     _listing: Listing
+    retention_time: int
+    policy: RetryPolicy
+
+    def _task(self, row: Any, now: int) -> Task:
+        """The task a row holds at ``now``, with when it ended if it did."""
+        return to_task(row, now, Retention(self.retention_time, self.policy.dead_retention_time))
 
     def get(self, task_id: str) -> Task:
         """The task's current state; NotFoundError if there is no row."""
@@ -50,16 +65,16 @@ class QueueReader:
 
         def work(conn: Connection) -> Task:
             row = self._read(conn, task_id)
-            return to_task(row, row.now)
+            return self._task(row, row.now)
 
         return self.db.transaction(work, readonly=True)
 
     def counts(self, limit: int = DEFAULT_LIMIT) -> Counts:
         """Tasks by state, each count stopping at ``limit`` (:mod:`.stats`)."""
-        dead = self._columns.outcome_kept(Outcome.DEAD)
+        outcome = self._t.outcome if self._columns.extended() else None
 
         def work(conn: Connection) -> Counts:
-            return count_states(conn, self.table, self._now(conn), dead, limit)
+            return count_states(conn, self.table, self._now(conn), outcome, limit)
 
         return self.db.transaction(work, readonly=True)
 
@@ -115,7 +130,7 @@ class QueueReader:
                 limit=limit,
                 keep=keep(now),
             )
-            return Page([to_task(r, now) for r in rows], after)
+            return Page([self._task(r, now) for r in rows], after)
 
         return self.db.transaction(work, readonly=True)
 

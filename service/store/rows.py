@@ -19,20 +19,28 @@ from ...errors import (
     PreemptedError,
 )
 from .codec import decode_data
-from .model import Outcome, Task, TaskStatus
+from .model import Outcome, Retention, Task, TaskStatus
 
 
-def to_task(row: Any, now: int, timeout: int | None = None, attempts: int | None = None) -> Task:
-    """The task a row holds at ``now``; ``timeout`` and ``attempts`` as just leased, if given."""
+def to_task(
+    row: Any,
+    now: int,
+    retention: Retention | None = None,
+    timeout: int | None = None,
+    attempts: int | None = None,
+) -> Task:
+    """The task a row holds at ``now``; ``timeout`` and ``attempts`` as just leased, if given.
+    ``retention`` (the store's) tells when an ended task ended (without it: not told)."""
     task_type, data, compression = decode_data(row.id, row.data)
     leased = is_leased(row, now) if timeout is None else True  # a new timeout: just leased
     timeout = row.timeout if timeout is None else timeout
+    status = status_of(row, now, timeout)
     return Task(
         id=row.id,
         type=task_type,
         data=data,
         user=row.resource,
-        status=status_of(row, now, timeout),
+        status=status,
         created_at=row.created_at,
         timeout=timeout,
         max_running=row.max_running,
@@ -43,6 +51,7 @@ def to_task(row: Any, now: int, timeout: int | None = None, attempts: int | None
         cancel_requested=bool(row.cancel_requested),
         traceparent=row.traceparent,
         leased=leased,
+        finished_at=None if retention is None else retention.finished_at(status, timeout),
     )
 
 

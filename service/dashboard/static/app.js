@@ -4,8 +4,7 @@
 
 const KEY = "perfectqueue.apiKey";
 const REFRESH_MS = 3000;
-const STATES = ["waiting", "running", "scheduled", "finished", "dead", "cancelled"];
-const FINISHED_OFFSET = 1000000000;
+const STATES = ["waiting", "leased", "scheduled", "finished", "dead", "cancelled"];
 
 const ui = {
   paused: false,
@@ -106,6 +105,11 @@ function relative(unix, now) {
   else if (span < 86400) text = `${(span / 3600).toFixed(1)}h`;
   else text = `${(span / 86400).toFixed(1)}d`;
   return delta >= 0 ? `in ${text}` : `${text} ago`;
+}
+
+// The API's instants are RFC 3339 strings (null where they do not apply): unix seconds here.
+function unixOf(instant) {
+  return instant === null || instant === undefined ? null : Math.round(Date.parse(instant) / 1000);
 }
 
 function when(unix, now) {
@@ -245,14 +249,14 @@ function chart(throughput) {
 }
 
 function stats(counts) {
-  // The API's running counts every task not yet due; the dashboard shows the leased ones as running.
-  const queue = { ...counts, running: counts.running - counts.scheduled };
+  const queue = counts;
   const stat = (name, label) => {
     const capped = (queue.capped || []).includes(name);
     const title = capped ? "Counting stops here to keep the page fast: there are at least this many." : null;
+    const bad = name === "dead" && queue.dead > 0;
     return h(
       "div",
-      { class: "stat", "data-stat": name, title },
+      { class: `stat${bad ? " bad" : ""}`, "data-stat": name, title },
       h("b", { text: `${number(queue[name])}${capped ? "+" : ""}` }),
       h("span", { text: label }),
     );
@@ -264,9 +268,11 @@ function stats(counts) {
       "div",
       { class: "stats" },
       stat("waiting", "waiting"),
-      stat("running", "running"),
+      stat("leased", "leased"),
       stat("scheduled", "scheduled"),
-      stat("finished", "finished (retained)"),
+      stat("finished", "finished"),
+      stat("dead", "dead"),
+      stat("cancelled", "cancelled"),
     ),
     h("p", { class: "meta", "data-stat": "oldest", text: `Oldest waiting: ${age(queue.oldest_waiting_age)}` }),
     chart(queue.throughput),
@@ -334,9 +340,9 @@ function filterForm(queue, filters) {
 }
 
 function usersTable(users) {
-  if (!users.length) return h("p", { class: "muted", text: "No user has tasks running or scheduled." });
+  if (!users.length) return h("p", { class: "muted", text: "No user has tasks leased or scheduled." });
   const rows = users.map((u) => {
-    const held = u.running + u.scheduled;
+    const held = u.leased + u.scheduled;
     const meter = h("span", { class: `meter${u.max_running !== null && held >= u.max_running ? " full" : ""}` });
     const bar = h("i");
     bar.style.width = `${u.max_running ? Math.min(100, (100 * held) / u.max_running) : 0}%`;
@@ -346,7 +352,7 @@ function usersTable(users) {
       { "data-user": u.user },
       h("td", { class: "id", text: u.user }),
       h("td", {}, meter, `${held} / ${u.max_running === null ? "∞" : u.max_running}`),
-      h("td", { text: number(u.running) }),
+      h("td", { text: number(u.leased) }),
       h("td", { text: number(u.scheduled) }),
     );
   });
@@ -356,16 +362,17 @@ function usersTable(users) {
     h(
       "table",
       { id: "users" },
-      h("thead", {}, h("tr", {}, ["User", "Held / max_running", "Running", "Scheduled"].map((t) => h("th", { text: t })))),
+      h("thead", {}, h("tr", {}, ["User", "Held / max_running", "Leased", "Scheduled"].map((t) => h("th", { text: t })))),
       h("tbody", {}, rows),
     ),
   );
 }
 
-// The API's status, with "running" split as the dashboard shows it: held by a worker (running) or
+// The API's status, with "running" split as the dashboard shows it: held by a worker (leased) or
 // nobody's, due later (scheduled: run_at, retry_wait).
 function withState(task) {
-  return { ...task, state: task.status === "running" && !task.leased ? "scheduled" : task.status };
+  const split = task.leased ? "leased" : "scheduled";
+  return { ...task, state: task.status === "running" ? split : task.status };
 }
 
 // A dashboard state as the task listing's filters: status, and whether a worker holds the task;
@@ -374,9 +381,9 @@ function listingParams(filters) {
   const { state, ...rest } = filters;
   const params = new URLSearchParams({ ...rest, limit: "50" });
   if (state || rest.user) params.set("order", "due");
-  if (state === "running" || state === "scheduled") {
+  if (state === "leased" || state === "scheduled") {
     params.set("status", "running");
-    params.set("leased", String(state === "running"));
+    params.set("leased", String(state === "leased"));
   } else if (state) {
     params.set("status", state);
   }
@@ -384,12 +391,16 @@ function listingParams(filters) {
 }
 
 function dueLabel(state) {
-  const labels = { waiting: "deliverable since", running: "lease expires", scheduled: "runs at" };
+  const labels = { waiting: "deliverable since", leased: "lease expires", scheduled: "runs at" };
   return labels[state] || "retained until";
 }
 
+// The time the Due column shows: when nobody's task is due, when a lease ends, when an ended
+// task's row goes.
 function dueTime(task) {
-  return task.state === "finished" ? task.timeout + FINISHED_OFFSET : task.timeout;
+  if (task.state === "leased") return unixOf(task.lease_expires_at);
+  if (task.state === "waiting" || task.state === "scheduled") return unixOf(task.due_at);
+  return unixOf(task.expires_at);
 }
 
 function tasksTable(queue, page, now) {
@@ -401,7 +412,7 @@ function tasksTable(queue, page, now) {
       h("td", { text: task.type }),
       h("td", { text: task.user ?? "—" }),
       h("td", {}, stateChip(task.state)),
-      h("td", {}, when(task.created_at, now)),
+      h("td", {}, when(unixOf(task.created_at), now)),
       h("td", {}, h("span", { class: "muted", text: `${dueLabel(task.state)} ` }), when(dueTime(task), now)),
     ),
   );
@@ -513,8 +524,8 @@ async function taskPage(queue, id) {
       api("GET", `/v1/overview?queue=${enc(queue)}`).then((o) => o.now),
     ]);
     const field = (label, value) => [h("dt", { text: label }), h("dd", {}, value)];
-    const stamp = (unix) => (unix === null ? "—" : h("span", {}, absolute(unix), h("span", { class: "muted", text: ` (${relative(unix, now)})` })));
-    const live = ["waiting", "running", "scheduled"].includes(task.state);
+    const stamp = (unix, id) => (unix === null ? "—" : h("span", { id }, absolute(unix), h("span", { class: "muted", text: ` (${relative(unix, now)})` })));
+    const live = ["waiting", "leased", "scheduled"].includes(task.state);
     const dead = task.state === "dead";
     body.replaceChildren(
       h(
@@ -527,9 +538,9 @@ async function taskPage(queue, id) {
           field("Type", task.type),
           field("User", task.user ?? "—"),
           field("Status", h("span", { id: "task-state" }, stateChip(task.state))),
-          field("Submitted (created_at)", stamp(task.created_at)),
-          field(dueLabel(task.state)[0].toUpperCase() + dueLabel(task.state).slice(1), stamp(dueTime(task))),
-          task.state === "scheduled" ? field("run_at", stamp(task.timeout)) : null,
+          field("Submitted", stamp(unixOf(task.created_at))),
+          live ? null : field("Ended", stamp(unixOf(task.finished_at), "task-ended")),
+          field(dueLabel(task.state)[0].toUpperCase() + dueLabel(task.state).slice(1), stamp(dueTime(task), "task-due")),
           field("max_running", task.max_running ?? "—"),
           field("Leased", task.leased ? "yes (a worker holds it)" : "no"),
           task.attempts !== undefined ? field("Attempts", `${task.attempts}${task.max_attempts ? ` of ${task.max_attempts}` : ""}`) : null,

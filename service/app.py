@@ -65,5 +65,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_route("/metrics", metrics.endpoint(runtime.run, observer), ["GET"], include_in_schema=False)
     app.include_router(routes.health)
     app.include_router(routes.router)
-    board = dashboard.install(app, runtime, observer.per_minute)
+    board = dashboard.install(app, runtime, observer.per_minute, observer.trouble)
     return app

@@ -46,6 +46,7 @@ EXAMPLE_QUEUE = {
     "finished": 40,
     "dead": 1,
     "cancelled": 0,
+    "dead_last_hour": 1,
     "oldest_waiting_age": 42,
     "capped": [],
 }
@@ -331,6 +332,9 @@ class QueueInfo(BaseModel):
     finished: int = Field(description="Retained tasks that finished (dead and cancelled ones not included)")
     dead: int = Field(description="Retained dead tasks: their attempts are used up")
     cancelled: int = Field(description="Retained cancelled tasks")
+    dead_last_hour: int = Field(
+        default=0, description="Of the dead tasks, those that died in the last hour (by dead_retention_time)"
+    )
     oldest_waiting_age: int | None = Field(
         description="Seconds since the longest-waiting task became deliverable (null: none waiting)"
     )

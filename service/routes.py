@@ -77,6 +77,7 @@ def queue_info(name: str, counts: Counts) -> m.QueueInfo:
         finished=counts.finished,
         dead=counts.dead,
         cancelled=counts.cancelled,
+        dead_last_hour=counts.dead_last_hour,
         oldest_waiting_age=counts.oldest_waiting_age,
         capped=list(counts.capped),
     )

@@ -199,6 +199,10 @@ def test_dead_and_cancelled_tasks_are_counted(make_client: Callable[..., TestCli
     states = ("finished", "dead", "cancelled")
     assert [value(m, "perfectqueue_queue_tasks", queue="q", state=s) for s in states] == [0, 2, 3]
     assert value(m, "perfectqueue_queue_dead_tasks", queue="q") == 2
+    info = client.get(Q).json()
+    assert (info["dead"], info["dead_last_hour"]) == (2, 2)
+    backdate(store_of(client), "dies", 3700)  # it died over an hour ago
+    assert client.get(Q).json()["dead_last_hour"] == 1
 
 
 def test_gauges_count_each_state_and_stop_at_the_limit(make_client: Callable[..., TestClient]) -> None:
@@ -233,7 +237,7 @@ def test_gauges_count_each_state_and_stop_at_the_limit(make_client: Callable[...
     assert (info["waiting"], info["scheduled"]) == (3, 2)
     assert info["capped"] == ["waiting", "leased", "scheduled"]  # 3 not yet due: at the limit
     overview = client.get("/v1/overview").json()["queues"][0]
-    same = ("throughput", "oldest_waiting_age")  # the age may have crossed a second meanwhile
+    same = ("throughput", "trouble", "oldest_waiting_age")  # the age may have crossed a second meanwhile
     assert {k: v for k, v in overview.items() if k not in same} == {k: info[k] for k in info if k not in same}
 
 
@@ -249,6 +253,11 @@ def test_a_failing_database_is_counted_and_its_gauges_left_out(
     assert value(m, "perfectqueue_database_errors_total", queue="q") == 2
     assert value(m, "perfectqueue_queue_tasks", queue="q", state="waiting") is None
     assert value(m, "perfectqueue_tasks_submitted_total", queue="q") == 1
+    # The dashboard's overview tells them too (those this replica saw lately), once it can count.
+    store_of(client).init()
+    (queue,) = client.get("/v1/overview").json()["queues"]
+    errors = 3  # the get, and the gauge queries of both scrapes
+    assert queue["trouble"] == {"window": 900, "database_errors": errors, "lock_wait_max": 0.0}
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # nothing here is the database's

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -103,7 +104,7 @@ def test_counts_users_listing_and_release(make_app: Callable[..., TestClient]) -
     assert queue["oldest_waiting_age"] >= 0 and len(queue["throughput"]["submitted"]) == 60
     assert queue["capped"] == []
     info = client.get(Q).json()  # the same counts as the queue API's (the age may have moved on)
-    assert {k: v for k, v in queue.items() if k not in ("throughput", "oldest_waiting_age")} == {
+    assert {k: v for k, v in queue.items() if k not in ("throughput", "trouble", "oldest_waiting_age")} == {
         k: v for k, v in info.items() if k != "oldest_waiting_age"
     }
     users = client.get(f"{Q}/users").json()["users"]
@@ -192,6 +193,18 @@ def artifacts() -> Path:
     return path
 
 
+def make_dead_and_stale(base: str, headers: dict[str, str], path: Path, table: str) -> None:
+    """A task that died now (its one attempt failed) and one that has waited 1,000 s."""
+    for task in ({"id": "doomed", "type": "t", "max_attempts": 1}, {"id": "stale", "type": "t"}):
+        assert httpx.post(f"{base}{Q}/submit", headers=headers, json=task).status_code == 201
+    (polled,) = httpx.post(f"{base}{Q}/poll", headers=headers, json={"max": 1}).json()["tasks"]
+    assert polled["id"] == "doomed"
+    retry = {"id": "doomed", "lease": polled["lease"], "error": "boom"}
+    assert httpx.post(f"{base}{Q}/retry", headers=headers, json=retry).status_code == 204
+    with sqlite3.connect(path) as db:
+        db.execute(f"UPDATE {table} SET timeout = timeout - 1000 WHERE id = 'stale'")
+
+
 def test_dashboard_in_headless_chromium(tmp_path: Path, artifacts: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -259,6 +272,18 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, artifacts: Path) -> None
         page.screenshot(path=artifacts / "task-finished.png", full_page=True)
         shown = httpx.get(f"{base}{Q}/tasks/report%2F2026-11", headers=app).json()
         assert shown["status"] == "finished"
+
+        # Warnings an operator notices: a task dead in the last hour, tasks nobody works on.
+        make_dead_and_stale(base, app, tmp_path / "q.sqlite3", "ui_q")
+        page.goto(base + "/ui/")
+        expect(card.locator("[data-stat=dead] b")).to_have_text("1", timeout=10_000)
+        expect(card.locator("[data-stat=finished] b")).to_have_text("1")  # dead ones apart
+        expect(card.locator("[data-warning=dead]")).to_contain_text("1 task(s) went dead in the last hour")
+        expect(card.locator("[data-warning=stalled]")).to_contain_text("no worker holds any")
+        assert card.locator(".chart text.axis").filter(has_text="tasks/min").count() == 1
+        page.screenshot(path=artifacts / "overview-warnings.png")
+        card.locator("[data-warning=dead] a").click()
+        expect(page.locator('#tasks tr[data-id="doomed"]')).to_contain_text("dead")
 
         # Every API call the signed-in pages made is one the admin key may make.
         api = [(method, url, status) for method, url, status in calls if url.startswith("/v1/")]

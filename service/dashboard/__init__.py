@@ -14,6 +14,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from ..metrics import PerMinute
 from ..runtime import Runtime
+from ..trouble import Trouble
 from . import api
 from .state import Dashboard
 
@@ -56,9 +57,9 @@ async def ui_asset(name: str) -> Response:
     return asset(name)
 
 
-def install(app: FastAPI, runtime: Runtime, counts: PerMinute) -> Dashboard:
+def install(app: FastAPI, runtime: Runtime, counts: PerMinute, trouble: Trouble) -> Dashboard:
     """Serve the pages and the dashboard's endpoints; the app's lifespan runs its throughput."""
-    dashboard = app.state.dashboard = Dashboard(runtime, counts)
+    dashboard = app.state.dashboard = Dashboard(runtime, counts, trouble)
     app.include_router(pages)
     app.include_router(api.router)
     return dashboard

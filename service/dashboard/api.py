@@ -20,6 +20,7 @@ from ..problems import responses
 from ..routes import QueueDep, administered, queue_info
 from ..runtime import QueueRuntime
 from ..security import require
+from ..trouble import WINDOW as TROUBLE_WINDOW
 from .state import Dashboard, dashboard_of
 from .throughput import WINDOW
 
@@ -28,6 +29,7 @@ router = APIRouter(prefix="/v1", tags=["dashboard"])
 EXAMPLE_OVERVIEW = {
     **m.EXAMPLE_QUEUE,
     "throughput": {"end": 1767225600, "submitted": [5] * WINDOW, "finished": [4] * WINDOW},
+    "trouble": {"window": 900, "database_errors": 0, "lock_wait_max": 0.25},
 }
 
 
@@ -37,10 +39,19 @@ class ThroughputOut(BaseModel):
     finished: list[int] = Field(description="Tasks finished in each of the last 60 minutes, oldest first")
 
 
+class TroubleOut(BaseModel):
+    """What went wrong lately on the replica that answered (each replica keeps its own)."""
+
+    window: int = Field(description="Seconds looked back")
+    database_errors: int = Field(description="Calls that failed because the database did not answer")
+    lock_wait_max: float = Field(description="The longest wait of an acquisition for the table's lock (s)")
+
+
 class QueueOverview(m.QueueInfo):
-    """A queue's counts (as ``GET /v1/queues/{queue}``) and its throughput."""
+    """A queue's counts (as ``GET /v1/queues/{queue}``), its throughput and its recent trouble."""
 
     throughput: ThroughputOut
+    trouble: TroubleOut
 
 
 class Overview(BaseModel):
@@ -73,7 +84,10 @@ async def overview_of(queue: QueueRuntime, dashboard: Dashboard) -> tuple[int, Q
     counts = await queue.counts()
     history = await dashboard.throughput.history(queue)
     series = ThroughputOut(end=history.end, submitted=history.submitted, finished=history.finished)
-    return counts.now, QueueOverview(**queue_info(queue.name, counts).model_dump(), throughput=series)
+    recent = dashboard.trouble.recent(queue.name)
+    trouble = TroubleOut(window=TROUBLE_WINDOW, **asdict(recent))
+    info = queue_info(queue.name, counts).model_dump()
+    return counts.now, QueueOverview(**info, throughput=series, trouble=trouble)
 
 
 @router.get(

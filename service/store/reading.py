@@ -74,7 +74,11 @@ class QueueReader:
         outcome = self._t.outcome if self._columns.extended() else None
 
         def work(conn: Connection) -> Counts:
-            return count_states(conn, self.table, self._now(conn), outcome, limit)
+            now = self._now(conn)
+            dead_retention = self.policy.dead_retention_time
+            return count_states(
+                conn, self.table, now, outcome=outcome, limit=limit, dead_retention=dead_retention
+            )
 
         return self.db.transaction(work, readonly=True)
 

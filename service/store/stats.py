@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .model import EVENT_HORIZON, Outcome
+from .model import DELETE_OFFSET, EVENT_HORIZON, Outcome
 
 STATES = ("waiting", "leased", "scheduled", "finished", "dead", "cancelled")
 """The states :class:`Counts` tells apart, in the order people read them."""
@@ -41,6 +41,8 @@ class Counts:
     """Retained rows of tasks that finished (dead and cancelled ones are not among them)."""
     dead: int = 0
     cancelled: int = 0
+    dead_last_hour: int = 0
+    """Of the dead, those that died in the last hour (by the queue's ``dead_retention_time``)."""
     oldest_waiting_age: int | None = None
     """Seconds the longest-waiting task has been deliverable (None: none waiting)."""
     capped: tuple[str, ...] = ()
@@ -65,12 +67,20 @@ class UserLoad:
 
 
 def count_states(
-    conn: Connection, table: sa.Table, now: int, outcome: sa.ColumnElement[Any] | None, limit: int
+    conn: Connection,
+    table: sa.Table,
+    now: int,
+    *,
+    outcome: sa.ColumnElement[Any] | None,
+    limit: int,
+    dead_retention: int,
 ) -> Counts:
     """Counts of every state at ``now`` in one statement of bounded index range reads
     (``outcome``: the column, None when the table has none: nothing ended dead or cancelled).
     Leased and scheduled are told apart among the first ``limit`` rows not yet due, finished
-    among the first ``limit`` ended ones: past the limit each is a lower bound."""
+    among the first ``limit`` ended ones: past the limit each is a lower bound. A dead row of
+    the last hour has a timeout above ``now - 3600 - DELETE_OFFSET + dead_retention``: a short
+    range of the timeout index (rows kept for less are below it)."""
     t = table.c
 
     def capped(*where: sa.ColumnElement[bool]) -> Any:
@@ -88,6 +98,8 @@ def count_states(
     later = first(t.timeout > now, owner=t.owner)
     ended = first(t.timeout <= EVENT_HORIZON, outcome=kept)
     nothing = sa.literal(0)
+    died = now - 3600 - DELETE_OFFSET + dead_retention
+    recent = (t.timeout > died, t.timeout <= EVENT_HORIZON)
     row = conn.execute(
         sa.select(
             capped(t.timeout > EVENT_HORIZON, t.timeout <= now),
@@ -97,11 +109,14 @@ def count_states(
             count(ended, ended.c.outcome.is_(None)),
             nothing if outcome is None else capped(outcome == Outcome.DEAD.value),
             nothing if outcome is None else capped(outcome == Outcome.CANCELLED.value),
+            nothing if outcome is None else capped(*recent, outcome == Outcome.DEAD.value),
             sa.select(sa.func.min(t.timeout)).where(t.timeout > EVENT_HORIZON).scalar_subquery(),
         )
     ).one()
-    waiting, not_due, scheduled, ended_count, finished, dead, cancelled = (int(v or 0) for v in row[:7])
-    oldest = row[7]
+    waiting, not_due, scheduled, ended_count, finished, dead, cancelled, recent_dead = (
+        int(v or 0) for v in row[:8]
+    )
+    oldest = row[8]
     full = {"waiting": waiting, "dead": dead, "cancelled": cancelled}
     names = [name for name, value in full.items() if value >= limit]
     names[1:1] = ["leased", "scheduled"] if not_due >= limit else []
@@ -113,6 +128,7 @@ def count_states(
         finished=finished,
         dead=dead,
         cancelled=cancelled,
+        dead_last_hour=recent_dead,
         oldest_waiting_age=None if oldest is None or oldest > now else now - int(oldest),
         capped=tuple(names),
         now=now,

@@ -4,6 +4,8 @@
 
 const KEY = "perfectqueue.apiKey";
 const REFRESH_MS = 3000;
+const STALL_AFTER = 300; // seconds the oldest task waits, nothing leased, before a warning
+const LOCK_WAIT_WARN = 1; // seconds an acquisition waited for the table's lock: a warning
 const STATES = ["waiting", "leased", "scheduled", "finished", "dead", "cancelled"];
 
 const ui = {
@@ -217,19 +219,43 @@ function togglePause() {
 
 // -- the chart -----------------------------------------------------------------------------
 
+// A round number at or above n (1, 2 or 5 times a power of ten): the chart's top.
+function niceTop(n) {
+  const power = 10 ** Math.floor(Math.log10(Math.max(1, n)));
+  return [1, 2, 5, 10].map((k) => k * power).find((k) => k >= n);
+}
+
+function chartText(x, y, text, anchor) {
+  const el = svg("text", { x, y, "text-anchor": anchor, class: "axis" });
+  el.textContent = text;
+  return el;
+}
+
 function chart(throughput) {
-  const width = 240;
-  const height = 48;
+  const [left, right, top, bottom] = [34, 6, 20, 16];
+  const [width, height] = [320, 112];
+  const plotW = width - left - right;
+  const plotH = height - top - bottom;
   const all = throughput.submitted.concat(throughput.finished);
-  const top = Math.max(1, ...all);
+  const ceiling = niceTop(Math.max(...all));
   const box = svg("svg", {
-    class: "chart", viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img",
-    "aria-label": "Submitted and finished tasks per minute over the last hour",
+    class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img",
+    "aria-label": `Submitted and finished tasks per minute over the last hour (axis up to ${ceiling} per minute)`,
   });
-  box.append(svg("line", { class: "grid", x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5 }));
+  const y = (v) => top + plotH - (v / ceiling) * plotH;
+  const x = (i, n) => left + (i * plotW) / (n - 1);
+  box.append(chartText(2, 9, "tasks/min", "start"));
+  for (const v of [0, ceiling / 2, ceiling]) {
+    box.append(svg("line", { class: "grid", x1: left, y1: y(v), x2: width - right, y2: y(v) }));
+    box.append(chartText(left - 4, y(v) + 3, number(v), "end"));
+  }
+  for (const minutes of [60, 45, 30, 15, 0]) {
+    const at = left + plotW * (1 - minutes / 60);
+    const anchor = minutes === 60 ? "start" : minutes === 0 ? "end" : "middle";
+    box.append(chartText(at, height - 3, minutes ? `−${minutes} min` : "now", anchor));
+  }
   for (const [series, name] of [[throughput.submitted, "submitted"], [throughput.finished, "finished"]]) {
-    const step = width / (series.length - 1);
-    const points = series.map((v, i) => `${(i * step).toFixed(1)},${(height - 2 - (v / top) * (height - 6)).toFixed(1)}`);
+    const points = series.map((v, i) => `${x(i, series.length).toFixed(1)},${y(v).toFixed(1)}`);
     box.append(svg("polyline", { class: name, points: points.join(" ") }));
   }
   const sum = (xs) => xs.reduce((a, b) => a + b, 0);
@@ -248,6 +274,29 @@ function chart(throughput) {
   );
 }
 
+// What an operator should notice: each a line above the counts, with data-warning naming it.
+function warnings(queue) {
+  const found = [];
+  const trouble = queue.trouble || {};
+  if (queue.paused) found.push(["paused", "Paused: polls get no task; submits are still accepted."]);
+  if (queue.oldest_waiting_age >= STALL_AFTER && queue.leased === 0) {
+    found.push(["stalled", `Tasks have waited ${age(queue.oldest_waiting_age)} and no worker holds any: are the workers running?`]);
+  }
+  if (queue.dead_last_hour > 0) {
+    const link = h("a", { href: `#/queues/${enc(queue.name)}?state=dead`, text: "see the dead tasks" });
+    found.push(["dead", [`${number(queue.dead_last_hour)} task(s) went dead in the last hour: `, link]]);
+  }
+  const minutes = Math.round((trouble.window || 0) / 60);
+  if (trouble.database_errors > 0) {
+    found.push(["errors", `${number(trouble.database_errors)} database error(s) in the last ${minutes} min (on the replica that answered).`]);
+  }
+  if (trouble.lock_wait_max >= LOCK_WAIT_WARN) {
+    found.push(["lock", `Acquisitions waited up to ${trouble.lock_wait_max.toFixed(1)} s for the table's lock in the last ${minutes} min.`]);
+  }
+  if (!found.length) return null;
+  return h("ul", { class: "warnings" }, found.map(([kind, text]) => h("li", { class: "warning", "data-warning": kind }, text)));
+}
+
 function stats(counts) {
   const queue = counts;
   const stat = (name, label) => {
@@ -264,16 +313,8 @@ function stats(counts) {
   return h(
     "div",
     {},
-    h(
-      "div",
-      { class: "stats" },
-      stat("waiting", "waiting"),
-      stat("leased", "leased"),
-      stat("scheduled", "scheduled"),
-      stat("finished", "finished"),
-      stat("dead", "dead"),
-      stat("cancelled", "cancelled"),
-    ),
+    warnings(queue),
+    h("div", { class: "stats" }, STATES.map((name) => stat(name, name))),
     h("p", { class: "meta", "data-stat": "oldest", text: `Oldest waiting: ${age(queue.oldest_waiting_age)}` }),
     chart(queue.throughput),
   );

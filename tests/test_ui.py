@@ -202,7 +202,9 @@ def make_dead_and_stale(base: str, headers: dict[str, str], path: Path, table: s
     retry = {"id": "doomed", "lease": polled["lease"], "error": "boom"}
     assert httpx.post(f"{base}{Q}/retry", headers=headers, json=retry).status_code == 204
     with sqlite3.connect(path) as db:
-        db.execute(f"UPDATE {table} SET timeout = timeout - 1000 WHERE id = 'stale'")
+        db.execute(
+            f"UPDATE {table} SET timeout = timeout - 1000, created_at = created_at - 1000 WHERE id = 'stale'"
+        )
 
 
 def test_dashboard_in_headless_chromium(tmp_path: Path, artifacts: Path) -> None:
@@ -284,6 +286,20 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, artifacts: Path) -> None
         page.screenshot(path=artifacts / "overview-warnings.png")
         card.locator("[data-warning=dead] a").click()
         expect(page.locator('#tasks tr[data-id="doomed"]')).to_contain_text("dead")
+
+        # The task list sorts by due time (the longest waiting first) or by id.
+        assert (
+            httpx.post(f"{base}{Q}/submit", headers=app, json={"id": "a-fresh", "type": "t"}).status_code
+            == 201
+        )
+        ids = page.locator("#tasks tbody tr")
+        for sort, expected in [("due", ["stale", "a-fresh"]), ("id", ["a-fresh", "stale"])]:
+            page.select_option("#filter-state", "waiting")
+            page.select_option("#filter-sort", sort)
+            page.click("#filters button[type=submit]")
+            expect(ids).to_have_count(2)
+            assert [ids.nth(i).get_attribute("data-id") for i in range(2)] == expected, sort
+        expect(page.locator('#tasks tr[data-id="stale"] td.age')).to_have_text("17m")
 
         # Every API call the signed-in pages made is one the admin key may make.
         api = [(method, url, status) for method, url, status in calls if url.startswith("/v1/")]

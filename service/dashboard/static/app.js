@@ -121,7 +121,7 @@ function when(unix, now) {
 
 function age(seconds) {
   if (seconds === null || seconds === undefined) return "none waiting";
-  return relative(0, seconds).replace(" ago", "");
+  return relative(0, Math.max(0, seconds)).replace(" ago", "").replace("in ", "");
 }
 
 const stateChip = (state) => h("span", { class: `state ${state}`, "data-state": state, text: state });
@@ -342,7 +342,7 @@ async function overviewPage() {
 
 function filtersOf(query) {
   const filters = {};
-  for (const name of ["state", "type", "user", "prefix"]) {
+  for (const name of ["state", "type", "user", "prefix", "sort"]) {
     const value = query.get(name);
     if (value) filters[name] = value;
   }
@@ -375,6 +375,13 @@ function filterForm(queue, filters) {
     field("type", "Type", text("type")),
     field("user", "User", text("user")),
     field("prefix", "Id prefix", text("prefix")),
+    field("sort", "Sort by", h(
+      "select",
+      { name: "sort", id: "filter-sort" },
+      h("option", { value: "", text: "default" }),
+      h("option", { value: "due", selected: filters.sort === "due", text: "due time, longest waiting first" }),
+      h("option", { value: "id", selected: filters.sort === "id", text: "id" }),
+    )),
     h("button", { type: "submit", text: "Filter" }),
     h("a", { href: `#/queues/${enc(queue)}`, text: "clear" }),
   );
@@ -417,11 +424,13 @@ function withState(task) {
 }
 
 // A dashboard state as the task listing's filters: status, and whether a worker holds the task;
-// with a state or user in due-time order, which stays on an index however rare the tasks are.
+// by default with a state or user in due-time order, which stays on an index however rare the
+// tasks are, else in id order.
 function listingParams(filters) {
-  const { state, ...rest } = filters;
+  const { state, sort, ...rest } = filters;
   const params = new URLSearchParams({ ...rest, limit: "50" });
-  if (state || rest.user) params.set("order", "due");
+  const order = sort || (state || rest.user ? "due" : "id");
+  if (order === "due") params.set("order", "due");
   if (state === "leased" || state === "scheduled") {
     params.set("status", "running");
     params.set("leased", String(state === "leased"));
@@ -454,6 +463,7 @@ function tasksTable(queue, page, now) {
       h("td", { text: task.user ?? "—" }),
       h("td", {}, stateChip(task.state)),
       h("td", {}, when(unixOf(task.created_at), now)),
+      h("td", { class: "age" }, task.created_at ? age(now - unixOf(task.created_at)) : "—"),
       h("td", {}, h("span", { class: "muted", text: `${dueLabel(task.state)} ` }), when(dueTime(task), now)),
     ),
   );
@@ -463,8 +473,8 @@ function tasksTable(queue, page, now) {
     h(
       "table",
       { id: "tasks" },
-      h("thead", {}, h("tr", {}, ["Id", "Type", "User", "Status", "Submitted", "Due"].map((t) => h("th", { text: t })))),
-      h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 6, class: "muted", text: "No task on this page." }))),
+      h("thead", {}, h("tr", {}, ["Id", "Type", "User", "Status", "Submitted", "Age", "Due"].map((t) => h("th", { text: t })))),
+      h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 7, class: "muted", text: "No task on this page." }))),
     ),
   );
 }

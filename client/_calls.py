@@ -53,6 +53,7 @@ class Direct(Protocol):
         self, status: str | None, task_type: str | None, user: str | None, cursor: str | None, limit: int, /
     ) -> Page: ...
     def stats(self) -> QueueStats: ...
+    def pause(self, paused: bool, /) -> QueueStats: ...
 
 
 class Held(Protocol):
@@ -358,6 +359,23 @@ class Stats(Call[QueueStats]):
 
     def direct(self, store: Direct) -> QueueStats:
         return store.stats()
+
+
+@dataclass(frozen=True, slots=True)
+class Pause(Call[QueueStats]):
+    """Pause the queue (``paused``) or resume it; answered by its counts."""
+
+    paused: bool
+    op: ClassVar[str] = "pause"
+
+    def http(self) -> Http:
+        return Http("POST", "/pause" if self.paused else "/resume")
+
+    def parse(self, body: Any) -> QueueStats:
+        return QueueStats.from_json(body)
+
+    def direct(self, store: Direct) -> QueueStats:
+        return store.pause(self.paused)
 
 
 @dataclass(frozen=True, slots=True)

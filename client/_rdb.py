@@ -120,7 +120,15 @@ class RdbBackend:
 
     def stats(self) -> QueueStats:
         counts = self.store.counts()
-        return QueueStats(self.name, **{name: getattr(counts, name) for name in STATES}, capped=counts.capped)
+        states = {name: getattr(counts, name) for name in STATES}
+        return QueueStats(self.name, **states, capped=counts.capped, paused_at=from_unix(counts.paused_at))
+
+    def pause(self, paused: bool) -> QueueStats:
+        if paused:
+            self.store.pause()
+        else:
+            self.store.resume()
+        return self.stats()
 
 
 class AsyncRdbBackend:

@@ -214,6 +214,12 @@ class QueueStats:
     cancelled: int = 0
     capped: tuple[str, ...] = ()
     """The counts that stopped at the service's count limit: there are at least that many."""
+    paused_at: datetime | None = None
+    """When the queue was paused (None: it is not): polls get nothing, submits are accepted."""
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
 
     @property
     def running(self) -> int:
@@ -223,7 +229,8 @@ class QueueStats:
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> QueueStats:
         counts = {name: int(body.get(name, 0)) for name in STATES}
-        return cls(body["name"], **counts, capped=tuple(body.get("capped", ())))
+        capped, paused_at = tuple(body.get("capped", ())), parse_instant(body.get("paused_at"))
+        return cls(body["name"], **counts, capped=capped, paused_at=paused_at)
 
     def shown(self, name: str) -> str:
         """A count for people: ``10000+`` when it stopped at the limit."""

@@ -98,6 +98,12 @@ class AsyncQueue:
     async def stats(self) -> QueueStats:
         return await self.backend.execute(calls.Stats())
 
+    async def pause(self) -> QueueStats:
+        return await self.backend.execute(calls.Pause(True))
+
+    async def resume(self) -> QueueStats:
+        return await self.backend.execute(calls.Pause(False))
+
 
 class AsyncTask:
     def __init__(self, queue: AsyncQueue, key: str) -> None:

@@ -101,8 +101,16 @@ class Queue:
         return self.tasks()
 
     def stats(self) -> QueueStats:
-        """Waiting, running and retained finished counts."""
+        """The counts of every state, and whether the queue is paused."""
         return self.backend.execute(calls.Stats())
+
+    def pause(self) -> QueueStats:
+        """Pause the queue: polls get nothing (every replica within a second); submits go on."""
+        return self.backend.execute(calls.Pause(True))
+
+    def resume(self) -> QueueStats:
+        """Resume a paused queue."""
+        return self.backend.execute(calls.Pause(False))
 
 
 class Task:

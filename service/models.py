@@ -315,6 +315,39 @@ class TaskRequest(Body):
     model_config = examples({"id": "mail-42"})
 
 
+class BulkRequest(Body):
+    """An operator's action on every task a filter selects (at most ``limit`` in one request)."""
+
+    action: Literal["requeue", "cancel"] = Field(
+        description="requeue: dead tasks waiting again, attempts reset; cancel: as the cancel call, each"
+    )
+    status: Status = Field(description="Only the tasks in this state (requeue applies to dead ones)")
+    type: Annotated[str | None, Field(min_length=1, max_length=255)] = None
+    user: Annotated[str | None, Field(min_length=1, max_length=255)] = None
+    prefix: Annotated[str | None, Field(min_length=1, max_length=255)] = None
+    cursor: Annotated[str | None, Field(min_length=1, max_length=300)] = Field(
+        default=None, description="The next_cursor of the previous request, to go on"
+    )
+    limit: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 1000
+
+    model_config = examples(
+        {"action": "requeue", "status": "dead", "type": "send_mail"},
+        {"action": "cancel", "status": "waiting", "user": "acme"},
+    )
+
+
+class BulkResult(BatchResult):
+    """Each selected task's outcome, as its own call would have answered."""
+
+    next_cursor: str | None = Field(
+        description="More tasks may match: pass it as 'cursor' to go on (null: all were seen)"
+    )
+
+    model_config = examples(
+        {"successful": [{"id": "mail-42"}], "failed": [EXAMPLE_FAILURE], "next_cursor": "mail-43"}
+    )
+
+
 class TaskPage(BaseModel):
     tasks: list[TaskOut]
     next_cursor: str | None = Field(description="Pass as 'cursor' for the next page; null at the end")
@@ -338,6 +371,8 @@ class QueueInfo(BaseModel):
     oldest_waiting_age: int | None = Field(
         description="Seconds since the longest-waiting task became deliverable (null: none waiting)"
     )
+    paused: bool = Field(default=False, description="Polls get no task (submits are accepted)")
+    paused_at: Instant = Field(default=None, description="When the queue was paused (null: it is not)")
     capped: list[str] = Field(
         description="The counts that stopped at metrics_count_limit to stay fast: there are at least "
         "that many"

@@ -298,6 +298,14 @@ class QueueRuntime:
             self.observer.unavailable()
             raise
 
+    async def pause(self) -> None:
+        """Polls get nothing from now on (every replica within a second); submits go on."""
+        await self._call(self.store.pause)
+
+    async def resume(self) -> None:
+        await self._call(self.store.resume)
+        self.polls.notify()  # the long-polls waiting here look at once
+
     async def users(self, users: int) -> list[UserLoad]:
         return await self._call(self.store.users, users, self.service.metrics_count_limit)
 

@@ -210,7 +210,7 @@ def test_a_long_queue_name_is_unknown_too(client: TestClient) -> None:
 
 def test_queues_and_their_counts(client: TestClient) -> None:
     states = ("waiting", "leased", "scheduled", "finished", "dead", "cancelled", "dead_last_hour")
-    empty = dict.fromkeys(states, 0)
+    empty = {**dict.fromkeys(states, 0), "paused": False, "paused_at": None}
     assert client.get("/v1/queues").json() == {
         "queues": [{"name": "q", **empty, "oldest_waiting_age": None, "capped": []}]
     }

@@ -127,6 +127,26 @@ ON_SQLITE = pytest.mark.parametrize("target", ["http-sqlite", "rdb_compat-sqlite
 
 
 @ON_SQLITE
+def test_pause_and_resume_a_queue(config: dict[str, Any]) -> None:
+    q = flags(config)
+    ok("submit", "p1", "t", "{}", *q)
+    try:
+        paused = ok("pause", *q)
+        assert "waiting 1" in paused and "(paused since 20" in paused
+        with perfectqueue.open(config) as queue:
+            assert queue.poll() is None  # polls get nothing
+            queue.submit("p2", "t")  # submits are accepted
+            assert queue.stats().paused
+        assert "(paused since" in ok("stats", *q)
+    finally:
+        resumed = ok("resume", *q)
+    assert "waiting 2" in resumed and "paused" not in resumed
+    with perfectqueue.open(config) as queue:
+        assert sorted(t.key for t in queue.poll_multi(max=5)) == ["p1", "p2"]
+        assert not queue.resume().paused
+
+
+@ON_SQLITE
 def test_errors_are_one_line_and_exit_2(config: dict[str, Any]) -> None:
     q = flags(config)
     assert ok("list", "--json", *q) == ""

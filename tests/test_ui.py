@@ -301,6 +301,29 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, artifacts: Path) -> None
             assert [ids.nth(i).get_attribute("data-id") for i in range(2)] == expected, sort
         expect(page.locator('#tasks tr[data-id="stale"] td.age')).to_have_text("17m")
 
+        # Pause the queue (confirmed): polls get nothing, the page says so; then resume it.
+        page.click("#queue-pause")
+        expect(page.locator("#confirm")).to_be_visible()
+        page.click("#confirm-ok")
+        expect(page.locator("[data-warning=paused]")).to_be_visible(timeout=10_000)
+        page.screenshot(path=artifacts / "queue-paused.png", full_page=True)
+        polled = httpx.post(f"{base}{Q}/poll", headers=app, json={"max": 5})
+        assert polled.json()["tasks"] == []
+        page.click("#queue-resume")
+        page.click("#confirm-ok")
+        expect(page.locator("[data-warning=paused]")).to_have_count(0, timeout=10_000)
+
+        # Bulk actions on a filtered selection, after a confirmation: requeue every dead task.
+        page.goto(base + "/ui/#/queues/q?state=dead&type=t")
+        expect(page.locator("#bulk")).to_have_text("Requeue every dead task of type t")
+        page.click("#bulk")
+        expect(page.locator("#confirm-text")).to_contain_text("attempts reset")
+        page.click("#confirm-ok")
+        expect(page.locator("#flash")).to_contain_text("1 done, 0 refused", timeout=10_000)
+        expect(page.locator('#tasks tr[data-id="doomed"]')).to_have_count(0)
+        polled = httpx.post(f"{base}{Q}/poll", headers=app, json={"max": 5})
+        assert sorted(t["id"] for t in polled.json()["tasks"]) == ["a-fresh", "doomed", "stale"]
+
         # Every API call the signed-in pages made is one the admin key may make.
         api = [(method, url, status) for method, url, status in calls if url.startswith("/v1/")]
         assert api and all(status < 400 for _, _, status in api), api

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from ...errors import AlreadyExistsError, InvalidError, PerfectQueueError
-from . import throughput
+from . import pausing, throughput
 from .acquire import Acquisition
 from .actions import OperatorActions
 from .codec import encode_data
@@ -90,6 +90,18 @@ class QueueStore(LeaseOperations, OperatorActions):
         self._columns = Columns(db, self.table, changed=self._acquisition.use_columns)
         """The table's column set; the hot statements are prepared once per set (``prepared``)."""
         self._listing = Listing(self.table, self._columns.selected)
+        self._pause = pausing.PauseFlag(db, table)
+
+    # -- pausing ---------------------------------------------------------------------------
+
+    def pause(self) -> int | None:
+        """Pause the queue: acquisitions hand out nothing (every process within PAUSE_RECHECK
+        seconds); submits and calls on leased tasks go on. When it was paused."""
+        return self._pause.set(True)
+
+    def resume(self) -> None:
+        """Resume a paused queue (one not paused stays so)."""
+        self._pause.set(False)
 
     # -- schema ----------------------------------------------------------------------------
 
@@ -98,6 +110,7 @@ class QueueStore(LeaseOperations, OperatorActions):
         (idempotent)."""
         done = init_table(self.db, self.table)
         self.db.transaction(throughput.create)  # shared by the queues of a database: not reported
+        self.db.transaction(pausing.create)  # the same
         self._columns.use(extended=True)
         return done
 
@@ -197,6 +210,8 @@ class QueueStore(LeaseOperations, OperatorActions):
         check_duration("alive_time", alive_time, 1)
         lease = secrets.randbelow(MAX_LEASE) + 1
         self.extended()
+        if self._pause.paused_at() is not None:
+            return []
         ended: dict[Outcome, int] = {}
 
         def work(conn: Connection) -> list[AcquiredTask]:

@@ -8,7 +8,7 @@ Every read takes the database's clock in its own transaction and turns rows into
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,6 +31,7 @@ from .model import (
     check_int,
     check_name,
 )
+from .pausing import PauseFlag
 from .rows import is_leased, status_of, to_task
 from .stats import DEFAULT_LIMIT, Counts, UserLoad, count_states, user_loads
 
@@ -53,6 +54,7 @@ class QueueReader:
     _listing: Listing
     retention_time: int
     policy: RetryPolicy
+    _pause: PauseFlag
 
     def _task(self, row: Any, now: int) -> Task:
         """The task a row holds at ``now``, with when it ended if it did."""
@@ -80,7 +82,7 @@ class QueueReader:
                 conn, self.table, now, outcome=outcome, limit=limit, dead_retention=dead_retention
             )
 
-        return self.db.transaction(work, readonly=True)
+        return replace(self.db.transaction(work, readonly=True), paused_at=self._pause.paused_at())
 
     def users(self, users: int = 200, limit: int = DEFAULT_LIMIT) -> list[UserLoad]:
         """Per user, tasks running and scheduled against max_running, among the first ``limit``

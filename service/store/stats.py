@@ -49,6 +49,8 @@ class Counts:
     """The counts that stopped at the limit: there are at least that many."""
     now: int = 0
     """The database's clock when counted."""
+    paused_at: int | None = None
+    """When the queue was paused (None: it is not): polls get nothing, submits are accepted."""
 
     @property
     def running(self) -> int:

@@ -1,5 +1,5 @@
 """The original's command-line tool for tasks: list, submit, force_finish, show, stats; and
-cancel and requeue (of a dead task), beyond the original. ``force-finish`` is a hidden alias.
+cancel, requeue (of a dead task), pause and resume, beyond the original. ``force-finish`` is a hidden alias.
 
 They talk to the service (``type: http``, the default) or straight to the database
 (``type: rdb_compat`` with the seed's ``url`` and ``table``), configured as the SDK is: a YAML
@@ -15,7 +15,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from .client import Queue, TaskMetadata, open
+from .client import Queue, QueueStats, TaskMetadata, open
 from .client._types import INSTANTS, STATES
 from .configfile import read_section
 from .errors import InvalidError
@@ -75,6 +75,11 @@ def add_parsers(commands: Any) -> None:
 
     stats = _parser(commands, "stats", "waiting, leased, scheduled, finished, dead and cancelled counts")
     stats.set_defaults(command=show_stats)
+
+    pause = _parser(commands, "pause", "pause the queue: polls get nothing, submits are still accepted")
+    pause.set_defaults(command=pause_queue, paused=True)
+    resume = _parser(commands, "resume", "resume a paused queue")
+    resume.set_defaults(command=pause_queue, paused=False)
 
 
 def _parser(commands: Any, name: str, help_text: str, *, listed: bool = True) -> argparse.ArgumentParser:
@@ -167,9 +172,21 @@ def show_task(args: argparse.Namespace) -> int:
 def show_stats(args: argparse.Namespace) -> int:
     with open_queue(args) as queue:
         stats = queue.stats()
-    counts = ", ".join(f"{name} {stats.shown(name)}" for name in STATES)
-    print(f"{stats.name}: {counts}")
+    print(_stats_line(stats))
     return 0
+
+
+def pause_queue(args: argparse.Namespace) -> int:
+    with open_queue(args) as queue:
+        stats = queue.pause() if args.paused else queue.resume()
+    print(_stats_line(stats))
+    return 0
+
+
+def _stats_line(stats: QueueStats) -> str:
+    counts = ", ".join(f"{name} {stats.shown(name)}" for name in STATES)
+    paused = f" (paused since {_readable(_rfc3339(stats.paused_at))})" if stats.paused else ""
+    return f"{stats.name}: {counts}{paused}"
 
 
 def state_of(task: TaskMetadata) -> str:

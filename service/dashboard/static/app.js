@@ -101,6 +101,7 @@ function absolute(unix) {
 function relative(unix, now) {
   const delta = unix - now;
   const span = Math.abs(delta);
+  if (span === 0) return "now";
   let text;
   if (span < 60) text = `${span}s`;
   else if (span < 3600) text = `${Math.round(span / 60)}m`;
@@ -121,7 +122,7 @@ function when(unix, now) {
 
 function age(seconds) {
   if (seconds === null || seconds === undefined) return "none waiting";
-  return relative(0, Math.max(0, seconds)).replace(" ago", "").replace("in ", "");
+  return seconds > 0 ? relative(0, seconds).replace(" ago", "") : "0s";
 }
 
 const stateChip = (state) => h("span", { class: `state ${state}`, "data-state": state, text: state });
@@ -211,7 +212,7 @@ async function tick(first) {
 
 function togglePause() {
   ui.paused = !ui.paused;
-  $("#pause").textContent = ui.paused ? "Resume" : "Pause";
+  $("#pause").textContent = ui.paused ? "Resume updates" : "Pause updates";
   $("#pause").setAttribute("aria-pressed", String(ui.paused));
   if (ui.paused) stopTimer();
   else if (ui.refresh) tick();
@@ -484,16 +485,21 @@ async function queuePage(queue, query) {
   const filters = filtersOf(query);
   ui.cursors = [null];
   const summary = h("div", { id: "summary", class: "panel" });
+  const control = h("div", { id: "queue-control", class: "actions" });
+  const flash = h("div", { id: "flash" });
   const users = h("div", { id: "users-holder" });
   const tasks = h("div", { id: "tasks-holder" });
   const pager = h("div", { class: "pager" });
   setMain(
     h("h1", { text: `Queue ${queue}` }),
+    flash,
+    control,
     summary,
     h("h2", { text: "Users (fair scheduling)" }),
     users,
     h("h2", { text: "Tasks" }),
     filterForm(queue, filters),
+    bulkBar(queue, filters, flash),
     tasks,
     pager,
   );
@@ -512,6 +518,7 @@ async function queuePage(queue, query) {
     ]);
     const info = overview.queues.find((q) => q.name === queue);
     summary.replaceChildren(info ? stats(info) : notice("error", "This key does not administer this queue."));
+    control.replaceChildren(info ? pauseButton(queue, info.paused, flash) : "");
     users.replaceChildren(usersTable(loads.users));
     tasks.replaceChildren(tasksTable(queue, page, overview.now));
     const pageNo = ui.cursors.length;
@@ -522,6 +529,58 @@ async function queuePage(queue, query) {
       h("button", { type: "button", id: "next-page", disabled: !page.next_cursor, onclick: () => move([...ui.cursors, page.next_cursor]), text: "Next →" }),
     );
   };
+}
+
+// With a dead or waiting filter: requeue or cancel every task it selects (after a confirmation),
+// a request of up to 1,000 tasks at a time until the selection is done.
+function bulkBar(queue, filters, flash) {
+  const action = { dead: "requeue", waiting: "cancel" }[filters.state];
+  if (!action) return null;
+  const of = [
+    filters.type ? `of type ${filters.type}` : "",
+    filters.user ? `of user ${filters.user}` : "",
+    filters.prefix ? `with ids starting ${filters.prefix}` : "",
+  ].filter(Boolean).join(", ");
+  const label = `${action === "requeue" ? "Requeue every dead task" : "Cancel every waiting task"}${of ? ` ${of}` : ""}`;
+  const effect = action === "requeue" ? "Each becomes waiting again, its attempts reset." : "Each ends cancelled and is never delivered.";
+  const run = async () => {
+    const body = { action, status: filters.state };
+    for (const name of ["type", "user", "prefix"]) if (filters[name]) body[name] = filters[name];
+    let [done, refused] = [0, 0];
+    try {
+      for (let round = 0; round < 100; round++) {
+        const answer = await api("POST", `${queuePath(queue)}/bulk`, body);
+        done += answer.successful.length;
+        refused += answer.failed.length;
+        if (!answer.next_cursor) break;
+        body.cursor = answer.next_cursor;
+      }
+      flash.replaceChildren(notice("ok", `${label}: ${number(done)} done, ${number(refused)} refused (changed meanwhile).`));
+    } catch (err) {
+      if (failed(err)) return;
+      flash.replaceChildren(notice("error", `${label} stopped after ${number(done)}: ${err.message}`));
+    }
+    tick();
+  };
+  return h("div", { class: "actions" }, h("button", { type: "button", class: "danger", id: "bulk", text: label, onclick: () => confirmThen(`${label}? ${effect}`, run) }));
+}
+
+// Pause or resume a queue (every replica follows within a second), after a confirmation.
+function pauseButton(queue, paused, flash) {
+  const [label, path, question, done] = paused
+    ? ["Resume queue", "resume", `Resume queue ${queue}? Workers get its tasks again.`, "Queue resumed."]
+    : ["Pause queue", "pause", `Pause queue ${queue}? Polls get no task until it is resumed; submits are still accepted and leased tasks run on.`, "Queue paused."];
+  const run = async () => {
+    try {
+      await api("POST", `${queuePath(queue)}/${path}`);
+      flash.replaceChildren(notice("ok", done));
+    } catch (err) {
+      if (failed(err)) return;
+      flash.replaceChildren(notice("error", `${label} failed: ${err.message}`));
+    }
+    tick();
+  };
+  return h("button", { type: "button", class: paused ? "primary" : "danger", id: `queue-${path}`, text: label, onclick: () => confirmThen(question, run) });
 }
 
 function confirmThen(text, action) {

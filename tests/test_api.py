@@ -644,7 +644,7 @@ def test_retry_with_zero_wait_is_delivered_again(client: TestClient) -> None:
 
 
 def test_retry_defaults_to_the_settings_retry_wait(make_client: Callable[..., TestClient]) -> None:
-    client = make_client(retry_wait=777)
+    client = make_client(retry_wait=777, retry_backoff="constant")
     lease = acquire(client, "a")
     assert client.post(f"{Q}/retry", json={"id": "a", "lease": lease}).status_code == 204
     now = int(time.time())

@@ -233,6 +233,7 @@ App.route("failing", Failing)
 @pytest.fixture
 def queue(db_url: str, table_name: str, store: QueueStore) -> Iterator[perfectqueue.Queue]:
     config = {"type": "rdb_compat", "url": db_url, "table": table_name, "retry_wait": 50, "max_attempts": 3}
+    config["retry_backoff"] = "constant"
     with perfectqueue.open(config) as opened:
         yield opened
 

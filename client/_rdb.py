@@ -86,8 +86,8 @@ class RdbBackend:
         results = self.store.finish_many([(key, int(lease)) for key, lease in tasks])
         return _batch([key for key, _ in tasks], results)
 
-    def retry(self, id: str, lease: str, retry_wait: int | None, error: str | None) -> None:
-        self.store.retry(id, int(lease), retry_wait, error)
+    def retry(self, id: str, lease: str, retry_wait: int | None, error: str | None, dead: bool) -> None:
+        self.store.retry(id, int(lease), retry_wait, error, dead)
 
     def cancel(self, id: str) -> TaskMetadata:
         return _metadata(self.store.cancel(id))

@@ -158,8 +158,10 @@ class AsyncAcquiredTask(AsyncTask):
     async def finish(self) -> None:
         await self.queue.backend.execute(calls.Finish(self.key, self.lease))
 
-    async def retry(self, retry_wait: int | None = None, error: str | None = None) -> None:
-        await self.queue.backend.execute(calls.Retry(self.key, self.lease, retry_wait, error))
+    async def retry(
+        self, retry_wait: int | None = None, error: str | None = None, *, dead: bool = False
+    ) -> None:
+        await self.queue.backend.execute(calls.Retry(self.key, self.lease, retry_wait, error, dead))
 
     async def release(self) -> None:
         await self.queue.backend.execute(calls.Release(self.key, self.lease))

@@ -273,6 +273,11 @@ class RetryRequest(LeaseRequest):
     error: Annotated[str | None, Field(max_length=65536)] = Field(
         default=None, description="What failed (e.g. the exception's type and message); kept truncated"
     )
+    dead: bool = Field(
+        default=False,
+        description="Give up: the task ends dead now, whatever its attempts (e.g. a type no handler "
+        "knows); requeue it once that is fixed",
+    )
 
     model_config = examples(
         {"id": "mail-42", "lease": EXAMPLE_LEASE, "retry_wait": 60},

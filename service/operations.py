@@ -154,7 +154,7 @@ async def finish_batch(queue: QueueRuntime, body: m.FinishBatchRequest, _call: C
 
 
 async def retry(queue: QueueRuntime, body: m.RetryRequest, _call: Call) -> None:
-    await queue.retry(body.id, lease_of(body.lease), body.retry_wait, body.error)
+    await queue.retry(body.id, lease_of(body.lease), body.retry_wait, body.error, body.dead)
 
 
 async def release(queue: QueueRuntime, body: m.LeaseRequest, _call: Call) -> None:

@@ -643,6 +643,15 @@ def test_retry_with_zero_wait_is_delivered_again(client: TestClient) -> None:
     assert_problem(client.post(f"{Q}/finish", json={"id": "a", "lease": lease}), 409, "preempted")
 
 
+def test_retry_with_dead_gives_up_at_once(client: TestClient) -> None:
+    lease = acquire(client, "a")
+    body = {"id": "a", "lease": lease, "error": "UnknownType: no route", "dead": True}
+    assert client.post(f"{Q}/retry", json=body).status_code == 204
+    task = get(client, "a")
+    assert (task["status"], task["attempts"], task["last_error"]) == ("dead", 1, "UnknownType: no route")
+    assert poll(client) == []
+
+
 def test_retry_defaults_to_the_settings_retry_wait(make_client: Callable[..., TestClient]) -> None:
     client = make_client(retry_wait=777, retry_backoff="constant")
     lease = acquire(client, "a")

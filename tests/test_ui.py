@@ -256,6 +256,7 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, artifacts: Path) -> None
         card.locator("h2 a").click()
         row = page.locator('#tasks tr[data-id="report/2026-11"]')
         expect(row).to_contain_text("waiting")
+        assert "null" not in page.locator("#main").inner_text()  # no bulk action without a filter
         page.screenshot(path=artifacts / "queue.png", full_page=True)
         row.locator("a").click()
         expect(page.locator("#task-state")).to_have_text("waiting")

@@ -43,7 +43,7 @@ function svg(tag, attrs) {
 const $ = (selector) => document.querySelector(selector);
 
 function setMain(...children) {
-  $("#main").replaceChildren(...children);
+  $("#main").replaceChildren(...children.filter((child) => child !== null && child !== undefined));
 }
 
 // -- the API -------------------------------------------------------------------------------

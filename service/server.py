@@ -33,6 +33,7 @@ from .app import create_app
 from .config import Settings
 from .runtime import Runtime
 from .security import check_exposure
+from .store import redact
 
 log = logging.getLogger("perfectqueue.service")
 
@@ -119,4 +120,17 @@ def serve(settings: Settings, log_level: str = "info") -> None:
         timeout_graceful_shutdown=math.floor(settings.shutdown_grace),
         server_header=False,
     )
+    announce(settings)
     Server(config, app.state.runtime, settings.shutdown_grace, settings.shutdown_delay).run()
+
+
+def announce(settings: Settings) -> None:
+    """Say where the queues are stored and where to look: one line per database, one for the pages."""
+    by_url: dict[str, list[str]] = {}
+    for name in settings.queues:
+        by_url.setdefault(redact(settings.queue(name).url), []).append(name)
+    for url, names in by_url.items():
+        log.info("queues %s on %s", ", ".join(names), url)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    base = f"http://{host}:{settings.port}"
+    log.info("dashboard %s/ui, API docs %s/docs, metrics %s/metrics", base, base, base)

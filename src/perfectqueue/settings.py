@@ -181,6 +181,8 @@ class WorkerSettings(Declared):
     child_heartbeat_limit: float = setting(10.0, "seconds of silence after which a child is frozen", gt=0)
     child_fork_frequency_limit: float = setting(5.0, "the fewest seconds between forks of a child", gt=0)
     detach_wait: float = setting(10.0, "seconds a detaching supervisor waits", gt=0)
+    replace_on_cont: bool = setting(False, "SIGCONT starts a graceful binary replace, as in the original")
+    """Off by default: a shell sends CONT on its own (``fg`` after Ctrl-Z, ``timeout``)."""
     max_request_per_child: int | None = setting(None, "tasks after which a child is replaced", ge=1)
     task_prefetch: int = setting(0, "extra tasks a child acquires with each poll", ge=0)
     log: str | None = setting(None, "the log file (None: stderr)")

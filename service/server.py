@@ -28,6 +28,7 @@ from types import FrameType
 
 import uvicorn
 
+from ..configfile import ignored_line
 from . import logs
 from .app import create_app
 from .config import Settings
@@ -125,7 +126,10 @@ def serve(settings: Settings, log_level: str = "info") -> None:
 
 
 def announce(settings: Settings) -> None:
-    """Say where the queues are stored and where to look: one line per database, one for the pages."""
+    """Say where the queues are stored and where to look: one line per database, one for the
+    pages, and one for the original's keys the settings held that mean nothing here."""
+    if settings.ignored:
+        log.info("%s", ignored_line(settings.ignored))
     by_url: dict[str, list[str]] = {}
     for name in settings.queues:
         by_url.setdefault(redact(settings.queue(name).url), []).append(name)

@@ -55,6 +55,7 @@ from .store import (
 )
 from .store.observer import StoreObserver
 from .store.throughput import MinuteCounts
+from .store.tls import with_tls
 
 log = logging.getLogger("perfectqueue.service")
 
@@ -410,11 +411,12 @@ class Runtime:
         pool = PoolOptions(size=settings.pool_size, overflow=settings.pool_overflow)
         for name in settings.queues:
             resolved = settings.queue(name)
-            if resolved.url not in self.databases:
-                self.databases[resolved.url] = Database(resolved.url, pool, settings.isolation_level)
+            url = with_tls(resolved.url, resolved.sslca, resolved.ssl_mode)
+            if url not in self.databases:
+                self.databases[url] = Database(url, pool, settings.isolation_level)
             queue_observer = observer.queue(name)
             store = QueueStore(
-                self.databases[resolved.url],
+                self.databases[url],
                 resolved.table,
                 retention_time=resolved.retention_time,
                 fair=resolved.fair,

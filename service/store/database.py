@@ -112,7 +112,7 @@ class Database:
             hosts = split_hosts(plain)
             self.nodes = NodeSet([Node(i, u, _mysql_engine(u, pool, isolation)) for i, u in enumerate(hosts)])
             for node in self.nodes.nodes:
-                attach(node.engine, node, self.nodes.several, sync_wait)
+                attach(node.engine, node, self.nodes, sync_wait)
         self.retried: Counter[str] = Counter()  # conflicts, reconnects, node errors: for logs and tests
         self._skip_locked: bool | None = None
         self._warned_lock = False

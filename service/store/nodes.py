@@ -28,9 +28,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 log = logging.getLogger("perfectqueue.store")
 
-NODE_ERRNOS = {1047, 1053, 1927, 2002, 2003, 2006, 2013, 2055}
+NODE_ERRNOS = {1047, 1053, 1180, 1927, 2002, 2003, 2006, 2013, 2055}
 """The node, not the statement, is the problem: WSREP not ready (non-primary), server shutting
-down, connection killed, cannot connect, server gone, connection lost."""
+down, a commit refused (1180: on a Galera node, "not connected to Primary Component" while
+appending the write set; the commit failed, so it is repeated on the next node), connection
+killed, cannot connect, server gone, connection lost."""
 
 DEFAULT_SYNC_WAIT = 3
 """``wsrep_sync_wait`` bits 1 (reads) and 2 (UPDATE/DELETE): a statement first waits until the node
@@ -39,6 +41,9 @@ reaches another node than the poll or submit before it still sees that write."""
 
 SYNCED = "4"  # wsrep_local_state
 PROBE_INTERVAL = 3.0
+SETTLE = 2.0
+"""Seconds a node before the current one must stay usable before the store moves back to it: a
+thawed node reports itself synced about a second before it is in the primary component again."""
 SYNC_WAIT = re.compile(r"[?&]wsrep_sync_wait=(\d+)")
 
 
@@ -122,12 +127,16 @@ class NodeSet:
             self._probing = True
         threading.Thread(target=self._probe_preferred, name="pq-node-probe", daemon=True).start()
 
+    def is_current(self, node: Node) -> bool:
+        return self.nodes[self.current] is node
+
     def _probe_preferred(self) -> None:
-        """After a pause, move back to the first node before the current one that is synced."""
+        """After a pause, move back to the first node before the current one that is usable, and
+        still usable ``SETTLE`` seconds later."""
         try:
             time.sleep(PROBE_INTERVAL)
             for node in self.nodes[: self.current]:
-                if not self._closed and is_synced(node.engine):
+                if not self._closed and is_usable(node.engine) and self._settled(node):
                     with self._lock:
                         left = self.nodes[self.current] if node.index < self.current else None
                         if left is not None:
@@ -135,35 +144,55 @@ class NodeSet:
                             self.current = node.index
                             self.switches += 1
                     if left is not None:
-                        left.engine.dispose()  # its idle connections would be stale when next used
+                        left.engine.dispose()  # its idle connections; the busy ones close at check-in
                     return
         finally:
             with self._lock:
                 self._probing = False
 
+    def _settled(self, node: Node) -> bool:
+        time.sleep(SETTLE)
+        return not self._closed and is_usable(node.engine)
 
-def is_synced(engine: Engine) -> bool:
-    """Does this node answer, and is it a synced member of the primary component?"""
+
+def is_usable(engine: Engine) -> bool:
+    """Does this node answer, and may it be written through (see :func:`unusable`)?"""
     try:
         with engine.connect() as conn:
-            return wsrep_state(conn.connection.dbapi_connection) in (None, SYNCED)
+            status = galera_status(conn.connection.dbapi_connection)
     except SQLAlchemyError:
         return False
+    return status is None or unusable(status) is None
 
 
-def wsrep_state(dbapi_conn: Any) -> str | None:
-    """``wsrep_local_state`` of a Galera node ('4': synced), None when the server is no Galera node."""
+def galera_status(dbapi_conn: Any) -> dict[str, str] | None:
+    """A Galera node's ``wsrep_local_state``, ``wsrep_cluster_status`` and ``wsrep_ready``;
+    None when the server is no Galera node."""
     cursor = dbapi_conn.cursor()
     try:
         cursor.execute("SHOW VARIABLES LIKE 'wsrep_on'")
         row = cursor.fetchone()
         if row is None or str(row[1]).upper() != "ON":
             return None
-        cursor.execute("SHOW STATUS LIKE 'wsrep_local_state'")
-        row = cursor.fetchone()
-        return "0" if row is None else str(row[1])
+        cursor.execute(
+            "SHOW STATUS WHERE Variable_name IN ('wsrep_local_state', 'wsrep_cluster_status', 'wsrep_ready')"
+        )
+        return {str(name): str(value) for name, value in cursor.fetchall()}
     finally:
         cursor.close()
+
+
+def unusable(status: dict[str, str]) -> str | None:
+    """Why a Galera node may not be written through (None: synced, in the primary component and
+    ready)."""
+    state = status.get("wsrep_local_state", "0")
+    if state != SYNCED:
+        return f"not synced (wsrep_local_state {state})"
+    if status.get("wsrep_cluster_status") != "Primary":
+        return f"not in the primary component (wsrep_cluster_status {status.get('wsrep_cluster_status')})"
+    if status.get("wsrep_ready", "").upper() != "ON":
+        return "not ready (wsrep_ready OFF)"
+    return None
 
 
 def on_connect(
@@ -173,14 +202,15 @@ def on_connect(
     when there are other nodes to use, and set ``wsrep_sync_wait``."""
 
     def hook(dbapi_conn: Any, _record: Any) -> None:
-        state = wsrep_state(dbapi_conn)
-        node.galera = state is not None
-        if state is None:
+        status = galera_status(dbapi_conn)
+        node.galera = status is not None
+        if status is None:
             if several:
                 raise error(1105, f"node {node.index + 1} is no Galera node; the url lists several")
             return
-        if several and state != SYNCED:
-            raise error(1047, f"node {node.index + 1} is not synced (wsrep_local_state {state})")
+        why = unusable(status) if several else None
+        if why is not None:
+            raise error(1047, f"node {node.index + 1} is {why}")
         cursor = dbapi_conn.cursor()
         try:
             wait = DEFAULT_SYNC_WAIT if sync_wait is None else sync_wait
@@ -191,8 +221,16 @@ def on_connect(
     return hook
 
 
-def attach(engine: Engine, node: Node, several: bool, sync_wait: int | None) -> None:
-    """Hook ``on_connect`` into the engine; its refusals are the driver's own OperationalError, so
-    that the store handles them as it handles the server's."""
+def attach(engine: Engine, node: Node, nodes: NodeSet, sync_wait: int | None) -> None:
+    """Hook ``on_connect`` into the engine (its refusals are the driver's own OperationalError, so
+    that the store handles them as it handles the server's); and close a connection that comes
+    back to the pool of a node the store has left, so that none stays open on it."""
     error = engine.dialect.loaded_dbapi.OperationalError
-    sa.event.listen(engine, "connect", on_connect(node, several, sync_wait, error))
+    sa.event.listen(engine, "connect", on_connect(node, nodes.several, sync_wait, error))
+    if nodes.several:
+
+        def checkin(_dbapi_conn: Any, record: Any) -> None:
+            if not nodes.is_current(node) and record.dbapi_connection is not None:
+                record.invalidate()
+
+        sa.event.listen(engine, "checkin", checkin)

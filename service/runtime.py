@@ -444,6 +444,12 @@ class Runtime:
             if auto_init or (auto_init is None and queue.store.db.is_sqlite):
                 await queue.init()
 
+    def check(self) -> None:
+        """Before serving: refuse databases that cannot work (ConfigError), e.g. a url whose hosts
+        are not nodes of one Galera cluster."""
+        for db in self.databases.values():
+            db.check()
+
     def begin_shutdown(self) -> None:
         """Readiness fails and every waiting long-poll returns empty, at once."""
         self.draining = True

@@ -111,6 +111,7 @@ def serve(settings: Settings, log_level: str = "info") -> None:
     """Serve until stopped by SIGTERM or SIGINT (refused on a public address without keys)."""
     prepare_logs(settings, log_level)
     app = create_app(settings)
+    app.state.runtime.check()
     config = uvicorn.Config(
         app,
         host=settings.host,

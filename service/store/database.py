@@ -123,6 +123,11 @@ class Database:
         """The engine of the node in use (the only one unless the url lists several)."""
         return self.nodes.active().engine
 
+    def check(self) -> None:
+        """At start: a url listing several hosts names nodes of one Galera cluster (ConfigError)."""
+        if self.nodes.several:
+            self.nodes.check()
+
     def dispose(self) -> None:
         if self.retried or self.nodes.switches:
             log.warning(

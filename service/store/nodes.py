@@ -26,6 +26,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from ...errors import ConfigError
+
 log = logging.getLogger("perfectqueue.store")
 
 NODE_ERRNOS = {1047, 1053, 1180, 1927, 2002, 2003, 2006, 2013, 2055}
@@ -40,6 +42,7 @@ has applied every write the cluster committed before it, so a finish, heartbeat 
 reaches another node than the poll or submit before it still sees that write."""
 
 SYNCED = "4"  # wsrep_local_state
+NOT_ONE_CLUSTER = 1105  # the errno of the connect hook's refusal: the url's hosts are not one cluster
 PROBE_INTERVAL = 3.0
 SETTLE = 2.0
 """Seconds a node before the current one must stay usable before the store moves back to it: a
@@ -87,6 +90,7 @@ class NodeSet:
     current: int = 0
     switches: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    cluster: str | None = None  # wsrep_cluster_state_uuid of the first node seen
     _probing: bool = False
     _closed: bool = False
 
@@ -126,6 +130,29 @@ class NodeSet:
                 return
             self._probing = True
         threading.Thread(target=self._probe_preferred, name="pq-node-probe", daemon=True).start()
+
+    def check(self) -> None:
+        """At start: every node that answers is a Galera node of one cluster, else ConfigError
+        naming the odd one. A node that does not answer is checked when it is first used."""
+        for node in self.nodes:
+            try:
+                with node.engine.connect():
+                    pass
+            except SQLAlchemyError as exc:
+                args = getattr(getattr(exc, "orig", None), "args", ())
+                if args and args[0] == NOT_ONE_CLUSTER:
+                    raise ConfigError(f"the database url lists several hosts, but {args[1]}") from None
+                log.warning(
+                    "database node %d does not answer; checked when first used: %s", node.index + 1, exc
+                )
+
+    def learn(self, node: Node, cluster: str) -> str | None:
+        """Why ``node`` may not be used with the others (its cluster is not theirs), or None."""
+        with self._lock:
+            self.cluster = self.cluster or cluster
+        if cluster != self.cluster:
+            return f"node {node.index + 1} belongs to another cluster (wsrep_cluster_state_uuid {cluster})"
+        return None
 
     def is_current(self, node: Node) -> bool:
         return self.nodes[self.current] is node
@@ -175,7 +202,8 @@ def galera_status(dbapi_conn: Any) -> dict[str, str] | None:
         if row is None or str(row[1]).upper() != "ON":
             return None
         cursor.execute(
-            "SHOW STATUS WHERE Variable_name IN ('wsrep_local_state', 'wsrep_cluster_status', 'wsrep_ready')"
+            "SHOW STATUS WHERE Variable_name IN "
+            "('wsrep_local_state', 'wsrep_cluster_status', 'wsrep_ready', 'wsrep_cluster_state_uuid')"
         )
         return {str(name): str(value) for name, value in cursor.fetchall()}
     finally:
@@ -196,21 +224,25 @@ def unusable(status: dict[str, str]) -> str | None:
 
 
 def on_connect(
-    node: Node, several: bool, sync_wait: int | None, error: Callable[[int, str], Exception]
+    node: Node, nodes: NodeSet, sync_wait: int | None, error: Callable[[int, str], Exception]
 ) -> Callable[[Any, Any], None]:
-    """The pool's connect hook: learn whether the node is Galera, refuse one that is not synced
-    when there are other nodes to use, and set ``wsrep_sync_wait``."""
+    """The pool's connect hook: learn whether the node is Galera; when the url lists several,
+    refuse one of another cluster and one that is not usable; set ``wsrep_sync_wait``."""
 
     def hook(dbapi_conn: Any, _record: Any) -> None:
         status = galera_status(dbapi_conn)
         node.galera = status is not None
         if status is None:
-            if several:
-                raise error(1105, f"node {node.index + 1} is no Galera node; the url lists several")
+            if nodes.several:
+                raise error(NOT_ONE_CLUSTER, f"node {node.index + 1} is no Galera node")
             return
-        why = unusable(status) if several else None
-        if why is not None:
-            raise error(1047, f"node {node.index + 1} is {why}")
+        if nodes.several:
+            foreign = nodes.learn(node, status.get("wsrep_cluster_state_uuid", ""))
+            if foreign is not None:
+                raise error(NOT_ONE_CLUSTER, foreign)
+            why = unusable(status)
+            if why is not None:
+                raise error(1047, f"node {node.index + 1} is {why}")
         cursor = dbapi_conn.cursor()
         try:
             wait = DEFAULT_SYNC_WAIT if sync_wait is None else sync_wait
@@ -226,7 +258,7 @@ def attach(engine: Engine, node: Node, nodes: NodeSet, sync_wait: int | None) ->
     that the store handles them as it handles the server's); and close a connection that comes
     back to the pool of a node the store has left, so that none stays open on it."""
     error = engine.dialect.loaded_dbapi.OperationalError
-    sa.event.listen(engine, "connect", on_connect(node, nodes.several, sync_wait, error))
+    sa.event.listen(engine, "connect", on_connect(node, nodes, sync_wait, error))
     if nodes.several:
 
         def checkin(_dbapi_conn: Any, record: Any) -> None:

@@ -148,6 +148,7 @@ def _init(args: argparse.Namespace) -> int:
     if settings.ignored:
         logging.getLogger("perfectqueue").info("%s", ignored_line(settings.ignored))
     runtime = Runtime(settings, ServiceMetrics())
+    runtime.check()
     for name, queue in runtime.queues.items():
         done = queue.store.init()
         print(f"{name} ({queue.settings.table}): {', '.join(done) if done else 'up to date'}")

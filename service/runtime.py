@@ -40,7 +40,7 @@ from ..logformat import set_context
 from .batching import Batcher
 from .config import ResolvedQueue, Settings
 from .limits import check_data_size
-from .longpoll import LongPoll
+from .longpoll import LongPoll, PollSlots
 from .store import (
     AcquiredTask,
     Counts,
@@ -116,12 +116,16 @@ class QueueRuntime:
         store: QueueStore,
         run: Runner,
         observer: QueueObserver,
+        *,
+        slots: PollSlots | None = None,
     ) -> None:
         self.name, self.settings, self.service = settings.name, settings, service
         self.store, self.run, self.observer = store, run, observer
         self.finishes: Batcher[tuple[str, int], None] = Batcher(self._finish_merged)
         self.submits: Batcher[NewTask, None] = Batcher(self._submit_merged)
-        self.polls = LongPoll(self._acquire, self._has_waiting, self.give_back, service.poll_check_interval)
+        slots = slots or PollSlots(service.max_long_polls)
+        check = service.poll_check_interval
+        self.polls = LongPoll(self._acquire, self._has_waiting, self.give_back, check, slots)
 
     # -- producing ------------------------------------------------------------------------------
 
@@ -407,11 +411,14 @@ class Runtime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.databases: dict[str, Database] = {}
         self.queues: dict[str, QueueRuntime] = {}
+        self.slots = PollSlots(settings.max_long_polls)  # shared by the queues: a limit per replica
         pool = PoolOptions(size=settings.pool_size, overflow=settings.pool_overflow)
         for name in settings.queues:
             resolved = settings.queue(name)
             if resolved.url not in self.databases:
-                self.databases[resolved.url] = Database(resolved.url, pool, settings.isolation_level)
+                self.databases[resolved.url] = Database(
+                    resolved.url, pool, settings.isolation_level, settings.statement_timeout
+                )
             queue_observer = observer.queue(name)
             store = QueueStore(
                 self.databases[resolved.url],
@@ -422,7 +429,8 @@ class Runtime:
                 policy=resolved.retry_policy(),
                 observer=queue_observer,
             )
-            self.queues[name] = QueueRuntime(resolved, settings, store, self.run, queue_observer)
+            runtime = QueueRuntime(resolved, settings, store, self.run, queue_observer, slots=self.slots)
+            self.queues[name] = runtime
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking call in a worker thread (its wait for the thread observed)."""

@@ -31,6 +31,7 @@ import uvicorn
 from . import logs
 from .app import create_app
 from .config import Settings
+from .connections import ConnectionLimits, guarded_protocol
 from .runtime import Runtime
 from .security import check_exposure
 
@@ -105,6 +106,15 @@ def prepare_logs(settings: Settings, log_level: str = "info") -> None:
     check_exposure(settings)
 
 
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        max_head_bytes=settings.max_head_bytes,
+        head_timeout=settings.head_timeout,
+        body_timeout=settings.body_timeout,
+        max_connections=settings.max_connections,
+    )
+
+
 def serve(settings: Settings, log_level: str = "info") -> None:
     """Serve until stopped by SIGTERM or SIGINT (refused on a public address without keys)."""
     prepare_logs(settings, log_level)
@@ -118,5 +128,7 @@ def serve(settings: Settings, log_level: str = "info") -> None:
         access_log=False,  # the service writes its own access line (logs.RequestLog)
         timeout_graceful_shutdown=math.floor(settings.shutdown_grace),
         server_header=False,
+        http=guarded_protocol(connection_limits(settings)),
+        timeout_keep_alive=settings.keep_alive_timeout,
     )
     Server(config, app.state.runtime, settings.shutdown_grace, settings.shutdown_delay).run()

@@ -175,6 +175,12 @@ class TaskOut(BaseModel):
         description="Running and held by a worker; a running task that nobody holds is scheduled for "
         "later (submitted with run_at, or retried with a wait)",
     )
+    data_withheld: bool = Field(
+        default=False,
+        description="The stored data is over the service's max_data_bytes once inflated (written by "
+        "another writer): it is not sent (data is empty, type the part of the id before its first dot); "
+        "a poll never delivers such a task, it ends dead",
+    )
 
     model_config = examples(EXAMPLE_TASK)
 
@@ -196,6 +202,7 @@ class TaskOut(BaseModel):
             cancel_requested=task.cancel_requested,
             traceparent=task.traceparent,
             leased=task.leased,
+            data_withheld=task.data_withheld,
         )
 
 

@@ -428,6 +428,7 @@ class Runtime:
                 lock=resolved.acquire_lock,
                 policy=resolved.retry_policy(),
                 observer=queue_observer,
+                max_data_bytes=settings.max_data_bytes,
             )
             runtime = QueueRuntime(resolved, settings, store, self.run, queue_observer, slots=self.slots)
             self.queues[name] = runtime

@@ -23,6 +23,7 @@ operations (:mod:`.leases`), the operator's actions (:mod:`.actions`) and the re
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +45,8 @@ from .observer import StoreObserver, Unobserved
 from .reading import Page
 from .rows import to_task
 from .schema import build_table, init_table
+
+log = logging.getLogger("perfectqueue.store")
 
 __all__ = ["LEASE_EXPIRED", "MAX_LEASE", "Page", "QueueStore"]
 
@@ -75,6 +78,7 @@ class QueueStore(LeaseOperations, OperatorActions):
         lock: str = "skip_locked",
         policy: RetryPolicy | None = None,
         observer: StoreObserver | None = None,
+        max_data_bytes: int | None = None,
     ) -> None:
         if lock not in ("skip_locked", "get_lock"):
             raise InvalidError("lock must be 'skip_locked' or 'get_lock'")
@@ -85,6 +89,9 @@ class QueueStore(LeaseOperations, OperatorActions):
         self.lock = lock
         self.policy = policy or RetryPolicy()
         self.observer: StoreObserver = observer or Unobserved()
+        self.max_data_bytes = max_data_bytes
+        """Data over this once inflated is not read (None: no limit, for the SDK's direct backend,
+        whose caller reads its own table): see ``acquire`` and ``Task.data_withheld``."""
         self._t = self.table.c
         self._acquisition = Acquisition(db, self.table, fair=fair, lock=lock)
         self._columns = Columns(db, self.table, changed=self._acquisition.use_columns)
@@ -199,29 +206,49 @@ class QueueStore(LeaseOperations, OperatorActions):
         self.extended()
         ended: dict[Outcome, int] = {}
 
-        def work(conn: Connection) -> list[AcquiredTask]:
+        def work(conn: Connection) -> tuple[int, Sequence[Row[Any]]]:
             ended.clear()  # a retried transaction counts again
             now, rows = self._acquisition.rows(conn, max_tasks)
             live = [r for r in rows if not (r.cancel_requested or self._exhausted(r))]
             if len(live) < len(rows):
                 ended.update(self._end_undeliverable(conn, [r for r in rows if r not in live]))
-            if not live:
-                return []
-            timeout = now + alive_time
-            lease_rows = self._columns.prepared("lease", self._lease_rows)
-            conn.execute(lease_rows, {"ids": [r.id for r in live], "new_timeout": timeout, "lease": lease})
-            counted = self._columns.attempt
-            return [
-                AcquiredTask(to_task(r, now, timeout=timeout, attempts=r.attempts + counted), lease)
-                for r in live
-            ]
+            if live:
+                lease_rows = self._columns.prepared("lease", self._lease_rows)
+                conn.execute(
+                    lease_rows, {"ids": [r.id for r in live], "new_timeout": now + alive_time, "lease": lease}
+                )
+            return now, live
 
-        acquired = self.db.transaction(
+        now, rows = self.db.transaction(
             work, lock=self._acquisition.lock_name(), timed=self.observer.lock_held
         )
+        counted = self._columns.attempt
+        tasks = [  # decoded once the transaction (and the table's lock) is let go
+            to_task(
+                r, now, timeout=now + alive_time, attempts=r.attempts + counted, limit=self.max_data_bytes
+            )
+            for r in rows
+        ]
+        withheld = [task.id for task in tasks if task.data_withheld]
+        if withheld:
+            ended[Outcome.DEAD] = ended.get(Outcome.DEAD, 0) + self._bury(withheld, lease)
         for outcome, count in ended.items():
             self.observer.ended(outcome, count)
-        return acquired
+        return [AcquiredTask(task, lease) for task in tasks if not task.data_withheld]
+
+    def _bury(self, ids: list[str], lease: int) -> int:
+        """Tasks just leased whose data is over max_data_bytes once inflated (written so by another
+        writer: a Ruby process, the SDK's direct backend) end dead, saying why, rather than be
+        delivered without their data. Fenced by the lease; if this fails, the lease runs out and
+        the next acquisition tries again."""
+        error = f"DataTooLarge: the task's data is over max_data_bytes ({self.max_data_bytes}) once inflated"
+        where = sa.and_(self._t.id.in_(ids), self._t.owner == lease)
+        ended = self._end(where, Outcome.DEAD).values(last_error=error)
+        try:
+            return int(self.db.transaction(lambda conn: conn.execute(ended).rowcount))
+        except PerfectQueueError as exc:  # the others are leased already: deliver them
+            log.warning("could not end %d tasks with data over max_data_bytes: %s", len(ids), exc)
+            return 0
 
     def _lease_rows(self) -> sa.Update:
         values = {

@@ -7,7 +7,7 @@ Every read takes the database's clock in its own transaction and turns rows into
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,17 +42,15 @@ class QueueReader:
     _t: ReadOnlyColumnCollection[str, sa.Column[Any]]
     _columns: Columns
     _listing: Listing
+    max_data_bytes: int | None
 
     def get(self, task_id: str) -> Task:
         """The task's current state; NotFoundError if there is no row."""
         check_name("id", task_id)
         self._columns.extended()
 
-        def work(conn: Connection) -> Task:
-            row = self._read(conn, task_id)
-            return to_task(row, row.now)
-
-        return self.db.transaction(work, readonly=True)
+        row = self.db.transaction(lambda conn: self._read(conn, task_id), readonly=True)
+        return to_task(row, row.now, limit=self.max_data_bytes)  # decoded outside the transaction
 
     def counts(self, limit: int = DEFAULT_LIMIT) -> Counts:
         """Tasks by state, each count stopping at ``limit`` (:mod:`.stats`)."""
@@ -98,11 +96,11 @@ class QueueReader:
                     return False
                 if leased is not None and is_leased(row, now) is not leased:
                     return False
-                return task_type is None or decode_data(row.id, row.data)[0] == task_type
+                return task_type is None or decode_data(row.id, row.data, self.max_data_bytes)[0] == task_type
 
             return accepts
 
-        def work(conn: Connection) -> Page:
+        def work(conn: Connection) -> tuple[int, Sequence[Row[Any]], str | None]:
             now = self._now(conn)
             rows, after = self._listing.page(
                 conn,
@@ -115,9 +113,10 @@ class QueueReader:
                 limit=limit,
                 keep=keep(now),
             )
-            return Page([to_task(r, now) for r in rows], after)
+            return now, rows, after
 
-        return self.db.transaction(work, readonly=True)
+        now, rows, after = self.db.transaction(work, readonly=True)
+        return Page([to_task(r, now, limit=self.max_data_bytes) for r in rows], after)
 
     def ping(self) -> None:
         """One index probe of the table: UnavailableError unless the database answers."""

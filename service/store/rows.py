@@ -22,15 +22,23 @@ from .codec import decode_data
 from .model import Outcome, Task, TaskStatus
 
 
-def to_task(row: Any, now: int, timeout: int | None = None, attempts: int | None = None) -> Task:
-    """The task a row holds at ``now``; ``timeout`` and ``attempts`` as just leased, if given."""
-    task_type, data, compression = decode_data(row.id, row.data)
+def to_task(
+    row: Any,
+    now: int,
+    timeout: int | None = None,
+    attempts: int | None = None,
+    *,
+    limit: int | None = None,
+) -> Task:
+    """The task a row holds at ``now``; ``timeout`` and ``attempts`` as just leased, if given;
+    its data withheld when over ``limit`` bytes."""
+    task_type, data, compression = decode_data(row.id, row.data, limit)
     leased = is_leased(row, now) if timeout is None else True  # a new timeout: just leased
     timeout = row.timeout if timeout is None else timeout
     return Task(
         id=row.id,
         type=task_type,
-        data=data,
+        data={} if data is None else data,
         user=row.resource,
         status=status_of(row, now, timeout),
         created_at=row.created_at,
@@ -43,6 +51,7 @@ def to_task(row: Any, now: int, timeout: int | None = None, attempts: int | None
         cancel_requested=bool(row.cancel_requested),
         traceparent=row.traceparent,
         leased=leased,
+        data_withheld=data is None,
     )
 
 

@@ -54,6 +54,7 @@ from .store import (
     UserLoad,
 )
 from .store.observer import StoreObserver
+from .store.rows import within
 from .store.throughput import MinuteCounts
 
 log = logging.getLogger("perfectqueue.service")
@@ -162,12 +163,22 @@ class QueueRuntime:
         if wait > self.service.max_poll_wait:
             raise InvalidError(f"wait must be at most {self.service.max_poll_wait} seconds")
         started = time.perf_counter()
-        tasks = await self.polls.poll(max_tasks, alive_time or self.settings.alive_time, wait)
+        tasks = await self.within_budget(
+            await self.polls.poll(max_tasks, alive_time or self.settings.alive_time, wait)
+        )
         if tasks and wait > 0 and gone is not None and await gone():
             await self.give_back(tasks)
             tasks = []
         self.observer.polled(time.perf_counter() - started, bool(tasks))
         return tasks
+
+    async def within_budget(self, tasks: list[AcquiredTask]) -> list[AcquiredTask]:
+        """The leading tasks whose data fits in ``max_response_bytes``; the rest are given back
+        (waiting again at once, their attempt not counted)."""
+        fit = len(list(within((t.task for t in tasks), self.service.max_response_bytes)))
+        if fit < len(tasks):
+            await self.give_back(tasks[fit:])
+        return tasks[:fit]
 
     async def heartbeat(
         self, task_id: str, lease: int, alive_time: int | None = None, data: dict[str, Any] | None = None
@@ -274,8 +285,10 @@ class QueueRuntime:
         order: str = "id",
         cursor: str | None = None,
         limit: int = 100,
+        with_data: bool = False,
     ) -> Page:
-        """A page of tasks, filtered (``QueueStore.list``)."""
+        """A page of tasks, filtered (``QueueStore.list``), without their data unless asked; with
+        it, the page stops at ``max_response_bytes`` of data."""
         set_context(queue=self.name)
         return await self._call(
             lambda: self.store.list(
@@ -287,6 +300,8 @@ class QueueRuntime:
                 order=order,
                 cursor=cursor,
                 limit=limit,
+                with_data=with_data,
+                max_bytes=self.service.max_response_bytes,
             )
         )
 

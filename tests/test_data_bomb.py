@@ -31,7 +31,7 @@ def test_inflating_stops_at_the_limit() -> None:
     blob = bomb(200 * 1024 * 1024)  # 200 MiB from about 200 KB
     started = time.process_time()
     assert inflate(blob, LIMIT) is None
-    assert decode_data("x.1", blob, LIMIT) == ("x", None, "gzip")
+    assert decode_data("x.1", blob, LIMIT)[:3] == ("x", None, "gzip")
     assert time.process_time() - started < 0.5  # inflating it whole takes seconds and 200 MiB
 
 
@@ -39,10 +39,10 @@ def test_data_at_the_limit_and_several_members_are_read() -> None:
     data = {"pad": "a" * (LIMIT - len('{"pad":""}'))}
     assert len(compact_json(data)) == LIMIT  # as large as a submit may send
     stored = gzip.compress(compact_json({**data, "type": "t" * 255}).encode(), mtime=0)
-    assert decode_data("x", stored, LIMIT) == ("t" * 255, data, "gzip")
+    assert decode_data("x", stored, LIMIT)[:3] == ("t" * 255, data, "gzip")
     two = gzip.compress(b'{"type":"t",', mtime=0) + gzip.compress(b'"a":1}', mtime=0)
-    assert decode_data("x", two, LIMIT) == ("t", {"a": 1}, "gzip")
-    assert decode_data("x", b"\x1f\x8bnot gzip", LIMIT) == ("x", {}, "gzip")  # as before: empty data
+    assert decode_data("x", two, LIMIT)[:3] == ("t", {"a": 1}, "gzip")
+    assert decode_data("x", b"\x1f\x8bnot gzip", LIMIT)[:3] == ("x", {}, "gzip")  # as before: empty data
 
 
 def insert_raw(db: Database, table: sa.Table, task_id: str, data: bytes) -> None:

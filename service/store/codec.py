@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
-from typing import Any
+from typing import Any, NamedTuple
 
 GZIP_MAGIC = b"\x1f\x8b"
 HUGE = 2**62  # no limit
@@ -30,10 +30,17 @@ def encode_data(task_type: str, data: dict[str, Any], compression: str | None) -
     return encoded
 
 
-def decode_data(
-    task_id: str, stored: bytes | str | None, limit: int | None = None
-) -> tuple[str, dict[str, Any] | None, str | None]:
-    """(type, data, compression) from stored bytes, as the original reads them.
+class Decoded(NamedTuple):
+    type: str
+    data: dict[str, Any] | None
+    """None: over the limit, not read."""
+    compression: str | None
+    size: int
+    """Bytes of the stored JSON (inflated), or the limit it passed."""
+
+
+def decode_data(task_id: str, stored: bytes | str | None, limit: int | None = None) -> Decoded:
+    """The type, data and compression from stored bytes, as the original reads them.
 
     Unreadable JSON reads as empty data (as the original does); a missing type falls back to
     the part of the id before its first dot. Data over ``limit`` bytes (once inflated: gzip is
@@ -48,7 +55,7 @@ def decode_data(
         compression = "gzip"
         blob = inflate(raw, limit)
     if blob is None or len(blob) > limit:
-        return task_id.split(".", 1)[0], None, compression
+        return Decoded(task_id.split(".", 1)[0], None, compression, limit)
     try:
         parsed = json.loads(blob) if blob else {}
     except ValueError:
@@ -57,7 +64,7 @@ def decode_data(
     task_type = data.pop("type", None)
     if not isinstance(task_type, str) or not task_type:
         task_type = task_id.split(".", 1)[0]
-    return task_type, data, compression
+    return Decoded(task_type, data, compression, len(blob))
 
 
 def inflate(blob: bytes, limit: int) -> bytes | None:

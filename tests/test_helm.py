@@ -255,6 +255,7 @@ def test_the_service_settings_are_valid_and_shutdown_fits_the_grace(chart: Any, 
     assert settings.keep_alive_timeout > 60  # an ingress's idle upstream connections: 60 s usually
     assert settings.max_long_polls < settings.max_connections <= 1000
     assert settings.statement_timeout + 1 < settings.shutdown_grace
+    assert settings.max_response_bytes <= 8 * 1024 * 1024  # with a poll's data decoded: under 512Mi
 
 
 def test_the_worker_settings_are_valid_and_stop_before_kubernetes_kills(chart: Any) -> None:

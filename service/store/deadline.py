@@ -9,7 +9,8 @@ hold every request that reaches it for as long as the driver's socket waits. Two
 - the client's: PyMySQL's connect, read and write timeouts, one second longer than the server's,
   so that they fire only when the server does not answer at all (a frozen or unreachable one).
   The connection is then dropped and the request answered 503, without the reconnect-and-retry
-  that a dropped connection otherwise gets (it would wait as long again).
+  that a dropped connection otherwise gets (it would wait as long again); with several Galera
+  nodes the transaction moves to the next node, as for any node error.
 
 MySQL has no per-statement limit for writes (``max_execution_time`` applies to SELECTs only), so
 there only the client's bound applies. SQLite waits for its file lock (``busy_timeout``) instead.

@@ -33,8 +33,8 @@ log = logging.getLogger("perfectqueue.service")
 MAX_WAITING = 1000
 """The default of ``max_long_polls``."""
 
-Acquire = Callable[[int, int], Awaitable[list[AcquiredTask]]]
-"""One acquisition: (max tasks, alive_time) -> the tasks leased."""
+Acquire = Callable[[int, int, int], Awaitable[list[AcquiredTask]]]
+"""One acquisition: (max tasks, alive_time, for how many polls) -> the tasks leased."""
 GiveBack = Callable[[list[AcquiredTask]], Awaitable[None]]
 """Tasks leased for callers that have gone: make them deliverable again (never raises)."""
 
@@ -128,7 +128,7 @@ class LongPoll:
                 self.immediate.pop(alive_time, None)
 
     async def _shares(self, wants: list[int], alive_time: int) -> list[list[AcquiredTask]]:
-        shares, _ = split(await self.acquire(sum(wants), alive_time), wants)
+        shares, _ = split(await self.acquire(sum(wants), alive_time, len(wants)), wants)
         return shares
 
     async def _left(self, shares: list[list[AcquiredTask]]) -> None:
@@ -187,7 +187,7 @@ class LongPoll:
         nothing, with the table's lock held, under fair scheduling."""
         batch = self._head()
         wants = [waiter.max for waiter in batch]
-        tasks = await self.acquire(sum(wants), batch[0].alive_time)
+        tasks = await self.acquire(sum(wants), batch[0].alive_time, len(batch))
         shares, left = split(tasks, wants)
         for waiter, share in zip(batch, shares, strict=True):
             if not share:

@@ -372,8 +372,10 @@ class QueueRuntime:
         for event, amount in events.items():
             self.observer.counted(event, amount)
 
-    async def _acquire(self, max_tasks: int, alive_time: int) -> list[AcquiredTask]:
-        tasks = await self._call(self.store.acquire, max_tasks, alive_time)
+    async def _acquire(self, max_tasks: int, alive_time: int, callers: int) -> list[AcquiredTask]:
+        """One acquisition for ``callers`` polls: as much data as their answers may carry."""
+        budget = callers * self.service.max_response_bytes
+        tasks = await self._call(self.store.acquire, max_tasks, alive_time, budget)
         self.observer.acquired(tasks)
         return tasks
 

@@ -43,7 +43,7 @@ from .listing import Listing
 from .model import AcquiredTask, NewTask, Outcome, RetryPolicy, check_duration, check_int
 from .observer import StoreObserver, Unobserved
 from .reading import Page
-from .rows import to_task
+from .rows import to_task, within
 from .schema import build_table, init_table
 
 log = logging.getLogger("perfectqueue.store")
@@ -198,8 +198,10 @@ class QueueStore(LeaseOperations, OperatorActions):
 
     # -- acquire ---------------------------------------------------------------------------
 
-    def acquire(self, max_tasks: int, alive_time: int) -> list[AcquiredTask]:
-        """Lease up to ``max_tasks`` waiting tasks for ``alive_time`` seconds (oldest first)."""
+    def acquire(self, max_tasks: int, alive_time: int, max_bytes: int | None = None) -> list[AcquiredTask]:
+        """Lease up to ``max_tasks`` waiting tasks for ``alive_time`` seconds (oldest first), as
+        many as fit in ``max_bytes`` of data (the first always; None: no limit): the rest are
+        given back unread, waiting again with their attempt not counted."""
         check_int("max", max_tasks, 1, 1000)
         check_duration("alive_time", alive_time, 1)
         lease = secrets.randbelow(MAX_LEASE) + 1
@@ -223,31 +225,47 @@ class QueueStore(LeaseOperations, OperatorActions):
             work, lock=self._acquisition.lock_name(), timed=self.observer.lock_held
         )
         counted = self._columns.attempt
-        tasks = [  # decoded once the transaction (and the table's lock) is let go
+        decoded = (  # once the transaction (and the table's lock) is let go, one at a time
             to_task(
                 r, now, timeout=now + alive_time, attempts=r.attempts + counted, limit=self.max_data_bytes
             )
             for r in rows
-        ]
+        )
+        tasks = list(within(decoded, max_bytes))
         withheld = [task.id for task in tasks if task.data_withheld]
-        if withheld:
-            ended[Outcome.DEAD] = ended.get(Outcome.DEAD, 0) + self._bury(withheld, lease)
+        dead = self._settle(withheld, [r.id for r in rows[len(tasks) :]], lease)
+        if dead:
+            ended[Outcome.DEAD] = ended.get(Outcome.DEAD, 0) + dead
         for outcome, count in ended.items():
             self.observer.ended(outcome, count)
         return [AcquiredTask(task, lease) for task in tasks if not task.data_withheld]
 
-    def _bury(self, ids: list[str], lease: int) -> int:
-        """Tasks just leased whose data is over max_data_bytes once inflated (written so by another
-        writer: a Ruby process, the SDK's direct backend) end dead, saying why, rather than be
-        delivered without their data. Fenced by the lease; if this fails, the lease runs out and
-        the next acquisition tries again."""
+    def _settle(self, withheld: list[str], unread: list[str], lease: int) -> int:
+        """After an acquisition, fenced by its lease: tasks whose data is over max_data_bytes once
+        inflated (written so by another writer: a Ruby process, the SDK's direct backend) end dead,
+        saying why, rather than be delivered without their data; tasks past the byte budget are
+        given back (waiting, attempt not counted). How many ended dead. If this fails, the leases
+        run out and a later acquisition tries again."""
+        if not (withheld or unread):
+            return 0
         error = f"DataTooLarge: the task's data is over max_data_bytes ({self.max_data_bytes}) once inflated"
-        where = sa.and_(self._t.id.in_(ids), self._t.owner == lease)
-        ended = self._end(where, Outcome.DEAD).values(last_error=error)
+        held = self._t.owner == lease
+        bury = self._end(sa.and_(self._t.id.in_(withheld), held), Outcome.DEAD).values(last_error=error)
+        attempts = sa.case((self._t.attempts > 0, self._t.attempts - 1), else_=0)
+        back = self._columns.values({"timeout": self.db.now(), "owner": 0, "attempts": attempts})
+        unlease = sa.update(self.table).where(self._t.id.in_(unread), held).values(back)
+
+        def work(conn: Connection) -> int:
+            if unread:
+                conn.execute(unlease)
+            return int(conn.execute(bury).rowcount) if withheld else 0
+
         try:
-            return int(self.db.transaction(lambda conn: conn.execute(ended).rowcount))
-        except PerfectQueueError as exc:  # the others are leased already: deliver them
-            log.warning("could not end %d tasks with data over max_data_bytes: %s", len(ids), exc)
+            return self.db.transaction(work)
+        except PerfectQueueError as exc:
+            log.warning(
+                "could not settle %d tasks after an acquisition: %s", len(withheld) + len(unread), exc
+            )
             return 0
 
     def _lease_rows(self) -> sa.Update:

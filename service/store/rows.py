@@ -54,7 +54,7 @@ def to_task(
         traceparent=row.traceparent,
         leased=leased,
         data_withheld=data is None,
-        size=size,
+        size=0 if data is None else size,  # withheld: nothing to send
     )
 
 

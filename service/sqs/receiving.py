@@ -46,6 +46,8 @@ async def receive_message(ctx: Context, queue: QueueRuntime, params: Params) -> 
     except PerfectQueueError as exc:
         raise from_queue_error(exc) from None
     alive_time = alive or queue.settings.alive_time
+    if not tasks:
+        return {}  # as Amazon SQS answers: no Messages member at all
     return {"Messages": [message(queue, t, alive_time, wanted, attribute_names) for t in tasks]}
 
 

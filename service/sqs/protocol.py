@@ -29,6 +29,8 @@ LISTS = {
 }
 MAPS = {"Attribute": "Attributes", "MessageAttribute": "MessageAttributes", "Tag": "tags"}
 RESULT_LISTS = {"QueueUrls": "QueueUrl", "Messages": "Message", "Failed": "BatchResultErrorEntry"}
+NO_RESULT = frozenset({"DeleteMessage", "ChangeMessageVisibility", "PurgeQueue"})
+"""The actions whose Query answer has no ``<ActionResult>`` element (every other one has, if empty)."""
 RESULT_MAPS = {"Attributes": "Attribute", "MessageAttributes": "MessageAttribute"}
 
 
@@ -108,7 +110,7 @@ def _index(item: tuple[str, Any]) -> int:
 
 
 def query_answer(action: str, result: dict[str, Any], request_id: str) -> bytes:
-    inner = f"<{action}Result>{_elements(result, action)}</{action}Result>" if result else ""
+    inner = "" if action in NO_RESULT else f"<{action}Result>{_elements(result, action)}</{action}Result>"
     metadata = f"<ResponseMetadata><RequestId>{request_id}</RequestId></ResponseMetadata>"
     return _document(f'<{action}Response xmlns="{NAMESPACE}">{inner}{metadata}</{action}Response>')
 

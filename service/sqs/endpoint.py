@@ -78,6 +78,8 @@ class SqsEndpoint:
         except SqsError as exc:
             if exc.status >= 500:
                 log.warning("SQS request failed: %s %s", exc.code, exc.message)
+            elif exc.status in (401, 403):  # the code only: never what the caller sent
+                log.info("SQS request refused: %s", exc.code)
             response = error_response(exc, incoming)
         if response is not None:
             await response(scope, receive, send)
@@ -123,7 +125,6 @@ class SqsEndpoint:
             return None
         found = self.secrets.get(signed.access_key_id)
         if found is None:
-            log.info("SQS request refused: unknown access key id")
             raise SqsError(
                 "InvalidClientTokenId", "The security token included in the request is invalid.", 403
             )

@@ -12,6 +12,7 @@ import pytest
 
 from perfectqueue.service.app import create_app
 from perfectqueue.service.config import settings_from
+from perfectqueue.service.sqs import queues
 
 with warnings.catch_warnings():
     # starlette asks for httpx2 (not a dependency of this project) with a warning at import.
@@ -82,3 +83,20 @@ def test_requests_are_counted_under_the_route_sqs(make_client: Callable[..., Tes
     client = make_client()
     client.post("/sqs", content=b"{}", headers=target("ListQueues"))
     assert 'route="/sqs",status="200"' in client.get("/metrics").text
+
+
+def test_a_purge_is_bounded_and_goes_on_at_the_next_call(
+    make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queues, "PURGE_LIMIT", 3)
+    monkeypatch.setattr(queues, "PAGE", 2)
+    client = make_client()
+    for i in range(5):
+        client.post("/sqs/000000000000/q", data={"Action": "SendMessage", "MessageBody": f"m{i}"})
+    first = client.post("/sqs/000000000000/q", data={"Action": "PurgeQueue"})
+    assert (first.status_code, "PurgeQueueInProgress" in first.text) == (403, True)
+    assert client.post("/sqs/000000000000/q", data={"Action": "PurgeQueue"}).status_code == 200
+    counted = client.post(
+        "/sqs/000000000000/q", data={"Action": "GetQueueAttributes", "AttributeName.1": "All"}
+    )
+    assert "<Name>ApproximateNumberOfMessages</Name><Value>0</Value>" in counted.text

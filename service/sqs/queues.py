@@ -99,20 +99,33 @@ async def attributes(ctx: Context, queue: QueueRuntime, counted: bool) -> dict[s
 
 
 async def purge_queue(_ctx: Context, queue: QueueRuntime, _params: Params) -> Result:
-    """Every waiting, scheduled and leased task finished (force-finish), page by page."""
+    """Every waiting, scheduled and leased task finished (force-finish), page by page, at most
+    PURGE_LIMIT per request: past it, PurgeQueueInProgress asks for another call."""
+    purged = 0
     try:
         for status in (TaskStatus.WAITING, TaskStatus.RUNNING):
             cursor: str | None = None
-            while True:
-                page = await queue.list_tasks(status=status, cursor=cursor, limit=1000)
+            while purged < PURGE_LIMIT:
+                page = await queue.list_tasks(status=status, cursor=cursor, limit=PAGE)
                 for task in page.tasks:
                     await force_finished(queue, task.id)
-                cursor = page.cursor
+                purged, cursor = purged + len(page.tasks), page.cursor
                 if cursor is None:
                     break
+            if cursor is not None:
+                raise SqsError(
+                    "PurgeQueueInProgress",
+                    f"{purged} messages were purged and more remain: call PurgeQueue again.",
+                    403,
+                )
     except PerfectQueueError as exc:
         raise from_queue_error(exc) from None
     return {}
+
+
+PAGE = 500
+PURGE_LIMIT = 10_000
+"""A purge's work per request is bounded (one force-finish per task)."""
 
 
 async def force_finished(queue: QueueRuntime, task_id: str) -> None:

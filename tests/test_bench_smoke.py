@@ -117,7 +117,7 @@ def test_bench_smoke_sqs_side_by_side(tmp_path: Path) -> None:
     """The SQS scenario: ceiling, native batched and SQS drains and both long-poll latencies."""
     results = run_smoke(tmp_path, "sqlite", ["sqs"])
     sqs = results["scenarios"]["sqs"]
-    for way in ("ceiling", "native", "sqs"):
+    for way in ("ceiling", "native", "sqs", "sqs signed"):
         assert sqs[f"{way} k=10 tasks_per_s"]["median"] > 0
-    assert sqs["sqs_vs_native"] > 0
+    assert sqs["sqs_vs_native"] > 0 and sqs["sqs_signed_vs_native"] > 0
     assert sqs["latency sqs WaitTimeSeconds"]["n"] == sqs["latency native long-poll"]["n"] > 0

@@ -90,35 +90,21 @@ class SqsEndpoint:
                 "InvalidAction", "The SQS endpoint takes POST (or GET for the Query protocol).", 405
             )
         signed = sigv4.parse_authorization(incoming.headers.get("authorization")) if self.keyed else None
-        key = self.key_of(signed)
+        key = self.key_of(signed)  # an unknown key is refused before the body is read
         body = await self.body(scope, receive)
         if body is None:
             return None  # the client is gone
         if signed is not None:
-            secret = self.secrets[signed.access_key_id][1]
-            request = sigv4.HttpRequest(
-                scope["method"], raw_path(scope), query_of(scope), incoming.headers, body
-            )
-            sigv4.verify(secret, signed, request, time.time(), self.settings.sqs_clock_skew)
+            self.verify(scope, incoming, signed, body)
         action, params = self.parse(scope, incoming, body)
-        ctx = Context(
-            self.runtime,
-            key,
-            endpoint_of(scope),
-            region_of(incoming),
-            Request(scope, receive).is_disconnected,
-        )
-        result = await dispatch(ctx, action, params)
-        if incoming.json:
-            return Response(
-                protocol.json_answer(result), 200, media_type=protocol.JSON_MEDIA, headers=ids(incoming)
-            )
-        return Response(
-            protocol.query_answer(action, result, incoming.request_id),
-            200,
-            media_type="text/xml",
-            headers=ids(incoming),
-        )
+        gone = Request(scope, receive).is_disconnected
+        ctx = Context(self.runtime, key, endpoint_of(scope), region_of(incoming), gone)
+        return success_response(incoming, action, await dispatch(ctx, action, params))
+
+    def verify(self, scope: Scope, incoming: Incoming, signed: sigv4.Signed, body: bytes) -> None:
+        secret = self.secrets[signed.access_key_id][1]
+        request = sigv4.HttpRequest(scope["method"], raw_path(scope), query_of(scope), incoming.headers, body)
+        sigv4.verify(secret, signed, request, time.time(), self.settings.sqs_clock_skew)
 
     def key_of(self, signed: sigv4.Signed | None) -> ApiKey | None:
         if signed is None:
@@ -149,6 +135,15 @@ class SqsEndpoint:
         if "QueueUrl" not in params and queue.count("/") == 1:  # a Query request sent to the queue's URL
             params["QueueUrl"] = endpoint_of(scope) + "/" + queue
         return action, params
+
+
+def success_response(incoming: Incoming, action: str, result: dict[str, object]) -> Response:
+    if incoming.json:
+        return Response(
+            protocol.json_answer(result), 200, media_type=protocol.JSON_MEDIA, headers=ids(incoming)
+        )
+    body = protocol.query_answer(action, result, incoming.request_id)
+    return Response(body, 200, media_type="text/xml", headers=ids(incoming))
 
 
 def error_response(error: SqsError, incoming: Incoming) -> Response:

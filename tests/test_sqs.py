@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from conftest import require_mysql
 from sdk_support import wait_for
@@ -145,7 +146,13 @@ def test_ten_per_receive_and_per_delete_batch(sqs: Any, queue: str) -> None:
     assert bodies == {f"body {i}" for i in range(20)}
 
 
-def test_a_long_poll_wakes_when_a_message_arrives(sqs: Any, queue: str) -> None:
+def in_flight(service: SqsService) -> float:
+    metrics = httpx.get(service.base + "/metrics", timeout=10).text
+    [line] = [m for m in metrics.splitlines() if m.startswith("perfectqueue_http_requests_in_flight ")]
+    return float(line.split()[1])
+
+
+def test_a_long_poll_wakes_when_a_message_arrives(service: SqsService, sqs: Any, queue: str) -> None:
     got: list[Any] = []
     started = threading.Event()
 
@@ -158,7 +165,7 @@ def test_a_long_poll_wakes_when_a_message_arrives(sqs: Any, queue: str) -> None:
     consumer = threading.Thread(target=consume)
     consumer.start()
     started.wait()
-    time.sleep(0.5)  # the receive is waiting (nothing to wait for as a condition: it is idle by design)
+    wait_for(lambda: in_flight(service) >= 2)  # the receive waits (the other one: this scrape)
     sent_at = time.monotonic()
     sqs.send_message(QueueUrl=queue, MessageBody="wake up")
     consumer.join(20)
@@ -281,11 +288,10 @@ def test_attempts_exhausted_end_dead_and_requeue_is_the_redrive(service: SqsServ
     assert '"maxReceiveCount": 1' in policy["RedrivePolicy"]
     sent = sqs.send_message(QueueUrl=url, MessageBody="fragile")
     assert len(receive(sqs, url, VisibilityTimeout=1)) == 1
-    time.sleep(1.5)  # the lease expires; the next receive finds the attempts used up
-    assert receive(sqs, url, WaitTimeSeconds=1) == []
     with native(service, url) as operator:
         dead = operator[sent["MessageId"]]
-        assert dead.metadata().status == "dead"
+        # once the lease expired, the next receive finds the attempts used up: nothing delivered
+        wait_for(lambda: receive(sqs, url, WaitTimeSeconds=1) == [] and dead.metadata().status == "dead")
         dead.requeue()
     [again] = receive(sqs, url, WaitTimeSeconds=5)
     assert again["Body"] == "fragile"

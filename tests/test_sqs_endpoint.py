@@ -62,6 +62,8 @@ def test_the_query_protocol_by_get_and_posted_to_the_queue_url(
     assert "<QueueUrl>http://testserver/sqs/000000000000/q</QueueUrl>" in listed.text
     sent = client.post("/sqs/000000000000/q", data={"Action": "SendMessage", "MessageBody": "to the URL"})
     assert "<MD5OfMessageBody>" in sent.text
+    deep = client.post("/sqs", data={"Action": "ListQueues", "a" + ".a" * 100_000: "x"})
+    assert (deep.status_code, "<Code>InvalidParameterValue</Code>" in deep.text) == (400, True)
     missing = client.post("/sqs", data={"Version": "2012-11-05"})
     assert (missing.status_code, "<Code>MissingAction</Code>" in missing.text) == (400, True)
 

@@ -29,6 +29,9 @@ LISTS = {
 }
 MAPS = {"Attribute": "Attributes", "MessageAttribute": "MessageAttributes", "Tag": "tags"}
 RESULT_LISTS = {"QueueUrls": "QueueUrl", "Messages": "Message", "Failed": "BatchResultErrorEntry"}
+MAX_DEPTH = 8
+"""The most parts a Query parameter's name may have (SQS's deepest,
+``SendMessageBatchRequestEntry.1.MessageAttribute.1.Value.StringValue``, has 6)."""
 NO_RESULT = frozenset({"DeleteMessage", "ChangeMessageVisibility", "PurgeQueue"})
 """The actions whose Query answer has no ``<ActionResult>`` element (every other one has, if empty)."""
 RESULT_MAPS = {"Attributes": "Attribute", "MessageAttributes": "MessageAttribute"}
@@ -70,7 +73,9 @@ def query_params(form: str) -> tuple[str, dict[str, Any]]:
     tree: dict[str, Any] = {}
     for key, value in urllib.parse.parse_qsl(form, keep_blank_values=True):
         node = tree
-        *parents, leaf = key.split(".")
+        *parents, leaf = key.split(".", MAX_DEPTH)
+        if len(parents) >= MAX_DEPTH:  # deeper than any SQS parameter: refused, never recursed into
+            raise SqsError("InvalidParameterValue", "A parameter name has too many parts.")
         for part in parents:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):

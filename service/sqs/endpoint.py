@@ -76,9 +76,7 @@ class SqsEndpoint:
         try:
             response = await self.answer(scope, receive, incoming)
         except SqsError as exc:
-            if exc.status >= 500:
-                log.warning("SQS request failed: %s %s", exc.code, exc.message)
-            elif exc.status in (401, 403):  # the code only: never what the caller sent
+            if exc.status in (401, 403):  # the code only: never what the caller sent
                 log.info("SQS request refused: %s", exc.code)
             response = error_response(exc, incoming)
         if response is not None:

@@ -10,6 +10,7 @@ legacy code. The queue's own errors (:mod:`perfectqueue.errors`) are translated 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from ...errors import (
@@ -20,6 +21,8 @@ from ...errors import (
     UnavailableError,
     UnknownQueueError,
 )
+
+log = logging.getLogger("perfectqueue.service")
 
 LEGACY_CODES = {
     "QueueDoesNotExist": "AWS.SimpleQueueService.NonExistentQueue",
@@ -74,7 +77,10 @@ def access_denied(message: str) -> SqsError:
 
 
 def from_queue_error(exc: PerfectQueueError) -> SqsError:
-    """The SQS error a queue's refusal stands for (a call's whole answer, or a batch entry's)."""
+    """The SQS error a queue's refusal stands for (a call's whole answer, or a batch entry's); a
+    server-side one is logged with its cause, as the native API's are."""
+    if exc.status >= 500:
+        log.warning("%s: %s", exc.code, exc)
     for kind, make in TRANSLATED:
         if isinstance(exc, kind):
             return make(exc)

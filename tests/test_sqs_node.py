@@ -108,3 +108,18 @@ def test_the_node_sdk_signs_and_a_wrong_secret_is_refused(node: str, tmp_path: P
         )
         assert wrong.returncode != 0
         assert "SignatureDoesNotMatch" in wrong.stderr
+
+
+def test_the_node_sdk_throws_its_own_exception_for_an_undeclared_queue(
+    node: str, service: SqsService
+) -> None:
+    result = subprocess.run(
+        [node, "sqs.js", service.endpoint, "undeclared", "consume", "1"],
+        cwd=SQS_EXAMPLE,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "QueueDoesNotExist" in result.stderr  # the SDK's modeled exception, by its name

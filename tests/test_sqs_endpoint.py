@@ -48,6 +48,7 @@ def test_unknown_and_unsupported_actions_and_methods(make_client: Callable[..., 
     deleting = client.post("/sqs", content=b"{}", headers=target("DeleteQueue"))
     assert deleting.json()["__type"] == "com.amazonaws.sqs#UnsupportedOperation"
     assert deleting.headers["x-amzn-query-error"] == "AWS.SimpleQueueService.UnsupportedOperation;Sender"
+    assert deleting.headers["x-amzn-requestid"] == deleting.headers["x-request-id"]  # the access line's
     assert client.put("/sqs", content=b"{}", headers=target("ListQueues")).status_code == 405
     broken = client.post("/sqs", content=b"{not json", headers=target("ListQueues"))
     assert broken.json()["__type"] == "com.amazonaws.sqs#InvalidParameterValue"

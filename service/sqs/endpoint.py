@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ...errors import TooLargeError
+from ...logformat import log_context
 from ..asgi import header
 from ..config import ApiKey, Settings
 from ..limits import declared_length, read_body
@@ -72,7 +73,7 @@ class SqsEndpoint:
             return
         scope["route"] = Template()
         headers = headers_of(scope)
-        incoming = Incoming("x-amz-target" in headers, headers, str(uuid.uuid4()))
+        incoming = Incoming("x-amz-target" in headers, headers, request_id())
         try:
             response = await self.answer(scope, receive, incoming)
         except SqsError as exc:
@@ -156,6 +157,13 @@ def error_response(error: SqsError, incoming: Incoming) -> Response:
         media_type="text/xml",
         headers=ids(incoming),
     )
+
+
+def request_id() -> str:
+    """The request log's id of this request (so the SDK's RequestId is the access line's), or a new one."""
+    fields = log_context.get() or {}
+    given = fields.get("request_id")
+    return given if isinstance(given, str) else uuid.uuid4().hex
 
 
 def ids(incoming: Incoming) -> dict[str, str]:

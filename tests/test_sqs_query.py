@@ -83,17 +83,22 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqsService]:
         yield running
 
 
-@pytest.fixture
-def sqs(service: SqsService, tmp_path: Path) -> Iterator[Any]:
+def query_client(tmp_path: Path, endpoint: str, key_id: str = "k", secret: str = "s") -> Any:
+    """A boto3 client speaking the Query protocol (botocore's model, switched)."""
     models = tmp_path / "models" / "sqs" / "2012-11-05"
-    models.mkdir(parents=True)
+    models.mkdir(parents=True, exist_ok=True)
     (models / "service-2.json").write_text(json.dumps(query_model()))
     core = botocore.session.get_session()
     core.get_component("data_loader").search_paths.insert(0, str(tmp_path / "models"))
-    sqs = boto3.session.Session(botocore_session=core).client(
-        "sqs", endpoint_url=service.endpoint, region_name="us-east-1", aws_access_key_id="k",
-        aws_secret_access_key="s", config=Config(retries={"max_attempts": 1}),
+    return boto3.session.Session(botocore_session=core).client(
+        "sqs", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key_id,
+        aws_secret_access_key=secret, config=Config(retries={"max_attempts": 1}),
     )  # fmt: skip
+
+
+@pytest.fixture
+def sqs(service: SqsService, tmp_path: Path) -> Iterator[Any]:
+    sqs = query_client(tmp_path, service.endpoint)
     sent: list[Any] = []
     sqs.meta.events.register("before-send.sqs", lambda request, **_: sent.append(request))
     yield sqs
@@ -157,3 +162,23 @@ def test_errors_in_the_query_shape(service: SqsService, sqs: Any) -> None:
     with pytest.raises(sqs.exceptions.ClientError) as refused:
         sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": "same", "MessageBody": "x"}] * 2)
     assert refused.value.response["Error"]["Code"] == "AWS.SimpleQueueService.BatchEntryIdsNotDistinct"
+
+
+def test_query_requests_are_verified_too(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("query-secret-0123456789")
+    key = {"name": "q", "access_key_id": "AKIAQUERY0000000001", "secret_file": str(tmp_path / "secret"),
+           "scopes": ["submit", "work"]}  # fmt: skip
+    with sqs_service(tmp_path, f"sqlite:///{tmp_path / 'queue.sqlite3'}", api_keys=[key]) as keyed:
+        good = query_client(tmp_path, keyed.endpoint, key["access_key_id"], "query-secret-0123456789")
+        bad = query_client(tmp_path, keyed.endpoint, key["access_key_id"], "wrong")
+        try:
+            url = good.get_queue_url(QueueName="q0")["QueueUrl"]
+            good.send_message(QueueUrl=url, MessageBody="signed form")
+            with pytest.raises(bad.exceptions.ClientError) as refused:
+                bad.send_message(QueueUrl=url, MessageBody="forged form")
+            assert refused.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+            [message] = good.receive_message(QueueUrl=url, WaitTimeSeconds=2)["Messages"]
+            assert message["Body"] == "signed form"
+        finally:
+            good.close()
+            bad.close()

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import ceiling, fair, latency, memory, profile, scale, service, worker
+from . import ceiling, fair, latency, memory, profile, scale, service, sqs, worker
 from .common import CLIENTS, Backend
 
 SCENARIOS = {
@@ -25,8 +25,9 @@ SCENARIOS = {
     "scale": scale.run,
     "profile": profile.run,
     "worker": worker.run,
+    "sqs": sqs.run,
 }
-DEFAULT = "ceiling,service,latency,fair,memory,scale,profile,worker"
+DEFAULT = "ceiling,service,latency,fair,memory,scale,profile,worker,sqs"
 
 
 def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
@@ -63,6 +64,7 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
             "processors": [1],
             "worker_tasks": 10,
             "worker_limit_s": 20,
+            "sqs_tasks": 200,
         }
     return {
         "repeat": repeat,
@@ -95,6 +97,7 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
         "processors": [1, 2, 4],
         "worker_tasks": 1000,
         "worker_limit_s": 60,
+        "sqs_tasks": 10_000,
     }
 
 

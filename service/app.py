@@ -22,6 +22,7 @@ from .logs import RequestLog
 from .operations import OPERATIONS
 from .runtime import Runtime
 from .security import Authentication
+from .sqs import SqsEndpoint
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -62,6 +63,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(FastLane, operations=OPERATIONS, runtime=runtime)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(Authentication, keys=settings.api_keys)  # no key, no body read
+    if settings.sqs:  # /sqs: signed by SigV4 (its own check), so outside the bearer keys' layer
+        app.add_middleware(SqsEndpoint, runtime=runtime, settings=settings)
     # the outermost: every answer has a request id, a log line and its metrics
     app.add_middleware(RequestLog, metrics=HttpMetrics(observer))
     app.add_route("/metrics", metrics.endpoint(runtime.run, observer), ["GET"], include_in_schema=False)

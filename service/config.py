@@ -62,21 +62,54 @@ def check_url(value: str) -> str:
 
 
 class ApiKey(BaseModel):
-    """One configured key: its name (for logs), the hash of the key, its scopes and queues."""
+    """One configured key: its name (for logs), the hash of its bearer key and/or an AWS access key
+    id (the SQS endpoint's Signature V4, its secret read from an environment variable or a file),
+    its scopes and queues."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-    hash: str
+    hash: str | None = None
+    access_key_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]{16,128}$")
+    secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    secret_file: str | None = None
     scopes: list[Scope_] = Field(min_length=1)
     queues: list[str] | None = Field(default=None, min_length=1)  # None: every queue
 
     @field_validator("hash")
     @classmethod
-    def _hash(cls, value: str) -> str:
-        if not HASH.fullmatch(value.strip().lower()):  # the value is never repeated: it may be a key
+    def _hash(cls, value: str | None) -> str | None:
+        if value is not None and not HASH.fullmatch(value.strip().lower()):  # never repeated: a key?
             raise ValueError("must be 'sha256:' and 64 hex digits (perfectqueue keygen prints one)")
-        return value.strip().lower()
+        return None if value is None else value.strip().lower()
+
+    @model_validator(mode="after")
+    def _credentials(self) -> ApiKey:
+        if self.hash is None and self.access_key_id is None:
+            raise ValueError("a key needs a 'hash' (bearer key) or an 'access_key_id' (SQS), or both")
+        if (self.access_key_id is None) != (self.secret_env is None and self.secret_file is None):
+            raise ValueError("an 'access_key_id' needs its secret: 'secret_env' or 'secret_file'")
+        if self.secret_env is not None and self.secret_file is not None:
+            raise ValueError("give the secret as 'secret_env' or 'secret_file', not both")
+        return self
+
+    def secret(self) -> str | None:
+        """The secret access key (None: no access key id), read now; ConfigError if it is missing.
+        It is never logged nor repeated in an error."""
+        if self.secret_env is not None:
+            value = os.environ.get(self.secret_env, "").strip()
+            where = f"the environment variable {self.secret_env}"
+        elif self.secret_file is not None:
+            try:
+                value = Path(self.secret_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"api key {self.name!r}: cannot read secret_file: {exc.strerror}") from None
+            where = f"the file {self.secret_file}"
+        else:
+            return None
+        if not value:
+            raise ConfigError(f"api key {self.name!r}: the secret access key in {where} is empty or unset")
+        return value
 
     def allows(self, scope: str, queue: str | None) -> bool:
         return scope in self.scopes and (queue is None or self.queues is None or queue in self.queues)
@@ -160,6 +193,8 @@ class Settings(QueueDefaults):
     max_connections: int = Field(default=2000, ge=1, le=1_000_000)
     max_long_polls: int = Field(default=1000, ge=0, le=1_000_000)  # waiting at once, all queues
     statement_timeout: float = Field(default=5.0, gt=0, le=3600)  # one database statement (MySQL)
+    sqs: bool = True  # serve the Amazon SQS-compatible endpoint under /sqs (docs/sqs.md)
+    sqs_clock_skew: int = Field(default=300, ge=1, le=3600)  # seconds a SigV4 X-Amz-Date may be off
 
     @field_validator("url")
     @classmethod
@@ -185,8 +220,12 @@ class Settings(QueueDefaults):
         names = [key.name for key in self.api_keys]
         if len(set(names)) != len(names):
             raise ValueError("api_keys: every key needs a name of its own")
-        if len({key.hash for key in self.api_keys}) != len(self.api_keys):
+        hashes = [key.hash for key in self.api_keys if key.hash is not None]
+        if len(set(hashes)) != len(hashes):
             raise ValueError("api_keys: two keys have the same hash")
+        ids = [key.access_key_id for key in self.api_keys if key.access_key_id is not None]
+        if len(set(ids)) != len(ids):
+            raise ValueError("api_keys: two keys have the same access_key_id")
         for key in self.api_keys:
             unknown = sorted(set(key.queues or ()) - set(self.queues))
             if unknown:

@@ -59,7 +59,7 @@ def find_key(keys: list[ApiKey], presented: str) -> ApiKey | None:
     digest = hash_key(presented).encode("ascii")
     found = None
     for key in keys:
-        if hmac.compare_digest(digest, key.hash.encode("ascii")):
+        if key.hash is not None and hmac.compare_digest(digest, key.hash.encode("ascii")):
             found = key
     return found
 

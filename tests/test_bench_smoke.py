@@ -110,3 +110,14 @@ def test_store_calls_times_every_call_on_both_backends(tmp_path: Path) -> None:
     fair = [line for line in lines if "fair, 10 users" in line]
     assert len(fair) == 2 and all("(CPU " in line for line in fair)
     assert ["lock held" in line for line in fair] == [False, True]  # SQLite takes no named lock
+
+
+@pytest.mark.slow
+def test_bench_smoke_sqs_side_by_side(tmp_path: Path) -> None:
+    """The SQS scenario: ceiling, native batched and SQS drains and both long-poll latencies."""
+    results = run_smoke(tmp_path, "sqlite", ["sqs"])
+    sqs = results["scenarios"]["sqs"]
+    for way in ("ceiling", "native", "sqs", "sqs signed"):
+        assert sqs[f"{way} k=10 tasks_per_s"]["median"] > 0
+    assert sqs["sqs_vs_native"] > 0 and sqs["sqs_signed_vs_native"] > 0
+    assert sqs["latency sqs WaitTimeSeconds"]["n"] == sqs["latency native long-poll"]["n"] > 0

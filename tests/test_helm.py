@@ -237,7 +237,13 @@ def test_the_service_settings_are_valid_and_shutdown_fits_the_grace(chart: Any, 
     assert settings.port == container["ports"][0]["containerPort"]
     assert not settings.insecure
     assert settings.log_format == "json"
-    assert [k.name for k in settings.api_keys] == ["producer", "workers", "helm-test"]
+    assert [k.name for k in settings.api_keys] == ["producer", "workers", "helm-test", "sqs-orders"]
+    # The SQS endpoint: on, its skew from the values, its key's secret a file of the mounted Secret.
+    assert settings.sqs and settings.sqs_clock_skew == 120
+    [sqs_key] = [k for k in settings.api_keys if k.access_key_id]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert sqs_key.secret_file == mounts["sqs-secrets"] + "/orders"
+    assert {"name": "sqs-secrets", "secret": {"secretName": "pq-sqs-secrets"}} in pod["volumes"]
     assert set(settings.queues) == {"mails", "reports"}  # the values', and no default queue besides
     assert settings.url.startswith("mysql://")
 
@@ -360,6 +366,9 @@ def test_the_values_schema_refuses_bad_values(chart: Any, helm: Any) -> None:
         {"serviceMonitor": {"enabeld": True}},
         {"config": {"max_head_bytes": 100}},
         {"config": {"statement_timeout": 0}},
+        {"apiKeys": [{"name": "k", "access_key_id": "AKIAEXAMPLE00000001", "scopes": ["work"]}]},  # no secret
+        {"apiKeys": [{"name": "k", "scopes": ["work"]}]},  # neither a hash nor an access key id
+        {"sqs": {"clockSkew": 0}},
     ]:
         with pytest.raises(helm.HelmError):
             chart.validate_schema(bad)

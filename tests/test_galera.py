@@ -24,6 +24,7 @@ import itertools
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -54,6 +55,7 @@ pytestmark = pytest.mark.slow
 TASKS = int(os.environ.get("PQ_GALERA_TASKS", "150"))
 RATE = float(os.environ.get("PQ_GALERA_RATE", "6"))  # submits per second, all producers together
 KILLS = int(os.environ.get("PQ_GALERA_KILLS", "2"))
+FREEZE = float(os.environ.get("PQ_GALERA_FREEZE", "12"))  # seconds node 1 hangs first (0: none)
 PROCESSORS = int(os.environ.get("PQ_GALERA_PROCESSORS", "2"))
 FAILOVER_LIMIT = 30.0
 SLOW = 2.0  # seconds: an answer slower than this counts as part of a failover window
@@ -137,11 +139,33 @@ def worker(tmp_path: Path, name: str, base: str) -> Iterator[None]:
         yield
 
 
+def freeze(cluster: GaleraCluster, node: int, seconds: float) -> list[tuple[str, float]]:
+    """SIGSTOP a node for ``seconds`` (a stalled disk, a long pause: it hangs, its connections stay
+    open), then SIGCONT it and wait until it is synced again."""
+    proc = cluster.nodes[node].proc
+    assert proc is not None
+    events = [(f"freeze node{node + 1}", time.time())]
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        survivor = (node + 1) % len(cluster.nodes)
+        wait_for(lambda: cluster.cluster_size(survivor) == 2, timeout=60, what="the others to evict it")
+        events.append((f"evicted node{node + 1}", time.time()))
+        time.sleep(max(0.0, events[0][1] + seconds - time.time()))
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    events.append((f"thaw node{node + 1}", time.time()))
+    wait_for(lambda: cluster.cluster_size(node) == 3, timeout=120, what="the thawed node to rejoin")
+    cluster.wait_synced(node)
+    events.append((f"synced node{node + 1}", time.time()))
+    return events
+
+
 def outages(cluster: GaleraCluster, seconds: float) -> list[tuple[str, float]]:
-    """KILLS times, spread over ``seconds``: SIGKILL a node (node 1 first: the one written
-    through), wait until the others have evicted it, restart it (all but the last one killed)."""
-    events: list[tuple[str, float]] = []
+    """First FREEZE seconds of node 1 (the one written through) hung; then KILLS times, spread
+    over ``seconds``: SIGKILL a node (node 1 first), wait until the others have evicted it,
+    restart it (all but the last one killed)."""
     pause = max(2.0, seconds / (2 * KILLS + 2))
+    events = freeze(cluster, 0, FREEZE) if FREEZE else []
     for k in range(KILLS):
         node = k % len(cluster.nodes)
         time.sleep(pause)
@@ -328,7 +352,7 @@ def test_a_write_through_one_node_is_seen_at_once_through_another(
             store.db.dispose()
 
 
-@pytest.mark.timeout(300 + 3 * TASKS / RATE + 60 * KILLS)
+@pytest.mark.timeout(300 + 3 * TASKS / RATE + 60 * KILLS + 3 * FREEZE)
 def test_galera_node_kills_lose_nothing(galera: GaleraCluster, tmp_path: Path) -> None:  # noqa: F811
     (tmp_path / "pqgalera.py").write_text(HANDLERS)
     book = tmp_path / "ledger"
@@ -367,16 +391,17 @@ def test_galera_node_kills_lose_nothing(galera: GaleraCluster, tmp_path: Path) -
         probes.stop.set()
     lines = ledger(book)
     check_ledger(lines, keys, killed=set())
-    kills = [at for name, at in events if name.startswith("kill")]
+    kills = [at for name, at in events if name.startswith(("kill", "freeze"))]
     done = [float(line[3]) for line in lines if line[0] == "done"]
     windows = [probes.window(at) for at in kills]
     runs = sum(1 for line in lines if line[0] == "start")
     report = [f"galera: {TASKS} tasks, {runs} runs, {len(probes.answers)} probes"]
     report += [f"  {name} at +{at - started:.1f} s" for name, at in events]
     for i, at in enumerate(kills):
+        what = "freeze" if FREEZE and i == 0 else "kill"
         report.append(
-            f"  kill {i + 1}: failover window {windows[i]:.1f} s ({probes.refused(at)} probes answered 503), "
-            f"longest stretch without a finish {write_stall(done, at):.1f} s"
+            f"  {what} {i + 1}: failover window {windows[i]:.1f} s ({probes.refused(at)} probes answered "
+            f"503), longest stretch without a finish {write_stall(done, at):.1f} s"
         )
     report += throughput(done, [("before", started), *events], ended)
     report += retry_counts([r.log for r in replicas])

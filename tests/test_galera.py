@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pymysql
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -158,6 +159,20 @@ def freeze(cluster: GaleraCluster, node: int, seconds: float) -> list[tuple[str,
     cluster.wait_synced(node)
     events.append((f"synced node{node + 1}", time.time()))
     return events
+
+
+def connections_on(cluster: GaleraCluster, node: int) -> int:
+    """Client connections open on ``node`` (this one aside)."""
+    conn = pymysql.connect(host="127.0.0.1", port=cluster.nodes[node].port, user="root", connect_timeout=5)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                "WHERE ID <> CONNECTION_ID() AND USER NOT IN ('system user', 'event_scheduler')"
+            )
+            return int(cursor.fetchone()[0])
+    finally:
+        conn.close()
 
 
 def outages(cluster: GaleraCluster, seconds: float) -> list[tuple[str, float]]:
@@ -389,6 +404,12 @@ def test_galera_node_kills_lose_nothing(galera: GaleraCluster, tmp_path: Path) -
         wait_for(lambda: finished_count(replicas) == TASKS, timeout=120, what="every task finished")
         ended = time.time()
         probes.stop.set()
+        alive = [i for i in range(3) if i != (KILLS - 1) % 3]  # the node killed last stays down
+        wait_for(  # the replicas' pools hold connections to the node they write through only
+            lambda: sum(connections_on(galera, i) > 0 for i in alive) <= 1,
+            timeout=20,
+            what="no connection left on a node the replicas moved away from",
+        )
     lines = ledger(book)
     check_ledger(lines, keys, killed=set())
     kills = [at for name, at in events if name.startswith(("kill", "freeze"))]

@@ -215,13 +215,18 @@ ORIGINAL_DDL = {
         "data BLOB NOT NULL, created_at INT, resource VARCHAR(255), max_running INT, "
         "owner BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (id))"
     ),
+    "postgresql": (  # the same columns in PostgreSQL's types (the original has no PostgreSQL DDL)
+        'CREATE TABLE IF NOT EXISTS "{t}" (id VARCHAR(255) NOT NULL, timeout INT NOT NULL, '
+        "data BYTEA NOT NULL, created_at INT, resource VARCHAR(255), max_running INT, "
+        "owner BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (id))"
+    ),
 }
 
 
 def create_original_table(db: Database, table: str) -> None:
     with db.engine.begin() as conn:
-        conn.exec_driver_sql(ORIGINAL_DDL["sqlite" if db.is_sqlite else "mysql"].format(t=table))
-        conn.exec_driver_sql(f"CREATE INDEX `index_{table}_on_timeout` ON `{table}` (`timeout`)")
+        conn.exec_driver_sql(ORIGINAL_DDL[conn.dialect.name].format(t=table))
+        conn.exec_driver_sql(f"CREATE INDEX index_{table}_on_timeout ON {table} (timeout)")
 
 
 def insert_original_rows(db: Database, table: str) -> int:

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -37,6 +37,7 @@ from ...errors import (
     TooLargeError,
     UnavailableError,
 )
+from . import postgres
 from .nodes import NODE_ERRNOS, Node, NodeSet, attach, split_hosts, sync_wait_of
 
 log = logging.getLogger("perfectqueue.store")
@@ -76,14 +77,20 @@ class PoolOptions:
 
 
 def normalize_url(url: str) -> str:
-    """The seed's ``mysql://`` (and the Ruby original's ``mysql2://``) mean PyMySQL here."""
+    """The seed's ``mysql://`` (and the Ruby original's ``mysql2://``) mean PyMySQL here;
+    ``postgresql://`` (or ``postgres://``) means psycopg 3."""
+    as_postgres = postgres.normalize_url(url)
+    if as_postgres is not None:
+        return as_postgres
     for prefix in ("mysql2://", "mysql://"):
         if url.startswith(prefix):
             url = "mysql+pymysql://" + url[len(prefix) :]
     if url.startswith("mysql+pymysql://") and "charset=" not in url:
         url += ("&" if "?" in url else "?") + "charset=utf8mb4"
     if not (url.startswith("mysql+pymysql://") or url.startswith("sqlite://")):
-        raise ConfigError(f"unsupported database url {redact(url)!r}: use mysql:// or sqlite://")
+        raise ConfigError(
+            f"unsupported database url {redact(url)!r}: use mysql://, postgresql:// or sqlite://"
+        )
     return url
 
 
@@ -105,8 +112,13 @@ class Database:
         self.url = normalize_url(url)
         pool = pool or PoolOptions()
         self.is_sqlite = self.url.startswith("sqlite")
+        self.is_postgres = self.url.startswith(postgres.URL_PREFIX)
+        self.is_mysql = not (self.is_sqlite or self.is_postgres)
         if self.is_sqlite:
             self.nodes = NodeSet([Node(0, self.url, _sqlite_engine(self.url, pool))])
+        elif self.is_postgres:  # several hosts are libpq's own failover (see docs/ha.md)
+            engine = postgres.create_engine(self.url, pool.size, pool.overflow, pool.timeout)
+            self.nodes = NodeSet([Node(0, self.url, engine)])
         else:
             plain, sync_wait = sync_wait_of(self.url)
             hosts = split_hosts(plain)
@@ -137,21 +149,38 @@ class Database:
         """The database's clock in whole unix seconds, as an SQL expression."""
         if self.is_sqlite:
             return sa.cast(sa.func.strftime("%s", "now"), sa.Integer)
+        if self.is_postgres:
+            return postgres.now()
         return sa.func.unix_timestamp()
 
     def supports_skip_locked(self) -> bool:
-        """MariaDB 10.6+ and MySQL 8+ have ``FOR UPDATE SKIP LOCKED``; SQLite needs none."""
+        """MariaDB 10.6+, MySQL 8+ and PostgreSQL have ``FOR UPDATE SKIP LOCKED``; SQLite needs none."""
+        if self.is_postgres:
+            return True
         if self._skip_locked is None:
             self._skip_locked = self.transaction(_has_skip_locked, readonly=True)
         return self._skip_locked
+
+    @property
+    def scans_heads_by_group(self) -> bool:
+        """Does ``GROUP BY resource`` over the (resource, timeout) index read one entry per user
+        (MySQL's loose index scan)? Elsewhere a recursive query steps from user to user."""
+        return self.is_mysql
+
+    @property
+    def locks_in_unions(self) -> bool:
+        """May a UNION's members have their own ORDER BY, LIMIT and FOR UPDATE (MySQL)? Elsewhere
+        each member is a subquery (SQLite takes no ORDER BY there, PostgreSQL no FOR UPDATE)."""
+        return self.is_mysql
 
     @contextmanager
     def connect(self, readonly: bool = False, lock: str | None = None) -> Iterator[Connection]:
         """A connection inside one transaction (SQLite: IMMEDIATE unless readonly).
 
-        ``lock`` names a MySQL ``GET_LOCK`` taken as the transaction's first statement (it reads
-        no table, so the transaction's reads all come after it) and released after it commits, so
-        that whoever takes the lock next sees everything this one wrote.
+        ``lock`` names a MySQL ``GET_LOCK`` (PostgreSQL: an advisory lock, see ``postgres.py``)
+        taken as the transaction's first statement (it reads no table, so the transaction's reads
+        all come after it) and released after it commits, so that whoever takes the lock next
+        sees everything this one wrote.
         """
         with self._connect(self.nodes.active(), readonly, lock) as conn:
             yield conn
@@ -169,13 +198,14 @@ class Database:
                     if lock is not None:
                         self._warn_lock_on_galera(node)
                         asked = time.perf_counter()
-                        _get_lock(conn, lock)
+                        self._take_lock(conn, lock)
                         taken = time.perf_counter()
                         locked = lock
                     yield conn
             finally:
                 if locked is not None:
-                    _release_lock(conn, locked)
+                    if self.is_mysql:  # PostgreSQL's ends with the transaction
+                        _release_lock(conn, locked)
                     if timed is not None:
                         timed(taken - asked, time.perf_counter() - taken)
 
@@ -218,6 +248,18 @@ class Database:
             except SQLAlchemyError as exc:
                 raise UnavailableError(f"database error: {type(exc).__name__}") from exc
 
+    def _take_lock(self, conn: Connection, name: str) -> None:
+        if self.is_postgres:
+            postgres.take_lock(conn, name)
+        else:
+            _get_lock(conn, name)
+
+    def init_lock(self) -> AbstractContextManager[None]:
+        """Held while ``init`` changes the schema: PostgreSQL's concurrent DDL on one table may
+        fail on a catalog's unique index; MariaDB's and SQLite's only needs the checks of
+        ``schema.py`` (what another process added first is skipped)."""
+        return postgres.init_lock(self.engine) if self.is_postgres else nullcontext()
+
     def _node_error(self, node: Node, exc: DBAPIError, retries: int) -> bool:
         """Should a failed transaction be tried again (on this node, or on the next)?"""
         if not self.nodes.several:
@@ -238,6 +280,8 @@ class Database:
     def _is_lock_conflict(self, exc: DBAPIError) -> bool:
         if self.is_sqlite:
             return "locked" in str(exc.orig) or "busy" in str(exc.orig)
+        if self.is_postgres:
+            return postgres.is_retryable(exc)
         return _mysql_errno(exc) in MYSQL_RETRYABLE
 
     def _count(self, what: str) -> None:
@@ -268,7 +312,11 @@ def server_at_least(conn: Connection, *, mariadb: tuple[int, ...], mysql: tuple[
 
 def is_duplicate_key(exc: DBAPIError) -> bool:
     """Did an INSERT meet an existing primary key?"""
-    return _mysql_errno(exc) == 1062 or "UNIQUE constraint failed" in str(exc.orig)
+    return (
+        _mysql_errno(exc) == 1062
+        or "UNIQUE constraint failed" in str(exc.orig)
+        or postgres.is_duplicate_key(exc)
+    )
 
 
 def refusal(exc: DBAPIError) -> PerfectQueueError | None:
@@ -278,6 +326,9 @@ def refusal(exc: DBAPIError) -> PerfectQueueError | None:
     errno, message = _mysql_errno(exc), str(exc.orig)
     if errno is not None:
         too_large, refused = MYSQL_TOO_LARGE.get(errno), errno in MYSQL_REFUSED
+    elif postgres.is_own_error(exc):
+        too_large = message.splitlines()[0] if postgres.is_too_large(exc) else None
+        refused = postgres.is_refused(exc)
     else:
         too_large = next((limit for limit in SQLITE_TOO_LARGE if limit in message), None)
         refused = any(what in message for what in SQLITE_REFUSED)
@@ -293,7 +344,8 @@ def is_missing_table(exc: BaseException) -> bool:
     cause = exc.__cause__ if isinstance(exc, UnavailableError) else exc
     if not isinstance(cause, DBAPIError):
         return False
-    return _mysql_errno(cause) == 1146 or "no such table" in str(cause.orig)
+    errno, message = _mysql_errno(cause), str(cause.orig)
+    return errno == 1146 or "no such table" in message or postgres.is_missing_table(cause)
 
 
 def _get_lock(conn: Connection, name: str) -> None:

@@ -147,11 +147,11 @@ class QueueReader:
         """Delete up to ``batch`` finished rows whose retention has passed; returns how many."""
         check_int("batch", batch, 1, 100_000)
         expired = self._t.timeout <= self.db.now() - DELETE_OFFSET
-        if self.db.is_sqlite:
+        if self.db.is_mysql:  # the only one with DELETE … LIMIT
+            query = sa.delete(self.table).where(expired).with_dialect_options(mysql_limit=batch)
+        else:
             ids = sa.select(self._t.id).where(expired).limit(batch).scalar_subquery()
             query = sa.delete(self.table).where(self._t.id.in_(ids))
-        else:
-            query = sa.delete(self.table).where(expired).with_dialect_options(mysql_limit=batch)
         return int(self.db.transaction(lambda conn: conn.execute(query).rowcount))
 
     # -- shared by the reads and the operations that answer a task ---------------------------

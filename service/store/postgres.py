@@ -1,0 +1,125 @@
+"""PostgreSQL's part of the store (psycopg 3): its engine, its clock, its lock, what its errors mean.
+
+The rest of the store speaks SQLAlchemy Core; what PostgreSQL does differently from MariaDB and
+SQLite is answered here, one function per difference, and :class:`.database.Database` asks.
+
+- The clock is ``statement_timestamp()`` in whole seconds (floored, as ``UNIX_TIMESTAMP()`` is):
+  the statement's own start, not the transaction's (``now()``), so a transaction that waited
+  for a lock leases from the time it got it.
+- The table's named lock (fair acquisition, ``acquire_lock: get_lock``) is a transaction-level
+  advisory lock, ``pg_advisory_xact_lock(key)``, taken as the transaction's first statement and
+  released by its commit or rollback; the key is a stable 64-bit hash of the table's name. A
+  session waits at most ``lock_timeout`` (10 s) for it, or for a row lock.
+- Errors are told by their SQLSTATE: serialization failures, deadlocks and lock timeouts are
+  retried; the classes of data exceptions and program limits are refusals no retry can change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+LOCK_TIMEOUT_MS = 10_000
+RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock detected, lock not available
+DUPLICATE_KEY = "23505"
+MISSING_TABLE = "42P01"
+TOO_LARGE_CLASS = "54"  # program limit exceeded: statement too complex, too many arguments, …
+REFUSED = {"42601", "42804", "42883"}  # syntax error, datatype mismatch, undefined function
+REFUSED_CLASS = "22"  # data exception: a value out of range, too long, or not valid text
+INIT_LOCK = "perfectqueue init"
+PREFIXES = ("postgresql+psycopg://", "postgresql://", "postgres://")
+URL_PREFIX = "postgresql+psycopg://"
+
+
+def normalize_url(url: str) -> str | None:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3 here; None for another database's url."""
+    for prefix in PREFIXES:
+        if url.startswith(prefix):
+            return URL_PREFIX + url[len(prefix) :]
+    return None
+
+
+def create_engine(url: str, pool_size: int, overflow: int, timeout: float) -> Engine:
+    return sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=overflow,
+        pool_timeout=timeout,
+        pool_recycle=3600,
+        pool_reset_on_return=None,  # every use ends its transaction itself, as on MariaDB
+        isolation_level="READ COMMITTED",
+        connect_args={"connect_timeout": 5, "options": f"-c lock_timeout={LOCK_TIMEOUT_MS}"},
+    )
+
+
+def now() -> sa.ColumnElement[int]:
+    """The database's clock in whole unix seconds."""
+    epoch = sa.extract("epoch", sa.func.statement_timestamp())
+    return sa.cast(sa.func.floor(epoch), sa.Integer)
+
+
+def lock_key(name: str) -> int:
+    """The advisory lock key of a name: a signed 64-bit hash, the same in every process."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def take_lock(conn: Connection, name: str) -> None:
+    """The named lock until the transaction ends (waits at most ``lock_timeout``)."""
+    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key(name))))
+
+
+@contextmanager
+def init_lock(engine: Engine) -> Iterator[None]:
+    """One ``init`` at a time on this database: PostgreSQL's DDL may fail on a catalog's unique
+    index when two sessions create the same table, column or index at once."""
+    with engine.connect() as conn:
+        conn.execute(sa.text("SET lock_timeout = 0"))
+        conn.execute(sa.select(sa.func.pg_advisory_lock(lock_key(INIT_LOCK))))
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(sa.select(sa.func.pg_advisory_unlock(lock_key(INIT_LOCK))))
+            conn.execute(sa.text("RESET lock_timeout"))
+            conn.commit()
+
+
+def is_own_error(exc: DBAPIError) -> bool:
+    """Did psycopg raise it?"""
+    return type(exc.orig).__module__.startswith("psycopg")
+
+
+def sqlstate(exc: DBAPIError) -> str | None:
+    state: Any = getattr(exc.orig, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+def is_retryable(exc: DBAPIError) -> bool:
+    return sqlstate(exc) in RETRYABLE
+
+
+def is_duplicate_key(exc: DBAPIError) -> bool:
+    return sqlstate(exc) == DUPLICATE_KEY
+
+
+def is_missing_table(exc: DBAPIError) -> bool:
+    return sqlstate(exc) == MISSING_TABLE
+
+
+def is_too_large(exc: DBAPIError) -> bool:
+    state = sqlstate(exc)
+    return state is not None and state.startswith(TOO_LARGE_CLASS)
+
+
+def is_refused(exc: DBAPIError) -> bool:
+    """Refused for good. psycopg itself refuses text with a NUL character (no SQLSTATE)."""
+    state = sqlstate(exc)
+    if state is None:
+        return "NUL" in str(exc.orig)
+    return state in REFUSED or state.startswith(REFUSED_CLASS)

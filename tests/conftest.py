@@ -73,6 +73,11 @@ def require_postgres() -> str:
 BACKENDS = ["sqlite", "mysql", "postgres"]
 
 
+def backend_of(db: Database) -> str:
+    """The backend name of a database: one of BACKENDS."""
+    return "sqlite" if db.is_sqlite else "postgres" if db.is_postgres else "mysql"
+
+
 @pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A database url for each backend; tests using it run once per backend."""

@@ -19,7 +19,7 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -37,7 +37,7 @@ from ...errors import (
     TooLargeError,
     UnavailableError,
 )
-from . import postgres
+from . import postgres, wakeups
 from .nodes import NODE_ERRNOS, Node, NodeSet, attach, split_hosts, sync_wait_of
 
 log = logging.getLogger("perfectqueue.store")
@@ -160,6 +160,15 @@ class Database:
         if self._skip_locked is None:
             self._skip_locked = self.transaction(_has_skip_locked, readonly=True)
         return self._skip_locked
+
+    def listen(self, tables: Iterable[str], heard: wakeups.Heard) -> wakeups.Listener | None:
+        """A started listener for the wake-ups announced on ``tables`` (PostgreSQL's
+        LISTEN/NOTIFY: see ``wakeups.py``); None where the database has none."""
+        if not self.is_postgres:
+            return None
+        listener = wakeups.Listener(self.engine, tables, heard)
+        listener.start()
+        return listener
 
     @property
     def scans_heads_by_group(self) -> bool:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql.base import ReadOnlyColumnCollection
 
 from ...errors import NotFoundError
-from . import throughput
+from . import throughput, wakeups
 from .codec import decode_data
 from .columns import Columns
 from .database import Database
@@ -123,6 +123,17 @@ class QueueReader:
         """One index probe of the table: UnavailableError unless the database answers."""
         query = sa.select(self._t.id).limit(1)
         self.db.transaction(lambda conn: conn.execute(query).first(), readonly=True)
+
+    @property
+    def announces(self) -> bool:
+        """Can this store tell the other replicas' listeners of waiting tasks (``announce``)?"""
+        return self.db.is_postgres
+
+    def announce(self, origin: str) -> None:
+        """Tell the other replicas' listeners that tasks became waiting (PostgreSQL; elsewhere
+        nothing: they find work by probing, see ``has_waiting``)."""
+        if self.db.is_postgres:
+            self.db.transaction(lambda conn: wakeups.announce(conn, self.table.name, origin))
 
     def has_waiting(self) -> bool:
         """Is any task waiting now? (One index probe; used to wake long-polls.)"""

@@ -33,6 +33,7 @@ from ...errors import (
     AlreadyExistsError,
     ConfigError,
     InternalError,
+    InvalidError,
     PerfectQueueError,
     TooLargeError,
     UnavailableError,
@@ -333,6 +334,8 @@ def refusal(exc: DBAPIError) -> PerfectQueueError | None:
     or one it cannot parse), which no retry can change; None for any other failure (those are
     unavailability: a lost connection, a lock, a missing table that ``init`` may yet create)."""
     errno, message = _mysql_errno(exc), str(exc.orig)
+    if postgres.is_nul_text(exc):
+        return InvalidError("PostgreSQL text cannot hold the NUL character: no task has it")
     if errno is not None:
         too_large, refused = MYSQL_TOO_LARGE.get(errno), errno in MYSQL_REFUSED
     elif postgres.is_own_error(exc):

@@ -118,8 +118,12 @@ def is_too_large(exc: DBAPIError) -> bool:
 
 
 def is_refused(exc: DBAPIError) -> bool:
-    """Refused for good. psycopg itself refuses text with a NUL character (no SQLSTATE)."""
+    """Refused for good."""
     state = sqlstate(exc)
-    if state is None:
-        return "NUL" in str(exc.orig)
-    return state in REFUSED or state.startswith(REFUSED_CLASS)
+    return state is not None and (state in REFUSED or state.startswith(REFUSED_CLASS))
+
+
+def is_nul_text(exc: DBAPIError) -> bool:
+    """psycopg refused to send text with a NUL character, which PostgreSQL's text cannot hold
+    (so no row has it: the request names what cannot exist)."""
+    return is_own_error(exc) and sqlstate(exc) is None and "NUL" in str(exc.orig)

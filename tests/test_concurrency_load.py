@@ -122,10 +122,11 @@ class RunningSampler(threading.Thread):
 
     def __init__(self, db: Database, table: str) -> None:
         super().__init__(daemon=True)
-        now = "CAST(strftime('%s','now') AS INTEGER)" if db.is_sqlite else "UNIX_TIMESTAMP()"
-        self.query = sa.text(
-            f"SELECT resource, COUNT(*) FROM {table} WHERE created_at IS NOT NULL AND timeout > {now} "
-            "AND resource IS NOT NULL GROUP BY resource"
+        t = sa.table(table, sa.column("resource"), sa.column("created_at"), sa.column("timeout"))
+        self.query = (
+            sa.select(t.c.resource, sa.func.count())
+            .where(t.c.created_at.is_not(None), t.c.timeout > db.now(), t.c.resource.is_not(None))
+            .group_by(t.c.resource)
         )
         self.db = db
         self.stop = threading.Event()

@@ -54,7 +54,8 @@ def test_max_running_is_never_exceeded_even_within_one_acquire(store: QueueStore
     second = store.acquire(50, 600)
     assert users_of(second) == {"A": 1}
     expire_one = second[0].task.id
-    set_timeout(store, expire_one, db_now(store.db) - 1)  # a dead worker's lease frees its slot
+    # a dead worker's lease frees its slot (expired before the others were submitted: oldest)
+    set_timeout(store, expire_one, db_now(store.db) - 100)
     assert [a.task.id for a in store.acquire(50, 600)] == [expire_one]
 
 

@@ -19,8 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import require_server
-from mariadb_instance import MariaDB, mariadb  # noqa: F401 - the fixture
-from postgres_instance import PostgreSQL, postgres  # noqa: F401 - the fixture
+from private_servers import PrivateServer, mariadb, postgres, private_db  # noqa: F401 - the fixtures
 from servers import free_port, service_process, write_config
 from test_worker_harness import wait_for
 
@@ -133,13 +132,6 @@ def assert_record_clean(record: Record) -> None:
     assert not twice, f"finished twice: {twice[:5]}"
 
 
-@pytest.fixture(params=["mariadb", "postgres"])
-def private_db(request: pytest.FixtureRequest) -> MariaDB | PostgreSQL:
-    """A database server of the test's own, to kill and restart: MariaDB, then PostgreSQL."""
-    server: MariaDB | PostgreSQL = request.getfixturevalue(request.param)
-    return server
-
-
 def readyz(base: str) -> int:
     try:
         return httpx.get(base + "/readyz", timeout=5).status_code
@@ -148,7 +140,8 @@ def readyz(base: str) -> int:
 
 
 def test_database_outage_is_503_then_recovers_without_losing_anything(
-    private_db: MariaDB | PostgreSQL, tmp_path: Path
+    private_db: PrivateServer,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     config = write_config(tmp_path / "service.yaml", private_db.url, "pq_outage", alive_time=2)
     with service_process(config, tmp_path / "service.log") as (base, _proc):
@@ -181,7 +174,10 @@ def test_database_outage_is_503_then_recovers_without_losing_anything(
     assert count(record, "acked") > 40
 
 
-def test_a_replica_killed_mid_polls_loses_nothing(private_db: MariaDB | PostgreSQL, tmp_path: Path) -> None:
+def test_a_replica_killed_mid_polls_loses_nothing(
+    private_db: PrivateServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     tasks = 200
     config = write_config(tmp_path / "service.yaml", private_db.url, "pq_replica", alive_time=2)
     port = free_port()

@@ -128,7 +128,7 @@ class QueueSettings(Declared):
     """
 
     table: str | None = setting(None, "the queue's table")
-    url: str | None = setting(None, "the database (mysql://…, sqlite:///…)")
+    url: str | None = setting(None, "the database (mysql://…, postgresql://…, sqlite:///…)")
     alive_time: int = setting(
         300, "seconds a lease lasts unless the poll asks otherwise", ge=1, le=MAX_DURATION
     )

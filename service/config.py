@@ -24,15 +24,24 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     create_model,
     field_validator,
     model_validator,
 )
 
-from ..configfile import read_section
+from ..configfile import read_section, screen
 from ..errors import ConfigError
-from ..settings import CONNECTION_KEYS, MAX_DURATION, QUEUE_FIELDS, WORKER_KEYS, QueueSettings, type_hints
+from ..settings import (
+    CONNECTION_KEYS,
+    MAX_DURATION,
+    ORIGINAL_ONLY,
+    QUEUE_FIELDS,
+    WORKER_KEYS,
+    QueueSettings,
+    type_hints,
+)
 from ..settings import bounds as declared_bounds
 from .store import check_table_name, normalize_url
 from .store.model import RetryPolicy
@@ -137,6 +146,7 @@ class Settings(QueueDefaults):
     log_format: Literal["text", "json"] = "text"
     metrics_count_limit: int = Field(default=10_000, ge=1, le=100_000_000)
 
+    _ignored: tuple[str, ...] = PrivateAttr(default=())
     api_keys: list[ApiKey] = Field(default_factory=list)  # none: no authentication (loopback only)
     insecure: bool = False  # serve a non-loopback address without api_keys
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
@@ -175,6 +185,11 @@ class Settings(QueueDefaults):
         if self.max_data_bytes > self.max_body_bytes:
             raise ValueError("max_data_bytes must not be over max_body_bytes")
         return self
+
+    @property
+    def ignored(self) -> tuple[str, ...]:
+        """The original's keys the settings held that mean nothing here (said once at start)."""
+        return self._ignored
 
     def queue(self, name: str) -> ResolvedQueue:
         """One queue's settings: its overrides over the service-wide values, its table named
@@ -226,10 +241,15 @@ def api_keys_from_json(text: str) -> Any:
 
 
 def settings_from(values: dict[str, Any], origin: str = "settings") -> Settings:
-    """Validated settings from a mapping (the keys of the other parts are dropped first)."""
-    values = {k: v for k, v in values.items() if k not in OTHER_PARTS_KEYS}
+    """Validated settings from a mapping: a key no part knows is refused (naming the nearest
+    valid one); the keys of the other parts, and the original's that mean nothing here, are
+    dropped first (:attr:`Settings.ignored` names the latter)."""
+    ignored = screen(values, origin, known=set(Settings.model_fields) | OTHER_PARTS_KEYS, strict=True)
+    values = {k: v for k, v in values.items() if k not in OTHER_PARTS_KEYS and k not in ORIGINAL_ONLY}
     try:
-        return Settings.model_validate(values)
+        settings = Settings.model_validate(values)
+        settings._ignored = tuple(ignored)
+        return settings
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()

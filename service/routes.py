@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from ..errors import PerfectQueueError, UnknownQueueError
 from . import models as m
@@ -238,8 +239,18 @@ async def list_tasks(
     return m.TaskPage(tasks=[m.TaskOut.of(t) for t in page.tasks], next_cursor=page.cursor)
 
 
+class AnyId(PathConvertor):
+    """The rest of the path, line breaks included (an id another writer stored may hold one;
+    Starlette's ``path`` stops at a newline)."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("task_id", AnyId())
+
+
 @router.get(
-    "/queues/{queue}/tasks/{task_id:path}",
+    "/queues/{queue}/tasks/{task_id:task_id}",
     operation_id="getTask",
     dependencies=[require(*ANY)],
     summary="One task",

@@ -57,6 +57,7 @@ from .store import (
 )
 from .store.observer import StoreObserver
 from .store.throughput import MinuteCounts
+from .store.tls import with_tls
 from .store.wakeups import Listener
 
 log = logging.getLogger("perfectqueue.service")
@@ -428,11 +429,12 @@ class Runtime:
         pool = PoolOptions(size=settings.pool_size, overflow=settings.pool_overflow)
         for name in settings.queues:
             resolved = settings.queue(name)
-            if resolved.url not in self.databases:
-                self.databases[resolved.url] = Database(resolved.url, pool, settings.isolation_level)
+            url = with_tls(resolved.url, resolved.sslca, resolved.ssl_mode)
+            if url not in self.databases:
+                self.databases[url] = Database(url, pool, settings.isolation_level)
             queue_observer = observer.queue(name)
             store = QueueStore(
-                self.databases[resolved.url],
+                self.databases[url],
                 resolved.table,
                 retention_time=resolved.retention_time,
                 fair=resolved.fair,
@@ -473,6 +475,12 @@ class Runtime:
         for queue in self.queues.values():
             if queue.store.table.name == table:
                 self.loop.call_soon_threadsafe(queue.heard, origin)
+
+    def check(self) -> None:
+        """Before serving: refuse databases that cannot work (ConfigError), e.g. a url whose hosts
+        are not nodes of one Galera cluster."""
+        for db in self.databases.values():
+            db.check()
 
     def begin_shutdown(self) -> None:
         """Readiness fails and every waiting long-poll returns empty, at once."""

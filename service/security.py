@@ -29,9 +29,10 @@ log = logging.getLogger("perfectqueue.service")
 
 KEY_PREFIX = "pq_"
 OPEN_PATHS = frozenset(
-    {"/livez", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    {"/", "/livez", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 )
-"""Paths that need no key: the health probes, and the API's own description (it holds no data)."""
+"""Paths that need no key: the health probes, the API's own description (it holds no data) and
+``/``, which leads to the dashboard."""
 OPEN_PREFIX = "/ui"
 """The dashboard's static pages (they hold no data; the API calls they make need a key)."""
 IDENTITY = "perfectqueue.api_key"

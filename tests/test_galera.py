@@ -24,6 +24,8 @@ import itertools
 import logging
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -196,6 +198,36 @@ def test_several_hosts_that_are_no_galera_cluster_are_refused(table_name: str) -
     try:
         with pytest.raises(UnavailableError, match="no Galera node"):
             QueueStore(db, table_name).counts()
+    finally:
+        db.dispose()
+
+
+def test_init_refuses_hosts_that_are_not_one_cluster(galera: GaleraCluster) -> None:  # noqa: F811
+    """A Galera node listed with a plain server (either first): refused at start, one line, exit 2."""
+    plain = require_mysql().split("@", 1)[1].split("/", 1)[0]
+    node = f"127.0.0.1:{galera.nodes[0].port}"
+    for hosts, odd in ((f"{node},{plain}", 2), (f"{plain},{node}", 1)):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "perfectqueue",
+                "init",
+                "--url",
+                f"mysql://root@{hosts}/test",
+                "--table",
+                "pq_x",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert f"lists several hosts, but node {odd} is no Galera node" in done.stderr.splitlines()[-1]
+    db = Database(galera.url)
+    try:
+        db.check()  # the cluster's own nodes pass
     finally:
         db.dispose()
 

@@ -41,6 +41,7 @@ def asset(name: str) -> Response:
     return Response(content, media_type=ASSETS[name], headers=HEADERS)
 
 
+@pages.get("/")
 @pages.get("/ui")
 async def ui_root() -> Response:
     return RedirectResponse("/ui/", status_code=308)

@@ -125,7 +125,7 @@ class Database:
             hosts = split_hosts(plain)
             self.nodes = NodeSet([Node(i, u, _mysql_engine(u, pool, isolation)) for i, u in enumerate(hosts)])
             for node in self.nodes.nodes:
-                attach(node.engine, node, self.nodes.several, sync_wait)
+                attach(node.engine, node, self.nodes, sync_wait)
         self.retried: Counter[str] = Counter()  # conflicts, reconnects, node errors: for logs and tests
         self._skip_locked: bool | None = None
         self._warned_lock = False
@@ -135,6 +135,11 @@ class Database:
     def engine(self) -> Engine:
         """The engine of the node in use (the only one unless the url lists several)."""
         return self.nodes.active().engine
+
+    def check(self) -> None:
+        """At start: a url listing several hosts names nodes of one Galera cluster (ConfigError)."""
+        if self.nodes.several:
+            self.nodes.check()
 
     def dispose(self) -> None:
         if self.retried or self.nodes.switches:

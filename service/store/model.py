@@ -194,6 +194,18 @@ def check_name(what: str, value: object) -> None:
         raise InvalidError(f"{what} must be valid Unicode text")
 
 
+def check_stored_id(value: object) -> None:
+    """An id to look up: anything the id column can hold (at most 255 characters), so that a
+    row another writer stored (the original takes any bytes up to VARCHAR(255)) can be read,
+    cancelled, finished or requeued. New ids stay within :func:`check_name`'s rules."""
+    if not isinstance(value, str) or not value:
+        raise InvalidError("id must be a non-empty string")
+    if len(value) > MAX_NAME_BYTES:
+        raise InvalidError(f"id is longer than {MAX_NAME_BYTES} characters")
+    if SURROGATE.search(value):
+        raise InvalidError("id must be valid Unicode text")
+
+
 def check_data(data: object) -> None:
     """A task's data: a JSON object without the key 'type' that encodes as standard UTF-8 JSON."""
     if not isinstance(data, dict):

@@ -21,7 +21,7 @@ from .codec import decode_data
 from .columns import Columns
 from .database import Database
 from .listing import Listing
-from .model import DELETE_OFFSET, EVENT_HORIZON, Outcome, Task, TaskStatus, check_int, check_name
+from .model import DELETE_OFFSET, EVENT_HORIZON, Outcome, Task, TaskStatus, check_int, check_stored_id
 from .rows import is_leased, status_of, to_task
 from .stats import DEFAULT_LIMIT, Counts, UserLoad, count_states, user_loads
 
@@ -45,7 +45,7 @@ class QueueReader:
 
     def get(self, task_id: str) -> Task:
         """The task's current state; NotFoundError if there is no row."""
-        check_name("id", task_id)
+        check_stored_id(task_id)
         self._columns.extended()
 
         def work(conn: Connection) -> Task:

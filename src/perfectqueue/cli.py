@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .configfile import ignored_line
 from .errors import PerfectQueueError
 
 DESCRIPTION = (
@@ -146,7 +147,11 @@ def _init(args: argparse.Namespace) -> int:
     from .service.metrics import ServiceMetrics
     from .service.runtime import Runtime
 
-    runtime = Runtime(_settings(args), ServiceMetrics())
+    settings = _settings(args)
+    if settings.ignored:
+        logging.getLogger("perfectqueue").info("%s", ignored_line(settings.ignored))
+    runtime = Runtime(settings, ServiceMetrics())
+    runtime.check()
     for name, queue in runtime.queues.items():
         done = queue.store.init()
         print(f"{name} ({queue.settings.table}): {', '.join(done) if done else 'up to date'}")

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from .._version import __version__
-from . import dashboard, metrics, problems, routes
+from . import apidocs, dashboard, metrics, problems, routes
 from .config import Settings
 from .fastlane import FastLane
 from .httpmetrics import HttpMetrics
@@ -52,6 +52,8 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         summary="A highly available, at-least-once task queue on a relational database.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's loads Swagger UI from a CDN: apidocs.py serves it from the package
+        redoc_url=None,
     )
     app.state.runtime = runtime
     app.state.metrics = observer
@@ -66,4 +68,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes.health)
     app.include_router(routes.router)
     board = dashboard.install(app, runtime, observer.per_minute)
+    if settings.api_docs:
+        apidocs.install(app)
     return app

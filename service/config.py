@@ -151,6 +151,15 @@ class Settings(QueueDefaults):
     insecure: bool = False  # serve a non-loopback address without api_keys
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
     max_data_bytes: int = Field(default=512 * 1024, ge=64, le=1024**3)
+    api_docs: bool = True  # serve /docs (Swagger UI, from the package)
+    max_response_bytes: int = Field(default=8 * 1024**2, ge=64 * 1024, le=1024**3)  # data in a poll/page
+    max_head_bytes: int = Field(default=16 * 1024, ge=1024, le=1024**2)  # request line and headers
+    head_timeout: float = Field(default=10.0, gt=0, le=3600)  # from a head's first byte to its end
+    body_timeout: float = Field(default=30.0, gt=0, le=3600)  # from a head's end to its body's
+    keep_alive_timeout: int = Field(default=5, ge=1, le=3600)  # idle between requests
+    max_connections: int = Field(default=2000, ge=1, le=1_000_000)
+    max_long_polls: int = Field(default=1000, ge=0, le=1_000_000)  # waiting at once, all queues
+    statement_timeout: float = Field(default=5.0, gt=0, le=3600)  # one database statement (MySQL)
 
     @field_validator("url")
     @classmethod

@@ -225,6 +225,10 @@ async def list_tasks(
     order: Annotated[Literal["id", "due"], Query(description="id, or due time (then id)")] = "id",
     cursor: Annotated[str | None, Query(max_length=300, description="next_cursor of the page before")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    include: Annotated[
+        Literal["data"] | None,
+        Query(description="data: each task's data too (the page then stops at max_response_bytes of data)"),
+    ] = None,
 ) -> m.TaskPage:
     page = await queue.list_tasks(
         status=status,
@@ -235,8 +239,10 @@ async def list_tasks(
         order=order,
         cursor=cursor,
         limit=limit,
+        with_data=include == "data",
     )
-    return m.TaskPage(tasks=[m.TaskOut.of(t) for t in page.tasks], next_cursor=page.cursor)
+    listed = [m.ListedTask.listed(task, include == "data") for task in page.tasks]
+    return m.TaskPage(tasks=listed, next_cursor=page.cursor)
 
 
 class AnyId(PathConvertor):

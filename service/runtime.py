@@ -42,7 +42,7 @@ from .announce import Announcer
 from .batching import Batcher
 from .config import ResolvedQueue, Settings
 from .limits import check_data_size
-from .longpoll import LongPoll
+from .longpoll import LongPoll, PollSlots
 from .store import (
     AcquiredTask,
     Counts,
@@ -56,6 +56,7 @@ from .store import (
     UserLoad,
 )
 from .store.observer import StoreObserver
+from .store.rows import within
 from .store.throughput import MinuteCounts
 from .store.tls import with_tls
 from .store.wakeups import Listener
@@ -120,12 +121,16 @@ class QueueRuntime:
         store: QueueStore,
         run: Runner,
         observer: QueueObserver,
+        *,
+        slots: PollSlots | None = None,
     ) -> None:
         self.name, self.settings, self.service = settings.name, settings, service
         self.store, self.run, self.observer = store, run, observer
         self.finishes: Batcher[tuple[str, int], None] = Batcher(self._finish_merged)
         self.submits: Batcher[NewTask, None] = Batcher(self._submit_merged)
-        self.polls = LongPoll(self._acquire, self._has_waiting, self.give_back, service.poll_check_interval)
+        slots = slots or PollSlots(service.max_long_polls)
+        check = service.poll_check_interval
+        self.polls = LongPoll(self._acquire, self._has_waiting, self.give_back, check, slots)
         self.origin = secrets.token_hex(8)  # this queue's runtime, in its announcements
         self.announcer = Announcer(lambda: self.run(store.announce, self.origin), enabled=store.announces)
 
@@ -164,12 +169,22 @@ class QueueRuntime:
         if wait > self.service.max_poll_wait:
             raise InvalidError(f"wait must be at most {self.service.max_poll_wait} seconds")
         started = time.perf_counter()
-        tasks = await self.polls.poll(max_tasks, alive_time or self.settings.alive_time, wait)
+        tasks = await self.within_budget(
+            await self.polls.poll(max_tasks, alive_time or self.settings.alive_time, wait)
+        )
         if tasks and wait > 0 and gone is not None and await gone():
             await self.give_back(tasks)
             tasks = []
         self.observer.polled(time.perf_counter() - started, bool(tasks))
         return tasks
+
+    async def within_budget(self, tasks: list[AcquiredTask]) -> list[AcquiredTask]:
+        """The leading tasks whose data fits in ``max_response_bytes``; the rest are given back
+        (waiting again at once, their attempt not counted)."""
+        fit = len(list(within((t.task for t in tasks), self.service.max_response_bytes)))
+        if fit < len(tasks):
+            await self.give_back(tasks[fit:])
+        return tasks[:fit]
 
     async def heartbeat(
         self, task_id: str, lease: int, alive_time: int | None = None, data: dict[str, Any] | None = None
@@ -276,8 +291,10 @@ class QueueRuntime:
         order: str = "id",
         cursor: str | None = None,
         limit: int = 100,
+        with_data: bool = False,
     ) -> Page:
-        """A page of tasks, filtered (``QueueStore.list``)."""
+        """A page of tasks, filtered (``QueueStore.list``), without their data unless asked; with
+        it, the page stops at ``max_response_bytes`` of data."""
         set_context(queue=self.name)
         return await self._call(
             lambda: self.store.list(
@@ -289,6 +306,8 @@ class QueueRuntime:
                 order=order,
                 cursor=cursor,
                 limit=limit,
+                with_data=with_data,
+                max_bytes=self.service.max_response_bytes,
             )
         )
 
@@ -365,8 +384,10 @@ class QueueRuntime:
         for event, amount in events.items():
             self.observer.counted(event, amount)
 
-    async def _acquire(self, max_tasks: int, alive_time: int) -> list[AcquiredTask]:
-        tasks = await self._call(self.store.acquire, max_tasks, alive_time)
+    async def _acquire(self, max_tasks: int, alive_time: int, callers: int) -> list[AcquiredTask]:
+        """One acquisition for ``callers`` polls: as much data as their answers may carry."""
+        budget = callers * self.service.max_response_bytes
+        tasks = await self._call(self.store.acquire, max_tasks, alive_time, budget)
         self.observer.acquired(tasks)
         return tasks
 
@@ -426,12 +447,15 @@ class Runtime:
         self.databases: dict[str, Database] = {}
         self.listeners: list[Listener] = []
         self.queues: dict[str, QueueRuntime] = {}
+        self.slots = PollSlots(settings.max_long_polls)  # shared by the queues: a limit per replica
         pool = PoolOptions(size=settings.pool_size, overflow=settings.pool_overflow)
         for name in settings.queues:
             resolved = settings.queue(name)
             url = with_tls(resolved.url, resolved.sslca, resolved.ssl_mode)
             if url not in self.databases:
-                self.databases[url] = Database(url, pool, settings.isolation_level)
+                self.databases[url] = Database(
+                    url, pool, settings.isolation_level, settings.statement_timeout
+                )
             queue_observer = observer.queue(name)
             store = QueueStore(
                 self.databases[url],
@@ -441,8 +465,10 @@ class Runtime:
                 lock=resolved.acquire_lock,
                 policy=resolved.retry_policy(),
                 observer=queue_observer,
+                max_data_bytes=settings.max_data_bytes,
             )
-            self.queues[name] = QueueRuntime(resolved, settings, store, self.run, queue_observer)
+            runtime = QueueRuntime(resolved, settings, store, self.run, queue_observer, slots=self.slots)
+            self.queues[name] = runtime
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking call in a worker thread (its wait for the thread observed)."""

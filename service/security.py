@@ -22,15 +22,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ConfigError, ForbiddenError, UnauthorizedError
 from . import problems
+from .apidocs import OPEN_PATHS as DOCS_PATHS
 from .asgi import header
 from .config import ApiKey, Scope_, Settings
 
 log = logging.getLogger("perfectqueue.service")
 
 KEY_PREFIX = "pq_"
-OPEN_PATHS = frozenset(
-    {"/", "/livez", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
-)
+OPEN_PATHS = frozenset({"/", "/livez", "/healthz", "/readyz", "/openapi.json", *DOCS_PATHS})
 """Paths that need no key: the health probes, the API's own description (it holds no data) and
 ``/``, which leads to the dashboard."""
 OPEN_PREFIX = "/ui"

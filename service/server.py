@@ -32,6 +32,7 @@ from ..configfile import ignored_line
 from . import logs
 from .app import create_app
 from .config import Settings
+from .connections import ConnectionLimits, guarded_protocol
 from .runtime import Runtime
 from .security import check_exposure
 from .store import redact
@@ -107,6 +108,15 @@ def prepare_logs(settings: Settings, log_level: str = "info") -> None:
     check_exposure(settings)
 
 
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        max_head_bytes=settings.max_head_bytes,
+        head_timeout=settings.head_timeout,
+        body_timeout=settings.body_timeout,
+        max_connections=settings.max_connections,
+    )
+
+
 def serve(settings: Settings, log_level: str = "info") -> None:
     """Serve until stopped by SIGTERM or SIGINT (refused on a public address without keys)."""
     prepare_logs(settings, log_level)
@@ -121,6 +131,8 @@ def serve(settings: Settings, log_level: str = "info") -> None:
         access_log=False,  # the service writes its own access line (logs.RequestLog)
         timeout_graceful_shutdown=math.floor(settings.shutdown_grace),
         server_header=False,
+        http=guarded_protocol(connection_limits(settings)),
+        timeout_keep_alive=settings.keep_alive_timeout,
     )
     announce(settings)
     Server(config, app.state.runtime, settings.shutdown_grace, settings.shutdown_delay).run()
@@ -138,4 +150,5 @@ def announce(settings: Settings) -> None:
         log.info("queues %s on %s", ", ".join(names), url)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     base = f"http://{host}:{settings.port}"
-    log.info("dashboard %s/ui, API docs %s/docs, metrics %s/metrics", base, base, base)
+    docs = f", API docs {base}/docs" if settings.api_docs else ""
+    log.info("dashboard %s/ui%s, metrics %s/metrics", base, docs, base)

@@ -250,6 +250,13 @@ def test_the_service_settings_are_valid_and_shutdown_fits_the_grace(chart: Any, 
     assert readiness["periodSeconds"] * readiness["failureThreshold"] <= settings.shutdown_grace
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
 
+    # Every limit of "Limits" in docs/configuration.md is set, and fits the pod and its neighbours.
+    assert settings.max_head_bytes <= 16 * 1024 and settings.head_timeout <= 10
+    assert settings.keep_alive_timeout > 60  # an ingress's idle upstream connections: 60 s usually
+    assert settings.max_long_polls < settings.max_connections <= 1000
+    assert settings.statement_timeout + 1 < settings.shutdown_grace
+    assert settings.max_response_bytes <= 8 * 1024 * 1024  # with a poll's data decoded: under 512Mi
+
 
 def test_the_worker_settings_are_valid_and_stop_before_kubernetes_kills(chart: Any) -> None:
     docs = render(chart, FULL_VALUES)
@@ -351,6 +358,8 @@ def test_the_values_schema_refuses_bad_values(chart: Any, helm: Any) -> None:
         {"config": {"url": "mysql://root@db/q"}},  # the url is a secret: database.url
         {"apiKeys": [{"name": "k", "hash": "not-a-hash", "scopes": ["submit"]}]},
         {"serviceMonitor": {"enabeld": True}},
+        {"config": {"max_head_bytes": 100}},
+        {"config": {"statement_timeout": 0}},
     ]:
         with pytest.raises(helm.HelmError):
             chart.validate_schema(bad)

@@ -12,6 +12,7 @@ from importlib import resources
 from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi.responses import RedirectResponse, Response
 
+from ..asgi import PAGE_HEADERS
 from ..metrics import PerMinute
 from ..runtime import Runtime
 from . import api
@@ -23,13 +24,7 @@ ASSETS = {
     "style.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
-HEADERS = {
-    "Cache-Control": "no-cache",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-}
+HEADERS = PAGE_HEADERS
 
 pages = APIRouter(include_in_schema=False)
 

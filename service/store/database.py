@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import pymysql  # type: ignore[import-untyped]
@@ -39,6 +40,7 @@ from ...errors import (
     UnavailableError,
 )
 from . import postgres, wakeups
+from .deadline import attach_mysql_deadline, lift, lock_wait, mysql_connect_args, timed_out
 from .nodes import NODE_ERRNOS, Node, NodeSet, attach, split_hosts, sync_wait_of
 
 log = logging.getLogger("perfectqueue.store")
@@ -49,6 +51,7 @@ LockTimer = Callable[[float, float], None]  # seconds waiting for a named lock, 
 MYSQL_RETRYABLE = {1205, 1213}  # lock wait timeout, deadlock (also Galera certification failure)
 MAX_LOCK_RETRIES = 8
 LOCK_WAIT_SECONDS = 10
+DRIVER_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30}  # no statement_timeout
 
 MYSQL_TOO_LARGE = {
     1153: "packet larger than max_allowed_packet",
@@ -109,21 +112,33 @@ def redact(url: str) -> str:
 class Database:
     """An engine (one per node of a Galera url) plus what the queue needs to know of its dialect."""
 
-    def __init__(self, url: str, pool: PoolOptions | None = None, isolation: str | None = None):
+    def __init__(
+        self,
+        url: str,
+        pool: PoolOptions | None = None,
+        isolation: str | None = None,
+        statement_timeout: float | None = None,
+    ):
+        """``statement_timeout``: the most seconds one statement may take on MySQL and MariaDB
+        (see ``deadline.py``) and on PostgreSQL (its own ``statement_timeout``); None: the
+        driver's timeouts of 5 s to connect, 30 s to read (PostgreSQL: none)."""
         self.url = normalize_url(url)
         pool = pool or PoolOptions()
+        self.statement_timeout = statement_timeout
+        self.lock_wait = lock_wait(statement_timeout, LOCK_WAIT_SECONDS)
         self.is_sqlite = self.url.startswith("sqlite")
         self.is_postgres = self.url.startswith(postgres.URL_PREFIX)
         self.is_mysql = not (self.is_sqlite or self.is_postgres)
         if self.is_sqlite:
             self.nodes = NodeSet([Node(0, self.url, _sqlite_engine(self.url, pool))])
         elif self.is_postgres:  # several hosts are libpq's own failover (see docs/ha.md)
-            engine = postgres.create_engine(self.url, pool.size, pool.overflow, pool.timeout)
-            self.nodes = NodeSet([Node(0, self.url, engine)])
+            pg = postgres.create_engine(self.url, pool, statement_timeout, self.lock_wait)
+            self.nodes = NodeSet([Node(0, self.url, pg)])
         else:
             plain, sync_wait = sync_wait_of(self.url)
             hosts = split_hosts(plain)
-            self.nodes = NodeSet([Node(i, u, _mysql_engine(u, pool, isolation)) for i, u in enumerate(hosts)])
+            engine = partial(_mysql_engine, pool=pool, isolation=isolation, deadline=statement_timeout)
+            self.nodes = NodeSet([Node(i, u, engine(u)) for i, u in enumerate(hosts)])
             for node in self.nodes.nodes:
                 attach(node.engine, node, self.nodes, sync_wait)
         self.retried: Counter[str] = Counter()  # conflicts, reconnects, node errors: for logs and tests
@@ -224,6 +239,26 @@ class Database:
                     if timed is not None:
                         timed(taken - asked, time.perf_counter() - taken)
 
+    @contextmanager
+    def unbounded(self) -> Iterator[Connection]:
+        """A connection in a transaction without the statement deadline, for schema changes."""
+        if self.statement_timeout is None or self.is_sqlite:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        if self.is_postgres:  # a setting of this transaction only
+            with self.engine.begin() as conn:
+                postgres.lift(conn)
+                yield conn
+            return
+        with self.engine.connect() as conn:
+            try:
+                lift(conn)
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.invalidate()  # its session has no deadline: not for the pool
+
     def transaction(
         self,
         work: Callable[[Connection], T],
@@ -256,6 +291,9 @@ class Database:
                     self._count("conflicts")
                     time.sleep(random.uniform(0, 0.01 * 2**lock_retries))
                     continue
+                if timed_out(_mysql_errno(exc), str(exc.orig)) and not self.nodes.several:
+                    # the same server again would wait as long (with several nodes: the next one)
+                    raise UnavailableError(f"the database did not answer in time: {_describe(exc)}") from exc
                 if self._node_error(node, exc, node_retries):
                     node_retries += 1
                     continue
@@ -267,7 +305,7 @@ class Database:
         if self.is_postgres:
             postgres.take_lock(conn, name)
         else:
-            _get_lock(conn, name)
+            _get_lock(conn, name, self.lock_wait)
 
     def init_lock(self) -> AbstractContextManager[None]:
         """Held while ``init`` changes the schema: PostgreSQL's concurrent DDL on one table may
@@ -365,10 +403,10 @@ def is_missing_table(exc: BaseException) -> bool:
     return errno == 1146 or "no such table" in message or postgres.is_missing_table(cause)
 
 
-def _get_lock(conn: Connection, name: str) -> None:
-    got = conn.execute(sa.select(sa.func.get_lock(name, LOCK_WAIT_SECONDS))).scalar()
+def _get_lock(conn: Connection, name: str, wait: int) -> None:
+    got = conn.execute(sa.select(sa.func.get_lock(name, wait))).scalar()
     if got != 1:
-        raise UnavailableError(f"could not take the lock {name!r} within {LOCK_WAIT_SECONDS} s")
+        raise UnavailableError(f"could not take the lock {name!r} within {wait} s")
 
 
 def _release_lock(conn: Connection, name: str) -> None:
@@ -441,7 +479,7 @@ class _PyMySQLConnection(pymysql.connections.Connection):  # type: ignore[misc]
             return _PyMySQLConnection._preferred
 
 
-def _mysql_engine(url: str, pool: PoolOptions, isolation: str | None) -> Engine:
+def _mysql_engine(url: str, pool: PoolOptions, isolation: str | None, deadline: float | None) -> Engine:
     engine = sa.create_engine(
         url,
         pool_size=pool.size,
@@ -452,8 +490,10 @@ def _mysql_engine(url: str, pool: PoolOptions, isolation: str | None) -> Engine:
         # so the pool's own ROLLBACK at check-in would be one more round trip per call for nothing.
         pool_reset_on_return=None,
         isolation_level=isolation or "READ COMMITTED",
-        connect_args={"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
+        connect_args=DRIVER_TIMEOUTS if deadline is None else mysql_connect_args(deadline),
     )
+    if deadline is not None:
+        attach_mysql_deadline(engine, deadline)
 
     @sa.event.listens_for(engine, "do_connect")
     def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:

@@ -77,6 +77,11 @@ class Task:
     leased: bool = False
     """Running and held by a worker; a running task nobody holds is scheduled for later
     (submitted with ``run_at``, or retried with a wait)."""
+    data_withheld: bool = False
+    """The stored data is over the reader's ``max_data_bytes`` once inflated: not read (``data``
+    is empty, ``type`` the part of the id before its first dot)."""
+    size: int = 0
+    """Bytes of the stored JSON, inflated: what the data costs in an answer."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ SQLite is answered here, one function per difference, and :class:`.database.Data
 - The table's named lock (fair acquisition, ``acquire_lock: get_lock``) is a transaction-level
   advisory lock, ``pg_advisory_xact_lock(key)``, taken as the transaction's first statement and
   released by its commit or rollback; the key is a stable 64-bit hash of the table's name. A
-  session waits at most ``lock_timeout`` (10 s) for it, or for a row lock.
+  session waits at most ``lock_timeout`` for it, or for a row lock: 10 s, or less than the
+  statement deadline (``statement_timeout``), so that the lock's own timeout answers first.
 - Errors are told by their SQLSTATE: serialization failures, deadlocks and lock timeouts are
   retried; the classes of data exceptions and program limits are refusals no retry can change.
 """
@@ -17,15 +18,15 @@ SQLite is answered here, one function per difference, and :class:`.database.Data
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-LOCK_TIMEOUT_MS = 10_000
 RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock detected, lock not available
 DUPLICATE_KEY = "23505"
 MISSING_TABLE = "42P01"
@@ -37,6 +38,15 @@ PREFIXES = ("postgresql+psycopg://", "postgresql://", "postgres://")
 URL_PREFIX = "postgresql+psycopg://"
 
 
+class PoolSizes(Protocol):
+    @property
+    def size(self) -> int: ...
+    @property
+    def overflow(self) -> int: ...
+    @property
+    def timeout(self) -> float: ...
+
+
 def normalize_url(url: str) -> str | None:
     """``postgresql://`` and ``postgres://`` mean psycopg 3 here; None for another database's url."""
     for prefix in PREFIXES:
@@ -45,17 +55,28 @@ def normalize_url(url: str) -> str | None:
     return None
 
 
-def create_engine(url: str, pool_size: int, overflow: int, timeout: float) -> Engine:
+def create_engine(url: str, pool: PoolSizes, deadline: float | None, lock_wait: int) -> Engine:
+    """``deadline``: PostgreSQL's ``statement_timeout`` (a statement running longer is cancelled,
+    SQLSTATE 57014: answered 503, not retried); ``lock_wait``: its ``lock_timeout``, in seconds."""
+    options = f"-c lock_timeout={lock_wait * 1000}"
+    if deadline is not None:
+        options += f" -c statement_timeout={math.ceil(deadline * 1000)}"
     return sa.create_engine(
         url,
-        pool_size=pool_size,
-        max_overflow=overflow,
-        pool_timeout=timeout,
+        pool_size=pool.size,
+        max_overflow=pool.overflow,
+        pool_timeout=pool.timeout,
         pool_recycle=3600,
         pool_reset_on_return=None,  # every use ends its transaction itself, as on MariaDB
         isolation_level="READ COMMITTED",
-        connect_args={"connect_timeout": 5, "options": f"-c lock_timeout={LOCK_TIMEOUT_MS}"},
+        connect_args={"connect_timeout": 5, "options": options},
     )
+
+
+def lift(conn: Connection) -> None:
+    """No statement deadline for the rest of ``conn``'s transaction (schema changes: an index
+    built on a large table takes minutes)."""
+    conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
 
 
 def now() -> sa.ColumnElement[int]:

@@ -7,7 +7,7 @@ Every read takes the database's clock in its own transaction and turns rows into
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +20,9 @@ from . import throughput, wakeups
 from .codec import decode_data
 from .columns import Columns
 from .database import Database
-from .listing import Listing
+from .listing import Listing, encode_cursor
 from .model import DELETE_OFFSET, EVENT_HORIZON, Outcome, Task, TaskStatus, check_int, check_stored_id
-from .rows import is_leased, status_of, to_task
+from .rows import is_leased, status_of, to_task, within
 from .stats import DEFAULT_LIMIT, Counts, UserLoad, count_states, user_loads
 
 
@@ -42,17 +42,15 @@ class QueueReader:
     _t: ReadOnlyColumnCollection[str, sa.Column[Any]]
     _columns: Columns
     _listing: Listing
+    max_data_bytes: int | None
 
     def get(self, task_id: str) -> Task:
         """The task's current state; NotFoundError if there is no row."""
         check_stored_id(task_id)
         self._columns.extended()
 
-        def work(conn: Connection) -> Task:
-            row = self._read(conn, task_id)
-            return to_task(row, row.now)
-
-        return self.db.transaction(work, readonly=True)
+        row = self.db.transaction(lambda conn: self._read(conn, task_id), readonly=True)
+        return to_task(row, row.now, limit=self.max_data_bytes)  # decoded outside the transaction
 
     def counts(self, limit: int = DEFAULT_LIMIT) -> Counts:
         """Tasks by state, each count stopping at ``limit`` (:mod:`.stats`)."""
@@ -83,12 +81,16 @@ class QueueReader:
         order: str = "id",
         cursor: str | None = None,
         limit: int = 100,
+        with_data: bool = True,
+        max_bytes: int | None = None,
     ) -> Page:
         """Tasks after ``cursor``, filtered, in ``order``: ``id``, or ``due`` (due time, on an
         index whatever the filters: :mod:`.listing`). ``leased`` tells running tasks a worker
         holds from those scheduled for later. A page may be short and carry a cursor; a cursor
         the listing cannot have returned is InvalidError. The filters match what the table
-        holds, whatever it holds (a table shared with the original may hold any string)."""
+        holds, whatever it holds (a table shared with the original may hold any string).
+        ``with_data`` false leaves the data out; with it, a page stops before its data passes
+        ``max_bytes`` (a shorter page, its cursor at its last task)."""
         check_int("limit", limit, 1, 1000)
         self._columns.extended()
 
@@ -98,11 +100,13 @@ class QueueReader:
                     return False
                 if leased is not None and is_leased(row, now) is not leased:
                     return False
-                return task_type is None or decode_data(row.id, row.data)[0] == task_type
+                return (
+                    task_type is None or decode_data(row.id, row.data, self.max_data_bytes).type == task_type
+                )
 
             return accepts
 
-        def work(conn: Connection) -> Page:
+        def work(conn: Connection) -> tuple[int, Sequence[Row[Any]], str | None]:
             now = self._now(conn)
             rows, after = self._listing.page(
                 conn,
@@ -115,9 +119,15 @@ class QueueReader:
                 limit=limit,
                 keep=keep(now),
             )
-            return Page([to_task(r, now) for r in rows], after)
+            return now, rows, after
 
-        return self.db.transaction(work, readonly=True)
+        now, rows, after = self.db.transaction(work, readonly=True)
+        decoded = (to_task(r, now, limit=self.max_data_bytes, with_data=with_data) for r in rows)
+        tasks = list(decoded) if not with_data else list(within(decoded, max_bytes))  # one at a time
+        if len(tasks) < len(rows):
+            last = tasks[-1]
+            after = encode_cursor(last.id if order == "id" else (last.timeout, last.id))
+        return Page(tasks, after)
 
     def ping(self) -> None:
         """One index probe of the table: UnavailableError unless the database answers."""

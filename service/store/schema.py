@@ -135,7 +135,7 @@ def _init_table(db: Database, table: sa.Table) -> list[str]:
     if isinstance(id_type, sa.String) and not db.is_sqlite:
         # Asked here, not in build_table: a store is built before its database may answer.
         id_type.collation = _binary_collation(db)
-    with db.engine.begin() as conn:
+    with db.unbounded() as conn:
         if not sa.inspect(conn).has_table(table.name):
             done.append(f"created table {table.name}")
         conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
@@ -162,7 +162,7 @@ def _add_column(db: Database, table: sa.Table, column: sa.Column[object]) -> Non
         ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
         quoted = conn.dialect.identifier_preparer.format_table(table)
     try:
-        with db.engine.begin() as conn:
+        with db.unbounded() as conn:
             conn.exec_driver_sql(f"ALTER TABLE {quoted} ADD COLUMN {ddl}")
     except DBAPIError as exc:
         if "duplicate column" in str(exc.orig).lower() or "already exists" in str(exc.orig):
@@ -172,7 +172,7 @@ def _add_column(db: Database, table: sa.Table, column: sa.Column[object]) -> Non
 
 def _create_index(db: Database, index: sa.Index) -> None:
     try:
-        with db.engine.begin() as conn:
+        with db.unbounded() as conn:
             index.create(conn)
     except DBAPIError as exc:
         if "already exists" in str(exc.orig) or "Duplicate key name" in str(exc.orig):

@@ -291,7 +291,8 @@ class Database:
                     self._count("conflicts")
                     time.sleep(random.uniform(0, 0.01 * 2**lock_retries))
                     continue
-                if timed_out(_mysql_errno(exc), str(exc.orig)) and not self.nodes.several:
+                late = timed_out(_mysql_errno(exc), str(exc.orig)) or postgres.timed_out(exc)
+                if late and not self.nodes.several:
                     # the same server again would wait as long (with several nodes: the next one)
                     raise UnavailableError(f"the database did not answer in time: {_describe(exc)}") from exc
                 if self._node_error(node, exc, node_retries):

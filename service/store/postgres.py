@@ -11,8 +11,9 @@ SQLite is answered here, one function per difference, and :class:`.database.Data
   released by its commit or rollback; the key is a stable 64-bit hash of the table's name. A
   session waits at most ``lock_timeout`` for it, or for a row lock: 10 s, or less than the
   statement deadline (``statement_timeout``), so that the lock's own timeout answers first.
-- Errors are told by their SQLSTATE: serialization failures, deadlocks and lock timeouts are
-  retried; the classes of data exceptions and program limits are refusals no retry can change.
+- Errors are told by their SQLSTATE: serialization failures and deadlocks are retried; a
+  statement or lock timeout answers 503 at once (waiting again would take as long); the classes
+  of data exceptions and program limits are refusals no retry can change.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock detected, lock not available
+RETRYABLE = {"40001", "40P01"}  # serialization failure, deadlock detected
+TIMED_OUT = {"57014", "55P03"}  # statement_timeout, lock_timeout: waiting again would take as long
 DUPLICATE_KEY = "23505"
 MISSING_TABLE = "42P01"
 TOO_LARGE_CLASS = "54"  # program limit exceeded: statement too complex, too many arguments, …
@@ -123,6 +125,10 @@ def sqlstate(exc: DBAPIError) -> str | None:
 
 def is_retryable(exc: DBAPIError) -> bool:
     return sqlstate(exc) in RETRYABLE
+
+
+def timed_out(exc: DBAPIError) -> bool:
+    return sqlstate(exc) in TIMED_OUT
 
 
 def is_duplicate_key(exc: DBAPIError) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -37,6 +38,7 @@ from ..errors import (
     UnavailableError,
 )
 from ..logformat import set_context
+from .announce import Announcer
 from .batching import Batcher
 from .config import ResolvedQueue, Settings
 from .limits import check_data_size
@@ -57,6 +59,7 @@ from .store.observer import StoreObserver
 from .store.rows import within
 from .store.throughput import MinuteCounts
 from .store.tls import with_tls
+from .store.wakeups import Listener
 
 log = logging.getLogger("perfectqueue.service")
 
@@ -128,6 +131,8 @@ class QueueRuntime:
         slots = slots or PollSlots(service.max_long_polls)
         check = service.poll_check_interval
         self.polls = LongPoll(self._acquire, self._has_waiting, self.give_back, check, slots)
+        self.origin = secrets.token_hex(8)  # this queue's runtime, in its announcements
+        self.announcer = Announcer(lambda: self.run(store.announce, self.origin), enabled=store.announces)
 
     # -- producing ------------------------------------------------------------------------------
 
@@ -137,7 +142,7 @@ class QueueRuntime:
         set_context(queue=self.name, task_id=task.id)
         check_data_size(task.data, self.service.max_data_bytes)
         await self.submits.call(task)
-        self.polls.notify()
+        self._woke()
 
     async def submit_many(self, tasks: Sequence[NewTask]) -> Outcomes:
         set_context(queue=self.name)
@@ -146,7 +151,7 @@ class QueueRuntime:
         self.observer.carried("submit", len(tasks))
         outcomes = await self._call(self.store.submit_many, tasks)
         self._count(outcomes, "submitted", REFUSED_SUBMIT)
-        self.polls.notify()
+        self._woke()
         return outcomes
 
     # -- working --------------------------------------------------------------------------------
@@ -222,14 +227,14 @@ class QueueRuntime:
         wait = await self._refusable(REFUSED, self.store.retry, task_id, lease, retry_wait, error)
         self.observer.counted("dead" if wait is None else "retried", 1)
         if wait == 0:
-            self.polls.notify()
+            self._woke()
 
     async def release(self, task_id: str, lease: int) -> None:
         """Give the task back, deliverable at once."""
         set_context(queue=self.name, task_id=task_id)
         await self._refusable(REFUSED, self.store.release, task_id, lease)
         self.observer.counted("released", 1)
-        self.polls.notify()
+        self._woke()
 
     async def give_back(self, tasks: Iterable[AcquiredTask]) -> None:
         """Tasks leased for a caller that has gone: deliverable again at once, rather than leased
@@ -242,7 +247,7 @@ class QueueRuntime:
                 log.warning("could not give back task %r: %s", acquired.task.id, exc)
             else:
                 self.observer.counted("released", 1)
-        self.polls.notify()
+        self._woke()
 
     # -- the operator's -------------------------------------------------------------------------
 
@@ -254,7 +259,7 @@ class QueueRuntime:
     async def force_release(self, task_id: str) -> None:
         set_context(queue=self.name, task_id=task_id)
         await self._call(self.store.force_release, task_id)
-        self.polls.notify()
+        self._woke()
 
     async def cancel(self, task_id: str) -> Task:
         set_context(queue=self.name, task_id=task_id)
@@ -266,7 +271,7 @@ class QueueRuntime:
     async def requeue(self, task_id: str) -> Task:
         set_context(queue=self.name, task_id=task_id)
         task = await self._call(self.store.requeue, task_id)
-        self.polls.notify()
+        self._woke()
         return task
 
     # -- reading --------------------------------------------------------------------------------
@@ -342,6 +347,12 @@ class QueueRuntime:
         """Shutting down: waiting polls answer empty at once, and no poll waits again."""
         self.polls.close()
 
+    def heard(self, origin: str | None) -> None:
+        """Tasks became waiting through another replica (``origin`` None: perhaps, as a listener
+        that was down may have missed it): wake the polls waiting here."""
+        if origin != self.origin:
+            self.polls.notify()
+
     # -- the store calls ------------------------------------------------------------------------
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -405,7 +416,13 @@ class QueueRuntime:
         """Tasks ended: under fair scheduling their users' max_running has room again, so the
         polls waiting here try at once instead of at their next periodic check."""
         if self.store.fair:
-            self.polls.notify()
+            self._woke()
+
+    def _woke(self) -> None:
+        """Tasks became waiting through this replica (or, under fair scheduling, a user's slot
+        freed): wake the polls waiting here, and announce it to the other replicas."""
+        self.polls.notify()
+        self.announcer.announce()
 
 
 def _outcome_of(fn: Callable[..., object], *args: Any) -> Outcomes:
@@ -428,6 +445,7 @@ class Runtime:
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.databases: dict[str, Database] = {}
+        self.listeners: list[Listener] = []
         self.queues: dict[str, QueueRuntime] = {}
         self.slots = PollSlots(settings.max_long_polls)  # shared by the queues: a limit per replica
         pool = PoolOptions(size=settings.pool_size, overflow=settings.pool_overflow)
@@ -469,6 +487,20 @@ class Runtime:
         for queue in self.queues.values():
             if auto_init or (auto_init is None and queue.store.db.is_sqlite):
                 await queue.init()
+        for db in self.databases.values():
+            served = [queue for queue in self.queues.values() if queue.store.db is db]
+            listener = db.listen({queue.store.table.name for queue in served}, self._heard)
+            if listener is not None:
+                self.listeners.append(listener)
+
+    def _heard(self, table: str, origin: str | None) -> None:
+        """A listener's notification (in its thread): the queues of that table are woken on the
+        serving loop."""
+        if self.loop is None or self.loop.is_closed():
+            return
+        for queue in self.queues.values():
+            if queue.store.table.name == table:
+                self.loop.call_soon_threadsafe(queue.heard, origin)
 
     def check(self) -> None:
         """Before serving: refuse databases that cannot work (ConfigError), e.g. a url whose hosts
@@ -483,6 +515,8 @@ class Runtime:
             queue.close()
 
     def dispose(self) -> None:
+        for listener in self.listeners:
+            listener.stop()
         for db in self.databases.values():
             db.dispose()
 

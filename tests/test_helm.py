@@ -383,10 +383,13 @@ QUEUE_URLS_WITH_A_PASSWORD = [
     "mysql+pymysql://pq:hun%40ter/2@db-0,db-1:3306/mails",
     "mysql://pq@mariadb:3306/mails?charset=utf8mb4&password=hunter2",
     "mysql://pq@mariadb:3306/mails?PASSWD=hunter2",
+    "postgresql://pq:hunter2@postgres.databases.svc:5432/mails",
+    "postgresql://pq@/mails?host=db-0:5432&host=db-1:5432&password=hunter2",
 ]
 QUEUE_URLS_WITHOUT_ONE = [
     "mysql://pq@mariadb.databases.svc:3306/mails",
     "mysql://mariadb:3306/mails?charset=utf8mb4",
+    "postgresql://pq@postgres.databases.svc:5432/mails?sslmode=require",
     "sqlite:////var/lib/perfectqueue/mails.sqlite3",
     "",
 ]

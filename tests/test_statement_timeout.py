@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import require_mysql
+from conftest import require_server
 from mariadb_instance import MariaDB, mariadb  # noqa: F401 - the fixture
 from sdk_support import wait_for
 from servers import service_process, write_config
@@ -30,12 +30,17 @@ def timed(call: Callable[[], Any]) -> tuple[float, Any]:
     return time.monotonic() - started, result
 
 
-def test_a_slow_statement_ends_at_the_deadline_and_the_connection_stays() -> None:
-    db = Database(require_mysql(), statement_timeout=1)
+SLEEP = {"mysql": "SELECT SLEEP({})", "postgres": "SELECT pg_sleep({}) IS NULL"}
+"""A statement that takes a while, answering 0 (false) when it ends normally."""
+
+
+@pytest.mark.parametrize("backend", ["mysql", "postgres"])
+def test_a_slow_statement_ends_at_the_deadline_and_the_connection_stays(backend: str) -> None:
+    db = Database(require_server(backend), statement_timeout=1)
     try:
         started = time.monotonic()
         with pytest.raises(UnavailableError, match="did not answer in time"):
-            db.transaction(lambda conn: conn.execute(sa.text("SELECT SLEEP(5)")).scalar())
+            db.transaction(lambda conn: conn.execute(sa.text(SLEEP[backend].format(5))).scalar())
         assert time.monotonic() - started < 3
         assert db.transaction(lambda conn: conn.execute(sa.text("SELECT 1")).scalar()) == 1
         assert db.retried["reconnects"] == 0
@@ -43,15 +48,17 @@ def test_a_slow_statement_ends_at_the_deadline_and_the_connection_stays() -> Non
         db.dispose()
 
 
-def test_schema_changes_run_without_the_deadline() -> None:
+@pytest.mark.parametrize("backend", ["mysql", "postgres"])
+def test_schema_changes_run_without_the_deadline(backend: str) -> None:
     """``init`` (an index built on a large table) must not end at the deadline; the pool's
     connections keep it."""
-    db = Database(require_mysql(), statement_timeout=1)
+    db = Database(require_server(backend), statement_timeout=1)
+    sleep = sa.text(SLEEP[backend].format(2.5))
     try:
         with db.unbounded() as conn:
-            assert conn.execute(sa.text("SELECT SLEEP(2.5)")).scalar() == 0
+            assert not conn.execute(sleep).scalar()
         with pytest.raises(UnavailableError, match="did not answer in time"):
-            db.transaction(lambda conn: conn.execute(sa.text("SELECT SLEEP(2.5)")).scalar())
+            db.transaction(lambda conn: conn.execute(sleep).scalar())
     finally:
         db.dispose()
 

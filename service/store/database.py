@@ -19,8 +19,8 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -34,10 +34,12 @@ from ...errors import (
     AlreadyExistsError,
     ConfigError,
     InternalError,
+    InvalidError,
     PerfectQueueError,
     TooLargeError,
     UnavailableError,
 )
+from . import postgres, wakeups
 from .deadline import attach_mysql_deadline, lift, lock_wait, mysql_connect_args, timed_out
 from .nodes import NODE_ERRNOS, Node, NodeSet, attach, split_hosts, sync_wait_of
 
@@ -79,14 +81,20 @@ class PoolOptions:
 
 
 def normalize_url(url: str) -> str:
-    """The seed's ``mysql://`` (and the Ruby original's ``mysql2://``) mean PyMySQL here."""
+    """The seed's ``mysql://`` (and the Ruby original's ``mysql2://``) mean PyMySQL here;
+    ``postgresql://`` (or ``postgres://``) means psycopg 3."""
+    as_postgres = postgres.normalize_url(url)
+    if as_postgres is not None:
+        return as_postgres
     for prefix in ("mysql2://", "mysql://"):
         if url.startswith(prefix):
             url = "mysql+pymysql://" + url[len(prefix) :]
     if url.startswith("mysql+pymysql://") and "charset=" not in url:
         url += ("&" if "?" in url else "?") + "charset=utf8mb4"
     if not (url.startswith("mysql+pymysql://") or url.startswith("sqlite://")):
-        raise ConfigError(f"unsupported database url {redact(url)!r}: use mysql:// or sqlite://")
+        raise ConfigError(
+            f"unsupported database url {redact(url)!r}: use mysql://, postgresql:// or sqlite://"
+        )
     return url
 
 
@@ -112,14 +120,20 @@ class Database:
         statement_timeout: float | None = None,
     ):
         """``statement_timeout``: the most seconds one statement may take on MySQL and MariaDB
-        (see ``deadline.py``); None: the driver's timeouts of 5 s to connect, 30 s to read."""
+        (see ``deadline.py``) and on PostgreSQL (its own ``statement_timeout``); None: the
+        driver's timeouts of 5 s to connect, 30 s to read (PostgreSQL: none)."""
         self.url = normalize_url(url)
         pool = pool or PoolOptions()
         self.statement_timeout = statement_timeout
         self.lock_wait = lock_wait(statement_timeout, LOCK_WAIT_SECONDS)
         self.is_sqlite = self.url.startswith("sqlite")
+        self.is_postgres = self.url.startswith(postgres.URL_PREFIX)
+        self.is_mysql = not (self.is_sqlite or self.is_postgres)
         if self.is_sqlite:
             self.nodes = NodeSet([Node(0, self.url, _sqlite_engine(self.url, pool))])
+        elif self.is_postgres:  # several hosts are libpq's own failover (see docs/ha.md)
+            pg = postgres.create_engine(self.url, pool, statement_timeout, self.lock_wait)
+            self.nodes = NodeSet([Node(0, self.url, pg)])
         else:
             plain, sync_wait = sync_wait_of(self.url)
             hosts = split_hosts(plain)
@@ -156,21 +170,47 @@ class Database:
         """The database's clock in whole unix seconds, as an SQL expression."""
         if self.is_sqlite:
             return sa.cast(sa.func.strftime("%s", "now"), sa.Integer)
+        if self.is_postgres:
+            return postgres.now()
         return sa.func.unix_timestamp()
 
     def supports_skip_locked(self) -> bool:
-        """MariaDB 10.6+ and MySQL 8+ have ``FOR UPDATE SKIP LOCKED``; SQLite needs none."""
+        """MariaDB 10.6+, MySQL 8+ and PostgreSQL have ``FOR UPDATE SKIP LOCKED``; SQLite needs none."""
+        if self.is_postgres:
+            return True
         if self._skip_locked is None:
             self._skip_locked = self.transaction(_has_skip_locked, readonly=True)
         return self._skip_locked
+
+    def listen(self, tables: Iterable[str], heard: wakeups.Heard) -> wakeups.Listener | None:
+        """A started listener for the wake-ups announced on ``tables`` (PostgreSQL's
+        LISTEN/NOTIFY: see ``wakeups.py``); None where the database has none."""
+        if not self.is_postgres:
+            return None
+        listener = wakeups.Listener(self.engine, tables, heard)
+        listener.start()
+        return listener
+
+    @property
+    def scans_heads_by_group(self) -> bool:
+        """Does ``GROUP BY resource`` over the (resource, timeout) index read one entry per user
+        (MySQL's loose index scan)? Elsewhere a recursive query steps from user to user."""
+        return self.is_mysql
+
+    @property
+    def locks_in_unions(self) -> bool:
+        """May a UNION's members have their own ORDER BY, LIMIT and FOR UPDATE (MySQL)? Elsewhere
+        each member is a subquery (SQLite takes no ORDER BY there, PostgreSQL no FOR UPDATE)."""
+        return self.is_mysql
 
     @contextmanager
     def connect(self, readonly: bool = False, lock: str | None = None) -> Iterator[Connection]:
         """A connection inside one transaction (SQLite: IMMEDIATE unless readonly).
 
-        ``lock`` names a MySQL ``GET_LOCK`` taken as the transaction's first statement (it reads
-        no table, so the transaction's reads all come after it) and released after it commits, so
-        that whoever takes the lock next sees everything this one wrote.
+        ``lock`` names a MySQL ``GET_LOCK`` (PostgreSQL: an advisory lock, see ``postgres.py``)
+        taken as the transaction's first statement (it reads no table, so the transaction's reads
+        all come after it) and released after it commits, so that whoever takes the lock next
+        sees everything this one wrote.
         """
         with self._connect(self.nodes.active(), readonly, lock) as conn:
             yield conn
@@ -188,13 +228,14 @@ class Database:
                     if lock is not None:
                         self._warn_lock_on_galera(node)
                         asked = time.perf_counter()
-                        _get_lock(conn, lock, self.lock_wait)
+                        self._take_lock(conn, lock)
                         taken = time.perf_counter()
                         locked = lock
                     yield conn
             finally:
                 if locked is not None:
-                    _release_lock(conn, locked)
+                    if self.is_mysql:  # PostgreSQL's ends with the transaction
+                        _release_lock(conn, locked)
                     if timed is not None:
                         timed(taken - asked, time.perf_counter() - taken)
 
@@ -203,6 +244,11 @@ class Database:
         """A connection in a transaction without the statement deadline, for schema changes."""
         if self.statement_timeout is None or self.is_sqlite:
             with self.engine.begin() as conn:
+                yield conn
+            return
+        if self.is_postgres:  # a setting of this transaction only
+            with self.engine.begin() as conn:
+                postgres.lift(conn)
                 yield conn
             return
         with self.engine.connect() as conn:
@@ -245,7 +291,8 @@ class Database:
                     self._count("conflicts")
                     time.sleep(random.uniform(0, 0.01 * 2**lock_retries))
                     continue
-                if timed_out(_mysql_errno(exc), str(exc.orig)) and not self.nodes.several:
+                late = timed_out(_mysql_errno(exc), str(exc.orig)) or postgres.timed_out(exc)
+                if late and not self.nodes.several:
                     # the same server again would wait as long (with several nodes: the next one)
                     raise UnavailableError(f"the database did not answer in time: {_describe(exc)}") from exc
                 if self._node_error(node, exc, node_retries):
@@ -254,6 +301,18 @@ class Database:
                 raise UnavailableError(f"database error: {_describe(exc)}") from exc
             except SQLAlchemyError as exc:
                 raise UnavailableError(f"database error: {type(exc).__name__}") from exc
+
+    def _take_lock(self, conn: Connection, name: str) -> None:
+        if self.is_postgres:
+            postgres.take_lock(conn, name)
+        else:
+            _get_lock(conn, name, self.lock_wait)
+
+    def init_lock(self) -> AbstractContextManager[None]:
+        """Held while ``init`` changes the schema: PostgreSQL's concurrent DDL on one table may
+        fail on a catalog's unique index; MariaDB's and SQLite's only needs the checks of
+        ``schema.py`` (what another process added first is skipped)."""
+        return postgres.init_lock(self.engine) if self.is_postgres else nullcontext()
 
     def _node_error(self, node: Node, exc: DBAPIError, retries: int) -> bool:
         """Should a failed transaction be tried again (on this node, or on the next)?"""
@@ -275,6 +334,8 @@ class Database:
     def _is_lock_conflict(self, exc: DBAPIError) -> bool:
         if self.is_sqlite:
             return "locked" in str(exc.orig) or "busy" in str(exc.orig)
+        if self.is_postgres:
+            return postgres.is_retryable(exc)
         return _mysql_errno(exc) in MYSQL_RETRYABLE
 
     def _count(self, what: str) -> None:
@@ -305,7 +366,11 @@ def server_at_least(conn: Connection, *, mariadb: tuple[int, ...], mysql: tuple[
 
 def is_duplicate_key(exc: DBAPIError) -> bool:
     """Did an INSERT meet an existing primary key?"""
-    return _mysql_errno(exc) == 1062 or "UNIQUE constraint failed" in str(exc.orig)
+    return (
+        _mysql_errno(exc) == 1062
+        or "UNIQUE constraint failed" in str(exc.orig)
+        or postgres.is_duplicate_key(exc)
+    )
 
 
 def refusal(exc: DBAPIError) -> PerfectQueueError | None:
@@ -313,8 +378,13 @@ def refusal(exc: DBAPIError) -> PerfectQueueError | None:
     or one it cannot parse), which no retry can change; None for any other failure (those are
     unavailability: a lost connection, a lock, a missing table that ``init`` may yet create)."""
     errno, message = _mysql_errno(exc), str(exc.orig)
+    if postgres.is_nul_text(exc):
+        return InvalidError("PostgreSQL text cannot hold the NUL character: no task has it")
     if errno is not None:
         too_large, refused = MYSQL_TOO_LARGE.get(errno), errno in MYSQL_REFUSED
+    elif postgres.is_own_error(exc):
+        too_large = message.splitlines()[0] if postgres.is_too_large(exc) else None
+        refused = postgres.is_refused(exc)
     else:
         too_large = next((limit for limit in SQLITE_TOO_LARGE if limit in message), None)
         refused = any(what in message for what in SQLITE_REFUSED)
@@ -330,7 +400,8 @@ def is_missing_table(exc: BaseException) -> bool:
     cause = exc.__cause__ if isinstance(exc, UnavailableError) else exc
     if not isinstance(cause, DBAPIError):
         return False
-    return _mysql_errno(cause) == 1146 or "no such table" in str(cause.orig)
+    errno, message = _mysql_errno(cause), str(cause.orig)
+    return errno == 1146 or "no such table" in message or postgres.is_missing_table(cause)
 
 
 def _get_lock(conn: Connection, name: str, wait: int) -> None:

@@ -103,8 +103,7 @@ class QueueStore(LeaseOperations, OperatorActions):
     def init(self) -> list[str]:
         """Create the table or add what it lacks, and the per-minute counts' side table
         (idempotent)."""
-        done = init_table(self.db, self.table)
-        self.db.transaction(throughput.create)  # shared by the queues of a database: not reported
+        done = init_table(self.db, self.table, side=throughput.create)  # shared by a database's queues
         self._columns.use(extended=True)
         return done
 

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql.base import ReadOnlyColumnCollection
 
 from ...errors import NotFoundError
-from . import throughput
+from . import throughput, wakeups
 from .codec import decode_data
 from .columns import Columns
 from .database import Database
@@ -134,6 +134,17 @@ class QueueReader:
         query = sa.select(self._t.id).limit(1)
         self.db.transaction(lambda conn: conn.execute(query).first(), readonly=True)
 
+    @property
+    def announces(self) -> bool:
+        """Can this store tell the other replicas' listeners of waiting tasks (``announce``)?"""
+        return self.db.is_postgres
+
+    def announce(self, origin: str) -> None:
+        """Tell the other replicas' listeners that tasks became waiting (PostgreSQL; elsewhere
+        nothing: they find work by probing, see ``has_waiting``)."""
+        if self.db.is_postgres:
+            self.db.transaction(lambda conn: wakeups.announce(conn, self.table.name, origin))
+
     def has_waiting(self) -> bool:
         """Is any task waiting now? (One index probe; used to wake long-polls.)"""
         now = self.db.now()
@@ -157,11 +168,11 @@ class QueueReader:
         """Delete up to ``batch`` finished rows whose retention has passed; returns how many."""
         check_int("batch", batch, 1, 100_000)
         expired = self._t.timeout <= self.db.now() - DELETE_OFFSET
-        if self.db.is_sqlite:
+        if self.db.is_mysql:  # the only one with DELETE … LIMIT
+            query = sa.delete(self.table).where(expired).with_dialect_options(mysql_limit=batch)
+        else:
             ids = sa.select(self._t.id).where(expired).limit(batch).scalar_subquery()
             query = sa.delete(self.table).where(self._t.id.in_(ids))
-        else:
-            query = sa.delete(self.table).where(expired).with_dialect_options(mysql_limit=batch)
         return int(self.db.transaction(lambda conn: conn.execute(query).rowcount))
 
     # -- shared by the reads and the operations that answer a task ---------------------------

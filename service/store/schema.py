@@ -13,9 +13,11 @@ these a table lacks (a table the original created, or one of an earlier version)
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from ...errors import ConfigError, UnavailableError
@@ -108,37 +110,47 @@ def build_table(name: str, db: Database) -> sa.Table:
     )
 
 
-def init_table(db: Database, table: sa.Table) -> list[str]:
+def init_table(db: Database, table: sa.Table, side: Callable[[Connection], None] | None = None) -> list[str]:
     """Create the table, or add what an existing one lacks; safe to run again and concurrently.
+    ``side`` creates a side table, in the same turn (not reported).
 
     Returns what it did, for the command line to print.
     """
-    done: list[str] = []
     try:
-        id_type = table.c.id.type
-        if isinstance(id_type, sa.String) and not db.is_sqlite:
-            # Asked here, not in build_table: a store is built before its database may answer.
-            id_type.collation = _binary_collation(db)
-        with db.unbounded() as conn:
-            if not sa.inspect(conn).has_table(table.name):
-                done.append(f"created table {table.name}")
-            conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
-        with db.engine.connect() as conn:
-            columns = {col["name"] for col in sa.inspect(conn).get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in columns:
-                _add_column(db, table, column)
-                done.append(f"added column {column.name}")
-        with db.engine.connect() as conn:
-            existing = {ix["name"] for ix in sa.inspect(conn).get_indexes(table.name)}
-        for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
-            if index.name not in existing:
-                _create_index(db, index)
-                done.append(f"created index {index.name}")
+        with db.init_lock():
+            done = _init_table(db, table)
+            if side is not None:
+                with db.engine.begin() as conn:
+                    side(conn)
+            return done
     except OperationalError as exc:  # the server is out of reach, or refused us
         raise UnavailableError(f"cannot initialise table {table.name}: {exc.orig}") from exc
     except DBAPIError as exc:
         raise ConfigError(f"cannot initialise table {table.name}: {exc.orig}") from exc
+
+
+def _init_table(db: Database, table: sa.Table) -> list[str]:
+    done: list[str] = []
+    id_type = table.c.id.type
+    if isinstance(id_type, sa.String) and not db.is_sqlite:
+        # Asked here, not in build_table: a store is built before its database may answer.
+        id_type.collation = _binary_collation(db)
+    with db.unbounded() as conn:
+        if not sa.inspect(conn).has_table(table.name):
+            done.append(f"created table {table.name}")
+        conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
+    with db.engine.connect() as conn:
+        columns = {col["name"] for col in sa.inspect(conn).get_columns(table.name)}
+    for column in table.columns:
+        if column.name not in columns:
+            _add_column(db, table, column)
+            done.append(f"added column {column.name}")
+    with db.engine.connect() as conn:
+        existing = {ix["name"] for ix in sa.inspect(conn).get_indexes(table.name)}
+    for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
+        if index.name not in existing:
+            _create_index(db, index)
+            done.append(f"created index {index.name}")
     return done
 
 
@@ -153,7 +165,7 @@ def _add_column(db: Database, table: sa.Table, column: sa.Column[object]) -> Non
         with db.unbounded() as conn:
             conn.exec_driver_sql(f"ALTER TABLE {quoted} ADD COLUMN {ddl}")
     except DBAPIError as exc:
-        if "duplicate column" in str(exc.orig).lower():
+        if "duplicate column" in str(exc.orig).lower() or "already exists" in str(exc.orig):
             return  # another process added it first
         raise
 
@@ -170,6 +182,8 @@ def _create_index(db: Database, index: sa.Index) -> None:
 
 def _binary_collation(db: Database) -> str:
     """Ids compare byte for byte, trailing spaces included, in tables this project creates."""
+    if db.is_postgres:
+        return "C"
     with db.engine.connect() as conn:
         mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
     return "utf8mb4_nopad_bin" if mariadb else "utf8mb4_0900_bin"

@@ -101,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", help="YAML settings file (or PERFECTQUEUE_CONFIG)")
     parser.add_argument("-e", "--environment", help="section of the file to use (default development)")
-    parser.add_argument("--url", help="database url, e.g. mysql://user:pass@host/db or sqlite:///file")
+    parser.add_argument(
+        "--url",
+        help="database url, e.g. mysql://user:pass@host/db, postgresql://user:pass@host/db or sqlite:///file",
+    )
     parser.add_argument("--table", help="table of the queue when no 'queues' are configured")
 
 

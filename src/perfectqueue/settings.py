@@ -129,7 +129,7 @@ class QueueSettings(Declared):
     """
 
     table: str | None = setting(None, "the queue's table")
-    url: str | None = setting(None, "the database (mysql://…, sqlite:///…)")
+    url: str | None = setting(None, "the database (mysql://…, postgresql://…, sqlite:///…)")
     sslca: str | None = setting(None, "CA file verifying the MySQL server's TLS certificate")
     ssl_mode: Literal["disabled", "preferred", "required", "verify_ca", "verify_identity"] | None = setting(
         None, "TLS to MySQL: unset or verify_identity checks the certificate and host name"

@@ -44,6 +44,7 @@ class PostgreSQL:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self.user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+        self.options: tuple[str, ...] = ()  # more server settings, as "-c", "name=value" pairs
 
     def _as_server_user(self) -> dict[str, object]:
         if self.user is None:
@@ -66,6 +67,7 @@ class PostgreSQL:
         assert POSTGRES is not None
         assert self.proc is None or self.proc.poll() is not None
         options = ["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200", "-c", "fsync=off"]
+        options += self.options
         with (self.base / "server.log").open("ab") as log:
             self.proc = subprocess.Popen(  # type: ignore[call-overload]
                 [POSTGRES, "-D", str(self.datadir), "-p", str(self.port), "-k", str(self.base), *options],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 import yaml
 from conftest import IN_CI
 from mariadb_instance import MARIADBD, MariaDB
+from postgres_instance import INITDB, POSTGRES, PostgreSQL
 
 from perfectqueue.configfile import command_settings
 from perfectqueue.errors import ConfigError
@@ -318,3 +320,46 @@ def test_tls_settings_that_cannot_work_stop_the_start(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot be read"):
         with_tls("mysql://root@127.0.0.1/test", str(tmp_path / "missing.pem"), None)
     assert with_tls("sqlite:///x", "/nowhere", "verify_ca") == "sqlite:///x"  # not MySQL: not read
+
+
+@pytest.fixture
+def tls_postgres(tmp_path: Path) -> Any:
+    if INITDB is None or POSTGRES is None:
+        if IN_CI:
+            pytest.fail("PostgreSQL's initdb / postgres are not installed (mandatory in CI)")
+        pytest.skip("PostgreSQL's initdb / postgres are not installed")
+    ca, cert, key = make_ca(tmp_path, "server")
+    server = PostgreSQL()
+    server.install()
+    for name, path in (("server.crt", cert), ("server.key", key)):
+        shutil.copy(path, server.datadir / name)
+        (server.datadir / name).chmod(0o600)
+        if server.user is not None:
+            os.chown(server.datadir / name, server.user.pw_uid, server.user.pw_gid)
+    server.options = ("-c", "ssl=on")
+    try:
+        server.start()
+        yield server, ca
+    finally:
+        server.stop()
+
+
+def pg_tls(url: str) -> bool:
+    db = Database(url)
+    try:
+        with db.engine.connect() as conn:
+            return bool(
+                conn.execute(sa.text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")).scalar()
+            )
+    finally:
+        db.dispose()
+
+
+def test_sslca_means_tls_with_the_server_verified_on_postgresql(tls_postgres: Any, tmp_path: Path) -> None:
+    server, ca = tls_postgres
+    assert not pg_tls(with_tls(server.url, str(ca), "disabled"))
+    assert pg_tls(with_tls(server.url, str(ca), None))  # verify-full: 127.0.0.1 is in the certificate
+    assert pg_tls(with_tls(server.url, None, "required"))
+    wrong, _, _ = make_ca(tmp_path, "other")
+    with pytest.raises(sa.exc.OperationalError, match="certificate verify failed"):
+        pg_tls(with_tls(server.url, str(wrong), "verify_ca"))

@@ -130,9 +130,9 @@ class QueueSettings(Declared):
 
     table: str | None = setting(None, "the queue's table")
     url: str | None = setting(None, "the database (mysql://…, postgresql://…, sqlite:///…)")
-    sslca: str | None = setting(None, "CA file verifying the MySQL server's TLS certificate")
+    sslca: str | None = setting(None, "CA file verifying the database server's TLS certificate")
     ssl_mode: Literal["disabled", "preferred", "required", "verify_ca", "verify_identity"] | None = setting(
-        None, "TLS to MySQL: unset or verify_identity checks the certificate and host name"
+        None, "TLS to the database: unset or verify_identity checks the certificate and host name"
     )
     alive_time: int = setting(
         300, "seconds a lease lasts unless the poll asks otherwise", ge=1, le=MAX_DURATION

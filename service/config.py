@@ -192,6 +192,7 @@ class Settings(QueueDefaults):
     keep_alive_timeout: int = Field(default=5, ge=1, le=3600)  # idle between requests
     max_connections: int = Field(default=2000, ge=1, le=1_000_000)
     max_long_polls: int = Field(default=1000, ge=0, le=1_000_000)  # waiting at once, all queues
+    max_clock_skew: float = Field(default=2.0, gt=0, le=3600)  # database vs host: warned above
     statement_timeout: float = Field(default=5.0, gt=0, le=3600)  # one database statement (MySQL)
     sqs: bool = True  # serve the Amazon SQS-compatible endpoint under /sqs (docs/sqs.md)
     sqs_clock_skew: int = Field(default=300, ge=1, le=3600)  # seconds a SigV4 X-Amz-Date may be off

@@ -40,6 +40,7 @@ from ..errors import (
 from ..logformat import set_context
 from .announce import Announcer
 from .batching import Batcher
+from .clocks import ClockObserver, ClockWatch
 from .config import ResolvedQueue, Settings
 from .limits import check_data_size
 from .longpoll import LongPoll, PollSlots
@@ -99,7 +100,7 @@ class QueueObserver(StoreObserver, Protocol):
         """A poll answered after ``seconds`` (its long-poll wait included)."""
 
 
-class ServiceObserver(Protocol):
+class ServiceObserver(ClockObserver, Protocol):
     def thread_waited(self, seconds: float) -> None:
         """A store call waited ``seconds`` for a worker thread to start it."""
 
@@ -469,6 +470,7 @@ class Runtime:
             )
             runtime = QueueRuntime(resolved, settings, store, self.run, queue_observer, slots=self.slots)
             self.queues[name] = runtime
+        self.clocks = ClockWatch(self.databases, self.run, observer, settings.max_clock_skew)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking call in a worker thread (its wait for the thread observed)."""
@@ -487,6 +489,7 @@ class Runtime:
         for queue in self.queues.values():
             if auto_init or (auto_init is None and queue.store.db.is_sqlite):
                 await queue.init()
+        await self.clocks.measure()
         for db in self.databases.values():
             served = [queue for queue in self.queues.values() if queue.store.db is db]
             listener = db.listen({queue.store.table.name for queue in served}, self._heard)
@@ -521,10 +524,12 @@ class Runtime:
             db.dispose()
 
     async def cleanup_forever(self) -> None:
-        """Delete expired finished rows in bounded batches, off the request path."""
+        """Delete expired finished rows in bounded batches, off the request path (and measure the
+        databases' clocks)."""
         batch = self.settings.cleanup_batch
         while True:
             await asyncio.sleep(self.settings.cleanup_interval * random.uniform(0.5, 1.5))
+            await self.clocks.measure()
             for queue in self.queues.values():
                 try:
                     while await queue.cleanup(batch) == batch:

@@ -174,6 +174,16 @@ class Database:
             return postgres.now()
         return sa.func.unix_timestamp()
 
+    def clock_skew(self) -> float:
+        """Seconds the database's clock is ahead of this host's (negative: behind), measured
+        against the middle of the round trip; 0 on SQLite (the same clock)."""
+        if self.is_sqlite:
+            return 0.0
+        query = postgres.precise_now() if self.is_postgres else sa.text("SELECT UNIX_TIMESTAMP(NOW(6))")
+        before = time.time()
+        value = self.transaction(lambda conn: float(conn.execute(query).scalar_one()), readonly=True)
+        return value - (before + time.time()) / 2
+
     def supports_skip_locked(self) -> bool:
         """MariaDB 10.6+, MySQL 8+ and PostgreSQL have ``FOR UPDATE SKIP LOCKED``; SQLite needs none."""
         if self.is_postgres:

@@ -87,6 +87,11 @@ def now() -> sa.ColumnElement[int]:
     return sa.cast(sa.func.floor(epoch), sa.Integer)
 
 
+def precise_now() -> sa.TextClause:
+    """The database's clock to the microsecond, in unix seconds (the clock now, not the statement's)."""
+    return sa.text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")
+
+
 def lock_key(name: str) -> int:
     """The advisory lock key of a name: a signed 64-bit hash, the same in every process."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)

@@ -100,10 +100,11 @@ class QueueStore(LeaseOperations, OperatorActions):
 
     # -- schema ----------------------------------------------------------------------------
 
-    def init(self) -> list[str]:
+    def init(self, binary_collation: bool = False) -> list[str]:
         """Create the table or add what it lacks, and the per-minute counts' side table
-        (idempotent)."""
-        done = init_table(self.db, self.table, side=throughput.create)  # shared by a database's queues
+        (idempotent); ``binary_collation``: convert an original table's ids and users to compare
+        byte for byte (:func:`.schema.convert_collation`)."""
+        done = init_table(self.db, self.table, side=throughput.create, binary_collation=binary_collation)
         self._columns.use(extended=True)
         return done
 
@@ -149,8 +150,24 @@ class QueueStore(LeaseOperations, OperatorActions):
         try:
             self.db.transaction(lambda conn: conn.execute(insert, row))
         except AlreadyExistsError:
-            return _already_exists(task.id)
+            return self._taken_as(task.id)
         return None
+
+    def _taken_as(self, task_id: str) -> AlreadyExistsError:
+        """The refusal of a submit whose id is taken: it names the stored id when the table's
+        collation made them one (a table the original created compares ids without case)."""
+        query = sa.select(self._t.id).where(self._t.id == task_id)
+        try:
+            stored = self.db.transaction(lambda conn: conn.execute(query).scalar(), readonly=True)
+        except PerfectQueueError:
+            stored = None
+        if stored is None or stored == task_id:
+            return _already_exists(task_id)
+        return AlreadyExistsError(
+            f"task {task_id!r} already exists as {stored!r}: this table compares ids without case "
+            "or trailing spaces (the collation the original created it with); `perfectqueue init "
+            "--binary-collation` makes them different ids"
+        )
 
     def _insert_new(self, conn: Connection, rows: dict[str, dict[str, Any]]) -> set[str]:
         """Insert the rows whose id is not present (one multi-row INSERT); the ids present."""

@@ -82,7 +82,7 @@ def build_table(name: str, db: Database) -> sa.Table:
         sa.Column("timeout", sa.Integer, nullable=False),
         sa.Column("data", sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql"), nullable=False),
         sa.Column("created_at", sa.Integer, nullable=True),
-        sa.Column("resource", sa.String(255), nullable=True),
+        sa.Column("resource", sa.String(255), nullable=True),  # init_table sets its collation
         sa.Column("max_running", sa.Integer, nullable=True),
         sa.Column(
             "owner",
@@ -110,15 +110,24 @@ def build_table(name: str, db: Database) -> sa.Table:
     )
 
 
-def init_table(db: Database, table: sa.Table, side: Callable[[Connection], None] | None = None) -> list[str]:
+def init_table(
+    db: Database,
+    table: sa.Table,
+    side: Callable[[Connection], None] | None = None,
+    binary_collation: bool = False,
+) -> list[str]:
     """Create the table, or add what an existing one lacks; safe to run again and concurrently.
-    ``side`` creates a side table, in the same turn (not reported).
+    ``side`` creates a side table, in the same turn (not reported). ``binary_collation``: also
+    convert the ``id`` and ``resource`` columns of an existing MySQL table to the binary
+    collation new tables get (see :func:`convert_collation`).
 
     Returns what it did, for the command line to print.
     """
     try:
         with db.init_lock():
             done = _init_table(db, table)
+            if binary_collation:
+                done += convert_collation(db, table)
             if side is not None:
                 with db.engine.begin() as conn:
                     side(conn)
@@ -131,10 +140,11 @@ def init_table(db: Database, table: sa.Table, side: Callable[[Connection], None]
 
 def _init_table(db: Database, table: sa.Table) -> list[str]:
     done: list[str] = []
-    id_type = table.c.id.type
-    if isinstance(id_type, sa.String) and not db.is_sqlite:
-        # Asked here, not in build_table: a store is built before its database may answer.
-        id_type.collation = _binary_collation(db)
+    if not db.is_sqlite:  # asked here, not in build_table: a store is built before its database answers
+        collation = _binary_collation(db)
+        for column in (table.c.id, table.c.resource):
+            if isinstance(column.type, sa.String):
+                column.type.collation = collation
     with db.unbounded() as conn:
         if not sa.inspect(conn).has_table(table.name):
             done.append(f"created table {table.name}")
@@ -178,6 +188,35 @@ def _create_index(db: Database, index: sa.Index) -> None:
         if "already exists" in str(exc.orig) or "Duplicate key name" in str(exc.orig):
             return  # another process created it first
         raise
+
+
+def convert_collation(db: Database, table: sa.Table) -> list[str]:
+    """An opt-in for a MySQL table the original created: ``id`` and ``resource`` compared byte for
+    byte (``R7.2`` and ``r7.2``, ``acme`` and ``acme ``, become different ids and users), as in
+    tables this project creates. The table is rebuilt (a copy: minutes on a large table, writes
+    wait meanwhile); Ruby processes keep working on it. Nothing to do on SQLite and PostgreSQL."""
+    if not db.is_mysql:
+        return []
+    collation = _binary_collation(db)
+    with db.engine.connect() as conn:
+        quoted = conn.dialect.identifier_preparer.format_table(table)
+        current = {
+            row[0]: row[1]
+            for row in conn.exec_driver_sql(
+                "SELECT COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME IN ('id', 'resource')",
+                (table.name,),
+            )
+        }
+    if all(value == collation for value in current.values()):
+        return []
+    with db.unbounded() as conn:
+        conn.exec_driver_sql(
+            f"ALTER TABLE {quoted} "
+            f"MODIFY id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {collation} NOT NULL, "
+            f"MODIFY resource VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {collation} NULL"
+        )
+    return [f"converted id and resource to {collation}"]
 
 
 def _binary_collation(db: Database) -> str:

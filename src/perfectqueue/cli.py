@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = commands.add_parser("init", help="create each queue's table, or add what it lacks (idempotent)")
     _config_options(init)
+    init.add_argument(
+        "--binary-collation",
+        action="store_true",
+        help="MySQL: make a table the original created compare ids and users byte for byte, as new "
+        "tables do (R7.2 and r7.2 become two ids; the table is rebuilt)",
+    )
     init.set_defaults(command=_init, extra=SERVICE_EXTRA)
 
     from . import commands as task_commands
@@ -153,7 +159,7 @@ def _init(args: argparse.Namespace) -> int:
     runtime = Runtime(settings, ServiceMetrics())
     runtime.check()
     for name, queue in runtime.queues.items():
-        done = queue.store.init()
+        done = queue.store.init(binary_collation=args.binary_collation)
         print(f"{name} ({queue.settings.table}): {', '.join(done) if done else 'up to date'}")
     return 0
 

@@ -20,13 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pymysql
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from perfectqueue.service.store import Database, QueueStore
+
 HORIZON = 1_300_000_000
 DELETE_OFFSET = 1_000_000_000
 DATA = b'{"type":"bench"}'
+NOW = {  # the database's clock in unix seconds
+    "sqlite": "SELECT CAST(strftime('%s','now') AS INTEGER)",
+    "mysql": "SELECT UNIX_TIMESTAMP()",
+    "postgres": "SELECT floor(extract(epoch FROM statement_timestamp()))::int",
+}
 
 
 def summarize(samples: list[float]) -> dict[str, Any]:
@@ -57,7 +65,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 @dataclass
 class Backend:
-    """One database: ``mysql`` (MariaDB/MySQL at 127.0.0.1) or ``sqlite`` (a file)."""
+    """One database: ``mysql`` (MariaDB/MySQL at 127.0.0.1), ``postgres`` or ``sqlite`` (a file)."""
 
     kind: str
     url: str  # as the service takes it
@@ -69,18 +77,19 @@ class Backend:
     database: str = "test"
 
     @classmethod
-    def create(cls, kind: str, workdir: Path, mysql_url: str) -> Backend:
+    def create(cls, kind: str, workdir: Path, mysql_url: str, postgres_url: str = "") -> Backend:
         if kind == "sqlite":
             path = workdir / "bench.sqlite3"
             return cls("sqlite", f"sqlite:///{path}", workdir, sqlite_path=path)
-        parsed = httpx.URL(mysql_url.replace("mysql+pymysql://", "mysql://"))
+        url = postgres_url if kind == "postgres" else mysql_url
+        parsed = httpx.URL(url.replace("mysql+pymysql://", "mysql://").replace("+psycopg", ""))
         return cls(
-            "mysql",
-            mysql_url,
+            kind,
+            url,
             workdir,
             host=parsed.host or "127.0.0.1",
-            port=parsed.port or 3306,
-            user=parsed.username or "root",
+            port=parsed.port or (5432 if kind == "postgres" else 3306),
+            user=parsed.username or ("postgres" if kind == "postgres" else "root"),
             database=parsed.path.strip("/") or "test",
         )
 
@@ -91,6 +100,8 @@ class Backend:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA busy_timeout=60000")
             return conn
+        if self.kind == "postgres":
+            return psycopg.connect(host=self.host, port=self.port, user=self.user, dbname=self.database)
         conn = pymysql.connect(
             host=self.host, port=self.port, user=self.user, database=self.database, autocommit=False
         )
@@ -124,6 +135,13 @@ class Backend:
             )
             conn.close()
             return
+        if self.kind == "postgres":  # the store's own table, as `perfectqueue init` makes it
+            db = Database(self.url)
+            try:
+                QueueStore(db, table).init()
+            finally:
+                db.dispose()
+            return
         self.execute(
             f"CREATE TABLE {table} (id VARCHAR(255) COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,"
             " timeout INT NOT NULL, data LONGBLOB NOT NULL, created_at INT, resource VARCHAR(255),"
@@ -136,12 +154,7 @@ class Backend:
         self.execute(f"DELETE FROM {table}" if self.kind == "sqlite" else f"TRUNCATE TABLE {table}")
 
     def now(self) -> int:
-        sql = (
-            "SELECT CAST(strftime('%s','now') AS INTEGER)"
-            if self.kind == "sqlite"
-            else "SELECT UNIX_TIMESTAMP()"
-        )
-        return int(self.execute(sql)[0][0])
+        return int(self.execute(NOW[self.kind])[0][0])
 
     def load(
         self,
@@ -164,7 +177,13 @@ class Backend:
             timeout, created = str(now - DELETE_OFFSET - 100), "NULL"
         user = "NULL" if not users or created == "NULL" else f"'u' || (seq % {users})"
         maxr = "NULL" if max_running is None else str(max_running)
-        if self.kind == "sqlite":
+        if self.kind == "postgres":
+            self.execute(
+                f"INSERT INTO {table} (id, timeout, data, created_at, resource, max_running, owner)"
+                f" SELECT '{prefix}' || seq, {timeout}, convert_to('{DATA.decode()}', 'UTF8'), {created},"
+                f" {user}, {maxr}, 0 FROM generate_series(1, {count}) AS seq"
+            )
+        elif self.kind == "sqlite":
             self.execute(
                 f"WITH RECURSIVE s(seq) AS (SELECT 1 UNION ALL SELECT seq + 1 FROM s WHERE seq < {count})"
                 f" INSERT INTO {table} (id, timeout, data, created_at, resource, max_running, owner)"
@@ -188,6 +207,14 @@ class Backend:
         """Server connections to the benchmark database (other than this one), and open transactions."""
         if self.kind == "sqlite":
             return {}
+        if self.kind == "postgres":
+            rows = self.execute(
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE state <> 'idle'),"
+                " COUNT(*) FILTER (WHERE xact_start IS NOT NULL) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (self.database,),
+            )
+            return {"connections": rows[0][0], "busy": rows[0][1], "transactions": rows[0][2]}
         rows = self.execute(
             "SELECT COUNT(*), SUM(COMMAND <> 'Sleep') FROM information_schema.PROCESSLIST"
             " WHERE DB = %s AND ID <> CONNECTION_ID()",
@@ -201,9 +228,12 @@ class Backend:
         }
 
     def server_cpu_seconds(self) -> float | None:
-        """CPU time (user + system) of the local mariadbd/mysqld process, from /proc."""
+        """CPU time (user + system) of the local mariadbd/mysqld process (PostgreSQL: of all its
+        processes), from /proc."""
         if self.kind == "sqlite":
             return None
+        if self.kind == "postgres":
+            return sum(cpu_seconds(pid) for pid in pids_named("postgres")) or None
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -214,6 +244,17 @@ class Backend:
             if comm in ("mariadbd", "mysqld"):
                 return cpu_seconds(int(entry.name))
         return None
+
+
+def pids_named(name: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == name:
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
 
 
 def cpu_seconds(pid: int) -> float:

@@ -1,4 +1,9 @@
-"""Long-poll delivery latency: from a submit's response to the task's delivery to a waiting poll."""
+"""Long-poll delivery latency: from a submit's response to the task's delivery to a waiting poll.
+
+With ``latency_replicas`` 2 the polls wait on one service replica and the tasks are submitted
+through the other: what a replica learns of work submitted elsewhere (its periodic probe, or on
+PostgreSQL the other replica's announcement).
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,9 @@ def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
     backend.create_table(table)
     ctx = mp.get_context("fork")
     out: dict[str, Any] = {}
-    with services(backend, table, 1, disable_resource_limit=True) as (svc,):
+    replicas = cfg.get("latency_replicas", 1)
+    with services(backend, table, replicas, disable_resource_limit=True) as started:
+        svc, through = started[0], started[-1]
         for _rep in range(cfg["repeat"]):
             backend.truncate(table)
             stop, results = ctx.Event(), ctx.Queue()
@@ -45,7 +52,7 @@ def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
             with httpx.Client(timeout=60) as http:
                 for i in range(cfg["latency_tasks"]):
                     tid = f"l{_rep}-{i}"
-                    http.post(svc.queue + "/submit", json={"id": tid, "type": "bench"}).raise_for_status()
+                    http.post(through.queue + "/submit", json={"id": tid, "type": "bench"}).raise_for_status()
                     submitted[tid] = time.time()
                     time.sleep(cfg["latency_gap"])
             stop.set()
@@ -62,4 +69,5 @@ def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
     out["median_p99_ms"] = all_p99[len(all_p99) // 2]
     out["max_ms"] = max(v["max_ms"] for k, v in out.items() if k.startswith("run"))
     out["pollers"] = cfg["pollers"]
+    out["replicas"] = replicas
     return out

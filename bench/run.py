@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import ceiling, fair, latency, memory, profile, scale, service, worker
+from . import ceiling, fair, latency, memory, profile, scale, service, sqs, worker
 from .common import CLIENTS, Backend
 
 SCENARIOS = {
@@ -25,8 +25,11 @@ SCENARIOS = {
     "scale": scale.run,
     "profile": profile.run,
     "worker": worker.run,
+    "sqs": sqs.run,
 }
-DEFAULT = "ceiling,service,latency,fair,memory,scale,profile,worker"
+DEFAULT = "ceiling,service,latency,fair,memory,scale,profile,worker,sqs"
+MYSQL_SQL = {"ceiling", "fair", "sqs"}
+"""Scenarios whose direct SQL is written for MariaDB and SQLite only (not yet for PostgreSQL)."""
 
 
 def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
@@ -63,6 +66,7 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
             "processors": [1],
             "worker_tasks": 10,
             "worker_limit_s": 20,
+            "sqs_tasks": 200,
         }
     return {
         "repeat": repeat,
@@ -95,6 +99,7 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
         "processors": [1, 2, 4],
         "worker_tasks": 1000,
         "worker_limit_s": 60,
+        "sqs_tasks": 10_000,
     }
 
 
@@ -131,10 +136,20 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--scenarios", default=DEFAULT, help=f"comma-separated (default: {DEFAULT})")
-    parser.add_argument("--backend", default="mysql", help="mysql, sqlite or mysql,sqlite")
+    parser.add_argument("--backend", default="mysql", help="mysql, postgres, sqlite (comma-separated)")
     parser.add_argument(
         "--mysql-url",
         default=os.environ.get("PERFECTQUEUE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("PERFECTQUEUE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+    )
+    parser.add_argument(
+        "--latency-replicas",
+        type=int,
+        default=1,
+        help="the latency scenario's replicas: with 2, polls wait on one, tasks come through the other",
     )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", default="1,2,4", help="client processes, comma-separated")
@@ -169,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg["table_prefix"] = args.table_prefix
     cfg["variants"] = args.variants.split(",")
     cfg["client"] = args.client
+    cfg["latency_replicas"] = args.latency_replicas
     pool = {"pool_size": args.pool_size, "pool_overflow": args.pool_overflow}
     cfg["service_settings"] = {name: value for name, value in pool.items() if value is not None}
     if args.fair_backlogs:
@@ -179,9 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     wrote = []
     for kind in args.backend.split(","):
         with tempfile.TemporaryDirectory(prefix="pqbench-") as tmp:
-            backend = Backend.create(kind, Path(tmp), args.mysql_url)
-            if kind == "mysql":
-                backend.execute("SELECT 1")
+            backend = Backend.create(kind, Path(tmp), args.mysql_url, args.postgres_url)
+            if kind in ("mysql", "postgres"):
                 machine_info = {**machine(), "database": backend.execute("SELECT VERSION()")[0][0]}
             else:
                 import sqlite3
@@ -202,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.scenarios.split(","):
                 if kind == "sqlite" and name in ("scale",) and not args.smoke:
                     results["scenarios"][name] = {"skipped": "MariaDB only outside smoke mode"}
+                    continue
+                if kind == "postgres" and name in MYSQL_SQL:
+                    results["scenarios"][name] = {"skipped": "its direct SQL is MariaDB's and SQLite's"}
                     continue
                 t0 = time.perf_counter()
                 print(f"[{kind}] {name} ...", file=sys.stderr, flush=True)

@@ -29,7 +29,7 @@ async def submit(self: QueueRuntime, task: NewTask) -> None:
 
 
 async def now(self: LongPoll, max_tasks: int, alive_time: int) -> list[AcquiredTask]:
-    return await self.acquire(max_tasks, alive_time)
+    return await self.acquire(max_tasks, alive_time, 1)  # one poll served
 
 
 def turn_off() -> None:

@@ -53,10 +53,14 @@ def open_async(config: Mapping[str, Any] | None = None, **options: Any) -> Async
 
 
 def _settings(config: Mapping[str, Any] | None, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The backend and its settings. An http(s) url means the service whatever ``type`` says, so
+    a file written for the service (``type: rdb_compat``) serves a client given the service's url."""
     settings = {**(config or {}), **options}
     kind = settings.get("type") or "http"
     if kind not in ("http", "rdb_compat"):
         raise ConfigError(f"unknown backend type {kind!r}: use 'http' or 'rdb_compat'")
+    if str(settings.get("url") or "").startswith(("http://", "https://")):
+        kind = "http"
     return kind, settings
 
 
@@ -81,9 +85,25 @@ def _http_options(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rdb_options(settings: dict[str, Any]) -> dict[str, Any]:
+    settings = {**settings, **_named_queue(settings)}
     if not settings.get("url") or not settings.get("table"):
-        raise ConfigError("the rdb_compat backend needs 'url' (the database) and 'table'")
+        raise ConfigError(
+            "the rdb_compat backend needs 'url' (the database) and 'table' (or the service's "
+            "'queues' and the 'queue' to open)"
+        )
     return {key: settings[key] for key in QUEUE_KEYS if settings.get(key) is not None}
+
+
+def _named_queue(settings: dict[str, Any]) -> dict[str, Any]:
+    """With the service's ``queues:`` (a file shared with it), the settings of the queue named by
+    ``queue`` (the only one if there is one): its table is its name unless it sets one."""
+    queues = settings.get("queues")
+    if not isinstance(queues, Mapping) or not queues:
+        return {}
+    name = settings.get("queue") or (next(iter(queues)) if len(queues) == 1 else None)
+    if name not in queues:
+        raise ConfigError(f"say which queue to open ('queue'): one of {', '.join(map(str, queues))}")
+    return {"table": name, **(queues[name] or {})}
 
 
 __all__ = [

@@ -341,7 +341,7 @@ class ListTasks(Call[Page]):
 
     def http(self) -> Http:
         filters = {"status": self.status, "type": self.task_type, "user": self.user, "cursor": self.cursor}
-        return Http("GET", "/tasks", params=_present({**filters, "limit": self.limit}))
+        return Http("GET", "/tasks", params=_present({**filters, "limit": self.limit, "include": "data"}))
 
     def parse(self, body: Any) -> Page:
         return Page.from_json(body)

@@ -156,9 +156,20 @@ class AsyncHttpBackend:
 
 def _finish(request: Request[R], outcome: httpx.Response | httpx.TransportError) -> R:
     if isinstance(outcome, httpx.TransportError):
-        raise UnavailableError(f"cannot reach the service: {type(outcome).__name__}: {outcome}") from outcome
+        raise UnavailableError(
+            f"cannot reach the service at {_origin(outcome)}: {type(outcome).__name__}: {outcome}"
+        ) from outcome
     raise_for(outcome)
     return request.result(outcome)
+
+
+def _origin(error: httpx.TransportError) -> str:
+    """The scheme, host and port the failed request went to."""
+    try:
+        url = error.request.url
+    except RuntimeError:  # an error raised without its request
+        return "its url"
+    return f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}"
 
 
 def _encode(body: Any) -> bytes:

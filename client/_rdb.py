@@ -37,9 +37,10 @@ class RdbBackend:
         """``settings``: the queue's keys (:class:`perfectqueue.settings.QueueSettings`)."""
         from ..service.store import Database, QueueStore
         from ..service.store.model import RetryPolicy
+        from ..service.store.tls import with_tls
 
         queue = QueueSettings(url=url, table=table, **settings)
-        self.db = Database(url)
+        self.db = Database(with_tls(url, queue.sslca, queue.ssl_mode))
         self.store = QueueStore(
             self.db,
             table,

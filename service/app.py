@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from .._version import __version__
-from . import dashboard, metrics, problems, routes
+from . import apidocs, dashboard, metrics, problems, routes
 from .config import Settings
 from .fastlane import FastLane
 from .httpmetrics import HttpMetrics
@@ -22,6 +22,7 @@ from .logs import RequestLog
 from .operations import OPERATIONS
 from .runtime import Runtime
 from .security import Authentication
+from .sqs import SqsEndpoint
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -52,6 +53,8 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         summary="A highly available, at-least-once task queue on a relational database.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's loads Swagger UI from a CDN: apidocs.py serves it from the package
+        redoc_url=None,
     )
     app.state.runtime = runtime
     app.state.metrics = observer
@@ -60,10 +63,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(FastLane, operations=OPERATIONS, runtime=runtime)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(Authentication, keys=settings.api_keys)  # no key, no body read
+    if settings.sqs:  # /sqs: signed by SigV4 (its own check), so outside the bearer keys' layer
+        app.add_middleware(SqsEndpoint, runtime=runtime, settings=settings)
     # the outermost: every answer has a request id, a log line and its metrics
     app.add_middleware(RequestLog, metrics=HttpMetrics(observer))
     app.add_route("/metrics", metrics.endpoint(runtime.run, observer), ["GET"], include_in_schema=False)
     app.include_router(routes.health)
     app.include_router(routes.router)
     board = dashboard.install(app, runtime, observer.per_minute, observer.trouble)
+    if settings.api_docs:
+        apidocs.install(app)
     return app

@@ -24,15 +24,24 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     create_model,
     field_validator,
     model_validator,
 )
 
-from ..configfile import read_section
+from ..configfile import read_section, screen
 from ..errors import ConfigError
-from ..settings import CONNECTION_KEYS, MAX_DURATION, QUEUE_FIELDS, WORKER_KEYS, QueueSettings, type_hints
+from ..settings import (
+    CONNECTION_KEYS,
+    MAX_DURATION,
+    ORIGINAL_ONLY,
+    QUEUE_FIELDS,
+    WORKER_KEYS,
+    QueueSettings,
+    type_hints,
+)
 from ..settings import bounds as declared_bounds
 from .store import check_table_name, normalize_url
 from .store.model import RetryPolicy
@@ -53,21 +62,54 @@ def check_url(value: str) -> str:
 
 
 class ApiKey(BaseModel):
-    """One configured key: its name (for logs), the hash of the key, its scopes and queues."""
+    """One configured key: its name (for logs), the hash of its bearer key and/or an AWS access key
+    id (the SQS endpoint's Signature V4, its secret read from an environment variable or a file),
+    its scopes and queues."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-    hash: str
+    hash: str | None = None
+    access_key_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]{16,128}$")
+    secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    secret_file: str | None = None
     scopes: list[Scope_] = Field(min_length=1)
     queues: list[str] | None = Field(default=None, min_length=1)  # None: every queue
 
     @field_validator("hash")
     @classmethod
-    def _hash(cls, value: str) -> str:
-        if not HASH.fullmatch(value.strip().lower()):  # the value is never repeated: it may be a key
+    def _hash(cls, value: str | None) -> str | None:
+        if value is not None and not HASH.fullmatch(value.strip().lower()):  # never repeated: a key?
             raise ValueError("must be 'sha256:' and 64 hex digits (perfectqueue keygen prints one)")
-        return value.strip().lower()
+        return None if value is None else value.strip().lower()
+
+    @model_validator(mode="after")
+    def _credentials(self) -> ApiKey:
+        if self.hash is None and self.access_key_id is None:
+            raise ValueError("a key needs a 'hash' (bearer key) or an 'access_key_id' (SQS), or both")
+        if (self.access_key_id is None) != (self.secret_env is None and self.secret_file is None):
+            raise ValueError("an 'access_key_id' needs its secret: 'secret_env' or 'secret_file'")
+        if self.secret_env is not None and self.secret_file is not None:
+            raise ValueError("give the secret as 'secret_env' or 'secret_file', not both")
+        return self
+
+    def secret(self) -> str | None:
+        """The secret access key (None: no access key id), read now; ConfigError if it is missing.
+        It is never logged nor repeated in an error."""
+        if self.secret_env is not None:
+            value = os.environ.get(self.secret_env, "").strip()
+            where = f"the environment variable {self.secret_env}"
+        elif self.secret_file is not None:
+            try:
+                value = Path(self.secret_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"api key {self.name!r}: cannot read secret_file: {exc.strerror}") from None
+            where = f"the file {self.secret_file}"
+        else:
+            return None
+        if not value:
+            raise ConfigError(f"api key {self.name!r}: the secret access key in {where} is empty or unset")
+        return value
 
     def allows(self, scope: str, queue: str | None) -> bool:
         return scope in self.scopes and (queue is None or self.queues is None or queue in self.queues)
@@ -137,10 +179,23 @@ class Settings(QueueDefaults):
     log_format: Literal["text", "json"] = "text"
     metrics_count_limit: int = Field(default=10_000, ge=1, le=100_000_000)
 
+    _ignored: tuple[str, ...] = PrivateAttr(default=())
     api_keys: list[ApiKey] = Field(default_factory=list)  # none: no authentication (loopback only)
     insecure: bool = False  # serve a non-loopback address without api_keys
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024**3)
     max_data_bytes: int = Field(default=512 * 1024, ge=64, le=1024**3)
+    api_docs: bool = True  # serve /docs (Swagger UI, from the package)
+    max_response_bytes: int = Field(default=8 * 1024**2, ge=64 * 1024, le=1024**3)  # data in a poll/page
+    max_head_bytes: int = Field(default=16 * 1024, ge=1024, le=1024**2)  # request line and headers
+    head_timeout: float = Field(default=10.0, gt=0, le=3600)  # from a head's first byte to its end
+    body_timeout: float = Field(default=30.0, gt=0, le=3600)  # from a head's end to its body's
+    keep_alive_timeout: int = Field(default=5, ge=1, le=3600)  # idle between requests
+    max_connections: int = Field(default=2000, ge=1, le=1_000_000)
+    max_long_polls: int = Field(default=1000, ge=0, le=1_000_000)  # waiting at once, all queues
+    max_clock_skew: float = Field(default=2.0, gt=0, le=3600)  # database vs host: warned above
+    statement_timeout: float = Field(default=5.0, gt=0, le=3600)  # one database statement (MySQL)
+    sqs: bool = True  # serve the Amazon SQS-compatible endpoint under /sqs (docs/sqs.md)
+    sqs_clock_skew: int = Field(default=300, ge=1, le=3600)  # seconds a SigV4 X-Amz-Date may be off
 
     @field_validator("url")
     @classmethod
@@ -166,8 +221,12 @@ class Settings(QueueDefaults):
         names = [key.name for key in self.api_keys]
         if len(set(names)) != len(names):
             raise ValueError("api_keys: every key needs a name of its own")
-        if len({key.hash for key in self.api_keys}) != len(self.api_keys):
+        hashes = [key.hash for key in self.api_keys if key.hash is not None]
+        if len(set(hashes)) != len(hashes):
             raise ValueError("api_keys: two keys have the same hash")
+        ids = [key.access_key_id for key in self.api_keys if key.access_key_id is not None]
+        if len(set(ids)) != len(ids):
+            raise ValueError("api_keys: two keys have the same access_key_id")
         for key in self.api_keys:
             unknown = sorted(set(key.queues or ()) - set(self.queues))
             if unknown:
@@ -175,6 +234,11 @@ class Settings(QueueDefaults):
         if self.max_data_bytes > self.max_body_bytes:
             raise ValueError("max_data_bytes must not be over max_body_bytes")
         return self
+
+    @property
+    def ignored(self) -> tuple[str, ...]:
+        """The original's keys the settings held that mean nothing here (said once at start)."""
+        return self._ignored
 
     def queue(self, name: str) -> ResolvedQueue:
         """One queue's settings: its overrides over the service-wide values, its table named
@@ -226,10 +290,15 @@ def api_keys_from_json(text: str) -> Any:
 
 
 def settings_from(values: dict[str, Any], origin: str = "settings") -> Settings:
-    """Validated settings from a mapping (the keys of the other parts are dropped first)."""
-    values = {k: v for k, v in values.items() if k not in OTHER_PARTS_KEYS}
+    """Validated settings from a mapping: a key no part knows is refused (naming the nearest
+    valid one); the keys of the other parts, and the original's that mean nothing here, are
+    dropped first (:attr:`Settings.ignored` names the latter)."""
+    ignored = screen(values, origin, known=set(Settings.model_fields) | OTHER_PARTS_KEYS, strict=True)
+    values = {k: v for k, v in values.items() if k not in OTHER_PARTS_KEYS and k not in ORIGINAL_ONLY}
     try:
-        return Settings.model_validate(values)
+        settings = Settings.model_validate(values)
+        settings._ignored = tuple(ignored)
+        return settings
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()

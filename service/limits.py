@@ -37,21 +37,13 @@ class BodyLimit:
         if declared is not None and declared > self.limit:
             await self.too_large()(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client is gone
-                return
-            chunk: bytes = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await self.too_large()(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        try:
+            body = await read_body(receive, self.limit)
+        except TooLargeError:
+            await self.too_large()(scope, receive, send)
+            return
+        if body is None:  # the client is gone
+            return
         refusal = json_body(scope, body)
         if refusal is not None:
             await problems.error_problem(refusal)(scope, receive, send)
@@ -61,6 +53,24 @@ class BodyLimit:
     def too_large(self) -> Any:
         detail = f"the request body is over the limit of {self.limit} bytes (max_body_bytes)"
         return problems.problem(413, "too_large", "The request or a part of it is over a size limit.", detail)
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request's body, its bytes counted as they arrive: TooLargeError past ``limit``, None
+    if the client left first."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise TooLargeError(f"the request body is over the limit of {limit} bytes (max_body_bytes)")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def json_body(scope: Scope, body: bytes) -> RequestError | None:

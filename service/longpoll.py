@@ -21,7 +21,7 @@ import contextlib
 import contextvars
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import PerfectQueueError, UnavailableError
@@ -30,10 +30,33 @@ from .store import AcquiredTask
 
 log = logging.getLogger("perfectqueue.service")
 
-Acquire = Callable[[int, int], Awaitable[list[AcquiredTask]]]
-"""One acquisition: (max tasks, alive_time) -> the tasks leased."""
+MAX_WAITING = 1000
+"""The default of ``max_long_polls``."""
+
+Acquire = Callable[[int, int, int], Awaitable[list[AcquiredTask]]]
+"""One acquisition: (max tasks, alive_time, for how many polls) -> the tasks leased."""
 GiveBack = Callable[[list[AcquiredTask]], Awaitable[None]]
 """Tasks leased for callers that have gone: make them deliverable again (never raises)."""
+
+
+@dataclass
+class PollSlots:
+    """How many long-polls may wait at once on this replica (all queues together): each holds an
+    open connection and a future, none a thread or a database connection."""
+
+    limit: int
+    taken: int = 0
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one while waiting; past the limit, UnavailableError (503 with Retry-After)."""
+        if self.taken >= self.limit:
+            raise UnavailableError(f"{self.limit} long-polls wait here (max_long_polls): try again")
+        self.taken += 1
+        try:
+            yield
+        finally:
+            self.taken -= 1
 
 
 @dataclass
@@ -54,9 +77,11 @@ class LongPoll:
         has_waiting: Callable[[], Awaitable[bool]],
         give_back: GiveBack,
         check_interval: float,
+        slots: PollSlots | None = None,
     ) -> None:
         self.acquire, self.has_waiting, self.give_back = acquire, has_waiting, give_back
         self.check_interval = check_interval
+        self.slots = slots or PollSlots(MAX_WAITING)
         self.immediate: dict[int, Batcher[int, list[AcquiredTask]]] = {}
         self.waiters: deque[Waiter] = deque()
         self.acquiring = 0  # polls acquiring outside the line right now
@@ -76,7 +101,10 @@ class LongPoll:
                 self.acquiring -= 1
             if tasks or wait <= 0 or self.closing:
                 return tasks
-        waiter = Waiter(max_tasks, alive_time)
+        with self.slots.slot():
+            return await self._wait(Waiter(max_tasks, alive_time), wait)
+
+    async def _wait(self, waiter: Waiter, wait: float) -> list[AcquiredTask]:
         self.waiters.append(waiter)
         self._start_dispatcher()
         try:
@@ -100,7 +128,7 @@ class LongPoll:
                 self.immediate.pop(alive_time, None)
 
     async def _shares(self, wants: list[int], alive_time: int) -> list[list[AcquiredTask]]:
-        shares, _ = split(await self.acquire(sum(wants), alive_time), wants)
+        shares, _ = split(await self.acquire(sum(wants), alive_time, len(wants)), wants)
         return shares
 
     async def _left(self, shares: list[list[AcquiredTask]]) -> None:
@@ -159,7 +187,7 @@ class LongPoll:
         nothing, with the table's lock held, under fair scheduling."""
         batch = self._head()
         wants = [waiter.max for waiter in batch]
-        tasks = await self.acquire(sum(wants), batch[0].alive_time)
+        tasks = await self.acquire(sum(wants), batch[0].alive_time, len(batch))
         shares, left = split(tasks, wants)
         for waiter, share in zip(batch, shares, strict=True):
             if not share:

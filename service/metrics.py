@@ -132,6 +132,13 @@ class ServiceMetrics:
             buckets=THREAD_BUCKETS,
             registry=r,
         )
+        self.database_clock = Gauge(
+            "perfectqueue_database_clock_skew_seconds",
+            "Seconds the database's clock is ahead of this replica's host (negative: behind), "
+            "measured at start and at every cleanup round.",
+            ["database"],
+            registry=r,
+        )
         self.http_requests = Counter(
             "perfectqueue_http_requests", "HTTP requests answered.", ["method", "route", "status"], registry=r
         )
@@ -159,6 +166,9 @@ class ServiceMetrics:
 
     def thread_waited(self, seconds: float) -> None:
         self.thread_wait.observe(seconds)
+
+    def clock_skew(self, database: str, seconds: float) -> None:
+        self.database_clock.labels(database).set(seconds)
 
     def queue(self, name: str) -> QueueMetrics:
         return QueueMetrics(self, name)

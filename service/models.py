@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -204,11 +204,17 @@ class TaskOut(BaseModel):
         description="Running and held by a worker; a running task that nobody holds is scheduled for "
         "later (submitted with run_at, or retried with a wait)",
     )
+    data_withheld: bool = Field(
+        default=False,
+        description="The stored data is over the service's max_data_bytes once inflated (written by "
+        "another writer): it is not sent (data is empty, type the part of the id before its first dot); "
+        "a poll never delivers such a task, it ends dead",
+    )
 
     model_config = examples(EXAMPLE_TASK)
 
     @classmethod
-    def of(cls, task: Task) -> TaskOut:
+    def of(cls, task: Task) -> Self:
         return cls(
             id=task.id,
             type=task.type,
@@ -228,6 +234,7 @@ class TaskOut(BaseModel):
             cancel_requested=task.cancel_requested,
             traceparent=task.traceparent,
             leased=task.leased,
+            data_withheld=task.data_withheld,
         )
 
 
@@ -353,8 +360,25 @@ class BulkResult(BatchResult):
     )
 
 
+class ListedTask(TaskOut):
+    data: dict[str, Any] | None = Field(  # type: ignore[assignment]
+        default=None, description="The task's data with include=data; null without"
+    )
+
+    @classmethod
+    def listed(cls, task: Task, with_data: bool) -> ListedTask:
+        out = cls.of(task)
+        if not with_data:
+            out.data = None
+        return out
+
+
 class TaskPage(BaseModel):
-    tasks: list[TaskOut]
+    tasks: list[ListedTask] = Field(
+        description="With include=data, the page stops before the data of its tasks passes the "
+        "service's max_response_bytes (8 MiB by default; always one task at least): fewer tasks than "
+        "limit, and next_cursor continues after the last"
+    )
     next_cursor: str | None = Field(description="Pass as 'cursor' for the next page; null at the end")
 
     model_config = examples({"tasks": [EXAMPLE_TASK], "next_cursor": "mail-42"})

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from ..errors import PerfectQueueError, UnknownQueueError
 from . import models as m
@@ -253,6 +254,10 @@ async def list_tasks(
     order: Annotated[Literal["id", "due"], Query(description="id, or due time (then id)")] = "id",
     cursor: Annotated[str | None, Query(max_length=300, description="next_cursor of the page before")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    include: Annotated[
+        Literal["data"] | None,
+        Query(description="data: each task's data too (the page then stops at max_response_bytes of data)"),
+    ] = None,
 ) -> m.TaskPage:
     page = await queue.list_tasks(
         status=status,
@@ -263,12 +268,24 @@ async def list_tasks(
         order=order,
         cursor=cursor,
         limit=limit,
+        with_data=include == "data",
     )
-    return m.TaskPage(tasks=[m.TaskOut.of(t) for t in page.tasks], next_cursor=page.cursor)
+    listed = [m.ListedTask.listed(task, include == "data") for task in page.tasks]
+    return m.TaskPage(tasks=listed, next_cursor=page.cursor)
+
+
+class AnyId(PathConvertor):
+    """The rest of the path, line breaks included (an id another writer stored may hold one;
+    Starlette's ``path`` stops at a newline)."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("task_id", AnyId())
 
 
 @router.get(
-    "/queues/{queue}/tasks/{task_id:path}",
+    "/queues/{queue}/tasks/{task_id:task_id}",
     operation_id="getTask",
     dependencies=[require(*ANY)],
     summary="One task",

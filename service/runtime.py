@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -37,10 +38,12 @@ from ..errors import (
     UnavailableError,
 )
 from ..logformat import set_context
+from .announce import Announcer
 from .batching import Batcher
+from .clocks import ClockObserver, ClockWatch
 from .config import ResolvedQueue, Settings
 from .limits import check_data_size
-from .longpoll import LongPoll
+from .longpoll import LongPoll, PollSlots
 from .store import (
     AcquiredTask,
     Counts,
@@ -54,7 +57,10 @@ from .store import (
     UserLoad,
 )
 from .store.observer import StoreObserver
+from .store.rows import within
 from .store.throughput import MinuteCounts
+from .store.tls import with_tls
+from .store.wakeups import Listener
 
 log = logging.getLogger("perfectqueue.service")
 
@@ -94,7 +100,7 @@ class QueueObserver(StoreObserver, Protocol):
         """A poll answered after ``seconds`` (its long-poll wait included)."""
 
 
-class ServiceObserver(Protocol):
+class ServiceObserver(ClockObserver, Protocol):
     def thread_waited(self, seconds: float) -> None:
         """A store call waited ``seconds`` for a worker thread to start it."""
 
@@ -116,12 +122,18 @@ class QueueRuntime:
         store: QueueStore,
         run: Runner,
         observer: QueueObserver,
+        *,
+        slots: PollSlots | None = None,
     ) -> None:
         self.name, self.settings, self.service = settings.name, settings, service
         self.store, self.run, self.observer = store, run, observer
         self.finishes: Batcher[tuple[str, int], None] = Batcher(self._finish_merged)
         self.submits: Batcher[NewTask, None] = Batcher(self._submit_merged)
-        self.polls = LongPoll(self._acquire, self._has_waiting, self.give_back, service.poll_check_interval)
+        slots = slots or PollSlots(service.max_long_polls)
+        check = service.poll_check_interval
+        self.polls = LongPoll(self._acquire, self._has_waiting, self.give_back, check, slots)
+        self.origin = secrets.token_hex(8)  # this queue's runtime, in its announcements
+        self.announcer = Announcer(lambda: self.run(store.announce, self.origin), enabled=store.announces)
 
     # -- producing ------------------------------------------------------------------------------
 
@@ -131,7 +143,7 @@ class QueueRuntime:
         set_context(queue=self.name, task_id=task.id)
         check_data_size(task.data, self.service.max_data_bytes)
         await self.submits.call(task)
-        self.polls.notify()
+        self._woke()
 
     async def submit_many(self, tasks: Sequence[NewTask]) -> Outcomes:
         set_context(queue=self.name)
@@ -140,7 +152,7 @@ class QueueRuntime:
         self.observer.carried("submit", len(tasks))
         outcomes = await self._call(self.store.submit_many, tasks)
         self._count(outcomes, "submitted", REFUSED_SUBMIT)
-        self.polls.notify()
+        self._woke()
         return outcomes
 
     # -- working --------------------------------------------------------------------------------
@@ -158,12 +170,22 @@ class QueueRuntime:
         if wait > self.service.max_poll_wait:
             raise InvalidError(f"wait must be at most {self.service.max_poll_wait} seconds")
         started = time.perf_counter()
-        tasks = await self.polls.poll(max_tasks, alive_time or self.settings.alive_time, wait)
+        tasks = await self.within_budget(
+            await self.polls.poll(max_tasks, alive_time or self.settings.alive_time, wait)
+        )
         if tasks and wait > 0 and gone is not None and await gone():
             await self.give_back(tasks)
             tasks = []
         self.observer.polled(time.perf_counter() - started, bool(tasks))
         return tasks
+
+    async def within_budget(self, tasks: list[AcquiredTask]) -> list[AcquiredTask]:
+        """The leading tasks whose data fits in ``max_response_bytes``; the rest are given back
+        (waiting again at once, their attempt not counted)."""
+        fit = len(list(within((t.task for t in tasks), self.service.max_response_bytes)))
+        if fit < len(tasks):
+            await self.give_back(tasks[fit:])
+        return tasks[:fit]
 
     async def heartbeat(
         self, task_id: str, lease: int, alive_time: int | None = None, data: dict[str, Any] | None = None
@@ -212,14 +234,14 @@ class QueueRuntime:
         wait = await self._refusable(REFUSED, retry, task_id, lease, retry_wait, error, dead)
         self.observer.counted("dead" if wait is None else "retried", 1)
         if wait == 0:
-            self.polls.notify()
+            self._woke()
 
     async def release(self, task_id: str, lease: int) -> None:
         """Give the task back, deliverable at once."""
         set_context(queue=self.name, task_id=task_id)
         await self._refusable(REFUSED, self.store.release, task_id, lease)
         self.observer.counted("released", 1)
-        self.polls.notify()
+        self._woke()
 
     async def give_back(self, tasks: Iterable[AcquiredTask]) -> None:
         """Tasks leased for a caller that has gone: deliverable again at once, rather than leased
@@ -232,7 +254,7 @@ class QueueRuntime:
                 log.warning("could not give back task %r: %s", acquired.task.id, exc)
             else:
                 self.observer.counted("released", 1)
-        self.polls.notify()
+        self._woke()
 
     # -- the operator's -------------------------------------------------------------------------
 
@@ -244,7 +266,7 @@ class QueueRuntime:
     async def force_release(self, task_id: str) -> None:
         set_context(queue=self.name, task_id=task_id)
         await self._call(self.store.force_release, task_id)
-        self.polls.notify()
+        self._woke()
 
     async def cancel(self, task_id: str) -> Task:
         set_context(queue=self.name, task_id=task_id)
@@ -256,7 +278,7 @@ class QueueRuntime:
     async def requeue(self, task_id: str) -> Task:
         set_context(queue=self.name, task_id=task_id)
         task = await self._call(self.store.requeue, task_id)
-        self.polls.notify()
+        self._woke()
         return task
 
     # -- reading --------------------------------------------------------------------------------
@@ -276,8 +298,10 @@ class QueueRuntime:
         order: str = "id",
         cursor: str | None = None,
         limit: int = 100,
+        with_data: bool = False,
     ) -> Page:
-        """A page of tasks, filtered (``QueueStore.list``)."""
+        """A page of tasks, filtered (``QueueStore.list``), without their data unless asked; with
+        it, the page stops at ``max_response_bytes`` of data."""
         set_context(queue=self.name)
         return await self._call(
             lambda: self.store.list(
@@ -289,6 +313,8 @@ class QueueRuntime:
                 order=order,
                 cursor=cursor,
                 limit=limit,
+                with_data=with_data,
+                max_bytes=self.service.max_response_bytes,
             )
         )
 
@@ -336,6 +362,12 @@ class QueueRuntime:
         """Shutting down: waiting polls answer empty at once, and no poll waits again."""
         self.polls.close()
 
+    def heard(self, origin: str | None) -> None:
+        """Tasks became waiting through another replica (``origin`` None: perhaps, as a listener
+        that was down may have missed it): wake the polls waiting here."""
+        if origin != self.origin:
+            self.polls.notify()
+
     # -- the store calls ------------------------------------------------------------------------
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -367,8 +399,10 @@ class QueueRuntime:
         for event, amount in events.items():
             self.observer.counted(event, amount)
 
-    async def _acquire(self, max_tasks: int, alive_time: int) -> list[AcquiredTask]:
-        tasks = await self._call(self.store.acquire, max_tasks, alive_time)
+    async def _acquire(self, max_tasks: int, alive_time: int, callers: int) -> list[AcquiredTask]:
+        """One acquisition for ``callers`` polls: as much data as their answers may carry."""
+        budget = callers * self.service.max_response_bytes
+        tasks = await self._call(self.store.acquire, max_tasks, alive_time, budget)
         self.observer.acquired(tasks)
         return tasks
 
@@ -397,7 +431,13 @@ class QueueRuntime:
         """Tasks ended: under fair scheduling their users' max_running has room again, so the
         polls waiting here try at once instead of at their next periodic check."""
         if self.store.fair:
-            self.polls.notify()
+            self._woke()
+
+    def _woke(self) -> None:
+        """Tasks became waiting through this replica (or, under fair scheduling, a user's slot
+        freed): wake the polls waiting here, and announce it to the other replicas."""
+        self.polls.notify()
+        self.announcer.announce()
 
 
 def _outcome_of(fn: Callable[..., object], *args: Any) -> Outcomes:
@@ -420,23 +460,31 @@ class Runtime:
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.databases: dict[str, Database] = {}
+        self.listeners: list[Listener] = []
         self.queues: dict[str, QueueRuntime] = {}
+        self.slots = PollSlots(settings.max_long_polls)  # shared by the queues: a limit per replica
         pool = PoolOptions(size=settings.pool_size, overflow=settings.pool_overflow)
         for name in settings.queues:
             resolved = settings.queue(name)
-            if resolved.url not in self.databases:
-                self.databases[resolved.url] = Database(resolved.url, pool, settings.isolation_level)
+            url = with_tls(resolved.url, resolved.sslca, resolved.ssl_mode)
+            if url not in self.databases:
+                self.databases[url] = Database(
+                    url, pool, settings.isolation_level, settings.statement_timeout
+                )
             queue_observer = observer.queue(name)
             store = QueueStore(
-                self.databases[resolved.url],
+                self.databases[url],
                 resolved.table,
                 retention_time=resolved.retention_time,
                 fair=resolved.fair,
                 lock=resolved.acquire_lock,
                 policy=resolved.retry_policy(),
                 observer=queue_observer,
+                max_data_bytes=settings.max_data_bytes,
             )
-            self.queues[name] = QueueRuntime(resolved, settings, store, self.run, queue_observer)
+            runtime = QueueRuntime(resolved, settings, store, self.run, queue_observer, slots=self.slots)
+            self.queues[name] = runtime
+        self.clocks = ClockWatch(self.databases, self.run, observer, settings.max_clock_skew)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking call in a worker thread (its wait for the thread observed)."""
@@ -455,6 +503,27 @@ class Runtime:
         for queue in self.queues.values():
             if auto_init or (auto_init is None and queue.store.db.is_sqlite):
                 await queue.init()
+        await self.clocks.measure()
+        for db in self.databases.values():
+            served = [queue for queue in self.queues.values() if queue.store.db is db]
+            listener = db.listen({queue.store.table.name for queue in served}, self._heard)
+            if listener is not None:
+                self.listeners.append(listener)
+
+    def _heard(self, table: str, origin: str | None) -> None:
+        """A listener's notification (in its thread): the queues of that table are woken on the
+        serving loop."""
+        if self.loop is None or self.loop.is_closed():
+            return
+        for queue in self.queues.values():
+            if queue.store.table.name == table:
+                self.loop.call_soon_threadsafe(queue.heard, origin)
+
+    def check(self) -> None:
+        """Before serving: refuse databases that cannot work (ConfigError), e.g. a url whose hosts
+        are not nodes of one Galera cluster."""
+        for db in self.databases.values():
+            db.check()
 
     def begin_shutdown(self) -> None:
         """Readiness fails and every waiting long-poll returns empty, at once."""
@@ -463,14 +532,18 @@ class Runtime:
             queue.close()
 
     def dispose(self) -> None:
+        for listener in self.listeners:
+            listener.stop()
         for db in self.databases.values():
             db.dispose()
 
     async def cleanup_forever(self) -> None:
-        """Delete expired finished rows in bounded batches, off the request path."""
+        """Delete expired finished rows in bounded batches, off the request path (and measure the
+        databases' clocks)."""
         batch = self.settings.cleanup_batch
         while True:
             await asyncio.sleep(self.settings.cleanup_interval * random.uniform(0.5, 1.5))
+            await self.clocks.measure()
             for queue in self.queues.values():
                 try:
                     while await queue.cleanup(batch) == batch:

@@ -22,16 +22,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ConfigError, ForbiddenError, UnauthorizedError
 from . import problems
+from .apidocs import OPEN_PATHS as DOCS_PATHS
 from .asgi import header
 from .config import ApiKey, Scope_, Settings
 
 log = logging.getLogger("perfectqueue.service")
 
 KEY_PREFIX = "pq_"
-OPEN_PATHS = frozenset(
-    {"/livez", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
-)
-"""Paths that need no key: the health probes, and the API's own description (it holds no data)."""
+OPEN_PATHS = frozenset({"/", "/livez", "/healthz", "/readyz", "/openapi.json", *DOCS_PATHS})
+"""Paths that need no key: the health probes, the API's own description (it holds no data) and
+``/``, which leads to the dashboard."""
 OPEN_PREFIX = "/ui"
 """The dashboard's static pages (they hold no data; the API calls they make need a key)."""
 IDENTITY = "perfectqueue.api_key"
@@ -59,7 +59,7 @@ def find_key(keys: list[ApiKey], presented: str) -> ApiKey | None:
     digest = hash_key(presented).encode("ascii")
     found = None
     for key in keys:
-        if hmac.compare_digest(digest, key.hash.encode("ascii")):
+        if key.hash is not None and hmac.compare_digest(digest, key.hash.encode("ascii")):
             found = key
     return found
 

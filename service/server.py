@@ -28,11 +28,14 @@ from types import FrameType
 
 import uvicorn
 
+from ..configfile import ignored_line
 from . import logs
 from .app import create_app
 from .config import Settings
+from .connections import ConnectionLimits, guarded_protocol
 from .runtime import Runtime
 from .security import check_exposure
+from .store import redact
 
 log = logging.getLogger("perfectqueue.service")
 
@@ -105,10 +108,20 @@ def prepare_logs(settings: Settings, log_level: str = "info") -> None:
     check_exposure(settings)
 
 
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        max_head_bytes=settings.max_head_bytes,
+        head_timeout=settings.head_timeout,
+        body_timeout=settings.body_timeout,
+        max_connections=settings.max_connections,
+    )
+
+
 def serve(settings: Settings, log_level: str = "info") -> None:
     """Serve until stopped by SIGTERM or SIGINT (refused on a public address without keys)."""
     prepare_logs(settings, log_level)
     app = create_app(settings)
+    app.state.runtime.check()
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -118,5 +131,24 @@ def serve(settings: Settings, log_level: str = "info") -> None:
         access_log=False,  # the service writes its own access line (logs.RequestLog)
         timeout_graceful_shutdown=math.floor(settings.shutdown_grace),
         server_header=False,
+        http=guarded_protocol(connection_limits(settings)),
+        timeout_keep_alive=settings.keep_alive_timeout,
     )
+    announce(settings)
     Server(config, app.state.runtime, settings.shutdown_grace, settings.shutdown_delay).run()
+
+
+def announce(settings: Settings) -> None:
+    """Say where the queues are stored and where to look: one line per database, one for the
+    pages, and one for the original's keys the settings held that mean nothing here."""
+    if settings.ignored:
+        log.info("%s", ignored_line(settings.ignored))
+    by_url: dict[str, list[str]] = {}
+    for name in settings.queues:
+        by_url.setdefault(redact(settings.queue(name).url), []).append(name)
+    for url, names in by_url.items():
+        log.info("queues %s on %s", ", ".join(names), url)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    base = f"http://{host}:{settings.port}"
+    docs = f", API docs {base}/docs" if settings.api_docs else ""
+    log.info("dashboard %s/ui%s, metrics %s/metrics", base, docs, base)

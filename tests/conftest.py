@@ -1,7 +1,8 @@
-"""Fixtures shared by the suite: real databases (SQLite and MariaDB), never a mock.
+"""Fixtures shared by the suite: real databases (SQLite, MariaDB and PostgreSQL), never a mock.
 
-MariaDB tests run whenever the server answers; with CI=true they fail (not skip) when it does
-not. ``PERFECTQUEUE_TEST_MYSQL_URL`` points them at another server.
+MariaDB and PostgreSQL tests run whenever the server answers; with CI=true they fail (not skip)
+when it does not. ``PERFECTQUEUE_TEST_MYSQL_URL`` and ``PERFECTQUEUE_TEST_POSTGRES_URL`` point
+them at other servers.
 """
 
 from __future__ import annotations
@@ -24,39 +25,64 @@ from perfectqueue.service.runtime import QueueRuntime, Runner
 from perfectqueue.service.store import Database, QueueStore
 
 MYSQL_URL = os.environ.get("PERFECTQUEUE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+POSTGRES_URL = os.environ.get("PERFECTQUEUE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-_mysql_reachable: bool | None = None
+SERVERS = {"mysql": ("MariaDB/MySQL", MYSQL_URL), "postgres": ("PostgreSQL", POSTGRES_URL)}
+"""The database servers the suite runs on beside SQLite: backend -> (name, url)."""
+_reachable: dict[str, bool] = {}
 
 
-def mysql_reachable() -> bool:
-    global _mysql_reachable
-    if _mysql_reachable is None:
+def reachable(backend: str) -> bool:
+    if backend not in _reachable:
         try:
-            db = Database(MYSQL_URL)
+            db = Database(SERVERS[backend][1])
             with db.engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
             db.dispose()
-            _mysql_reachable = True
+            _reachable[backend] = True
         except Exception:
-            _mysql_reachable = False
-    return _mysql_reachable
+            _reachable[backend] = False
+    return _reachable[backend]
+
+
+def mysql_reachable() -> bool:
+    return reachable("mysql")
+
+
+def require_server(backend: str) -> str:
+    """The server's url, or skip (fail in CI) when it does not answer."""
+    name, url = SERVERS[backend]
+    if not reachable(backend):
+        message = f"{name} is not reachable at {url}"
+        if IN_CI:
+            pytest.fail(message + " (mandatory in CI)")
+        pytest.skip(message)
+    return url
 
 
 def require_mysql() -> str:
     """The MariaDB url, or skip (fail in CI) when the server does not answer."""
-    if not mysql_reachable():
-        message = f"MariaDB/MySQL is not reachable at {MYSQL_URL}"
-        if IN_CI:
-            pytest.fail(message + " (mandatory in CI)")
-        pytest.skip(message)
-    return MYSQL_URL
+    return require_server("mysql")
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
+def require_postgres() -> str:
+    """The PostgreSQL url, or skip (fail in CI) when the server does not answer."""
+    return require_server("postgres")
+
+
+BACKENDS = ["sqlite", "mysql", "postgres"]
+
+
+def backend_of(db: Database) -> str:
+    """The backend name of a database: one of BACKENDS."""
+    return "sqlite" if db.is_sqlite else "postgres" if db.is_postgres else "mysql"
+
+
+@pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A database url for each backend; tests using it run once per backend."""
-    if request.param == "mysql":
-        return require_mysql()
+    if request.param in SERVERS:
+        return require_server(request.param)
     return f"sqlite:///{tmp_path / 'queue.sqlite3'}"
 
 

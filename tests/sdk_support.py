@@ -1,6 +1,6 @@
 """Shared by the SDK and CLI tests: real targets to open a queue on, and a real misbehaving proxy.
 
-A *target* is one of: a real service process (``perfectqueue serve``) over SQLite or MariaDB, with
+A *target* is one of: a real service process (``perfectqueue serve``) over SQLite, MariaDB or PostgreSQL, with
 many pre-declared queues so that every test gets an empty one; or a database for the direct
 ``rdb_compat`` backend, where every test gets a freshly created table.
 """
@@ -22,14 +22,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import yaml
-from conftest import drop_table, require_mysql
+from conftest import SERVERS, drop_table, require_server
 from servers import service_process
 
 from perfectqueue.client import TaskMetadata
 from perfectqueue.service.store import Database, QueueStore
 
 SERVICE_QUEUES = 3
-TARGETS = ["http-sqlite", "http-mysql", "rdb_compat-sqlite", "rdb_compat-mysql"]
+TARGETS = [f"{kind}-{db}" for kind in ("http", "rdb_compat") for db in ("sqlite", "mysql", "postgres")]
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 15.0, step: float = 0.05) -> Any:
@@ -88,8 +88,8 @@ class Target:
 
 
 def database_url(backend: str, directory: Path) -> str:
-    if backend == "mysql":
-        return require_mysql()
+    if backend in SERVERS:
+        return require_server(backend)
     return f"sqlite:///{directory / 'queue.sqlite3'}"
 
 

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from conftest import drop_table, expire_lease
 from servers import running_service, write_config
 
@@ -362,6 +363,33 @@ def test_id_of_255_bytes_is_accepted(client: TestClient) -> None:
 
 
 # -- ids that need care in paths and SQL ----------------------------------------------------
+
+
+STORED_ELSEWHERE = ["タ" * 200, "tab\there", "line\nbreak", "del\x7f"]
+"""Ids the original's table may hold that a submit here refuses: 602 bytes of CJK (VARCHAR(255)
+counts characters), control characters."""
+
+
+@pytest.mark.parametrize("task_id", STORED_ELSEWHERE, ids=["cjk-602-bytes", "tab", "newline", "del"])
+def test_an_id_another_writer_stored_can_be_read_cancelled_and_requeued(
+    client: TestClient, db_url: str, table_name: str, task_id: str
+) -> None:
+    assert_problem(client.post(f"{Q}/submit", json={"id": task_id, "type": "t"}), 422, "invalid")
+    db = Database(db_url)
+    with db.engine.begin() as conn:  # as the original inserts a task
+        conn.execute(
+            sa.text(
+                f"INSERT INTO {table_name} (id, timeout, data, created_at, resource, max_running) "
+                "VALUES (:id, :now, :data, :now, NULL, NULL)"
+            ),
+            {"id": task_id, "now": int(time.time()) - 5, "data": '{"type":"t"}'},
+        )
+    db.dispose()
+    assert get(client, task_id)["id"] == task_id
+    assert client.post(f"{Q}/cancel", json={"id": task_id}).json()["status"] == "cancelled"
+    assert client.post(f"{Q}/requeue", json={"id": task_id}).status_code == 409  # cancelled, not dead
+    assert_problem(client.post(f"{Q}/force-finish", json={"id": task_id}), 409, "already_finished")
+    assert [t["id"] for t in everything(client)] == [task_id]
 
 
 @pytest.mark.parametrize("task_id", SPECIAL_IDS)

@@ -194,6 +194,8 @@ def test_health_probes_and_the_api_description_are_open(client: TestClient) -> N
     assert client.get("/readyz").status_code == 200
     assert client.get("/openapi.json").status_code == 200
     assert client.get("/docs").status_code == 200
+    home = client.get("/", follow_redirects=False)  # the address a person types leads to the dashboard
+    assert (home.status_code, home.headers["location"]) == (308, "/ui/")
 
 
 def test_without_keys_everything_is_open(make_client: Callable[..., TestClient]) -> None:
@@ -321,6 +323,9 @@ def test_serve_with_insecure_starts_and_warns(tmp_path: Path) -> None:
             proc.wait(timeout=30)
     text = log.read_text()
     assert "WARNING" in text and "without authentication" in text.lower()
+    # where the queues are stored and where to look, said once at start
+    assert f"queues default on {url}" in text
+    assert f"dashboard http://0.0.0.0:{port}/ui, API docs http://0.0.0.0:{port}/docs" in text
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MYSQL_URL, require_mysql
+from conftest import MYSQL_URL, POSTGRES_URL, require_mysql, require_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["ceiling", "service", "latency", "fair", "memory", "scale", "worker"]
@@ -28,7 +28,7 @@ def run_bench(*args: str) -> str:
         capture_output=True,
         text=True,
         timeout=90,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])},  # this checkout
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
@@ -40,6 +40,7 @@ def run_smoke(tmp_path: Path, backend: str, scenarios: list[str], *extra: str) -
     run_bench(
         *("bench", "--smoke", "--backend", backend, "--out", str(out), *extra),
         *("--scenarios", ",".join(scenarios), "--table-prefix", prefix, "--mysql-url", MYSQL_URL),
+        *("--postgres-url", POSTGRES_URL),
     )
     (path,) = out.glob(f"*-{backend}.json")
     return json.loads(path.read_text())
@@ -97,6 +98,20 @@ def test_bench_smoke_mysql(tmp_path: Path) -> None:
     assert results["config"]["service_settings"] == {"pool_size": 3, "pool_overflow": 1}
 
 
+@pytest.mark.slow
+def test_bench_smoke_postgres_across_replicas(tmp_path: Path) -> None:
+    """The scenarios whose SQL is the store's on PostgreSQL; the others say they were skipped."""
+    require_postgres()
+    names = ["ceiling", "service", "latency"]
+    results = run_smoke(tmp_path, "postgres", names, "--latency-replicas", "2")
+    scenarios = results["scenarios"]
+    assert "skipped" in scenarios["ceiling"]
+    single = [v for k, v in scenarios["service"].items() if k.startswith("single")]
+    assert single and single[0]["tasks_per_acquisition"] > 0
+    assert scenarios["latency"]["replicas"] == 2
+    assert {"median_p50_ms", "median_p99_ms", "max_ms"} <= set(scenarios["latency"])
+
+
 @pytest.mark.mysql
 def test_store_calls_times_every_call_on_both_backends(tmp_path: Path) -> None:
     """``python -m bench.store_calls`` at tiny sizes: one line of timings per database, and the
@@ -110,3 +125,14 @@ def test_store_calls_times_every_call_on_both_backends(tmp_path: Path) -> None:
     fair = [line for line in lines if "fair, 10 users" in line]
     assert len(fair) == 2 and all("(CPU " in line for line in fair)
     assert ["lock held" in line for line in fair] == [False, True]  # SQLite takes no named lock
+
+
+@pytest.mark.slow
+def test_bench_smoke_sqs_side_by_side(tmp_path: Path) -> None:
+    """The SQS scenario: ceiling, native batched and SQS drains and both long-poll latencies."""
+    results = run_smoke(tmp_path, "sqlite", ["sqs"])
+    sqs = results["scenarios"]["sqs"]
+    for way in ("ceiling", "native", "sqs", "sqs signed"):
+        assert sqs[f"{way} k=10 tasks_per_s"]["median"] > 0
+    assert sqs["sqs_vs_native"] > 0 and sqs["sqs_signed_vs_native"] > 0
+    assert sqs["latency sqs WaitTimeSeconds"]["n"] == sqs["latency native long-poll"]["n"] > 0

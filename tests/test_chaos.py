@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from mariadb_instance import MariaDB, mariadb  # noqa: F401 - the fixture
+from private_servers import PrivateServer, mariadb, postgres, private_db  # noqa: F401 - the fixtures
 from servers import SERVE, free_port, wait_ready, write_config
 from test_worker_harness import children_of, ledger, wait_for, worker_process
 
@@ -150,7 +150,7 @@ def produce(base: str, keys: list[str], book: Path, pause: float, acked: set[str
 
 
 def chaos(
-    rng: random.Random, db: MariaDB, replicas: list[Replica], workers: list[subprocess.Popen[bytes]]
+    rng: random.Random, db: PrivateServer, replicas: list[Replica], workers: list[subprocess.Popen[bytes]]
 ) -> list[str]:
     """Kill something every 1 to 2.5 s until CHAOS_SECONDS have passed; what was done, in order."""
     done: list[str] = []
@@ -189,10 +189,10 @@ def finished_count(replicas: list[Replica]) -> int:
     return -1
 
 
-def test_chaos_every_task_finished_exactly_once(mariadb: MariaDB, tmp_path: Path) -> None:  # noqa: F811
+def test_chaos_every_task_finished_exactly_once(private_db: PrivateServer, tmp_path: Path) -> None:  # noqa: F811
     (tmp_path / "pqchaos.py").write_text(HANDLERS)
     book = tmp_path / "ledger"
-    config = write_config(tmp_path / "service.yaml", mariadb.url, "pq_chaos")
+    config = write_config(tmp_path / "service.yaml", private_db.url, "pq_chaos")
     replicas = [Replica(config, tmp_path / f"service-{i}.log") for i in range(2)]
     keys = [f"c{i}" for i in range(TASKS)]
     acked: set[str] = set()
@@ -212,7 +212,7 @@ def test_chaos_every_task_finished_exactly_once(mariadb: MariaDB, tmp_path: Path
         ]
         for thread in producers:
             thread.start()
-        actions = chaos(rng, mariadb, replicas, workers)
+        actions = chaos(rng, private_db, replicas, workers)
         print(f"chaos (seed {SEED}): {len(actions)} kills: {', '.join(actions)}")
         for thread in producers:
             thread.join(timeout=90)

@@ -95,7 +95,7 @@ def test_init_adds_a_missing_index(db_url: str, table_name: str, database: Datab
     assert run("init", "--url", db_url, "--table", table_name).returncode == 0
     with database.engine.begin() as conn:
         index = f"index_{table_name}_on_resource"
-        conn.execute(sa.text(f"DROP INDEX {index}" + ("" if database.is_sqlite else f" ON {table_name}")))
+        conn.execute(sa.text(f"DROP INDEX {index}" + (f" ON {table_name}" if database.is_mysql else "")))
     again = run("init", "--url", db_url, "--table", table_name)
     assert again.returncode == 0, again.stderr
     assert again.stdout == f"{table_name} ({table_name}): created index {index}\n"

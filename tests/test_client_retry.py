@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import drop_table, require_mysql
+from conftest import drop_table, require_server
 from sdk_support import (
     DROP,
     DROP_RESPONSE,
@@ -146,13 +146,15 @@ def test_retries_end_with_unavailable_when_the_service_never_comes() -> None:
         queue.stats()
 
 
-def test_a_503_of_the_service_is_retried_after_its_retry_after(tmp_path: Path) -> None:
-    """The database goes away for real (the service's connections to MariaDB run through a pipe
-    that is cut): the service answers 503 with Retry-After: 1, and the SDK tries again no sooner."""
-    url = require_mysql()
+@pytest.mark.parametrize("backend", ["mysql", "postgres"])
+def test_a_503_of_the_service_is_retried_after_its_retry_after(backend: str, tmp_path: Path) -> None:
+    """The database goes away for real (the service's connections to the server run through a
+    pipe that is cut): the service answers 503 with Retry-After: 1, and the SDK tries again no
+    sooner."""
+    url = require_server(backend)
     parts = urlsplit(url)
     table = "t_" + uuid.uuid4().hex[:16]
-    with Pipe((parts.hostname or "127.0.0.1", parts.port or 3306)) as pipe:
+    with Pipe((parts.hostname or "127.0.0.1", parts.port or (3306 if backend == "mysql" else 5432))) as pipe:
         piped = parts._replace(netloc=f"{parts.username}@127.0.0.1:{pipe.port}").geturl()
         # no cleanup pass: the submit below is the only thing that may meet the cut
         service_config = write_config(tmp_path / "service.yml", piped, table, cleanup_interval=3600)

@@ -48,9 +48,9 @@ class Recording(QueueStore):
         self.calls.append(("submit_many", len(tasks)))
         return super().submit_many(tasks)
 
-    def acquire(self, max_tasks: int, alive_time: int) -> list[AcquiredTask]:
+    def acquire(self, max_tasks: int, alive_time: int, max_bytes: int | None = None) -> list[AcquiredTask]:
         self.calls.append(("acquire", max_tasks))
-        return super().acquire(max_tasks, alive_time)
+        return super().acquire(max_tasks, alive_time, max_bytes)
 
 
 def gather(*calls: Any) -> list[Any]:

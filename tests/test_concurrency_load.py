@@ -18,6 +18,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from concurrency_workers import capped, drain, run_processes, submit_all
+from conftest import backend_of
 from servers import running_services, write_config
 
 from perfectqueue.service.store import Database
@@ -25,15 +26,12 @@ from perfectqueue.service.store import Database
 pytestmark = pytest.mark.slow
 
 POLLERS = 8
-# MariaDB drains 5,000 tasks in about 15 s here (2 cores); SQLite serialises every write on one
-# file lock shared by all processes, so it gets fewer tasks to stay within the time budget.
-TASKS = {"mysql": 5000, "sqlite": 2000}
+# MariaDB and PostgreSQL drain 5,000 tasks in about 15 s here (2 cores); SQLite serialises every
+# write on one file lock shared by all processes, so it gets fewer tasks to stay within the time budget.
+TASKS = {"mysql": 5000, "postgres": 5000, "sqlite": 2000}
 NONE = {"waiting": 0, "leased": 0, "scheduled": 0, "dead": 0, "cancelled": 0}
 """The counts of a queue whose every task finished, less the finished count."""
-
-
-def backend(db: Database) -> str:
-    return "sqlite" if db.is_sqlite else "mysql"
+backend = backend_of
 
 
 def submit_tasks(base: str, tasks: list[dict[str, Any]]) -> None:
@@ -126,10 +124,11 @@ class RunningSampler(threading.Thread):
 
     def __init__(self, db: Database, table: str) -> None:
         super().__init__(daemon=True)
-        now = "CAST(strftime('%s','now') AS INTEGER)" if db.is_sqlite else "UNIX_TIMESTAMP()"
-        self.query = sa.text(
-            f"SELECT resource, COUNT(*) FROM {table} WHERE created_at IS NOT NULL AND timeout > {now} "
-            "AND resource IS NOT NULL GROUP BY resource"
+        t = sa.table(table, sa.column("resource"), sa.column("created_at"), sa.column("timeout"))
+        self.query = (
+            sa.select(t.c.resource, sa.func.count())
+            .where(t.c.created_at.is_not(None), t.c.timeout > db.now(), t.c.resource.is_not(None))
+            .group_by(t.c.resource)
         )
         self.db = db
         self.stop = threading.Event()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import yaml
-from conftest import require_mysql
+from conftest import require_mysql, require_postgres
 
 import perfectqueue
 from perfectqueue.configfile import read_section
@@ -337,7 +337,7 @@ def test_missing_file_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "url",
     [
-        "postgresql://app:hunter2@db/queue",
+        "postgresql+psycopg2://app:hunter2@db/queue",
         "mysql+mysqldb://app:hunter2@db/queue",
         "redis://db",
         "queue.db",
@@ -367,6 +367,9 @@ def test_unsupported_url_scheme_is_refused_when_settings_load(url: str) -> None:
             "mysql+pymysql://u@h/db?ssl_verify_cert=true&charset=utf8mb4",
         ),
         ("mysql://u@h/db?charset=utf8", "mysql+pymysql://u@h/db?charset=utf8"),
+        ("postgresql://u:p@h:5432/db", "postgresql+psycopg://u:p@h:5432/db"),
+        ("postgres://u@h/db?sslmode=require", "postgresql+psycopg://u@h/db?sslmode=require"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
         ("sqlite:///perfectqueue.sqlite3", "sqlite:///perfectqueue.sqlite3"),
         ("sqlite://", "sqlite://"),
     ],
@@ -385,6 +388,16 @@ def test_mysql_url_connects_through_pymysql() -> None:
             assert conn.execute(sa.text("SELECT 1")).scalar() == 1
             charset = conn.execute(sa.text("SELECT @@character_set_client")).scalar()
         assert charset == "utf8mb4"
+    finally:
+        db.dispose()
+
+
+def test_postgresql_url_connects_through_psycopg() -> None:
+    db = Database(require_postgres())
+    try:
+        assert db.engine.dialect.driver == "psycopg"
+        with db.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT 1")).scalar() == 1
     finally:
         db.dispose()
 
@@ -444,7 +457,8 @@ def test_the_defaults_are_the_documented_ones() -> None:
     assert (defaults.retry_wait_max, defaults.retry_jitter) == (86400, 0.25)
     doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
     doc = doc.replace("`exponential`", "exponential")
-    for name in QUEUE_KEYS - {"table", "url", "disable_resource_limit", "acquire_lock"}:
+    unlike = {"table", "url", "disable_resource_limit", "acquire_lock", "sslca", "ssl_mode"}
+    for name in QUEUE_KEYS - unlike:
         assert f"| `{name}` | {QUEUE_FIELDS[name].default}" in doc, name
 
 

@@ -1,9 +1,10 @@
 """Faults under load (CONTRACT.md §4): the database goes away, a replica dies, deadlocks.
 
-The database that is killed is always one of the test's own (:mod:`mariadb_instance`), never the
-machine's shared server. Clients are the real SDK with its retries; what they were told is the
-record: every submit that returned success must end finished, and a task the SDK was told is
-finished must never be delivered again. See docs/faults.md.
+The database that is killed is always one of the test's own (:mod:`mariadb_instance`,
+:mod:`postgres_instance`), never the machine's shared server. Clients are the real SDK with its
+retries; what they were told is the record: every submit that returned success must end
+finished, and a task the SDK was told is finished must never be delivered again. See
+docs/faults.md.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import require_mysql
-from mariadb_instance import MariaDB, mariadb  # noqa: F401 - the fixture
+from conftest import require_server
+from private_servers import PrivateServer, mariadb, postgres, private_db  # noqa: F401 - the fixtures
 from servers import free_port, service_process, write_config
 from test_worker_harness import wait_for
 
@@ -139,10 +140,10 @@ def readyz(base: str) -> int:
 
 
 def test_database_outage_is_503_then_recovers_without_losing_anything(
-    mariadb: MariaDB,  # noqa: F811
+    private_db: PrivateServer,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    config = write_config(tmp_path / "service.yaml", mariadb.url, "pq_outage", alive_time=2)
+    config = write_config(tmp_path / "service.yaml", private_db.url, "pq_outage", alive_time=2)
     with service_process(config, tmp_path / "service.log") as (base, _proc):
         record, stop_producing = Record(), threading.Event()
         threads = start_threads(
@@ -150,7 +151,7 @@ def test_database_outage_is_503_then_recovers_without_losing_anything(
         )
         try:
             wait_for(lambda: len(record.finished) >= 20, what="work before the outage")
-            mariadb.kill()
+            private_db.kill()
             wait_for(lambda: readyz(base) == 503, timeout=30, what="readyz to fail")
             answer = httpx.post(f"{base}/v1/queues/q/submit", json={"id": "x", "type": "t"}, timeout=30)
             assert answer.status_code == 503, answer.text
@@ -159,7 +160,7 @@ def test_database_outage_is_503_then_recovers_without_losing_anything(
             stats = httpx.get(f"{base}/v1/queues/q", timeout=30)
             assert stats.status_code == 503
             acked_during = count(record, "acked")
-            mariadb.start()
+            private_db.start()
             wait_for(lambda: readyz(base) == 200, timeout=30, what="readyz to recover")
             wait_for(lambda: count(record, "acked") >= acked_during + 20, timeout=30, what="submits after it")
         finally:
@@ -174,11 +175,11 @@ def test_database_outage_is_503_then_recovers_without_losing_anything(
 
 
 def test_a_replica_killed_mid_polls_loses_nothing(
-    mariadb: MariaDB,  # noqa: F811
+    private_db: PrivateServer,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     tasks = 200
-    config = write_config(tmp_path / "service.yaml", mariadb.url, "pq_replica", alive_time=2)
+    config = write_config(tmp_path / "service.yaml", private_db.url, "pq_replica", alive_time=2)
     port = free_port()
     with (
         service_process(config, tmp_path / "a.log", port) as (a, a_proc),
@@ -209,9 +210,11 @@ def test_a_replica_killed_mid_polls_loses_nothing(
     assert (counts["waiting"], counts["leased"], counts["scheduled"], counts["finished"]) == (0, 0, 0, tasks)
 
 
-def test_heavy_concurrent_load_on_mariadb_gives_no_5xx(tmp_path: Path, table_name: str) -> None:
-    """Submit, acquire, finish and cleanup at once on MariaDB: deadlocks are retried inside."""
-    url = require_mysql()
+@pytest.mark.parametrize("backend", ["mysql", "postgres"])
+def test_heavy_concurrent_load_gives_no_5xx(backend: str, tmp_path: Path, table_name: str) -> None:
+    """Submit, acquire, finish and cleanup at once on MariaDB and PostgreSQL: deadlocks and
+    serialization failures are retried inside."""
+    url = require_server(backend)
     config = write_config(
         tmp_path / "service.yaml", url, table_name, alive_time=5, retention_time=0, cleanup_interval=0.1
     )

@@ -24,6 +24,9 @@ import itertools
 import logging
 import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pymysql
 import pytest
 import sqlalchemy as sa
 import yaml
@@ -52,6 +56,7 @@ pytestmark = pytest.mark.slow
 TASKS = int(os.environ.get("PQ_GALERA_TASKS", "150"))
 RATE = float(os.environ.get("PQ_GALERA_RATE", "6"))  # submits per second, all producers together
 KILLS = int(os.environ.get("PQ_GALERA_KILLS", "2"))
+FREEZE = float(os.environ.get("PQ_GALERA_FREEZE", "12"))  # seconds node 1 hangs first (0: none)
 PROCESSORS = int(os.environ.get("PQ_GALERA_PROCESSORS", "2"))
 FAILOVER_LIMIT = 30.0
 SLOW = 2.0  # seconds: an answer slower than this counts as part of a failover window
@@ -135,11 +140,47 @@ def worker(tmp_path: Path, name: str, base: str) -> Iterator[None]:
         yield
 
 
+def freeze(cluster: GaleraCluster, node: int, seconds: float) -> list[tuple[str, float]]:
+    """SIGSTOP a node for ``seconds`` (a stalled disk, a long pause: it hangs, its connections stay
+    open), then SIGCONT it and wait until it is synced again."""
+    proc = cluster.nodes[node].proc
+    assert proc is not None
+    events = [(f"freeze node{node + 1}", time.time())]
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        survivor = (node + 1) % len(cluster.nodes)
+        wait_for(lambda: cluster.cluster_size(survivor) == 2, timeout=60, what="the others to evict it")
+        events.append((f"evicted node{node + 1}", time.time()))
+        time.sleep(max(0.0, events[0][1] + seconds - time.time()))
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    events.append((f"thaw node{node + 1}", time.time()))
+    wait_for(lambda: cluster.cluster_size(node) == 3, timeout=120, what="the thawed node to rejoin")
+    cluster.wait_synced(node)
+    events.append((f"synced node{node + 1}", time.time()))
+    return events
+
+
+def connections_on(cluster: GaleraCluster, node: int) -> int:
+    """Client connections open on ``node`` (this one aside)."""
+    conn = pymysql.connect(host="127.0.0.1", port=cluster.nodes[node].port, user="root", connect_timeout=5)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                "WHERE ID <> CONNECTION_ID() AND USER NOT IN ('system user', 'event_scheduler')"
+            )
+            return int(cursor.fetchone()[0])
+    finally:
+        conn.close()
+
+
 def outages(cluster: GaleraCluster, seconds: float) -> list[tuple[str, float]]:
-    """KILLS times, spread over ``seconds``: SIGKILL a node (node 1 first: the one written
-    through), wait until the others have evicted it, restart it (all but the last one killed)."""
-    events: list[tuple[str, float]] = []
+    """First FREEZE seconds of node 1 (the one written through) hung; then KILLS times, spread
+    over ``seconds``: SIGKILL a node (node 1 first), wait until the others have evicted it,
+    restart it (all but the last one killed)."""
     pause = max(2.0, seconds / (2 * KILLS + 2))
+    events = freeze(cluster, 0, FREEZE) if FREEZE else []
     for k in range(KILLS):
         node = k % len(cluster.nodes)
         time.sleep(pause)
@@ -196,6 +237,36 @@ def test_several_hosts_that_are_no_galera_cluster_are_refused(table_name: str) -
     try:
         with pytest.raises(UnavailableError, match="no Galera node"):
             QueueStore(db, table_name).counts()
+    finally:
+        db.dispose()
+
+
+def test_init_refuses_hosts_that_are_not_one_cluster(galera: GaleraCluster) -> None:  # noqa: F811
+    """A Galera node listed with a plain server (either first): refused at start, one line, exit 2."""
+    plain = require_mysql().split("@", 1)[1].split("/", 1)[0]
+    node = f"127.0.0.1:{galera.nodes[0].port}"
+    for hosts, odd in ((f"{node},{plain}", 2), (f"{plain},{node}", 1)):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "perfectqueue",
+                "init",
+                "--url",
+                f"mysql://root@{hosts}/test",
+                "--table",
+                "pq_x",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert f"lists several hosts, but node {odd} is no Galera node" in done.stderr.splitlines()[-1]
+    db = Database(galera.url)
+    try:
+        db.check()  # the cluster's own nodes pass
     finally:
         db.dispose()
 
@@ -296,7 +367,7 @@ def test_a_write_through_one_node_is_seen_at_once_through_another(
             store.db.dispose()
 
 
-@pytest.mark.timeout(300 + 3 * TASKS / RATE + 60 * KILLS)
+@pytest.mark.timeout(300 + 3 * TASKS / RATE + 60 * KILLS + 3 * FREEZE)
 def test_galera_node_kills_lose_nothing(galera: GaleraCluster, tmp_path: Path) -> None:  # noqa: F811
     (tmp_path / "pqgalera.py").write_text(HANDLERS)
     book = tmp_path / "ledger"
@@ -333,18 +404,25 @@ def test_galera_node_kills_lose_nothing(galera: GaleraCluster, tmp_path: Path) -
         wait_for(lambda: finished_count(replicas) == TASKS, timeout=120, what="every task finished")
         ended = time.time()
         probes.stop.set()
+        alive = [i for i in range(3) if i != (KILLS - 1) % 3]  # the node killed last stays down
+        wait_for(  # the replicas' pools hold connections to the node they write through only
+            lambda: sum(connections_on(galera, i) > 0 for i in alive) <= 1,
+            timeout=20,
+            what="no connection left on a node the replicas moved away from",
+        )
     lines = ledger(book)
     check_ledger(lines, keys, killed=set())
-    kills = [at for name, at in events if name.startswith("kill")]
+    kills = [at for name, at in events if name.startswith(("kill", "freeze"))]
     done = [float(line[3]) for line in lines if line[0] == "done"]
     windows = [probes.window(at) for at in kills]
     runs = sum(1 for line in lines if line[0] == "start")
     report = [f"galera: {TASKS} tasks, {runs} runs, {len(probes.answers)} probes"]
     report += [f"  {name} at +{at - started:.1f} s" for name, at in events]
     for i, at in enumerate(kills):
+        what = "freeze" if FREEZE and i == 0 else "kill"
         report.append(
-            f"  kill {i + 1}: failover window {windows[i]:.1f} s ({probes.refused(at)} probes answered 503), "
-            f"longest stretch without a finish {write_stall(done, at):.1f} s"
+            f"  {what} {i + 1}: failover window {windows[i]:.1f} s ({probes.refused(at)} probes answered "
+            f"503), longest stretch without a finish {write_stall(done, at):.1f} s"
         )
     report += throughput(done, [("before", started), *events], ended)
     report += retry_counts([r.log for r in replicas])

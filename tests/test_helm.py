@@ -237,7 +237,13 @@ def test_the_service_settings_are_valid_and_shutdown_fits_the_grace(chart: Any, 
     assert settings.port == container["ports"][0]["containerPort"]
     assert not settings.insecure
     assert settings.log_format == "json"
-    assert [k.name for k in settings.api_keys] == ["producer", "workers", "helm-test"]
+    assert [k.name for k in settings.api_keys] == ["producer", "workers", "helm-test", "sqs-orders"]
+    # The SQS endpoint: on, its skew from the values, its key's secret a file of the mounted Secret.
+    assert settings.sqs and settings.sqs_clock_skew == 120
+    [sqs_key] = [k for k in settings.api_keys if k.access_key_id]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert sqs_key.secret_file == mounts["sqs-secrets"] + "/orders"
+    assert {"name": "sqs-secrets", "secret": {"secretName": "pq-sqs-secrets"}} in pod["volumes"]
     assert set(settings.queues) == {"mails", "reports"}  # the values', and no default queue besides
     assert settings.url.startswith("mysql://")
 
@@ -249,6 +255,13 @@ def test_the_service_settings_are_valid_and_shutdown_fits_the_grace(chart: Any, 
     assert readiness["httpGet"]["path"] == "/readyz"
     assert readiness["periodSeconds"] * readiness["failureThreshold"] <= settings.shutdown_grace
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+
+    # Every limit of "Limits" in docs/configuration.md is set, and fits the pod and its neighbours.
+    assert settings.max_head_bytes <= 16 * 1024 and settings.head_timeout <= 10
+    assert settings.keep_alive_timeout > 60  # an ingress's idle upstream connections: 60 s usually
+    assert settings.max_long_polls < settings.max_connections <= 1000
+    assert settings.statement_timeout + 1 < settings.shutdown_grace
+    assert settings.max_response_bytes <= 8 * 1024 * 1024  # with a poll's data decoded: under 512Mi
 
 
 def test_the_worker_settings_are_valid_and_stop_before_kubernetes_kills(chart: Any) -> None:
@@ -351,6 +364,11 @@ def test_the_values_schema_refuses_bad_values(chart: Any, helm: Any) -> None:
         {"config": {"url": "mysql://root@db/q"}},  # the url is a secret: database.url
         {"apiKeys": [{"name": "k", "hash": "not-a-hash", "scopes": ["submit"]}]},
         {"serviceMonitor": {"enabeld": True}},
+        {"config": {"max_head_bytes": 100}},
+        {"config": {"statement_timeout": 0}},
+        {"apiKeys": [{"name": "k", "access_key_id": "AKIAEXAMPLE00000001", "scopes": ["work"]}]},  # no secret
+        {"apiKeys": [{"name": "k", "scopes": ["work"]}]},  # neither a hash nor an access key id
+        {"sqs": {"clockSkew": 0}},
     ]:
         with pytest.raises(helm.HelmError):
             chart.validate_schema(bad)
@@ -365,10 +383,13 @@ QUEUE_URLS_WITH_A_PASSWORD = [
     "mysql+pymysql://pq:hun%40ter/2@db-0,db-1:3306/mails",
     "mysql://pq@mariadb:3306/mails?charset=utf8mb4&password=hunter2",
     "mysql://pq@mariadb:3306/mails?PASSWD=hunter2",
+    "postgresql://pq:hunter2@postgres.databases.svc:5432/mails",
+    "postgresql://pq@/mails?host=db-0:5432&host=db-1:5432&password=hunter2",
 ]
 QUEUE_URLS_WITHOUT_ONE = [
     "mysql://pq@mariadb.databases.svc:3306/mails",
     "mysql://mariadb:3306/mails?charset=utf8mb4",
+    "postgresql://pq@postgres.databases.svc:5432/mails?sslmode=require",
     "sqlite:////var/lib/perfectqueue/mails.sqlite3",
     "",
 ]

@@ -141,16 +141,20 @@ NAMES = ["", "\x00", "a\x00b", "a\tb", "\x7f", "\x85", "é" * 128]
 """Not names a submit accepts, but names a table shared with the original may hold."""
 
 
-def test_any_name_the_table_may_hold_can_be_listed_by(client: TestClient) -> None:
+def test_any_name_the_table_may_hold_can_be_listed_by(client: TestClient, db_url: str) -> None:
+    def expected(value: str) -> set[int]:
+        # PostgreSQL's text holds no NUL: where a value with one reaches SQL, it is invalid
+        return {200, 422} if "\x00" in value and db_url.startswith("postgres") else {200}
+
     for order in ("id", "due"):
         for name in ("type", "user", "prefix"):
             for value in NAMES:
                 response = client.get(TASKS, params={"order": order, name: value})
-                assert response.status_code == 200, (order, name, value, response.text)
+                assert response.status_code in expected(value), (order, name, value, response.text)
         for value in NAMES[1:]:  # an id (id order) or <timeout>:<id> (due order)
             cursor = value if order == "id" else f"1300000000:{value}"
             response = client.get(TASKS, params={"order": order, "cursor": cursor})
-            assert response.status_code == 200, (order, value, response.text)
+            assert response.status_code in expected(value), (order, value, response.text)
 
 
 def test_a_name_over_255_characters_is_invalid(client: TestClient) -> None:

@@ -283,3 +283,23 @@ def backdate(store: Any, task_id: str, seconds: int) -> None:
     t = store.table.c
     with store.db.engine.begin() as conn:
         conn.execute(sa.update(store.table).where(t.id == task_id).values(timeout=t.timeout - seconds))
+
+
+def test_the_databases_clock_against_this_host_is_a_gauge_and_a_warning_past_the_limit(
+    make_client: Callable[..., TestClient], db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Measured at start (and at every cleanup round): near zero on one machine, and warned once
+    when over ``max_clock_skew`` (set absurdly small here so that any skew is over it)."""
+    with caplog.at_level("INFO", logger="perfectqueue.service"):
+        client = make_client(max_clock_skew=1e-9)
+        [(labels, skew)] = [(k[1], v) for k, v in scrape(client).items() if k[0] == SKEW]
+        assert abs(skew) < 1.0 and "password" not in str(labels)
+        client.portal.call(client.app.state.runtime.clocks.measure)  # type: ignore[attr-defined]
+    warned = [r for r in caplog.records if "over max_clock_skew" in r.getMessage()]
+    if db_url.startswith("sqlite"):
+        assert skew == 0.0 and not warned  # SQLite's clock is this host's
+    else:
+        assert skew != 0.0 and len(warned) == 1  # said once, not at every measure
+
+
+SKEW = "perfectqueue_database_clock_skew_seconds"

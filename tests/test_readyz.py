@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Iterator
 
 import pytest
-from conftest import require_mysql
+from conftest import SERVERS, require_server
 from sqlalchemy.engine import make_url
 
 from perfectqueue.service.app import create_app
@@ -31,18 +31,24 @@ def unused_port() -> int:
         return port
 
 
-def wrong_user() -> str:
-    return make_url(require_mysql()).set(username=USER, password="not-the-password").render_as_string(False)
+def wrong_user(backend: str) -> str:
+    url = make_url(require_server(backend))
+    return url.set(username=USER, password="not-the-password").render_as_string(False)
 
 
-def closed_port() -> str:
-    return f"mysql://{USER}@127.0.0.1:{unused_port()}/test"
+def closed_port(backend: str) -> str:
+    scheme = "mysql" if backend == "mysql" else "postgresql"
+    return f"{scheme}://{USER}@127.0.0.1:{unused_port()}/test"
 
 
-@pytest.fixture(params=[wrong_user, closed_port], ids=["wrong-user", "closed-port"])
+@pytest.fixture(
+    params=[(how, backend) for backend in SERVERS for how in (wrong_user, closed_port)],
+    ids=[f"{backend}-{how}" for backend in SERVERS for how in ("wrong-user", "closed-port")],
+)
 def refused(request: pytest.FixtureRequest) -> Iterator[TestClient]:
     """A service whose one queue's database refuses it."""
-    url = request.param()
+    how, backend = request.param
+    url = how(backend)
     app = create_app(settings_from({"url": url, "queues": {"secretqueue": {"table": "t_readyz"}}}))
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client

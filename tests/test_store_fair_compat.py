@@ -54,7 +54,8 @@ def test_max_running_is_never_exceeded_even_within_one_acquire(store: QueueStore
     second = store.acquire(50, 600)
     assert users_of(second) == {"A": 1}
     expire_one = second[0].task.id
-    set_timeout(store, expire_one, db_now(store.db) - 1)  # a dead worker's lease frees its slot
+    # a dead worker's lease frees its slot (expired before the others were submitted: oldest)
+    set_timeout(store, expire_one, db_now(store.db) - 100)
     assert [a.task.id for a in store.acquire(50, 600)] == [expire_one]
 
 
@@ -215,13 +216,18 @@ ORIGINAL_DDL = {
         "data BLOB NOT NULL, created_at INT, resource VARCHAR(255), max_running INT, "
         "owner BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (id))"
     ),
+    "postgresql": (  # the same columns in PostgreSQL's types (the original has no PostgreSQL DDL)
+        'CREATE TABLE IF NOT EXISTS "{t}" (id VARCHAR(255) NOT NULL, timeout INT NOT NULL, '
+        "data BYTEA NOT NULL, created_at INT, resource VARCHAR(255), max_running INT, "
+        "owner BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (id))"
+    ),
 }
 
 
 def create_original_table(db: Database, table: str) -> None:
     with db.engine.begin() as conn:
-        conn.exec_driver_sql(ORIGINAL_DDL["sqlite" if db.is_sqlite else "mysql"].format(t=table))
-        conn.exec_driver_sql(f"CREATE INDEX `index_{table}_on_timeout` ON `{table}` (`timeout`)")
+        conn.exec_driver_sql(ORIGINAL_DDL[conn.dialect.name].format(t=table))
+        conn.exec_driver_sql(f"CREATE INDEX index_{table}_on_timeout ON {table} (timeout)")
 
 
 def insert_original_rows(db: Database, table: str) -> int:

@@ -8,6 +8,7 @@ moves it); the test prints where.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sqlite3
@@ -162,6 +163,32 @@ def test_throughput_adds_up_over_two_replicas(make_app: Callable[..., TestClient
 
     series = first.get("/v1/overview").json()["queues"][0]["throughput"]
     assert (sum(series["submitted"]), sum(series["finished"])) == (6, 3)
+
+
+def test_a_missing_side_table_is_said_once_until_it_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A table the original created and ``init`` never upgraded has no side table for the counts:
+    one warning naming ``init``, not one per flush; and one line when it works again."""
+    caplog.set_level(logging.INFO, "perfectqueue.service")
+    url = f"sqlite:///{tmp_path / 'q.sqlite3'}"
+    settings = settings_from({"url": url, "queues": {"q": {}}, "auto_init": True})
+    with TestClient(create_app(settings)) as client:
+        db = Database(url)
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE {STATS_TABLE}")
+        db.dispose()
+        flush = client.app.state.dashboard.throughput.flush  # type: ignore[attr-defined]
+        for i in range(3):
+            submit(client, f"t{i}")
+            client.portal.call(flush)
+        warnings = [r.getMessage() for r in caplog.records if "throughput counts" in r.getMessage()]
+        assert len([w for w in warnings if "writing" in w]) == 1 and "perfectqueue init" in warnings[0]
+        client.portal.call(client.app.state.runtime.queues["q"].init)  # type: ignore[attr-defined]
+        client.portal.call(flush)
+        assert "writing throughput counts of queue q works again" in caplog.text
+        series = client.get("/v1/overview").json()["queues"][0]["throughput"]
+        assert sum(series["submitted"]) == 3  # the counts kept meanwhile were written
 
 
 # -- the browser -----------------------------------------------------------------------------------

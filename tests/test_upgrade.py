@@ -25,18 +25,18 @@ from perfectqueue.service.store.model import DELETE_OFFSET, EVENT_HORIZON
 from perfectqueue.service.store.schema import EXTENSION_DEFAULTS
 
 ORIGINAL_ACQUIRE = (
-    "SELECT id, timeout, data, created_at, resource FROM `{t}` "
+    "SELECT id, timeout, data, created_at, resource FROM {t} "
     "WHERE {horizon} < timeout AND timeout <= :now AND timeout <= :now AND created_at IS NOT NULL "
     "ORDER BY timeout ASC LIMIT 5"
 )
 ORIGINAL_LEASE = (
-    "UPDATE `{t}` SET timeout=:next WHERE timeout <= :now AND id IN :ids AND created_at IS NOT NULL"
+    "UPDATE {t} SET timeout=:next WHERE timeout <= :now AND id IN :ids AND created_at IS NOT NULL"
 )
 ORIGINAL_FINISH = (
-    "UPDATE `{t}` SET timeout=:gone, created_at=NULL, resource=NULL WHERE id=:id AND created_at IS NOT NULL"
+    "UPDATE {t} SET timeout=:gone, created_at=NULL, resource=NULL WHERE id=:id AND created_at IS NOT NULL"
 )
 ORIGINAL_INSERT = (
-    "INSERT INTO `{t}` (id, timeout, data, created_at, resource, max_running) "
+    "INSERT INTO {t} (id, timeout, data, created_at, resource, max_running) "
     "VALUES (:id, :timeout, :data, :created_at, :resource, :max_running)"
 )
 
@@ -154,10 +154,15 @@ def test_init_upgrades_a_table_of_the_original_under_load(
     try:
         while sum(len(p.done) for p in pollers) < 20:  # upgrade in the middle of the work
             time.sleep(0.02)
-        racers = [
-            threading.Thread(target=lambda: inits.append(QueueStore(Database(db_url), table_name).init()))
-            for _ in range(2)
-        ]
+
+        def init() -> None:
+            db = Database(db_url)
+            try:
+                inits.append(QueueStore(db, table_name).init())
+            finally:
+                db.dispose()
+
+        racers = [threading.Thread(target=init) for _ in range(2)]
         for racer in racers:
             racer.start()
         for i in range(40):  # submits go on during the upgrade

@@ -39,7 +39,7 @@ def test_four_workers_of_two_processors_drain_the_queue_exactly_once(
             stats = queue.stats()
             assert (stats.waiting, stats.running, stats.finished) == (0, 0, TASKS)
     finally:
-        if db_url.startswith("mysql"):
+        if not db_url.startswith("sqlite"):
             db = Database(db_url)
             drop_table(db, table_name)
             db.dispose()

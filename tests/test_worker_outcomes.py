@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import drop_table, require_mysql
+from conftest import BACKENDS, SERVERS, drop_table, require_server
 from servers import running_service, write_config
 from test_worker_harness import events, wait_for, worker_process, write_worker_config
 
@@ -58,11 +58,11 @@ Dispatcher.route("long", Long)
 """
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "mysql"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_killed_every_time_ends_dead_and_a_cancel_interrupts_a_child(
     backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = require_mysql() if backend == "mysql" else f"sqlite:///{tmp_path / 'q.sqlite3'}"
+    url = require_server(backend) if backend in SERVERS else f"sqlite:///{tmp_path / 'q.sqlite3'}"
     table = "t_" + uuid.uuid4().hex[:16]
     (tmp_path / "pqoutcomes.py").write_text(OUTCOMES_MODULE)
     ledger = tmp_path / "ledger"

@@ -136,12 +136,28 @@ def test_usr2_reopens_the_log_file(tmp_path: Path, service: str) -> None:
         assert "id=b " not in (tmp_path / "app.log.1").read_text()
 
 
+def test_cont_alone_changes_nothing(tmp_path: Path, service: str) -> None:
+    """A terminal's Ctrl-Z then `fg` (or `timeout`) sends CONT: without ``replace_on_cont`` the
+    worker goes on as it was, with no second supervisor."""
+    book, log = tmp_path / "ledger", tmp_path / "app.log"
+    config = write_worker_config(tmp_path / "worker.yaml", service, log=str(log))
+    with worker_process(tmp_path, config, tmp_path / "worker.out") as proc:
+        submit(service, "a", "quick", ledger=str(book))
+        wait_for(lambda: events(book, "end", "a"), what="task a")
+        proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: "signal=SIGCONT" in log.read_text(), what="the signal in the log")
+        submit(service, "b", "quick", ledger=str(book))
+        done = wait_for(lambda: events(book, "end", "b"), what="task b")[0]
+        assert proc.poll() is None and int(done[2]) != proc.pid  # a child of the same supervisor
+        assert "event=replaced" not in log.read_text()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGCONT, signal.SIGWINCH])
 def test_binary_replace_starts_the_same_command_and_stops_the_old(
     tmp_path: Path, service: str, signum: int
 ) -> None:
     book, log = tmp_path / "ledger", tmp_path / "app.log"
-    config = write_worker_config(tmp_path / "worker.yaml", service, log=str(log))
+    config = write_worker_config(tmp_path / "worker.yaml", service, log=str(log), replace_on_cont=True)
     with worker_process(tmp_path, config, tmp_path / "worker.out") as proc:
         submit(service, "a", "quick", ledger=str(book))
         wait_for(lambda: events(book, "end", "a"), what="task a")

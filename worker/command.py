@@ -16,11 +16,10 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..configfile import read_section
+from ..configfile import command_settings
 from ..errors import ConfigError
 from .application import Base
 
@@ -32,9 +31,14 @@ def add_parser(commands: Any) -> None:
     parser: argparse.ArgumentParser = commands.add_parser("run", help="run a worker (MODULE:Dispatch)")
     parser.add_argument("application", metavar="MODULE:CLASS", help="the Dispatch (or Base) subclass")
     parser.add_argument(
-        "-c", "--config", default=DEFAULT_CONFIG, help=f"YAML file (default {DEFAULT_CONFIG})"
+        "-c", "--config", help=f"YAML file (or PERFECTQUEUE_CONFIG; default {DEFAULT_CONFIG} when it exists)"
     )
     parser.add_argument("-e", "--environment", help="section of the file (default development)")
+    parser.add_argument("--url", help="the service's url, or the database's (or PERFECTQUEUE_URL)")
+    parser.add_argument("--queue", help="the queue to work on (or PERFECTQUEUE_QUEUE)")
+    parser.add_argument(
+        "--processors", type=int, help="children (or threads) running tasks (or PERFECTQUEUE_PROCESSORS)"
+    )
     parser.add_argument(
         "-I",
         "--include",
@@ -55,7 +59,7 @@ def run_command(args: argparse.Namespace) -> int:
     for module in args.require:
         import_module(module)
     application = find_application(args.application)
-    return run(application, yaml_loader(Path(args.config), args.environment))
+    return run(application, loader(args))
 
 
 def find_application(spec: str) -> type[Base]:
@@ -87,10 +91,20 @@ def import_module(name: str) -> ModuleType:
         raise ConfigError(f"cannot import {name}: it imports {exc.name!r}, which is not found") from None
 
 
-def yaml_loader(path: Path, environment: str | None) -> Callable[[], Mapping[str, Any]]:
-    """A loader reading ``path`` anew at every call (so restarts see the file's changes)."""
+def loader(args: argparse.Namespace) -> Callable[[], Mapping[str, Any]]:
+    """A loader reading the file anew at every call (so restarts see its changes), under the
+    ``PERFECTQUEUE_*`` variables and the flags given."""
+    processors = args.processors or os.environ.get("PERFECTQUEUE_PROCESSORS")
+    flags = {"url": args.url, "queue": args.queue, "processors": processors and _whole(processors)}
 
     def load() -> Mapping[str, Any]:
-        return read_section(path, environment)
+        return command_settings(args.config, args.environment, flags, default_path=DEFAULT_CONFIG)
 
     return load
+
+
+def _whole(value: str | int) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"PERFECTQUEUE_PROCESSORS must be a whole number, not {value!r}") from None

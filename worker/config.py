@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..configfile import screened
 from ..errors import ConfigError
 from ..settings import BACKEND_KEYS, WORKER_KEYS, WorkerSettings
 
@@ -37,13 +38,8 @@ class WorkerConfig(WorkerSettings):
         if raw is not None and not isinstance(raw, Mapping):
             raise ConfigError(f"the worker configuration must be a mapping, not {type(raw).__name__}")
         raw = dict(raw or {})
+        screened(raw, "the worker configuration", log)
         config = cls(**{key: raw[key] for key in sorted(WORKER_KEYS) if raw.get(key) is not None}, raw=raw)
         backend = {key: raw[key] for key in BACKEND_KEYS if key in raw}
         backend.update({key: getattr(config, key) for key in ("alive_time", "retry_wait") if key in raw})
-        _note_unknown(raw)
         return dataclasses.replace(config, backend=backend)
-
-
-def _note_unknown(raw: dict[str, Any]) -> None:
-    for key in sorted(set(raw) - WORKER_KEYS - BACKEND_KEYS):
-        log.debug("configuration key %r is not the worker's (handlers see it in task.config)", key)

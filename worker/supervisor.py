@@ -8,7 +8,7 @@
 | HUP     | immediate restart: reload the configuration, replace children immediately |
 | USR2    | reopen the log file (here and in every child) |
 | WINCH   | immediate binary replace: start the same command line again, stop immediately |
-| CONT    | graceful binary replace: start the same command line again, stop gracefully |
+| CONT    | graceful binary replace, with ``replace_on_cont`` (else nothing: shells send CONT) |
 | TTIN    | detach (live restart): stop gracefully, and exit after ``detach_wait`` at most, leaving |
 |         | forked children to finish their task on their own so a new worker can start meanwhile |
 
@@ -121,6 +121,8 @@ class Supervisor:
         if signum == signal.SIGUSR2:
             self._logrotate()
             return
+        if signum == signal.SIGCONT and not self.config.replace_on_cont:
+            return  # a shell's `fg` or `timeout` sends CONT: a replace only when asked for
         action, mode = ACTIONS[signum]
         if action == "stop":
             self.stop(mode)

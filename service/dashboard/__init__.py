@@ -12,6 +12,7 @@ from importlib import resources
 from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi.responses import RedirectResponse, Response
 
+from ..asgi import PAGE_HEADERS
 from ..metrics import PerMinute
 from ..runtime import Runtime
 from ..trouble import Trouble
@@ -24,13 +25,7 @@ ASSETS = {
     "style.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
-HEADERS = {
-    "Cache-Control": "no-cache",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-}
+HEADERS = PAGE_HEADERS
 
 pages = APIRouter(include_in_schema=False)
 
@@ -42,6 +37,7 @@ def asset(name: str) -> Response:
     return Response(content, media_type=ASSETS[name], headers=HEADERS)
 
 
+@pages.get("/")
 @pages.get("/ui")
 async def ui_root() -> Response:
     return RedirectResponse("/ui/", status_code=308)

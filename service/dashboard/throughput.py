@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ...errors import PerfectQueueError
 from ..metrics import PER_MINUTE, PerMinute
 from ..runtime import QueueRuntime
-from ..store.throughput import KEEP
+from ..store.throughput import KEEP, STATS_TABLE
 
 log = logging.getLogger("perfectqueue.service")
 
@@ -46,6 +46,27 @@ class Throughput:
 
     def __init__(self, queues: Mapping[str, QueueRuntime], counts: PerMinute, interval: float = 10.0) -> None:
         self.queues, self.counts, self.interval = queues, counts, interval
+        self.failing: set[tuple[str, str]] = set()  # (writing or reading, queue) that failed last
+
+    def _failed(self, doing: str, queue: str, exc: PerfectQueueError) -> None:
+        """Warn once per failing streak (a table never upgraded fails every flush), not every time."""
+        if (doing, queue) in self.failing:
+            log.debug("%s throughput counts of queue %s failed again: %s", doing, queue, exc)
+            return
+        self.failing.add((doing, queue))
+        log.warning(
+            "%s throughput counts of queue %s failed (said once until it works again; `perfectqueue "
+            "init` creates the side table %s if it is missing): %s",
+            doing,
+            queue,
+            STATS_TABLE,
+            exc,
+        )
+
+    def _worked(self, doing: str, queue: str) -> None:
+        if (doing, queue) in self.failing:
+            self.failing.discard((doing, queue))
+            log.info("%s throughput counts of queue %s works again", doing, queue)
 
     async def write(self, pending: dict[tuple[str, int], list[int]]) -> None:
         """Add counts to each queue's side table; what a failed write did not store is put back,
@@ -57,10 +78,10 @@ class Throughput:
             try:
                 await self.queues[queue].add_throughput(counts)
             except PerfectQueueError as exc:
-                log.warning(
-                    "writing throughput counts of queue %s failed (kept for the next try): %s", queue, exc
-                )
+                self._failed("writing", queue, exc)  # the counts are kept for the next try
                 self._restore(queue, counts)
+            else:
+                self._worked("writing", queue)
 
     def _restore(self, queue: str, counts: Mapping[int, tuple[int, int]]) -> None:
         oldest = int(time.time()) - KEEP
@@ -78,8 +99,10 @@ class Throughput:
         try:
             rows = await queue.throughput(start, end)
         except PerfectQueueError as exc:  # the counts are not the queue: show zeros
-            log.warning("reading throughput counts failed: %s", exc)
+            self._failed("reading", queue.name, exc)
             rows = {}
+        else:
+            self._worked("reading", queue.name)
         for minute, (sub, fin) in rows.items():
             submitted[(minute - start) // 60] += sub
             finished[(minute - start) // 60] += fin

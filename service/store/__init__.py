@@ -1,4 +1,4 @@
-"""The store: the only layer that speaks SQL (SQLAlchemy Core over MariaDB/MySQL or SQLite)."""
+"""The store: the only layer that speaks SQL (SQLAlchemy Core over MariaDB/MySQL, PostgreSQL or SQLite)."""
 
 from .database import Database, PoolOptions, normalize_url, redact
 from .model import AcquiredTask, NewTask, Task, TaskStatus

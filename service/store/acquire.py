@@ -39,7 +39,7 @@ class Acquisition:
         self._head_limits: dict[tuple[str | None, int], int | None] = {}  # (user, head) -> max_running
         # MySQL: the rows read for a user include its next one, whose max_running the next plan
         # then need not look up (SQLite's heads come with their max_running)
-        self._next_heads = 0 if db.is_sqlite else 1
+        self._next_heads = 1 if db.scans_heads_by_group else 0
         self._plan: tuple[sa.Select[Any] | None, sa.CompoundSelect[Any]] | None = None
         self._shaped: dict[tuple[str, int, int], sa.Executable] = {}  # see _per_user
 
@@ -137,7 +137,7 @@ class Acquisition:
         """The database's clock, each user's running count and each user's head (its oldest
         waiting task): on MySQL one statement, whose every ``UNIX_TIMESTAMP()`` is the same
         instant (the statement's start)."""
-        if self.db.is_sqlite:
+        if not self.db.scans_heads_by_group:
             now = conn.execute(sa.select(self.db.now())).scalar_one()
             running = {user: count for _, user, count in conn.execute(self._running_query(now)).all()}
             return now, running, self._heads_by_skip_scan(conn, now)
@@ -231,7 +231,7 @@ class Acquisition:
         return self._resource_indexed
 
     def _heads_by_skip_scan(self, conn: Connection, now: int) -> list[fair.Head]:
-        """SQLite has no loose index scan: a recursive query steps from user to user along the
+        """SQLite and PostgreSQL have no loose index scan: a recursive query steps from user to user along the
         (resource, timeout) index inside the database, one index seek per user."""
         t, waiting = self._t, sa.and_(self._t.timeout > EVENT_HORIZON, self._t.timeout <= now)
 
@@ -318,8 +318,7 @@ class Acquisition:
                     else self._t.resource == sa.bindparam(f"user_{index}", type_=sa.String)
                 )
                 one = self._hinted(part(index, user)) if indexed else part(index, user)
-                # SQLite takes no ORDER BY or LIMIT in a UNION's members, only in subqueries
-                parts.append(sa.select(one.subquery()) if self.db.is_sqlite else one)
+                parts.append(one if self.db.locks_in_unions else sa.select(one.subquery()))
             statement = self._shaped[key] = parts[0] if len(parts) == 1 else sa.union_all(*parts)
         return statement
 

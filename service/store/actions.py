@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ...errors import AlreadyFinishedError, NotDeadError, NotFoundError
-from .model import Outcome, Task, check_name
+from .model import Outcome, Task, check_stored_id
 from .rows import status_of
 from .statements import QueueStatements
 
@@ -36,7 +36,7 @@ class OperatorActions(QueueStatements):
         """Make a task deliverable now, regardless of any lease (an operator's "retry now"): the
         holder's lease ends (its next call is Preempted). A waiting task keeps its place in the
         queue. NotFoundError; AlreadyFinishedError if it ended."""
-        check_name("id", task_id)
+        check_stored_id(task_id)
 
         def work(conn: Connection) -> None:
             now = self._now(conn)
@@ -58,7 +58,7 @@ class OperatorActions(QueueStatements):
         ends cancelled at once; a leased one is asked to stop (``cancel_requested``) and ends
         cancelled when its holder next calls. NotFoundError; AlreadyFinishedError if finished,
         dead or cancelled already."""
-        check_name("id", task_id)
+        check_stored_id(task_id)
         self._columns.require("cancel")
 
         def work(conn: Connection) -> Task:
@@ -79,7 +79,7 @@ class OperatorActions(QueueStatements):
 
         NotFoundError; NotDeadError if it is waiting or running; AlreadyFinishedError if it
         finished or was cancelled."""
-        check_name("id", task_id)
+        check_stored_id(task_id)
         self._columns.require("requeue")
 
         def work(conn: Connection) -> Task:

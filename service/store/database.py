@@ -19,9 +19,10 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import pymysql  # type: ignore[import-untyped]
@@ -33,10 +34,13 @@ from ...errors import (
     AlreadyExistsError,
     ConfigError,
     InternalError,
+    InvalidError,
     PerfectQueueError,
     TooLargeError,
     UnavailableError,
 )
+from . import postgres, wakeups
+from .deadline import attach_mysql_deadline, lift, lock_wait, mysql_connect_args, timed_out
 from .nodes import NODE_ERRNOS, Node, NodeSet, attach, split_hosts, sync_wait_of
 
 log = logging.getLogger("perfectqueue.store")
@@ -47,6 +51,7 @@ LockTimer = Callable[[float, float], None]  # seconds waiting for a named lock, 
 MYSQL_RETRYABLE = {1205, 1213}  # lock wait timeout, deadlock (also Galera certification failure)
 MAX_LOCK_RETRIES = 8
 LOCK_WAIT_SECONDS = 10
+DRIVER_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30}  # no statement_timeout
 
 MYSQL_TOO_LARGE = {
     1153: "packet larger than max_allowed_packet",
@@ -76,14 +81,20 @@ class PoolOptions:
 
 
 def normalize_url(url: str) -> str:
-    """The seed's ``mysql://`` (and the Ruby original's ``mysql2://``) mean PyMySQL here."""
+    """The seed's ``mysql://`` (and the Ruby original's ``mysql2://``) mean PyMySQL here;
+    ``postgresql://`` (or ``postgres://``) means psycopg 3."""
+    as_postgres = postgres.normalize_url(url)
+    if as_postgres is not None:
+        return as_postgres
     for prefix in ("mysql2://", "mysql://"):
         if url.startswith(prefix):
             url = "mysql+pymysql://" + url[len(prefix) :]
     if url.startswith("mysql+pymysql://") and "charset=" not in url:
         url += ("&" if "?" in url else "?") + "charset=utf8mb4"
     if not (url.startswith("mysql+pymysql://") or url.startswith("sqlite://")):
-        raise ConfigError(f"unsupported database url {redact(url)!r}: use mysql:// or sqlite://")
+        raise ConfigError(
+            f"unsupported database url {redact(url)!r}: use mysql://, postgresql:// or sqlite://"
+        )
     return url
 
 
@@ -101,18 +112,35 @@ def redact(url: str) -> str:
 class Database:
     """An engine (one per node of a Galera url) plus what the queue needs to know of its dialect."""
 
-    def __init__(self, url: str, pool: PoolOptions | None = None, isolation: str | None = None):
+    def __init__(
+        self,
+        url: str,
+        pool: PoolOptions | None = None,
+        isolation: str | None = None,
+        statement_timeout: float | None = None,
+    ):
+        """``statement_timeout``: the most seconds one statement may take on MySQL and MariaDB
+        (see ``deadline.py``) and on PostgreSQL (its own ``statement_timeout``); None: the
+        driver's timeouts of 5 s to connect, 30 s to read (PostgreSQL: none)."""
         self.url = normalize_url(url)
         pool = pool or PoolOptions()
+        self.statement_timeout = statement_timeout
+        self.lock_wait = lock_wait(statement_timeout, LOCK_WAIT_SECONDS)
         self.is_sqlite = self.url.startswith("sqlite")
+        self.is_postgres = self.url.startswith(postgres.URL_PREFIX)
+        self.is_mysql = not (self.is_sqlite or self.is_postgres)
         if self.is_sqlite:
             self.nodes = NodeSet([Node(0, self.url, _sqlite_engine(self.url, pool))])
+        elif self.is_postgres:  # several hosts are libpq's own failover (see docs/ha.md)
+            pg = postgres.create_engine(self.url, pool, statement_timeout, self.lock_wait)
+            self.nodes = NodeSet([Node(0, self.url, pg)])
         else:
             plain, sync_wait = sync_wait_of(self.url)
             hosts = split_hosts(plain)
-            self.nodes = NodeSet([Node(i, u, _mysql_engine(u, pool, isolation)) for i, u in enumerate(hosts)])
+            engine = partial(_mysql_engine, pool=pool, isolation=isolation, deadline=statement_timeout)
+            self.nodes = NodeSet([Node(i, u, engine(u)) for i, u in enumerate(hosts)])
             for node in self.nodes.nodes:
-                attach(node.engine, node, self.nodes.several, sync_wait)
+                attach(node.engine, node, self.nodes, sync_wait)
         self.retried: Counter[str] = Counter()  # conflicts, reconnects, node errors: for logs and tests
         self._skip_locked: bool | None = None
         self._warned_lock = False
@@ -122,6 +150,11 @@ class Database:
     def engine(self) -> Engine:
         """The engine of the node in use (the only one unless the url lists several)."""
         return self.nodes.active().engine
+
+    def check(self) -> None:
+        """At start: a url listing several hosts names nodes of one Galera cluster (ConfigError)."""
+        if self.nodes.several:
+            self.nodes.check()
 
     def dispose(self) -> None:
         if self.retried or self.nodes.switches:
@@ -137,21 +170,57 @@ class Database:
         """The database's clock in whole unix seconds, as an SQL expression."""
         if self.is_sqlite:
             return sa.cast(sa.func.strftime("%s", "now"), sa.Integer)
+        if self.is_postgres:
+            return postgres.now()
         return sa.func.unix_timestamp()
 
+    def clock_skew(self) -> float:
+        """Seconds the database's clock is ahead of this host's (negative: behind), measured
+        against the middle of the round trip; 0 on SQLite (the same clock)."""
+        if self.is_sqlite:
+            return 0.0
+        query = postgres.precise_now() if self.is_postgres else sa.text("SELECT UNIX_TIMESTAMP(NOW(6))")
+        before = time.time()
+        value = self.transaction(lambda conn: float(conn.execute(query).scalar_one()), readonly=True)
+        return value - (before + time.time()) / 2
+
     def supports_skip_locked(self) -> bool:
-        """MariaDB 10.6+ and MySQL 8+ have ``FOR UPDATE SKIP LOCKED``; SQLite needs none."""
+        """MariaDB 10.6+, MySQL 8+ and PostgreSQL have ``FOR UPDATE SKIP LOCKED``; SQLite needs none."""
+        if self.is_postgres:
+            return True
         if self._skip_locked is None:
             self._skip_locked = self.transaction(_has_skip_locked, readonly=True)
         return self._skip_locked
+
+    def listen(self, tables: Iterable[str], heard: wakeups.Heard) -> wakeups.Listener | None:
+        """A started listener for the wake-ups announced on ``tables`` (PostgreSQL's
+        LISTEN/NOTIFY: see ``wakeups.py``); None where the database has none."""
+        if not self.is_postgres:
+            return None
+        listener = wakeups.Listener(self.engine, tables, heard)
+        listener.start()
+        return listener
+
+    @property
+    def scans_heads_by_group(self) -> bool:
+        """Does ``GROUP BY resource`` over the (resource, timeout) index read one entry per user
+        (MySQL's loose index scan)? Elsewhere a recursive query steps from user to user."""
+        return self.is_mysql
+
+    @property
+    def locks_in_unions(self) -> bool:
+        """May a UNION's members have their own ORDER BY, LIMIT and FOR UPDATE (MySQL)? Elsewhere
+        each member is a subquery (SQLite takes no ORDER BY there, PostgreSQL no FOR UPDATE)."""
+        return self.is_mysql
 
     @contextmanager
     def connect(self, readonly: bool = False, lock: str | None = None) -> Iterator[Connection]:
         """A connection inside one transaction (SQLite: IMMEDIATE unless readonly).
 
-        ``lock`` names a MySQL ``GET_LOCK`` taken as the transaction's first statement (it reads
-        no table, so the transaction's reads all come after it) and released after it commits, so
-        that whoever takes the lock next sees everything this one wrote.
+        ``lock`` names a MySQL ``GET_LOCK`` (PostgreSQL: an advisory lock, see ``postgres.py``)
+        taken as the transaction's first statement (it reads no table, so the transaction's reads
+        all come after it) and released after it commits, so that whoever takes the lock next
+        sees everything this one wrote.
         """
         with self._connect(self.nodes.active(), readonly, lock) as conn:
             yield conn
@@ -169,15 +238,36 @@ class Database:
                     if lock is not None:
                         self._warn_lock_on_galera(node)
                         asked = time.perf_counter()
-                        _get_lock(conn, lock)
+                        self._take_lock(conn, lock)
                         taken = time.perf_counter()
                         locked = lock
                     yield conn
             finally:
                 if locked is not None:
-                    _release_lock(conn, locked)
+                    if self.is_mysql:  # PostgreSQL's ends with the transaction
+                        _release_lock(conn, locked)
                     if timed is not None:
                         timed(taken - asked, time.perf_counter() - taken)
+
+    @contextmanager
+    def unbounded(self) -> Iterator[Connection]:
+        """A connection in a transaction without the statement deadline, for schema changes."""
+        if self.statement_timeout is None or self.is_sqlite:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        if self.is_postgres:  # a setting of this transaction only
+            with self.engine.begin() as conn:
+                postgres.lift(conn)
+                yield conn
+            return
+        with self.engine.connect() as conn:
+            try:
+                lift(conn)
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.invalidate()  # its session has no deadline: not for the pool
 
     def transaction(
         self,
@@ -211,12 +301,28 @@ class Database:
                     self._count("conflicts")
                     time.sleep(random.uniform(0, 0.01 * 2**lock_retries))
                     continue
+                late = timed_out(_mysql_errno(exc), str(exc.orig)) or postgres.timed_out(exc)
+                if late and not self.nodes.several:
+                    # the same server again would wait as long (with several nodes: the next one)
+                    raise UnavailableError(f"the database did not answer in time: {_describe(exc)}") from exc
                 if self._node_error(node, exc, node_retries):
                     node_retries += 1
                     continue
                 raise UnavailableError(f"database error: {_describe(exc)}") from exc
             except SQLAlchemyError as exc:
                 raise UnavailableError(f"database error: {type(exc).__name__}") from exc
+
+    def _take_lock(self, conn: Connection, name: str) -> None:
+        if self.is_postgres:
+            postgres.take_lock(conn, name)
+        else:
+            _get_lock(conn, name, self.lock_wait)
+
+    def init_lock(self) -> AbstractContextManager[None]:
+        """Held while ``init`` changes the schema: PostgreSQL's concurrent DDL on one table may
+        fail on a catalog's unique index; MariaDB's and SQLite's only needs the checks of
+        ``schema.py`` (what another process added first is skipped)."""
+        return postgres.init_lock(self.engine) if self.is_postgres else nullcontext()
 
     def _node_error(self, node: Node, exc: DBAPIError, retries: int) -> bool:
         """Should a failed transaction be tried again (on this node, or on the next)?"""
@@ -238,6 +344,8 @@ class Database:
     def _is_lock_conflict(self, exc: DBAPIError) -> bool:
         if self.is_sqlite:
             return "locked" in str(exc.orig) or "busy" in str(exc.orig)
+        if self.is_postgres:
+            return postgres.is_retryable(exc)
         return _mysql_errno(exc) in MYSQL_RETRYABLE
 
     def _count(self, what: str) -> None:
@@ -268,7 +376,11 @@ def server_at_least(conn: Connection, *, mariadb: tuple[int, ...], mysql: tuple[
 
 def is_duplicate_key(exc: DBAPIError) -> bool:
     """Did an INSERT meet an existing primary key?"""
-    return _mysql_errno(exc) == 1062 or "UNIQUE constraint failed" in str(exc.orig)
+    return (
+        _mysql_errno(exc) == 1062
+        or "UNIQUE constraint failed" in str(exc.orig)
+        or postgres.is_duplicate_key(exc)
+    )
 
 
 def refusal(exc: DBAPIError) -> PerfectQueueError | None:
@@ -276,8 +388,13 @@ def refusal(exc: DBAPIError) -> PerfectQueueError | None:
     or one it cannot parse), which no retry can change; None for any other failure (those are
     unavailability: a lost connection, a lock, a missing table that ``init`` may yet create)."""
     errno, message = _mysql_errno(exc), str(exc.orig)
+    if postgres.is_nul_text(exc):
+        return InvalidError("PostgreSQL text cannot hold the NUL character: no task has it")
     if errno is not None:
         too_large, refused = MYSQL_TOO_LARGE.get(errno), errno in MYSQL_REFUSED
+    elif postgres.is_own_error(exc):
+        too_large = message.splitlines()[0] if postgres.is_too_large(exc) else None
+        refused = postgres.is_refused(exc)
     else:
         too_large = next((limit for limit in SQLITE_TOO_LARGE if limit in message), None)
         refused = any(what in message for what in SQLITE_REFUSED)
@@ -293,13 +410,14 @@ def is_missing_table(exc: BaseException) -> bool:
     cause = exc.__cause__ if isinstance(exc, UnavailableError) else exc
     if not isinstance(cause, DBAPIError):
         return False
-    return _mysql_errno(cause) == 1146 or "no such table" in str(cause.orig)
+    errno, message = _mysql_errno(cause), str(cause.orig)
+    return errno == 1146 or "no such table" in message or postgres.is_missing_table(cause)
 
 
-def _get_lock(conn: Connection, name: str) -> None:
-    got = conn.execute(sa.select(sa.func.get_lock(name, LOCK_WAIT_SECONDS))).scalar()
+def _get_lock(conn: Connection, name: str, wait: int) -> None:
+    got = conn.execute(sa.select(sa.func.get_lock(name, wait))).scalar()
     if got != 1:
-        raise UnavailableError(f"could not take the lock {name!r} within {LOCK_WAIT_SECONDS} s")
+        raise UnavailableError(f"could not take the lock {name!r} within {wait} s")
 
 
 def _release_lock(conn: Connection, name: str) -> None:
@@ -372,7 +490,7 @@ class _PyMySQLConnection(pymysql.connections.Connection):  # type: ignore[misc]
             return _PyMySQLConnection._preferred
 
 
-def _mysql_engine(url: str, pool: PoolOptions, isolation: str | None) -> Engine:
+def _mysql_engine(url: str, pool: PoolOptions, isolation: str | None, deadline: float | None) -> Engine:
     engine = sa.create_engine(
         url,
         pool_size=pool.size,
@@ -383,8 +501,10 @@ def _mysql_engine(url: str, pool: PoolOptions, isolation: str | None) -> Engine:
         # so the pool's own ROLLBACK at check-in would be one more round trip per call for nothing.
         pool_reset_on_return=None,
         isolation_level=isolation or "READ COMMITTED",
-        connect_args={"connect_timeout": 5, "read_timeout": 30, "write_timeout": 30},
+        connect_args=DRIVER_TIMEOUTS if deadline is None else mysql_connect_args(deadline),
     )
+    if deadline is not None:
+        attach_mysql_deadline(engine, deadline)
 
     @sa.event.listens_for(engine, "do_connect")
     def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:

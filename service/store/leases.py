@@ -49,8 +49,8 @@ class LeaseOperations(QueueStatements):
                 ).first()
                 if row is None:
                     raise self._lease_error(conn, task_id)
-                task_type, _, compression = decode_data(task_id, row.data)
-                values["data"] = encode_data(task_type, data, compression)
+                old = decode_data(task_id, row.data, self.max_data_bytes)
+                values["data"] = encode_data(old.type, data, old.compression)
             return self._update_held(conn, task_id, lease, values)
 
         if data is not None:

@@ -77,6 +77,11 @@ class Task:
     leased: bool = False
     """Running and held by a worker; a running task nobody holds is scheduled for later
     (submitted with ``run_at``, or retried with a wait)."""
+    data_withheld: bool = False
+    """The stored data is over the reader's ``max_data_bytes`` once inflated: not read (``data``
+    is empty, ``type`` the part of the id before its first dot)."""
+    size: int = 0
+    """Bytes of the stored JSON, inflated: what the data costs in an answer."""
     finished_at: int | None = None
     """When a finished, dead or cancelled task ended: its retention's end less the retention
     this store applies to its outcome (a row written under another retention reads off by the
@@ -234,6 +239,18 @@ def check_name(what: str, value: object) -> None:
         raise InvalidError(f"{what} must not contain control characters")
     if SURROGATE.search(value):
         raise InvalidError(f"{what} must be valid Unicode text")
+
+
+def check_stored_id(value: object) -> None:
+    """An id to look up: anything the id column can hold (at most 255 characters), so that a
+    row another writer stored (the original takes any bytes up to VARCHAR(255)) can be read,
+    cancelled, finished or requeued. New ids stay within :func:`check_name`'s rules."""
+    if not isinstance(value, str) or not value:
+        raise InvalidError("id must be a non-empty string")
+    if len(value) > MAX_NAME_BYTES:
+        raise InvalidError(f"id is longer than {MAX_NAME_BYTES} characters")
+    if SURROGATE.search(value):
+        raise InvalidError("id must be valid Unicode text")
 
 
 def check_data(data: object) -> None:

@@ -26,11 +26,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from ...errors import ConfigError
+
 log = logging.getLogger("perfectqueue.store")
 
-NODE_ERRNOS = {1047, 1053, 1927, 2002, 2003, 2006, 2013, 2055}
+NODE_ERRNOS = {1047, 1053, 1180, 1927, 2002, 2003, 2006, 2013, 2055}
 """The node, not the statement, is the problem: WSREP not ready (non-primary), server shutting
-down, connection killed, cannot connect, server gone, connection lost."""
+down, a commit refused (1180: on a Galera node, "not connected to Primary Component" while
+appending the write set; the commit failed, so it is repeated on the next node), connection
+killed, cannot connect, server gone, connection lost."""
 
 DEFAULT_SYNC_WAIT = 3
 """``wsrep_sync_wait`` bits 1 (reads) and 2 (UPDATE/DELETE): a statement first waits until the node
@@ -38,7 +42,11 @@ has applied every write the cluster committed before it, so a finish, heartbeat 
 reaches another node than the poll or submit before it still sees that write."""
 
 SYNCED = "4"  # wsrep_local_state
+NOT_ONE_CLUSTER = 1105  # the errno of the connect hook's refusal: the url's hosts are not one cluster
 PROBE_INTERVAL = 3.0
+SETTLE = 2.0
+"""Seconds a node before the current one must stay usable before the store moves back to it: a
+thawed node reports itself synced about a second before it is in the primary component again."""
 SYNC_WAIT = re.compile(r"[?&]wsrep_sync_wait=(\d+)")
 
 
@@ -82,6 +90,7 @@ class NodeSet:
     current: int = 0
     switches: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    cluster: str | None = None  # wsrep_cluster_state_uuid of the first node seen
     _probing: bool = False
     _closed: bool = False
 
@@ -122,12 +131,39 @@ class NodeSet:
             self._probing = True
         threading.Thread(target=self._probe_preferred, name="pq-node-probe", daemon=True).start()
 
+    def check(self) -> None:
+        """At start: every node that answers is a Galera node of one cluster, else ConfigError
+        naming the odd one. A node that does not answer is checked when it is first used."""
+        for node in self.nodes:
+            try:
+                with node.engine.connect():
+                    pass
+            except SQLAlchemyError as exc:
+                args = getattr(getattr(exc, "orig", None), "args", ())
+                if args and args[0] == NOT_ONE_CLUSTER:
+                    raise ConfigError(f"the database url lists several hosts, but {args[1]}") from None
+                log.warning(
+                    "database node %d does not answer; checked when first used: %s", node.index + 1, exc
+                )
+
+    def learn(self, node: Node, cluster: str) -> str | None:
+        """Why ``node`` may not be used with the others (its cluster is not theirs), or None."""
+        with self._lock:
+            self.cluster = self.cluster or cluster
+        if cluster != self.cluster:
+            return f"node {node.index + 1} belongs to another cluster (wsrep_cluster_state_uuid {cluster})"
+        return None
+
+    def is_current(self, node: Node) -> bool:
+        return self.nodes[self.current] is node
+
     def _probe_preferred(self) -> None:
-        """After a pause, move back to the first node before the current one that is synced."""
+        """After a pause, move back to the first node before the current one that is usable, and
+        still usable ``SETTLE`` seconds later."""
         try:
             time.sleep(PROBE_INTERVAL)
             for node in self.nodes[: self.current]:
-                if not self._closed and is_synced(node.engine):
+                if not self._closed and is_usable(node.engine) and self._settled(node):
                     with self._lock:
                         left = self.nodes[self.current] if node.index < self.current else None
                         if left is not None:
@@ -135,52 +171,78 @@ class NodeSet:
                             self.current = node.index
                             self.switches += 1
                     if left is not None:
-                        left.engine.dispose()  # its idle connections would be stale when next used
+                        left.engine.dispose()  # its idle connections; the busy ones close at check-in
                     return
         finally:
             with self._lock:
                 self._probing = False
 
+    def _settled(self, node: Node) -> bool:
+        time.sleep(SETTLE)
+        return not self._closed and is_usable(node.engine)
 
-def is_synced(engine: Engine) -> bool:
-    """Does this node answer, and is it a synced member of the primary component?"""
+
+def is_usable(engine: Engine) -> bool:
+    """Does this node answer, and may it be written through (see :func:`unusable`)?"""
     try:
         with engine.connect() as conn:
-            return wsrep_state(conn.connection.dbapi_connection) in (None, SYNCED)
+            status = galera_status(conn.connection.dbapi_connection)
     except SQLAlchemyError:
         return False
+    return status is None or unusable(status) is None
 
 
-def wsrep_state(dbapi_conn: Any) -> str | None:
-    """``wsrep_local_state`` of a Galera node ('4': synced), None when the server is no Galera node."""
+def galera_status(dbapi_conn: Any) -> dict[str, str] | None:
+    """A Galera node's ``wsrep_local_state``, ``wsrep_cluster_status`` and ``wsrep_ready``;
+    None when the server is no Galera node."""
     cursor = dbapi_conn.cursor()
     try:
         cursor.execute("SHOW VARIABLES LIKE 'wsrep_on'")
         row = cursor.fetchone()
         if row is None or str(row[1]).upper() != "ON":
             return None
-        cursor.execute("SHOW STATUS LIKE 'wsrep_local_state'")
-        row = cursor.fetchone()
-        return "0" if row is None else str(row[1])
+        cursor.execute(
+            "SHOW STATUS WHERE Variable_name IN "
+            "('wsrep_local_state', 'wsrep_cluster_status', 'wsrep_ready', 'wsrep_cluster_state_uuid')"
+        )
+        return {str(name): str(value) for name, value in cursor.fetchall()}
     finally:
         cursor.close()
 
 
+def unusable(status: dict[str, str]) -> str | None:
+    """Why a Galera node may not be written through (None: synced, in the primary component and
+    ready)."""
+    state = status.get("wsrep_local_state", "0")
+    if state != SYNCED:
+        return f"not synced (wsrep_local_state {state})"
+    if status.get("wsrep_cluster_status") != "Primary":
+        return f"not in the primary component (wsrep_cluster_status {status.get('wsrep_cluster_status')})"
+    if status.get("wsrep_ready", "").upper() != "ON":
+        return "not ready (wsrep_ready OFF)"
+    return None
+
+
 def on_connect(
-    node: Node, several: bool, sync_wait: int | None, error: Callable[[int, str], Exception]
+    node: Node, nodes: NodeSet, sync_wait: int | None, error: Callable[[int, str], Exception]
 ) -> Callable[[Any, Any], None]:
-    """The pool's connect hook: learn whether the node is Galera, refuse one that is not synced
-    when there are other nodes to use, and set ``wsrep_sync_wait``."""
+    """The pool's connect hook: learn whether the node is Galera; when the url lists several,
+    refuse one of another cluster and one that is not usable; set ``wsrep_sync_wait``."""
 
     def hook(dbapi_conn: Any, _record: Any) -> None:
-        state = wsrep_state(dbapi_conn)
-        node.galera = state is not None
-        if state is None:
-            if several:
-                raise error(1105, f"node {node.index + 1} is no Galera node; the url lists several")
+        status = galera_status(dbapi_conn)
+        node.galera = status is not None
+        if status is None:
+            if nodes.several:
+                raise error(NOT_ONE_CLUSTER, f"node {node.index + 1} is no Galera node")
             return
-        if several and state != SYNCED:
-            raise error(1047, f"node {node.index + 1} is not synced (wsrep_local_state {state})")
+        if nodes.several:
+            foreign = nodes.learn(node, status.get("wsrep_cluster_state_uuid", ""))
+            if foreign is not None:
+                raise error(NOT_ONE_CLUSTER, foreign)
+            why = unusable(status)
+            if why is not None:
+                raise error(1047, f"node {node.index + 1} is {why}")
         cursor = dbapi_conn.cursor()
         try:
             wait = DEFAULT_SYNC_WAIT if sync_wait is None else sync_wait
@@ -191,8 +253,16 @@ def on_connect(
     return hook
 
 
-def attach(engine: Engine, node: Node, several: bool, sync_wait: int | None) -> None:
-    """Hook ``on_connect`` into the engine; its refusals are the driver's own OperationalError, so
-    that the store handles them as it handles the server's."""
+def attach(engine: Engine, node: Node, nodes: NodeSet, sync_wait: int | None) -> None:
+    """Hook ``on_connect`` into the engine (its refusals are the driver's own OperationalError, so
+    that the store handles them as it handles the server's); and close a connection that comes
+    back to the pool of a node the store has left, so that none stays open on it."""
     error = engine.dialect.loaded_dbapi.OperationalError
-    sa.event.listen(engine, "connect", on_connect(node, several, sync_wait, error))
+    sa.event.listen(engine, "connect", on_connect(node, nodes, sync_wait, error))
+    if nodes.several:
+
+        def checkin(_dbapi_conn: Any, record: Any) -> None:
+            if not nodes.is_current(node) and record.dbapi_connection is not None:
+                record.invalidate()
+
+        sa.event.listen(engine, "checkin", checkin)

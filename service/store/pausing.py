@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from ...errors import PerfectQueueError
@@ -41,8 +41,9 @@ def pause(conn: Connection, table: str, now: int) -> None:
     """Pause ``table`` (a paused one keeps the time it was first paused)."""
     create(conn)
     row = {"queue": table, "paused_at": now}
-    if conn.dialect.name == "sqlite":
-        conn.execute(sqlite.insert(PAUSED).values(row).on_conflict_do_nothing())
+    if conn.dialect.name in ("sqlite", "postgresql"):
+        lite = (sqlite if conn.dialect.name == "sqlite" else postgresql).insert(PAUSED)
+        conn.execute(lite.values(row).on_conflict_do_nothing(index_elements=[PAUSED.c.queue]))
     else:
         conn.execute(mysql.insert(PAUSED).values(row).prefix_with("IGNORE"))
 

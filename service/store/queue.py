@@ -23,6 +23,7 @@ operations (:mod:`.leases`), the operator's actions (:mod:`.actions`) and the re
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -42,8 +43,10 @@ from .listing import Listing
 from .model import AcquiredTask, NewTask, Outcome, RetryPolicy, check_duration, check_int
 from .observer import StoreObserver, Unobserved
 from .reading import Page
-from .rows import to_task
+from .rows import to_task, within
 from .schema import build_table, init_table
+
+log = logging.getLogger("perfectqueue.store")
 
 __all__ = ["LEASE_EXPIRED", "MAX_LEASE", "Page", "QueueStore"]
 
@@ -75,6 +78,7 @@ class QueueStore(LeaseOperations, OperatorActions):
         lock: str = "skip_locked",
         policy: RetryPolicy | None = None,
         observer: StoreObserver | None = None,
+        max_data_bytes: int | None = None,
     ) -> None:
         if lock not in ("skip_locked", "get_lock"):
             raise InvalidError("lock must be 'skip_locked' or 'get_lock'")
@@ -85,6 +89,9 @@ class QueueStore(LeaseOperations, OperatorActions):
         self.lock = lock
         self.policy = policy or RetryPolicy()
         self.observer: StoreObserver = observer or Unobserved()
+        self.max_data_bytes = max_data_bytes
+        """Data over this once inflated is not read (None: no limit, for the SDK's direct backend,
+        whose caller reads its own table): see ``acquire`` and ``Task.data_withheld``."""
         self._t = self.table.c
         self._acquisition = Acquisition(db, self.table, fair=fair, lock=lock)
         self._columns = Columns(db, self.table, changed=self._acquisition.use_columns)
@@ -105,12 +112,11 @@ class QueueStore(LeaseOperations, OperatorActions):
 
     # -- schema ----------------------------------------------------------------------------
 
-    def init(self) -> list[str]:
+    def init(self, binary_collation: bool = False) -> list[str]:
         """Create the table or add what it lacks, and the per-minute counts' side table
-        (idempotent)."""
-        done = init_table(self.db, self.table)
-        self.db.transaction(throughput.create)  # shared by the queues of a database: not reported
-        self.db.transaction(pausing.create)  # the same
+        (idempotent), and the paused queues' side table; ``binary_collation``: convert an
+        original table's ids and users to compare byte for byte (:func:`.schema.convert_collation`)."""
+        done = init_table(self.db, self.table, side=_side_tables, binary_collation=binary_collation)
         self._columns.use(extended=True)
         return done
 
@@ -156,8 +162,24 @@ class QueueStore(LeaseOperations, OperatorActions):
         try:
             self.db.transaction(lambda conn: conn.execute(insert, row))
         except AlreadyExistsError:
-            return _already_exists(task.id)
+            return self._taken_as(task.id)
         return None
+
+    def _taken_as(self, task_id: str) -> AlreadyExistsError:
+        """The refusal of a submit whose id is taken: it names the stored id when the table's
+        collation made them one (a table the original created compares ids without case)."""
+        query = sa.select(self._t.id).where(self._t.id == task_id)
+        try:
+            stored = self.db.transaction(lambda conn: conn.execute(query).scalar(), readonly=True)
+        except PerfectQueueError:
+            stored = None
+        if stored is None or stored == task_id:
+            return _already_exists(task_id)
+        return AlreadyExistsError(
+            f"task {task_id!r} already exists as {stored!r}: this table compares ids without case "
+            "or trailing spaces (the collation the original created it with); `perfectqueue init "
+            "--binary-collation` makes them different ids"
+        )
 
     def _insert_new(self, conn: Connection, rows: dict[str, dict[str, Any]]) -> set[str]:
         """Insert the rows whose id is not present (one multi-row INSERT); the ids present."""
@@ -204,8 +226,10 @@ class QueueStore(LeaseOperations, OperatorActions):
 
     # -- acquire ---------------------------------------------------------------------------
 
-    def acquire(self, max_tasks: int, alive_time: int) -> list[AcquiredTask]:
-        """Lease up to ``max_tasks`` waiting tasks for ``alive_time`` seconds (oldest first)."""
+    def acquire(self, max_tasks: int, alive_time: int, max_bytes: int | None = None) -> list[AcquiredTask]:
+        """Lease up to ``max_tasks`` waiting tasks for ``alive_time`` seconds (oldest first), as
+        many as fit in ``max_bytes`` of data (the first always; None: no limit): the rest are
+        given back unread, waiting again with their attempt not counted."""
         check_int("max", max_tasks, 1, 1000)
         check_duration("alive_time", alive_time, 1)
         lease = secrets.randbelow(MAX_LEASE) + 1
@@ -214,29 +238,65 @@ class QueueStore(LeaseOperations, OperatorActions):
             return []
         ended: dict[Outcome, int] = {}
 
-        def work(conn: Connection) -> list[AcquiredTask]:
+        def work(conn: Connection) -> tuple[int, Sequence[Row[Any]]]:
             ended.clear()  # a retried transaction counts again
             now, rows = self._acquisition.rows(conn, max_tasks)
             live = [r for r in rows if not (r.cancel_requested or self._exhausted(r))]
             if len(live) < len(rows):
                 ended.update(self._end_undeliverable(conn, [r for r in rows if r not in live]))
-            if not live:
-                return []
-            timeout = now + alive_time
-            lease_rows = self._columns.prepared("lease", self._lease_rows)
-            conn.execute(lease_rows, {"ids": [r.id for r in live], "new_timeout": timeout, "lease": lease})
-            counted = self._columns.attempt
-            return [
-                AcquiredTask(to_task(r, now, timeout=timeout, attempts=r.attempts + counted), lease)
-                for r in live
-            ]
+            if live:
+                lease_rows = self._columns.prepared("lease", self._lease_rows)
+                conn.execute(
+                    lease_rows, {"ids": [r.id for r in live], "new_timeout": now + alive_time, "lease": lease}
+                )
+            return now, live
 
-        acquired = self.db.transaction(
+        now, rows = self.db.transaction(
             work, lock=self._acquisition.lock_name(), timed=self.observer.lock_held
         )
+        counted = self._columns.attempt
+        decoded = (  # once the transaction (and the table's lock) is let go, one at a time
+            to_task(
+                r, now, timeout=now + alive_time, attempts=r.attempts + counted, limit=self.max_data_bytes
+            )
+            for r in rows
+        )
+        tasks = list(within(decoded, max_bytes))
+        withheld = [task.id for task in tasks if task.data_withheld]
+        dead = self._settle(withheld, [r.id for r in rows[len(tasks) :]], lease)
+        if dead:
+            ended[Outcome.DEAD] = ended.get(Outcome.DEAD, 0) + dead
         for outcome, count in ended.items():
             self.observer.ended(outcome, count)
-        return acquired
+        return [AcquiredTask(task, lease) for task in tasks if not task.data_withheld]
+
+    def _settle(self, withheld: list[str], unread: list[str], lease: int) -> int:
+        """After an acquisition, fenced by its lease: tasks whose data is over max_data_bytes once
+        inflated (written so by another writer: a Ruby process, the SDK's direct backend) end dead,
+        saying why, rather than be delivered without their data; tasks past the byte budget are
+        given back (waiting, attempt not counted). How many ended dead. If this fails, the leases
+        run out and a later acquisition tries again."""
+        if not (withheld or unread):
+            return 0
+        error = f"DataTooLarge: the task's data is over max_data_bytes ({self.max_data_bytes}) once inflated"
+        held = self._t.owner == lease
+        bury = self._end(sa.and_(self._t.id.in_(withheld), held), Outcome.DEAD).values(last_error=error)
+        attempts = sa.case((self._t.attempts > 0, self._t.attempts - 1), else_=0)
+        back = self._columns.values({"timeout": self.db.now(), "owner": 0, "attempts": attempts})
+        unlease = sa.update(self.table).where(self._t.id.in_(unread), held).values(back)
+
+        def work(conn: Connection) -> int:
+            if unread:
+                conn.execute(unlease)
+            return int(conn.execute(bury).rowcount) if withheld else 0
+
+        try:
+            return self.db.transaction(work)
+        except PerfectQueueError as exc:
+            log.warning(
+                "could not settle %d tasks after an acquisition: %s", len(withheld) + len(unread), exc
+            )
+            return 0
 
     def _lease_rows(self) -> sa.Update:
         values = {
@@ -269,3 +329,10 @@ def _already_exists(task_id: str, at_once: bool = False) -> AlreadyExistsError:
     if at_once:  # the same id twice in one call: a batch, or submits merged into one
         return AlreadyExistsError(f"task {task_id!r} already exists (submitted more than once at a time)")
     return AlreadyExistsError(f"task {task_id!r} already exists")
+
+
+def _side_tables(conn: Connection) -> None:
+    """The side tables the queues of a database share (:mod:`.throughput`, :mod:`.pausing`),
+    created by ``init`` under its lock (PostgreSQL's concurrent DDL would fail)."""
+    throughput.create(conn)
+    pausing.create(conn)

@@ -7,7 +7,7 @@ Every read takes the database's clock in its own transaction and turns rows into
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -16,11 +16,11 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql.base import ReadOnlyColumnCollection
 
 from ...errors import NotFoundError
-from . import throughput
+from . import throughput, wakeups
 from .codec import decode_data
 from .columns import Columns
 from .database import Database
-from .listing import Listing
+from .listing import Listing, encode_cursor
 from .model import (
     DELETE_OFFSET,
     EVENT_HORIZON,
@@ -29,10 +29,10 @@ from .model import (
     Task,
     TaskStatus,
     check_int,
-    check_name,
+    check_stored_id,
 )
 from .pausing import PauseFlag
-from .rows import is_leased, status_of, to_task
+from .rows import is_leased, status_of, to_task, within
 from .stats import DEFAULT_LIMIT, Counts, UserLoad, count_states, user_loads
 
 
@@ -52,24 +52,24 @@ class QueueReader:
     _t: ReadOnlyColumnCollection[str, sa.Column[Any]]
     _columns: Columns
     _listing: Listing
+    max_data_bytes: int | None
     retention_time: int
     policy: RetryPolicy
     _pause: PauseFlag
 
-    def _task(self, row: Any, now: int) -> Task:
-        """The task a row holds at ``now``, with when it ended if it did."""
-        return to_task(row, now, Retention(self.retention_time, self.policy.dead_retention_time))
+    def _task(self, row: Any, now: int, with_data: bool = True) -> Task:
+        """The task a row holds at ``now``, its data as :func:`.rows.to_task` reads it under
+        ``max_data_bytes``, with when it ended if it did."""
+        retention = Retention(self.retention_time, self.policy.dead_retention_time)
+        return to_task(row, now, limit=self.max_data_bytes, with_data=with_data, retention=retention)
 
     def get(self, task_id: str) -> Task:
         """The task's current state; NotFoundError if there is no row."""
-        check_name("id", task_id)
+        check_stored_id(task_id)
         self._columns.extended()
 
-        def work(conn: Connection) -> Task:
-            row = self._read(conn, task_id)
-            return self._task(row, row.now)
-
-        return self.db.transaction(work, readonly=True)
+        row = self.db.transaction(lambda conn: self._read(conn, task_id), readonly=True)
+        return self._task(row, row.now)  # decoded outside the transaction
 
     def counts(self, limit: int = DEFAULT_LIMIT) -> Counts:
         """Tasks by state, each count stopping at ``limit`` (:mod:`.stats`)."""
@@ -104,12 +104,16 @@ class QueueReader:
         order: str = "id",
         cursor: str | None = None,
         limit: int = 100,
+        with_data: bool = True,
+        max_bytes: int | None = None,
     ) -> Page:
         """Tasks after ``cursor``, filtered, in ``order``: ``id``, or ``due`` (due time, on an
         index whatever the filters: :mod:`.listing`). ``leased`` tells running tasks a worker
         holds from those scheduled for later. A page may be short and carry a cursor; a cursor
         the listing cannot have returned is InvalidError. The filters match what the table
-        holds, whatever it holds (a table shared with the original may hold any string)."""
+        holds, whatever it holds (a table shared with the original may hold any string).
+        ``with_data`` false leaves the data out; with it, a page stops before its data passes
+        ``max_bytes`` (a shorter page, its cursor at its last task)."""
         check_int("limit", limit, 1, 1000)
         self._columns.extended()
 
@@ -119,11 +123,13 @@ class QueueReader:
                     return False
                 if leased is not None and is_leased(row, now) is not leased:
                     return False
-                return task_type is None or decode_data(row.id, row.data)[0] == task_type
+                return (
+                    task_type is None or decode_data(row.id, row.data, self.max_data_bytes).type == task_type
+                )
 
             return accepts
 
-        def work(conn: Connection) -> Page:
+        def work(conn: Connection) -> tuple[int, Sequence[Row[Any]], str | None]:
             now = self._now(conn)
             rows, after = self._listing.page(
                 conn,
@@ -136,14 +142,31 @@ class QueueReader:
                 limit=limit,
                 keep=keep(now),
             )
-            return Page([self._task(r, now) for r in rows], after)
+            return now, rows, after
 
-        return self.db.transaction(work, readonly=True)
+        now, rows, after = self.db.transaction(work, readonly=True)
+        decoded = (self._task(r, now, with_data) for r in rows)
+        tasks = list(decoded) if not with_data else list(within(decoded, max_bytes))  # one at a time
+        if len(tasks) < len(rows):
+            last = tasks[-1]
+            after = encode_cursor(last.id if order == "id" else (last.timeout, last.id))
+        return Page(tasks, after)
 
     def ping(self) -> None:
         """One index probe of the table: UnavailableError unless the database answers."""
         query = sa.select(self._t.id).limit(1)
         self.db.transaction(lambda conn: conn.execute(query).first(), readonly=True)
+
+    @property
+    def announces(self) -> bool:
+        """Can this store tell the other replicas' listeners of waiting tasks (``announce``)?"""
+        return self.db.is_postgres
+
+    def announce(self, origin: str) -> None:
+        """Tell the other replicas' listeners that tasks became waiting (PostgreSQL; elsewhere
+        nothing: they find work by probing, see ``has_waiting``)."""
+        if self.db.is_postgres:
+            self.db.transaction(lambda conn: wakeups.announce(conn, self.table.name, origin))
 
     def has_waiting(self) -> bool:
         """Is any task waiting now? (One index probe; used to wake long-polls.)"""
@@ -168,11 +191,11 @@ class QueueReader:
         """Delete up to ``batch`` finished rows whose retention has passed; returns how many."""
         check_int("batch", batch, 1, 100_000)
         expired = self._t.timeout <= self.db.now() - DELETE_OFFSET
-        if self.db.is_sqlite:
+        if self.db.is_mysql:  # the only one with DELETE … LIMIT
+            query = sa.delete(self.table).where(expired).with_dialect_options(mysql_limit=batch)
+        else:
             ids = sa.select(self._t.id).where(expired).limit(batch).scalar_subquery()
             query = sa.delete(self.table).where(self._t.id.in_(ids))
-        else:
-            query = sa.delete(self.table).where(expired).with_dialect_options(mysql_limit=batch)
         return int(self.db.transaction(lambda conn: conn.execute(query).rowcount))
 
     # -- shared by the reads and the operations that answer a task ---------------------------

@@ -7,7 +7,7 @@ or that a cancel was asked for, answers CancelRequestedError.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,20 +25,25 @@ from .model import Outcome, Retention, Task, TaskStatus
 def to_task(
     row: Any,
     now: int,
-    retention: Retention | None = None,
     timeout: int | None = None,
     attempts: int | None = None,
+    *,
+    limit: int | None = None,
+    with_data: bool = True,
+    retention: Retention | None = None,
 ) -> Task:
-    """The task a row holds at ``now``; ``timeout`` and ``attempts`` as just leased, if given.
-    ``retention`` (the store's) tells when an ended task ended (without it: not told)."""
-    task_type, data, compression = decode_data(row.id, row.data)
+    """The task a row holds at ``now``; ``timeout`` and ``attempts`` as just leased, if given;
+    its data withheld when over ``limit`` bytes, or left out (``with_data`` false: it is read
+    for the type, then dropped). ``retention`` (the store's) tells when an ended task ended
+    (without it: not told)."""
+    task_type, data, compression, size = decode_data(row.id, row.data, limit)
     leased = is_leased(row, now) if timeout is None else True  # a new timeout: just leased
     timeout = row.timeout if timeout is None else timeout
     status = status_of(row, now, timeout)
     return Task(
         id=row.id,
         type=task_type,
-        data=data,
+        data=data if data is not None and with_data else {},
         user=row.resource,
         status=status,
         created_at=row.created_at,
@@ -51,8 +56,21 @@ def to_task(
         cancel_requested=bool(row.cancel_requested),
         traceparent=row.traceparent,
         leased=leased,
+        data_withheld=data is None,
+        size=0 if data is None else size,  # withheld: nothing to send
         finished_at=None if retention is None else retention.finished_at(status, timeout),
     )
+
+
+def within(tasks: Iterable[Task], budget: int | None) -> Iterator[Task]:
+    """The leading tasks whose data fits in ``budget`` bytes together (always the first: a task
+    is never too large to be answered alone; None: all). Lazy: the rest are not read."""
+    total = 0
+    for count, task in enumerate(tasks):
+        total += task.size
+        if count and budget is not None and total > budget:
+            return
+        yield task
 
 
 def status_of(row: Any, now: int, timeout: int | None = None) -> TaskStatus:

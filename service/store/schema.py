@@ -13,9 +13,11 @@ these a table lacks (a table the original created, or one of an earlier version)
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from ...errors import ConfigError, UnavailableError
@@ -80,7 +82,7 @@ def build_table(name: str, db: Database) -> sa.Table:
         sa.Column("timeout", sa.Integer, nullable=False),
         sa.Column("data", sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql"), nullable=False),
         sa.Column("created_at", sa.Integer, nullable=True),
-        sa.Column("resource", sa.String(255), nullable=True),
+        sa.Column("resource", sa.String(255), nullable=True),  # init_table sets its collation
         sa.Column("max_running", sa.Integer, nullable=True),
         sa.Column(
             "owner",
@@ -108,37 +110,57 @@ def build_table(name: str, db: Database) -> sa.Table:
     )
 
 
-def init_table(db: Database, table: sa.Table) -> list[str]:
+def init_table(
+    db: Database,
+    table: sa.Table,
+    side: Callable[[Connection], None] | None = None,
+    binary_collation: bool = False,
+) -> list[str]:
     """Create the table, or add what an existing one lacks; safe to run again and concurrently.
+    ``side`` creates a side table, in the same turn (not reported). ``binary_collation``: also
+    convert the ``id`` and ``resource`` columns of an existing MySQL table to the binary
+    collation new tables get (see :func:`convert_collation`).
 
     Returns what it did, for the command line to print.
     """
-    done: list[str] = []
     try:
-        id_type = table.c.id.type
-        if isinstance(id_type, sa.String) and not db.is_sqlite:
-            # Asked here, not in build_table: a store is built before its database may answer.
-            id_type.collation = _binary_collation(db)
-        with db.engine.begin() as conn:
-            if not sa.inspect(conn).has_table(table.name):
-                done.append(f"created table {table.name}")
-            conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
-        with db.engine.connect() as conn:
-            columns = {col["name"] for col in sa.inspect(conn).get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in columns:
-                _add_column(db, table, column)
-                done.append(f"added column {column.name}")
-        with db.engine.connect() as conn:
-            existing = {ix["name"] for ix in sa.inspect(conn).get_indexes(table.name)}
-        for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
-            if index.name not in existing:
-                _create_index(db, index)
-                done.append(f"created index {index.name}")
+        with db.init_lock():
+            done = _init_table(db, table)
+            if binary_collation:
+                done += convert_collation(db, table)
+            if side is not None:
+                with db.engine.begin() as conn:
+                    side(conn)
+            return done
     except OperationalError as exc:  # the server is out of reach, or refused us
         raise UnavailableError(f"cannot initialise table {table.name}: {exc.orig}") from exc
     except DBAPIError as exc:
         raise ConfigError(f"cannot initialise table {table.name}: {exc.orig}") from exc
+
+
+def _init_table(db: Database, table: sa.Table) -> list[str]:
+    done: list[str] = []
+    if not db.is_sqlite:  # asked here, not in build_table: a store is built before its database answers
+        collation = _binary_collation(db)
+        for column in (table.c.id, table.c.resource):
+            if isinstance(column.type, sa.String):
+                column.type.collation = collation
+    with db.unbounded() as conn:
+        if not sa.inspect(conn).has_table(table.name):
+            done.append(f"created table {table.name}")
+        conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
+    with db.engine.connect() as conn:
+        columns = {col["name"] for col in sa.inspect(conn).get_columns(table.name)}
+    for column in table.columns:
+        if column.name not in columns:
+            _add_column(db, table, column)
+            done.append(f"added column {column.name}")
+    with db.engine.connect() as conn:
+        existing = {ix["name"] for ix in sa.inspect(conn).get_indexes(table.name)}
+    for index in sorted(table.indexes, key=lambda ix: str(ix.name)):
+        if index.name not in existing:
+            _create_index(db, index)
+            done.append(f"created index {index.name}")
     return done
 
 
@@ -150,17 +172,17 @@ def _add_column(db: Database, table: sa.Table, column: sa.Column[object]) -> Non
         ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
         quoted = conn.dialect.identifier_preparer.format_table(table)
     try:
-        with db.engine.begin() as conn:
+        with db.unbounded() as conn:
             conn.exec_driver_sql(f"ALTER TABLE {quoted} ADD COLUMN {ddl}")
     except DBAPIError as exc:
-        if "duplicate column" in str(exc.orig).lower():
+        if "duplicate column" in str(exc.orig).lower() or "already exists" in str(exc.orig):
             return  # another process added it first
         raise
 
 
 def _create_index(db: Database, index: sa.Index) -> None:
     try:
-        with db.engine.begin() as conn:
+        with db.unbounded() as conn:
             index.create(conn)
     except DBAPIError as exc:
         if "already exists" in str(exc.orig) or "Duplicate key name" in str(exc.orig):
@@ -168,8 +190,39 @@ def _create_index(db: Database, index: sa.Index) -> None:
         raise
 
 
+def convert_collation(db: Database, table: sa.Table) -> list[str]:
+    """An opt-in for a MySQL table the original created: ``id`` and ``resource`` compared byte for
+    byte (``R7.2`` and ``r7.2``, ``acme`` and ``acme ``, become different ids and users), as in
+    tables this project creates. The table is rebuilt (a copy: minutes on a large table, writes
+    wait meanwhile); Ruby processes keep working on it. Nothing to do on SQLite and PostgreSQL."""
+    if not db.is_mysql:
+        return []
+    collation = _binary_collation(db)
+    with db.engine.connect() as conn:
+        quoted = conn.dialect.identifier_preparer.format_table(table)
+        current = {
+            row[0]: row[1]
+            for row in conn.exec_driver_sql(
+                "SELECT COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME IN ('id', 'resource')",
+                (table.name,),
+            )
+        }
+    if all(value == collation for value in current.values()):
+        return []
+    with db.unbounded() as conn:
+        conn.exec_driver_sql(
+            f"ALTER TABLE {quoted} "
+            f"MODIFY id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {collation} NOT NULL, "
+            f"MODIFY resource VARCHAR(255) CHARACTER SET utf8mb4 COLLATE {collation} NULL"
+        )
+    return [f"converted id and resource to {collation}"]
+
+
 def _binary_collation(db: Database) -> str:
     """Ids compare byte for byte, trailing spaces included, in tables this project creates."""
+    if db.is_postgres:
+        return "C"
     with db.engine.connect() as conn:
         mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
     return "utf8mb4_nopad_bin" if mariadb else "utf8mb4_0900_bin"

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 STATS_TABLE = "perfectqueue_stats"
@@ -67,8 +67,8 @@ def read(conn: Connection, queue: str, start: int, end: int) -> dict[int, tuple[
 
 def _upsert(conn: Connection) -> Any:
     c = STATS.c
-    if conn.dialect.name == "sqlite":
-        lite = sqlite.insert(STATS)
+    if conn.dialect.name in ("sqlite", "postgresql"):
+        lite = (sqlite if conn.dialect.name == "sqlite" else postgresql).insert(STATS)
         return lite.on_conflict_do_update(
             index_elements=[c.queue, c.minute],
             set_={

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .configfile import ignored_line
 from .errors import PerfectQueueError
 
 DESCRIPTION = (
@@ -82,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = commands.add_parser("init", help="create each queue's table, or add what it lacks (idempotent)")
     _config_options(init)
+    init.add_argument(
+        "--binary-collation",
+        action="store_true",
+        help="MySQL: make a table the original created compare ids and users byte for byte, as new "
+        "tables do (R7.2 and r7.2 become two ids; the table is rebuilt)",
+    )
     init.set_defaults(command=_init, extra=SERVICE_EXTRA)
 
     from . import commands as task_commands
@@ -100,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", help="YAML settings file (or PERFECTQUEUE_CONFIG)")
     parser.add_argument("-e", "--environment", help="section of the file to use (default development)")
-    parser.add_argument("--url", help="database url, e.g. mysql://user:pass@host/db or sqlite:///file")
+    parser.add_argument(
+        "--url",
+        help="database url, e.g. mysql://user:pass@host/db, postgresql://user:pass@host/db or sqlite:///file",
+    )
     parser.add_argument("--table", help="table of the queue when no 'queues' are configured")
 
 
@@ -143,9 +153,13 @@ def _init(args: argparse.Namespace) -> int:
     from .service.metrics import ServiceMetrics
     from .service.runtime import Runtime
 
-    runtime = Runtime(_settings(args), ServiceMetrics())
+    settings = _settings(args)
+    if settings.ignored:
+        logging.getLogger("perfectqueue").info("%s", ignored_line(settings.ignored))
+    runtime = Runtime(settings, ServiceMetrics())
+    runtime.check()
     for name, queue in runtime.queues.items():
-        done = queue.store.init()
+        done = queue.store.init(binary_collation=args.binary_collation)
         print(f"{name} ({queue.settings.table}): {', '.join(done) if done else 'up to date'}")
     return 0
 

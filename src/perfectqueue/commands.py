@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from .client import Queue, QueueStats, TaskMetadata, open
 from .client._types import INSTANTS, STATES
-from .configfile import read_section
+from .configfile import command_settings, screened
 from .errors import InvalidError
 
+log = logging.getLogger("perfectqueue")
 COLUMNS = ("key", "type", "user", "state", "created_at", "when", "data")
 WIDTHS = {"key": 24, "type": 14, "user": 12, "state": 9, "created_at": 20, "when": 33, "data": 30}
 WHEN = {
@@ -85,10 +86,14 @@ def add_parsers(commands: Any) -> None:
 def _parser(commands: Any, name: str, help_text: str, *, listed: bool = True) -> argparse.ArgumentParser:
     shown = {"help": help_text} if listed else {}  # a subparser without help is not in the list
     parser: argparse.ArgumentParser = commands.add_parser(name, description=help_text, **shown)
-    parser.add_argument("-c", "--config", help="YAML settings file (keys: type, url, queue, table, token)")
+    parser.add_argument(
+        "-c", "--config", help="YAML file (keys: type, url, queue, table, token; or PERFECTQUEUE_CONFIG)"
+    )
     parser.add_argument("-e", "--environment", help="section of the file (default development)")
-    parser.add_argument("--url", help="service url (default http://127.0.0.1:8000), or database url")
-    parser.add_argument("--queue", help="queue name on the service (default 'default')")
+    parser.add_argument(
+        "--url", help="service url (default http://127.0.0.1:8000), or database url (or PERFECTQUEUE_URL)"
+    )
+    parser.add_argument("--queue", help="queue name (default 'default'; or PERFECTQUEUE_QUEUE)")
     parser.add_argument("--table", help="table, with --backend rdb_compat")
     parser.add_argument(
         "--backend",
@@ -99,11 +104,10 @@ def _parser(commands: Any, name: str, help_text: str, *, listed: bool = True) ->
 
 
 def open_queue(args: argparse.Namespace) -> Queue:
-    config = read_section(args.config, args.environment) if args.config else {}
     flags = {"url": args.url, "queue": args.queue, "table": args.table, "type": args.backend}
-    config.update({k: v for k, v in flags.items() if v is not None})
-    config.setdefault("token", os.environ.get("PERFECTQUEUE_TOKEN"))
-    return open(config)
+    settings = command_settings(args.config, args.environment, flags)
+    screened(settings, "the settings", log)
+    return open(settings)
 
 
 def list_tasks(args: argparse.Namespace) -> int:

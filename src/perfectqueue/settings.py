@@ -72,7 +72,8 @@ def type_hints(cls: type) -> dict[str, Any]:
 def check(name: str, hint: Any, limits: dict[str, float], value: Any) -> Any:
     """``value`` as a ``hint`` within ``limits`` (an integral float becomes an int, an int a
     float), else ConfigError naming ``name``."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union  # Literal | None
+    options = typing.get_args(hint) if union else (hint,)
     if value is None:
         if type(None) in options:
             return None
@@ -132,7 +133,11 @@ class QueueSettings(Declared):
     """
 
     table: str | None = setting(None, "the queue's table")
-    url: str | None = setting(None, "the database (mysql://…, sqlite:///…)")
+    url: str | None = setting(None, "the database (mysql://…, postgresql://…, sqlite:///…)")
+    sslca: str | None = setting(None, "CA file verifying the database server's TLS certificate")
+    ssl_mode: Literal["disabled", "preferred", "required", "verify_ca", "verify_identity"] | None = setting(
+        None, "TLS to the database: unset or verify_identity checks the certificate and host name"
+    )
     alive_time: int = setting(
         300, "seconds a lease lasts unless the poll asks otherwise", ge=1, le=MAX_DURATION
     )
@@ -188,6 +193,8 @@ class WorkerSettings(Declared):
     child_heartbeat_limit: float = setting(10.0, "seconds of silence after which a child is frozen", gt=0)
     child_fork_frequency_limit: float = setting(5.0, "the fewest seconds between forks of a child", gt=0)
     detach_wait: float = setting(10.0, "seconds a detaching supervisor waits", gt=0)
+    replace_on_cont: bool = setting(False, "SIGCONT starts a graceful binary replace, as in the original")
+    """Off by default: a shell sends CONT on its own (``fg`` after Ctrl-Z, ``timeout``)."""
     max_request_per_child: int | None = setting(None, "tasks after which a child is replaced", ge=1)
     task_prefetch: int = setting(0, "extra tasks a child acquires with each poll", ge=0)
     log: str | None = setting(None, "the log file (None: stderr)")
@@ -202,5 +209,19 @@ CONNECTION_KEYS = frozenset({"type", "url", "queue", "token", "timeout", "retrie
 (or, with ``rdb_compat``, the database's) url, the queue's name, the API key, the request
 timeout and the retries of a failed request."""
 
-BACKEND_KEYS = CONNECTION_KEYS | QUEUE_KEYS
-"""The keys :func:`perfectqueue.open` reads: how to reach the queue, and (direct backend) its settings."""
+ORIGINAL_ONLY = {
+    "child_heartbeat_kill_delay": "a silent child is killed after child_heartbeat_limit",
+    "child_keepalive_interval": "children report every child_heartbeat_interval",
+    "pq_connect_timeout": "the SDK's timeout bounds a request, the service bounds its connections",
+    "connect_timeout": "the SDK's timeout bounds a request, the service bounds its connections",
+    "use_connection_pooling": "the service pools its connections, see pool_size",
+    "debug": "use --log-level debug",
+    "logger": "the worker logs to the file named by log, else to stderr",
+    "daemon": "run the worker under a process manager such as systemd or Kubernetes",
+}
+"""Keys the original reads that mean nothing here, with what takes their place: every command
+accepts them and says in one info line that it ignores them (tables and files stay shared)."""
+
+BACKEND_KEYS = CONNECTION_KEYS | QUEUE_KEYS | {"queues"}
+"""The keys :func:`perfectqueue.open` reads: how to reach the queue, and (direct backend) its
+settings, or the service's ``queues`` among which ``queue`` names the one to open."""

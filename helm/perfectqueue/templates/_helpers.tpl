@@ -68,6 +68,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- $_ = set $config "port" (int .Values.service.port) }}
 {{- $_ = set $config "shutdown_grace" .Values.service.shutdownGrace }}
 {{- $_ = set $config "log_format" .Values.logFormat }}
+{{- $_ = set $config "sqs" .Values.sqs.enabled }}
+{{- $_ = set $config "sqs_clock_skew" (int .Values.sqs.clockSkew) }}
 {{- if .Values.service.insecure }}
 {{- $_ = set $config "insecure" true }}
 {{- end }}

@@ -1,0 +1,161 @@
+"""PostgreSQL's part of the store (psycopg 3): its engine, its clock, its lock, what its errors mean.
+
+The rest of the store speaks SQLAlchemy Core; what PostgreSQL does differently from MariaDB and
+SQLite is answered here, one function per difference, and :class:`.database.Database` asks.
+
+- The clock is ``statement_timestamp()`` in whole seconds (floored, as ``UNIX_TIMESTAMP()`` is):
+  the statement's own start, not the transaction's (``now()``), so a transaction that waited
+  for a lock leases from the time it got it.
+- The table's named lock (fair acquisition, ``acquire_lock: get_lock``) is a transaction-level
+  advisory lock, ``pg_advisory_xact_lock(key)``, taken as the transaction's first statement and
+  released by its commit or rollback; the key is a stable 64-bit hash of the table's name. A
+  session waits at most ``lock_timeout`` for it, or for a row lock: 10 s, or less than the
+  statement deadline (``statement_timeout``), so that the lock's own timeout answers first.
+- Errors are told by their SQLSTATE: serialization failures and deadlocks are retried; a
+  statement or lock timeout answers 503 at once (waiting again would take as long); the classes
+  of data exceptions and program limits are refusals no retry can change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+RETRYABLE = {"40001", "40P01"}  # serialization failure, deadlock detected
+TIMED_OUT = {"57014", "55P03"}  # statement_timeout, lock_timeout: waiting again would take as long
+DUPLICATE_KEY = "23505"
+MISSING_TABLE = "42P01"
+TOO_LARGE_CLASS = "54"  # program limit exceeded: statement too complex, too many arguments, …
+REFUSED = {"42601", "42804", "42883"}  # syntax error, datatype mismatch, undefined function
+REFUSED_CLASS = "22"  # data exception: a value out of range, too long, or not valid text
+INIT_LOCK = "perfectqueue init"
+PREFIXES = ("postgresql+psycopg://", "postgresql://", "postgres://")
+URL_PREFIX = "postgresql+psycopg://"
+
+
+class PoolSizes(Protocol):
+    @property
+    def size(self) -> int: ...
+    @property
+    def overflow(self) -> int: ...
+    @property
+    def timeout(self) -> float: ...
+
+
+def normalize_url(url: str) -> str | None:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3 here; None for another database's url."""
+    for prefix in PREFIXES:
+        if url.startswith(prefix):
+            return URL_PREFIX + url[len(prefix) :]
+    return None
+
+
+def create_engine(url: str, pool: PoolSizes, deadline: float | None, lock_wait: int) -> Engine:
+    """``deadline``: PostgreSQL's ``statement_timeout`` (a statement running longer is cancelled,
+    SQLSTATE 57014: answered 503, not retried); ``lock_wait``: its ``lock_timeout``, in seconds."""
+    options = f"-c lock_timeout={lock_wait * 1000}"
+    if deadline is not None:
+        options += f" -c statement_timeout={math.ceil(deadline * 1000)}"
+    return sa.create_engine(
+        url,
+        pool_size=pool.size,
+        max_overflow=pool.overflow,
+        pool_timeout=pool.timeout,
+        pool_recycle=3600,
+        pool_reset_on_return=None,  # every use ends its transaction itself, as on MariaDB
+        isolation_level="READ COMMITTED",
+        connect_args={"connect_timeout": 5, "options": options},
+    )
+
+
+def lift(conn: Connection) -> None:
+    """No statement deadline for the rest of ``conn``'s transaction (schema changes: an index
+    built on a large table takes minutes)."""
+    conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
+
+
+def now() -> sa.ColumnElement[int]:
+    """The database's clock in whole unix seconds."""
+    epoch = sa.extract("epoch", sa.func.statement_timestamp())
+    return sa.cast(sa.func.floor(epoch), sa.Integer)
+
+
+def precise_now() -> sa.TextClause:
+    """The database's clock to the microsecond, in unix seconds (the clock now, not the statement's)."""
+    return sa.text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")
+
+
+def lock_key(name: str) -> int:
+    """The advisory lock key of a name: a signed 64-bit hash, the same in every process."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def take_lock(conn: Connection, name: str) -> None:
+    """The named lock until the transaction ends (waits at most ``lock_timeout``)."""
+    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key(name))))
+
+
+@contextmanager
+def init_lock(engine: Engine) -> Iterator[None]:
+    """One ``init`` at a time on this database: PostgreSQL's DDL may fail on a catalog's unique
+    index when two sessions create the same table, column or index at once."""
+    with engine.connect() as conn:
+        conn.execute(sa.text("SET lock_timeout = 0"))
+        conn.execute(sa.select(sa.func.pg_advisory_lock(lock_key(INIT_LOCK))))
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(sa.select(sa.func.pg_advisory_unlock(lock_key(INIT_LOCK))))
+            conn.execute(sa.text("RESET lock_timeout"))
+            conn.commit()
+
+
+def is_own_error(exc: DBAPIError) -> bool:
+    """Did psycopg raise it?"""
+    return type(exc.orig).__module__.startswith("psycopg")
+
+
+def sqlstate(exc: DBAPIError) -> str | None:
+    state: Any = getattr(exc.orig, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+def is_retryable(exc: DBAPIError) -> bool:
+    return sqlstate(exc) in RETRYABLE
+
+
+def timed_out(exc: DBAPIError) -> bool:
+    return sqlstate(exc) in TIMED_OUT
+
+
+def is_duplicate_key(exc: DBAPIError) -> bool:
+    return sqlstate(exc) == DUPLICATE_KEY
+
+
+def is_missing_table(exc: DBAPIError) -> bool:
+    return sqlstate(exc) == MISSING_TABLE
+
+
+def is_too_large(exc: DBAPIError) -> bool:
+    state = sqlstate(exc)
+    return state is not None and state.startswith(TOO_LARGE_CLASS)
+
+
+def is_refused(exc: DBAPIError) -> bool:
+    """Refused for good."""
+    state = sqlstate(exc)
+    return state is not None and (state in REFUSED or state.startswith(REFUSED_CLASS))
+
+
+def is_nul_text(exc: DBAPIError) -> bool:
+    """psycopg refused to send text with a NUL character, which PostgreSQL's text cannot hold
+    (so no row has it: the request names what cannot exist)."""
+    return is_own_error(exc) and sqlstate(exc) is None and "NUL" in str(exc.orig)

@@ -336,7 +336,7 @@ class QueueRuntime:
 
     async def resume(self) -> None:
         await self._call(self.store.resume)
-        self.polls.notify()  # the long-polls waiting here look at once
+        self._woke()  # the waiting tasks are deliverable again: the long-polls here and elsewhere look
 
     async def users(self, users: int) -> list[UserLoad]:
         return await self._call(self.store.users, users, self.service.metrics_count_limit)

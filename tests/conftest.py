@@ -109,7 +109,8 @@ def store(database: Database, table_name: str) -> QueueStore:
 
 def drop_table(db: Database, table: str) -> None:
     with db.engine.begin() as conn:
-        conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+        quoted = conn.dialect.identifier_preparer.quote_identifier(table)
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {quoted}"))
 
 
 def db_now(store: QueueStore) -> int:

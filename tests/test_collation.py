@@ -63,3 +63,24 @@ def test_init_binary_collation_converts_an_original_table(original: QueueStore, 
     assert sorted(a.task.user or "" for a in original.acquire(10, 60)) == ["Acme", "acme"]
     assert original.get("r7.2").id == "r7.2"
     assert original.init(binary_collation=True) == []  # converted once
+
+
+@pytest.mark.parametrize("name", ["pq-tasks", "9queue", "q$1", "t" * 63])
+def test_table_names_the_original_can_use_work(db_url: str, name: str) -> None:
+    """Quoted everywhere: the table, its indexes (hashed past 64 characters), the lock, the hints."""
+    if db_url.startswith("postgresql") and len(name) > 63:
+        pytest.skip("PostgreSQL's names hold 63 bytes")
+    db = Database(db_url)
+    store = QueueStore(db, name)
+    try:
+        store.init()
+        for n in range(3):
+            store.submit(NewTask(id=f"t{n}", type="t", user="u", max_running=2))
+        leased = store.acquire(10, 60)
+        assert len(leased) == 2  # fair: the user's max_running, under the table's lock
+        store.finish(leased[0].task.id, leased[0].lease)
+        assert store.counts().waiting == 1
+        assert store.init() == []  # every index found again by its derived name
+    finally:
+        drop_table(db, name)
+        db.dispose()

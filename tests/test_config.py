@@ -253,7 +253,8 @@ def test_unknown_key_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "table", ["x; DROP TABLE y", "x`; DROP TABLE y; --", "a-b", "1abc", "", "a.b", "t" * 47, "tâble"]
+    "table",
+    ["x; DROP TABLE y", "x`; DROP TABLE y; --", "x'y", 'x"y', "a b", "", "a.b", "a/b", "t" * 65, "tâble"],
 )
 def test_bad_table_name_is_refused(table: str) -> None:
     refused({"table": table}, "table name")
@@ -408,11 +409,12 @@ def test_table_and_queues_together_are_refused() -> None:
 
 
 def test_a_queue_whose_name_is_no_table_name_must_name_its_table() -> None:
-    with pytest.raises(ConfigError, match="queue 'mail-out' needs a 'table'"):
-        settings_from({"queues": {"mail-out": {}}})
+    with pytest.raises(ConfigError, match=r"queue 'mail\.out' needs a 'table'"):
+        settings_from({"queues": {"mail.out": {}}})
     assert (
-        settings_from({"queues": {"mail-out": {"table": "mail_out"}}}).queue("mail-out").table == "mail_out"
+        settings_from({"queues": {"mail.out": {"table": "mail_out"}}}).queue("mail.out").table == "mail_out"
     )
+    assert settings_from({"queues": {"mail-out": {}}}).queue("mail-out").table == "mail-out"
 
 
 def test_the_readmes_example_settings_load() -> None:

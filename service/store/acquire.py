@@ -96,7 +96,7 @@ class Acquisition:
                 .where(self._waiting(now))
                 .order_by(self._t.timeout)
                 .limit(sa.bindparam("limit", type_=sa.Integer))
-                .with_hint(self.table, f"FORCE INDEX ({timeout_index(self.table.name)})", "mysql")
+                .with_hint(self.table, f"FORCE INDEX (`{timeout_index(self.table.name)}`)", "mysql")
             )
             self._oldest = self._lock_rows(query, skip_locked=self.lock_name() is None)
         return conn.execute(self._oldest, {"limit": limit}).all()
@@ -220,7 +220,7 @@ class Acquisition:
         return self._hinted(query) if self._has_resource_index(conn) else query
 
     def _hinted(self, query: sa.Select[Any]) -> sa.Select[Any]:
-        return query.with_hint(self.table, f"FORCE INDEX ({resource_index(self.table.name)})", "mysql")
+        return query.with_hint(self.table, f"FORCE INDEX (`{resource_index(self.table.name)}`)", "mysql")
 
     def _has_resource_index(self, conn: Connection) -> bool:
         """Known once seen: hinting a missing index is an error, and a table the original created

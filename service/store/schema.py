@@ -23,30 +23,39 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from ...errors import ConfigError, UnavailableError
 from .database import Database
 from .model import LAST_ERROR_CHARS
+from .names import fitted
 
-TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,45}")
-"""Table names: letters, digits and underscores, so that every index name fits in 64 chars."""
+TABLE_NAME = re.compile(r"[A-Za-z0-9_$-]{1,64}")
+"""Table names: 1 to 64 letters, digits, ``_``, ``$`` or ``-``, a digit first or not (``pq-tasks``,
+``9queue``): every name MySQL takes quoted that the original's SQL (which quotes it with
+backticks and puts it in a string for ``GET_LOCK``) can use, and nothing that could end a quote.
+PostgreSQL's identifiers hold 63 bytes: a longer name is refused there (:func:`build_table`)."""
+MAX_IDENTIFIER = 64  # MySQL's, for index names too
+POSTGRES_MAX_IDENTIFIER = 63
 
 
 def check_table_name(name: str) -> str:
     if not isinstance(name, str) or not TABLE_NAME.fullmatch(name):
-        raise ConfigError(
-            f"invalid table name {name!r}: use 1 to 46 letters, digits or underscores, "
-            "not starting with a digit"
-        )
+        raise ConfigError(f"invalid table name {name!r}: use 1 to 64 letters, digits, '_', '$' or '-'")
     return name
 
 
+def index_name(table: str, suffix: str) -> str:
+    """``index_<table>_on_<suffix>``, the original's naming, while it fits MySQL's 64 characters;
+    for a longer table name, its first 30 characters and a hash of the whole name."""
+    return fitted("index_", table, f"_on_{suffix}", MAX_IDENTIFIER)
+
+
 def timeout_index(name: str) -> str:
-    return f"index_{name}_on_timeout"
+    return index_name(name, "timeout")
 
 
 def resource_index(name: str) -> str:
-    return f"index_{name}_on_resource"
+    return index_name(name, "resource")
 
 
 def outcome_index(name: str) -> str:
-    return f"index_{name}_on_outcome"
+    return index_name(name, "outcome")
 
 
 EXTENSION_DEFAULTS: dict[str, int | None] = {
@@ -75,6 +84,8 @@ def has_extensions(db: Database, table: sa.Table) -> bool:
 def build_table(name: str, db: Database) -> sa.Table:
     """The table's SQLAlchemy description (for statements; :func:`init_table` creates it)."""
     check_table_name(name)
+    if db.is_postgres and len(name.encode("utf-8")) > POSTGRES_MAX_IDENTIFIER:
+        raise ConfigError(f"invalid table name {name!r}: PostgreSQL's names hold at most 63 bytes")
     return sa.Table(
         name,
         sa.MetaData(),

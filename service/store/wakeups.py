@@ -19,9 +19,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from .names import fitted
+
 log = logging.getLogger("perfectqueue.store")
 
-CHANNEL_PREFIX = "perfectqueue_"  # with a table name of at most 46 characters: within 63
+CHANNEL_PREFIX = "perfectqueue_"
 RECONNECT_WAIT = (0.2, 5.0)  # the first and the longest wait before connecting again
 Heard = Callable[[str, str | None], None]
 """(table, origin): a notification on a table's channel; the origin None after a (re)connection
@@ -29,7 +31,8 @@ Heard = Callable[[str, str | None], None]
 
 
 def channel(table: str) -> str:
-    return CHANNEL_PREFIX + table
+    """The table's notification channel (an identifier: at most 63 bytes, a hash past that)."""
+    return fitted(CHANNEL_PREFIX, table, "", 63)
 
 
 def announce(conn: Connection, table: str, origin: str) -> None:
@@ -71,7 +74,7 @@ class Listener:
             driver.rollback()  # autocommit can only be set outside a transaction
             driver.autocommit = True
             for name in self.tables:
-                driver.execute(f'LISTEN "{name}"')  # of a table name: letters, digits, underscores
+                driver.execute(f'LISTEN "{name}"')  # no quote in a table name
             for table in self.tables.values():
                 self.heard(table, None)
             while not self._stop.is_set():

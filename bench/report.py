@@ -32,15 +32,21 @@ def report(results: dict[str, Any]) -> str:
     s = results["scenarios"]
     lines = [f"Backend: {results['backend']}; machine: {json.dumps(results['machine'])}", ""]
     if "ceiling" in s:
-        lines += ["| ceiling | W | READ COMMITTED (SQLite: serial) | REPEATABLE READ | best | retries |"]
-        lines += ["|---|---|---|---|---|---|"]
+        lines += [
+            "| ceiling | W | READ COMMITTED (SQLite: serial) | REPEATABLE READ | best"
+            " | retries (lease/finish) | missed |"
+        ]
+        lines += ["|---|---|---|---|---|---|---|"]
         for case in (v for v in s["ceiling"].values() if isinstance(v, dict)):
             iso = case["by_isolation"]
             rc, rr = iso.get("READ COMMITTED", iso.get("serial")), iso.get("REPEATABLE READ")
-            retries = sum(v["deadlock_retries"] for v in iso.values())
+            retries = "/".join(
+                str(sum(v.get(f"{k}_retries", 0) for v in iso.values())) for k in ("lease", "finish")
+            )
+            missed = sum(v.get("missed", 0) for v in iso.values())
             lines.append(
                 f"| k={case['k']} | {case['workers']} | {fmt(rc)} | {fmt(rr) if rr else '-'} | "
-                f"{case['tasks_per_s']:,.0f} | {retries} |"
+                f"{case['tasks_per_s']:,.0f} | {retries} | {missed} |"
             )
         lines.append("")
     if "service" in s:

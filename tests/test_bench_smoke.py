@@ -53,6 +53,8 @@ def check(results: dict, backend: str, names: list[str]) -> None:
     assert set(names) <= set(scenarios)
     for case in (v for v in scenarios["ceiling"].values() if isinstance(v, dict)):
         assert {"k", "workers", "tasks_per_s", "by_isolation", "best_isolation"} <= set(case)
+        for drains in case["by_isolation"].values():
+            assert drains["missed"] == 0 and {"lease_retries", "finish_retries"} <= set(drains)
     single = [v for k, v in scenarios["service"].items() if k.startswith("single")]
     assert single and {"drain_tasks_per_s", "submit_tasks_per_s", "service_cpu_pct"} <= set(single[0])
     assert {"median", "spread_pct", "samples"} <= set(single[0]["drain_tasks_per_s"])

@@ -35,6 +35,9 @@ from .task_monitor import TaskMonitor, release
 
 log = logging.getLogger("perfectqueue.worker")
 OpenQueue = Callable[[dict[str, Any]], Queue]
+POLL_MAX = 100
+"""The most tasks one poll may ask for (the service refuses more): a larger ``task_prefetch``
+(or an asyncio processor's ``concurrency``) polls more often."""
 
 
 class Processor:
@@ -121,10 +124,11 @@ class Processor:
             self.monitor.hold([])
 
     def _acquire(self, queue: Queue, count: int) -> list[AcquiredTask]:
-        """Up to ``count`` tasks (at least one), long-polling up to ``poll_interval``."""
+        """Up to ``count`` tasks (at least one, at most the POLL_MAX a poll may ask for),
+        long-polling up to ``poll_interval``."""
         started = time.monotonic()
         interval = self.config.poll_interval
-        count = max(1, count)
+        count = max(1, min(count, POLL_MAX))
         poll = Poll(queue, count, self.config.alive_time, interval, close=lambda: self._close(queue))
         with self.monitor.waking(poll.done):
             poll.start()

@@ -28,6 +28,20 @@ def service_row(case: dict[str, Any]) -> str:
     )
 
 
+def worker_table(worker: dict[str, Any]) -> list[str]:
+    refs = " · ".join(f"{name} {fmt(value)}" for name, value in worker["references"].items())
+    lines = [f"References (tasks/s): {refs}", ""]
+    lines += ["| worker case | tasks | start-up s | drain tasks/s | of service k=10 | missed |"]
+    lines += ["|---|---|---|---|---|---|"]
+    for name, case in worker.items():
+        if isinstance(case, dict) and "startup_s" in case:
+            lines.append(
+                f"| {name} | {case['tasks']:,} | {case['startup_s']['median']:.2f} |"
+                f" {fmt(case['tasks_per_s'])} | {case['of_service_k10_pct']} % | {case['missed']} |"
+            )
+    return [*lines, ""]
+
+
 def report(results: dict[str, Any]) -> str:
     s = results["scenarios"]
     lines = [f"Backend: {results['backend']}; machine: {json.dumps(results['machine'])}", ""]
@@ -58,6 +72,8 @@ def report(results: dict[str, Any]) -> str:
         for case in (v for v in s["service"].values() if isinstance(v, dict)):
             lines.append(service_row(case))
         lines += ["", f"Service peak RSS under load: {s['service'].get('service_peak_rss_mb')} MB", ""]
+    if "worker" in s:
+        lines += worker_table(s["worker"])
     for name in ("latency", "fair", "memory", "scale", "profile"):
         if name in s:
             lines += [f"### {name}", "", "```json", json.dumps(s[name], indent=1), "```", ""]

@@ -28,7 +28,7 @@ def run_bench(*args: str) -> str:
         capture_output=True,
         text=True,
         timeout=90,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
@@ -76,7 +76,11 @@ def check(results: dict, backend: str, names: list[str]) -> None:
             assert fair[0]["lock"] is None
     assert {"peak_rss_mb", "db_connections_with_idle_polls"} <= set(scenarios["memory"])
     assert "cleanup" in scenarios["scale"]
-    assert "median" in scenarios["worker"]["P=1"]["tasks_per_s"]
+    worker = scenarios["worker"]
+    assert {"service k=10", "ceiling k=10"} <= set(worker["references"])
+    for case in ("noop P=1", "sleep 10ms asyncio P=1", "cpu 5ms P=1"):
+        assert worker[case]["missed"] == 0 and "median" in worker[case]["tasks_per_s"]
+        assert worker[case]["startup_s"]["median"] > 0
 
 
 @pytest.mark.slow

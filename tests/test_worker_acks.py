@@ -13,7 +13,7 @@ from sdk_support import wait_for
 
 import perfectqueue
 from perfectqueue.client._http import error_of
-from perfectqueue.errors import AlreadyFinishedError
+from perfectqueue.errors import AlreadyFinishedError, UnavailableError
 from perfectqueue.service.store import QueueStore, TaskStatus
 from perfectqueue.worker.acks import Acks
 from perfectqueue.worker.task import WorkerTask
@@ -137,3 +137,46 @@ def test_a_second_settle_is_refused_without_asking_the_queue(queue: perfectqueue
     acks.start()
     acks.close()
     assert task.outcome == "finished"
+
+
+def unavailable_for(queue: perfectqueue.Queue, calls: int) -> list[str]:
+    """The first ``calls`` requests answer as an unreachable service would (after the SDK's own
+    retries); the operations asked, in order."""
+    ops: list[str] = []
+    execute = queue.backend.execute
+
+    def flaky(call: Any) -> Any:
+        ops.append(call.op)
+        if len(ops) <= calls:
+            raise UnavailableError("the service is out of reach")
+        return execute(call)
+
+    queue.backend.execute = flaky  # type: ignore[method-assign]
+    return ops
+
+
+def test_finishes_the_service_could_not_take_are_sent_again(queue: perfectqueue.Queue) -> None:
+    acks = Acks(queue, batch_size=100, delay=0)
+    tasks = leased(queue, acks, 2)
+    ops = unavailable_for(queue, 1)
+    acks.start()
+    try:
+        for task in tasks:
+            task.finish()
+        wait_for(lambda: all(task.outcome == "finished" for task in tasks), timeout=10)
+    finally:
+        acks.close()
+    assert len(ops) >= 2 and queue.stats().finished == 2  # tried again after the outage
+
+
+def test_at_a_stop_an_unreachable_service_leaves_the_task_to_its_lease(
+    queue: perfectqueue.Queue, store: QueueStore
+) -> None:
+    acks = Acks(queue, batch_size=100, delay=30)
+    (task,) = leased(queue, acks, 1)
+    unavailable_for(queue, 1)
+    acks.start()
+    task.finish()
+    acks.close()
+    assert task.outcome == "unsettled" and task.cancelled.is_set()
+    assert store.get(task.key).status is TaskStatus.RUNNING  # comes back when its lease expires

@@ -19,6 +19,7 @@ import importlib
 import logging
 import re
 import sys
+from collections.abc import Awaitable
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
@@ -59,19 +60,19 @@ class Dispatch(Base):
             return handler
         return None
 
-    def run(self) -> None:
+    def run(self) -> Awaitable[None] | None:
         task = self.task
         try:
             handler = type(self).handler_for(task.type)
         except (ConfigError, ImportError) as exc:
             log.error("%s", logs.fields(event="bad_route", id=task.key, type=task.type, error=exc))
             retry(task)
-            return
+            return None
         if handler is None:
             log.error("%s", logs.fields(event="unknown_type", id=task.key, type=task.type))
             retry(task)
-            return
-        handler(task).execute()
+            return None
+        return handler(task).execute()
 
     @classmethod
     def _resolve(cls, name: str) -> type[Base]:

@@ -28,19 +28,39 @@ def service_row(case: dict[str, Any]) -> str:
     )
 
 
+def worker_table(worker: dict[str, Any]) -> list[str]:
+    refs = " · ".join(f"{name} {fmt(value)}" for name, value in worker["references"].items())
+    lines = [f"References (tasks/s): {refs}", ""]
+    lines += ["| worker case | tasks | start-up s | drain tasks/s | of service k=10 | missed |"]
+    lines += ["|---|---|---|---|---|---|"]
+    for name, case in worker.items():
+        if isinstance(case, dict) and "startup_s" in case:
+            lines.append(
+                f"| {name} | {case['tasks']:,} | {case['startup_s']['median']:.2f} |"
+                f" {fmt(case['tasks_per_s'])} | {case['of_service_k10_pct']} % | {case['missed']} |"
+            )
+    return [*lines, ""]
+
+
 def report(results: dict[str, Any]) -> str:
     s = results["scenarios"]
     lines = [f"Backend: {results['backend']}; machine: {json.dumps(results['machine'])}", ""]
     if "ceiling" in s:
-        lines += ["| ceiling | W | READ COMMITTED (SQLite: serial) | REPEATABLE READ | best | retries |"]
-        lines += ["|---|---|---|---|---|---|"]
+        lines += [
+            "| ceiling | W | READ COMMITTED (SQLite: serial) | REPEATABLE READ | best"
+            " | retries (lease/finish) | missed |"
+        ]
+        lines += ["|---|---|---|---|---|---|---|"]
         for case in (v for v in s["ceiling"].values() if isinstance(v, dict)):
             iso = case["by_isolation"]
             rc, rr = iso.get("READ COMMITTED", iso.get("serial")), iso.get("REPEATABLE READ")
-            retries = sum(v["deadlock_retries"] for v in iso.values())
+            retries = "/".join(
+                str(sum(v.get(f"{k}_retries", 0) for v in iso.values())) for k in ("lease", "finish")
+            )
+            missed = sum(v.get("missed", 0) for v in iso.values())
             lines.append(
                 f"| k={case['k']} | {case['workers']} | {fmt(rc)} | {fmt(rr) if rr else '-'} | "
-                f"{case['tasks_per_s']:,.0f} | {retries} |"
+                f"{case['tasks_per_s']:,.0f} | {retries} | {missed} |"
             )
         lines.append("")
     if "service" in s:
@@ -52,6 +72,8 @@ def report(results: dict[str, Any]) -> str:
         for case in (v for v in s["service"].values() if isinstance(v, dict)):
             lines.append(service_row(case))
         lines += ["", f"Service peak RSS under load: {s['service'].get('service_peak_rss_mb')} MB", ""]
+    if "worker" in s:
+        lines += worker_table(s["worker"])
     for name in ("latency", "fair", "memory", "scale", "profile"):
         if name in s:
             lines += [f"### {name}", "", "```json", json.dumps(s[name], indent=1), "```", ""]

@@ -64,7 +64,11 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
             "profile_k": 10,
             "profile_tasks": 40,
             "processors": [1],
-            "worker_tasks": 10,
+            "worker_tasks": 20,
+            "worker_slow_tasks": 10,
+            "worker_prefetch": 10,
+            "worker_concurrency": 10,
+            "worker_clients": 2,
             "worker_limit_s": 20,
             "sqs_tasks": 200,
         }
@@ -97,8 +101,12 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
         "profile_k": 10,
         "profile_tasks": 20_000,
         "processors": [1, 2, 4],
-        "worker_tasks": 1000,
-        "worker_limit_s": 60,
+        "worker_tasks": 10_000,
+        "worker_slow_tasks": 2000,
+        "worker_prefetch": 100,
+        "worker_concurrency": 100,
+        "worker_clients": 4,
+        "worker_limit_s": 120,
         "sqs_tasks": 10_000,
     }
 
@@ -174,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
             type=int,
             help=f"the service scenario's services' {setting} (default: the service's own)",
         )
+    parser.add_argument("--processors", help="the worker scenario's processor counts (default 1,2,4)")
+    parser.add_argument(
+        "--worker-cases",
+        help="the worker scenario's cases whose name starts with one of these (e.g. noop,sleep)",
+    )
+    parser.add_argument("--worker-tasks", type=int, help="the worker scenario's N of quick tasks")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the harness works")
     parser.add_argument("--out", default="bench-results", help="directory for results (gitignored)")
     parser.add_argument("--plot", action="store_true", help="also write a PNG (needs matplotlib)")
@@ -187,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg["latency_replicas"] = args.latency_replicas
     pool = {"pool_size": args.pool_size, "pool_overflow": args.pool_overflow}
     cfg["service_settings"] = {name: value for name, value in pool.items() if value is not None}
+    if args.processors:
+        cfg["processors"] = [int(p) for p in args.processors.split(",")]
+    cfg["worker_cases"] = args.worker_cases.split(",") if args.worker_cases else [""]
+    if args.worker_tasks:
+        cfg["worker_tasks"] = args.worker_tasks
     if args.fair_backlogs:
         cfg["fair_backlogs"] = [int(b) for b in args.fair_backlogs.split(",")]
     outdir = Path(args.out)

@@ -29,17 +29,20 @@ CALL_METRICS = {
 }
 
 
-def submit(barrier: Any, client: str, queue: str, prefix: str, count: int, batch: int) -> dict[str, Any]:
-    """Submit ``count`` tasks, one per call (batch 0) or ``batch`` per submit-batch call."""
+def submit(
+    barrier: Any, client: str, queue: str, prefix: str, count: int, batch: int, kind: str = "bench"
+) -> dict[str, Any]:
+    """Submit ``count`` tasks of type ``kind``, one per call (batch 0) or ``batch`` per
+    submit-batch call."""
     with Http(client, queue) as http:
         barrier.wait()
         start, cpu = time.time(), time.process_time()
         if batch == 0:
             for i in range(count):
-                http.post("/submit", {"id": f"{prefix}-{i}", "type": "bench"})
+                http.post("/submit", {"id": f"{prefix}-{i}", "type": kind})
         else:
             for lo in range(0, count, batch):
-                tasks = [{"id": f"{prefix}-{i}", "type": "bench"} for i in range(lo, min(count, lo + batch))]
+                tasks = [{"id": f"{prefix}-{i}", "type": kind} for i in range(lo, min(count, lo + batch))]
                 failed = http.post("/submit-batch", {"tasks": tasks})["failed"]
                 assert not failed, failed[:1]
         return {"start": start, "end": time.time(), "count": count, "cpu": time.process_time() - cpu}

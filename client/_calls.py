@@ -227,6 +227,10 @@ class FinishMany(BatchAnswer):
     tasks: list[tuple[str, str]]
     """(key, lease) of each task."""
 
+    @classmethod
+    def of(cls, tasks: Iterable[Held]) -> FinishMany:
+        return cls([(task.key, task.lease) for task in tasks])
+
     def http(self) -> Http:
         return Http("POST", "/finish-batch", {"tasks": _leases(self.tasks)})
 

@@ -72,6 +72,11 @@ class AsyncQueue:
         :meth:`Queue.heartbeat_many <perfectqueue.client.Queue.heartbeat_many>`)."""
         return await self.backend.execute(calls.HeartbeatMany.of(tasks, alive_time))
 
+    async def finish_many(self, tasks: Iterable[AsyncAcquiredTask]) -> BatchResult:
+        """Finish up to 1,000 tasks in one request; per-task results (see
+        :meth:`Queue.finish_many <perfectqueue.client.Queue.finish_many>`)."""
+        return await self.backend.execute(calls.FinishMany.of(tasks))
+
     def __getitem__(self, key: str) -> AsyncTask:
         return AsyncTask(self, key)
 

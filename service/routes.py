@@ -17,7 +17,7 @@ from ..errors import PerfectQueueError, UnknownQueueError
 from . import models as m
 from .config import Scope_
 from .operations import ADMIN, OPERATIONS, Call, Operation, traceparent_of
-from .problems import responses
+from .problems import RETRY_AFTER_SECONDS, responses
 from .runtime import QueueRuntime, Runtime
 from .security import key_of, require
 from .store import Counts, TaskStatus
@@ -112,7 +112,9 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         except PerfectQueueError as exc:
             logging.getLogger("perfectqueue.service").warning("readyz: queue %s: %s", queue.name, exc)
             return JSONResponse(
-                {"status": "unavailable", "detail": "a database did not answer"}, status_code=503
+                {"status": "unavailable", "detail": "a database did not answer"},
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
     return JSONResponse({"status": "ok"})
 

@@ -28,7 +28,10 @@ def run_bench(*args: str) -> str:
         capture_output=True,
         text=True,
         timeout=90,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])},  # this checkout
+        env={  # this checkout first
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        },
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
@@ -54,6 +57,8 @@ def check(results: dict, backend: str, names: list[str]) -> None:
     assert set(names) <= set(scenarios)
     for case in (v for v in scenarios["ceiling"].values() if isinstance(v, dict)):
         assert {"k", "workers", "tasks_per_s", "by_isolation", "best_isolation"} <= set(case)
+        for drains in case["by_isolation"].values():
+            assert drains["missed"] == 0 and {"lease_retries", "finish_retries"} <= set(drains)
     single = [v for k, v in scenarios["service"].items() if k.startswith("single")]
     assert single and {"drain_tasks_per_s", "submit_tasks_per_s", "service_cpu_pct"} <= set(single[0])
     assert {"median", "spread_pct", "samples"} <= set(single[0]["drain_tasks_per_s"])
@@ -75,7 +80,11 @@ def check(results: dict, backend: str, names: list[str]) -> None:
             assert fair[0]["lock"] is None
     assert {"peak_rss_mb", "db_connections_with_idle_polls"} <= set(scenarios["memory"])
     assert "cleanup" in scenarios["scale"]
-    assert "median" in scenarios["worker"]["P=1"]["tasks_per_s"]
+    worker = scenarios["worker"]
+    assert {"service k=10", "ceiling k=10"} <= set(worker["references"])
+    for case in ("noop P=1", "sleep 10ms asyncio P=1", "cpu 5ms P=1"):
+        assert worker[case]["missed"] == 0 and "median" in worker[case]["tasks_per_s"]
+        assert worker[case]["startup_s"]["median"] > 0
 
 
 @pytest.mark.slow

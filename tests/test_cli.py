@@ -130,7 +130,7 @@ def bad_configs(tmp_path: Path) -> dict[str, list[str]]:
         "not UTF-8": ["-c", str(binary)],
         "missing section": ["-c", str(sections), "-e", "staging"],
         "bad table": ["--url", "sqlite:///x.sqlite3", "--table", "x; DROP TABLE y"],
-        "bad url": ["--url", "postgresql://app:hunter2@db/queue"],
+        "bad url": ["--url", "postgresql+psycopg2://app:hunter2@db/queue"],  # a driver not used here
     }
 
 

@@ -235,7 +235,9 @@ def test_concurrent_duplicate_submits_store_one_task_each(
     with running_services(config, tmp_path) as bases:
         args = [(bases, i, singles, batched, 10) for i in range(POLLERS)]
         results = run_processes(submit_all, args, 100, barrier=True)
-        listed = httpx.get(f"{bases[0]}/v1/queues/q/tasks", params={"limit": 1000}, timeout=30)
+        listed = httpx.get(
+            f"{bases[0]}/v1/queues/q/tasks", params={"limit": 1000, "include": "data"}, timeout=30
+        )
 
     winners: dict[str, list[int]] = defaultdict(list)
     for index, result in enumerate(results):

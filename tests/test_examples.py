@@ -58,7 +58,7 @@ def run(args: list[str], cwd: Path, timeout: float) -> str:
 def tasks_of(base: str) -> list[dict[str, Any]]:
     """Every task of the queue, read through the service."""
     with httpx.Client(base_url=base, timeout=10) as client:
-        response = client.get(f"/v1/queues/{QUEUE}/tasks", params={"limit": 1000})
+        response = client.get(f"/v1/queues/{QUEUE}/tasks", params={"limit": 1000, "include": "data"})
     response.raise_for_status()
     page: dict[str, Any] = response.json()
     assert page["next_cursor"] is None

@@ -142,7 +142,7 @@ def test_the_task_monitor_beats_prefetched_tasks_in_one_batch(
     expire_lease(store, "preempted")
     assert [a.task.id for a in store.acquire(1, 60)] == ["preempted"]  # another worker's now
     monitor = TaskMonitor(Signals(), 0.2, 5, lambda: None, lambda: None)
-    monitor.set_task(tasks["running"])
+    monitor.started(tasks["running"])
     monitor.hold(list(tasks.values()))
     monitor.start()
     try:

@@ -60,6 +60,7 @@ def test_readyz_names_no_host_user_or_driver_message(
     with caplog.at_level(logging.WARNING, logger="perfectqueue.service"):
         response = refused.get("/readyz")
     assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"  # as the API's own 503s
     assert response.json() == {"status": "unavailable", "detail": "a database did not answer"}
     for secret in (
         "127.0.0.1",

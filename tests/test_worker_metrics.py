@@ -133,3 +133,30 @@ def test_thread_processors_count_into_the_same_metrics(tmp_path: Path, service: 
         )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+def test_prefetch_depth_and_acknowledgement_batches_are_measured(tmp_path: Path, service: str) -> None:
+    """Ten tasks in one poll (task_prefetch 9), their finishes in one batch (within ack_delay)."""
+    (tmp_path / "pqmetrics.py").write_text(WORKER)
+    port = free_port()
+    config = write_worker_config(
+        tmp_path / "worker.yaml", service, task_prefetch=9, ack_delay=2, metrics_port=port
+    )
+    with perfectqueue.open({"url": service, "queue": "q"}) as queue:
+        queue.submit_many([{"key": f"d{i}", "type": "done"} for i in range(10)])
+    url = f"http://127.0.0.1:{port}/metrics"
+    finished = ("perfectqueue_worker_tasks_total", (("outcome", "finish"),))
+    with worker_process(tmp_path, config, tmp_path / "worker.log", app="pqmetrics:Dispatcher") as proc:
+        samples = wait_for(lambda: (m := scrape(url)) and m.get(finished) == 10 and m, what="ten finishes")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    assert samples[("perfectqueue_worker_poll_tasks_sum", ())] == 10
+    assert (
+        samples[("perfectqueue_worker_poll_tasks_bucket", (("le", "5.0"),))]
+        < (samples[("perfectqueue_worker_poll_tasks_bucket", (("le", "10.0"),))])
+    )  # the poll that brought ten
+    assert samples[("perfectqueue_worker_ack_batch_size_count", ())] == 1
+    assert samples[("perfectqueue_worker_ack_batch_size_sum", ())] == 10
+    waited = samples[("perfectqueue_worker_ack_wait_seconds_sum", ())]
+    assert 1.5 < waited < 10  # held for ack_delay (2 s), the batch not being full
+    assert samples[("perfectqueue_worker_ack_flush_seconds_count", ())] == 1

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Awaitable
 from typing import Any
 
 from ..errors import CancelRequestedError, PerfectQueueError
@@ -40,11 +41,13 @@ class Base:
     def __init__(self, task: WorkerTask) -> None:
         self.task = task
 
-    def run(self) -> None:
-        """Run the task: ``before_perform()``, ``perform()``, ``after_perform()``."""
+    def run(self) -> Awaitable[None] | None:
+        """Run the task: ``before_perform()``, ``perform()``, ``after_perform()``. A handler may
+        define ``async def run(self)`` instead (see docs/worker.md: asyncio processors)."""
         self.before_perform()
         self.perform()
         self.after_perform()
+        return None
 
     def before_perform(self) -> None:
         """Called before :meth:`perform` by the default :meth:`run`."""
@@ -65,15 +68,29 @@ class Base:
         if task.in_hand:
             retry(task, error=report(error))
 
-    def execute(self) -> None:
-        """:meth:`run`, with an escaping exception handed to :meth:`decide`."""
+    def execute(self) -> Awaitable[None] | None:
+        """:meth:`run`, with an escaping exception handed to :meth:`decide`. An ``async def run``
+        makes this an awaitable, which does the same when awaited (the worker awaits it)."""
         try:
-            self.run()
+            pending = self.run()
         except CancelRequestedError:
             raise  # the task was cancelled: not the handler's failure
         except Exception as exc:
-            metrics.task_failed()
-            self.decide(exc)
+            self._failed(exc)
+            return None
+        return None if pending is None else self._execute_async(pending)
+
+    async def _execute_async(self, pending: Awaitable[None]) -> None:
+        try:
+            await pending
+        except CancelRequestedError:
+            raise
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, error: Exception) -> None:
+        metrics.task_failed()
+        self.decide(error)
 
 
 def describe(error: BaseException) -> str:

@@ -22,6 +22,7 @@ import importlib
 import logging
 import re
 import sys
+from collections.abc import Awaitable
 from typing import Any, ClassVar, Literal
 
 from ..errors import ConfigError
@@ -64,20 +65,20 @@ class Dispatch(Base):
             return handler
         return None
 
-    def run(self) -> None:
+    def run(self) -> Awaitable[None] | None:
         task = self.task
         try:
             handler = type(self).handler_for(task.type)
         except (ConfigError, ImportError) as exc:
             log.error("%s", logs.fields(event="bad_route", id=task.key, type=task.type, error=exc))
             retry(task)
-            return
+            return None
         if handler is None:
             log.error("%s", logs.fields(event="unknown_type", id=task.key, type=task.type))
             error = f"UnknownType: no route of {type(self).__name__} matches the type {task.type!r}"
             retry(task, error=error, dead=type(self).unknown_type == "dead")
-            return
-        handler(task).execute()
+            return None
+        return handler(task).execute()
 
     @classmethod
     def _resolve(cls, name: str) -> type[Base]:

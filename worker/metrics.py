@@ -29,6 +29,8 @@ class _Channel:
 
 
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+COUNT_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+FLUSH_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 5)
 
 
 def task_done(outcome: str, seconds: float) -> None:
@@ -45,6 +47,17 @@ def task_failed() -> None:
 def poll_failed() -> None:
     """A poll for tasks failed (the service or the network)."""
     _send("poll_error")
+
+
+def polled(tasks: int) -> None:
+    """A poll answered ``tasks`` tasks (at most 1 + ``task_prefetch``)."""
+    _send(f"poll {tasks}")
+
+
+def acks_sent(tasks: int, waited: float, seconds: float) -> None:
+    """The acknowledger sent ``tasks`` finishes and retries: the oldest had waited ``waited``
+    seconds to be sent, and the requests took ``seconds``."""
+    _send(f"acks {tasks} {waited:.6f} {seconds:.6f}")
 
 
 def _send(line: str) -> None:
@@ -77,6 +90,31 @@ class WorkerMetrics:
             registry=r,
         )
         self.poll_errors = Counter("perfectqueue_worker_poll_errors", "Polls that failed.", registry=r)
+        self.poll_tasks = Histogram(
+            "perfectqueue_worker_poll_tasks",
+            "Tasks each poll brought: the prefetch depth (at most 1 + task_prefetch).",
+            buckets=COUNT_BUCKETS,
+            registry=r,
+        )
+        self.ack_batch = Histogram(
+            "perfectqueue_worker_ack_batch_size",
+            "Finishes and retries sent together by a child's acknowledger.",
+            buckets=COUNT_BUCKETS,
+            registry=r,
+        )
+        self.ack_wait = Histogram(
+            "perfectqueue_worker_ack_wait_seconds",
+            "Seconds the oldest acknowledgement of a batch waited to be sent (ack_delay at most when"
+            " the service keeps up).",
+            buckets=FLUSH_BUCKETS,
+            registry=r,
+        )
+        self.ack_flush = Histogram(
+            "perfectqueue_worker_ack_flush_seconds",
+            "Seconds the requests of one batch of acknowledgements took.",
+            buckets=FLUSH_BUCKETS,
+            registry=r,
+        )
         self.restarts = Counter(
             "perfectqueue_worker_child_restarts",
             "Children replaced after they exited, by reason (crashed, frozen, recycled, restart).",
@@ -114,6 +152,12 @@ class WorkerMetrics:
             self.failures.inc()
         elif words == ["poll_error"]:
             self.poll_errors.inc()
+        elif words[:1] == ["poll"] and len(words) == 2:
+            self.poll_tasks.observe(int(words[1]))
+        elif words[:1] == ["acks"] and len(words) == 4:
+            self.ack_batch.observe(int(words[1]))
+            self.ack_wait.observe(float(words[2]))
+            self.ack_flush.observe(float(words[3]))
 
     def child_restarted(self, reason: str) -> None:
         self.restarts.labels(reason).inc()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from ..client import AcquiredTask, Queue
 from ..errors import PerfectQueueError
@@ -28,8 +29,13 @@ log = logging.getLogger("perfectqueue.worker")
 class Poll:
     """One ``poll_multi`` call on a thread; ``done`` is set when it answered (or to wake the waiter)."""
 
-    def __init__(self, queue: Queue, count: int, alive_time: int, wait: float) -> None:
+    def __init__(
+        self, queue: Queue, count: int, alive_time: int, wait: float, close: Callable[[], None] | None = None
+    ) -> None:
         self.queue, self.count, self.alive_time, self.wait = queue, count, alive_time, wait
+        self.close = close or queue.close
+        """Closes the queue once an abandoned poll has given back its tasks (the processor's
+        closes its acknowledger first, which may still be sending on the same queue)."""
         self.done = threading.Event()
         self._lock = threading.Lock()
         self._answered = self._abandoned = False
@@ -72,4 +78,4 @@ class Poll:
                 log.info("%s", logs.fields(event="release", id=task.key, type=task.type, reason="stopping"))
             except PerfectQueueError as exc:
                 log.warning("%s", logs.fields(event="release_failed", id=task.key, error=exc))
-        self.queue.close()
+        self.close()

@@ -4,7 +4,8 @@
         poll up to 1 + task_prefetch tasks, long-polling up to poll_interval (so the interval
         applies only when the queue is empty; a stop ends the wait at once, see :mod:`.polling`);
         run them one after another under the task monitor, which keeps every one of them leased
-        while it waits its turn
+        while it waits its turn; their finishes and retries go to the acknowledger (:mod:`.acks`),
+        which sends them merged in the background while the next ones run
 
 A graceful stop lets the running task finish and takes no more: the tasks in hand that have not
 started (prefetched, or returned by a poll after the stop was requested) are released at once.
@@ -23,6 +24,7 @@ from typing import Any
 from ..client import AcquiredTask, Queue
 from ..errors import PerfectQueueError
 from . import logs, metrics
+from .acks import Acks
 from .application import Base
 from .config import WorkerConfig
 from .polling import Poll
@@ -33,6 +35,9 @@ from .task_monitor import TaskMonitor, release
 
 log = logging.getLogger("perfectqueue.worker")
 OpenQueue = Callable[[dict[str, Any]], Queue]
+POLL_MAX = 100
+"""The most tasks one poll may ask for (the service refuses more): a larger ``task_prefetch``
+(or an asyncio processor's ``concurrency``) polls more often."""
 
 
 class Processor:
@@ -57,17 +62,39 @@ class Processor:
         self.runner = Runner(application, self.monitor, config)
         self.handled = 0
         self.abandoned_poll = False
+        self.acks: Acks | None = None
 
     def run(self) -> None:
         queue = self.open_queue(self.config.backend)
+        acks = self.acks = self.runner.acks = self.monitor.acks = Acks(
+            queue, self.config.ack_batch_size, self.config.ack_delay
+        )
+        acks.start()
         self.monitor.start()
         try:
-            while not self.monitor.stopping() and not self._recycle():
-                self._run_batch([self.runner.wrap(task) for task in self._acquire(queue)])
+            self._work(queue)
         finally:
+            acks.close()  # what was finished is told to the queue before the processor ends
             self.monitor.stop()
-            if not self.abandoned_poll:
+            if not self.abandoned_poll:  # else the poll closes it once it has answered
                 queue.close()
+
+    def _work(self, queue: Queue) -> None:
+        while not self.monitor.stopping() and not self._recycle():
+            batch = self._acquire(queue, self._allowed(1 + self.config.task_prefetch))
+            self._run_batch([self.runner.wrap(task) for task in batch])
+
+    def _allowed(self, count: int) -> int:
+        """``count``, or fewer when ``max_request_per_child`` leaves fewer tasks to run."""
+        limit = self.config.max_request_per_child
+        return count if limit is None else max(0, min(count, limit - self.handled))
+
+    def _close(self, queue: Queue) -> None:
+        """An abandoned poll's end: close the queue, once the acknowledger has sent what it had
+        (the two share the queue's connections)."""
+        if self.acks is not None:
+            self.acks.close()
+        queue.close()
 
     def _recycle(self) -> bool:
         if self._used_up():
@@ -96,13 +123,13 @@ class Processor:
         finally:
             self.monitor.hold([])
 
-    def _acquire(self, queue: Queue) -> list[AcquiredTask]:
+    def _acquire(self, queue: Queue, count: int) -> list[AcquiredTask]:
+        """Up to ``count`` tasks (at least one, at most the POLL_MAX a poll may ask for),
+        long-polling up to ``poll_interval``."""
         started = time.monotonic()
         interval = self.config.poll_interval
-        count = 1 + self.config.task_prefetch
-        if self.config.max_request_per_child is not None:  # acquire no more than it will run
-            count = max(1, min(count, self.config.max_request_per_child - self.handled))
-        poll = Poll(queue, count, self.config.alive_time, interval)
+        count = max(1, min(count, POLL_MAX))
+        poll = Poll(queue, count, self.config.alive_time, interval, close=lambda: self._close(queue))
         with self.monitor.waking(poll.done):
             poll.start()
             poll.done.wait()
@@ -115,6 +142,7 @@ class Processor:
         if tasks is None:  # a stop was requested: the poll is left behind, and closes the queue
             self.abandoned_poll = True
             return []
+        metrics.polled(len(tasks))
         if not tasks:  # a backend without long-polls, or an error: wait out the interval here
             with self.monitor.waking(threading.Event()) as stop:
                 stop.wait(interval - (time.monotonic() - started))

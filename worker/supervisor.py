@@ -31,6 +31,7 @@ from typing import Any
 from ..errors import PerfectQueueError
 from . import logs
 from .application import Base
+from .aprocessor import AsyncProcessor
 from .children import Child, ChildMain, ForkedChild, ThreadChild
 from .config import WorkerConfig
 from .metrics import WorkerMetrics
@@ -219,7 +220,7 @@ class Supervisor:
 
     def _start(self, slot: Slot) -> None:
         config = self.config
-        kind = ForkedChild if config.processor_type == "process" else ThreadChild
+        kind = ThreadChild if config.processor_type == "thread" else ForkedChild
         logs.flush()
         try:
             slot.child = kind(
@@ -233,7 +234,8 @@ class Supervisor:
 
     def _child_main(self, config: WorkerConfig) -> ChildMain:
         def main(signals: Signals, beat: Callable[[], None], on_immediate_stop: Callable[[], None]) -> None:
-            processor = Processor(
+            kind = AsyncProcessor if config.processor_type == "asyncio" else Processor
+            processor = kind(
                 self.application,
                 config,
                 self.open_queue,

@@ -18,7 +18,14 @@ Besides the SDK's ``key``, ``type``, ``data``, ``user``, ``lease``, ``finish()``
 - ``config``: the worker's configuration as loaded (your own keys included), reloaded on restart.
 - ``outcome``: ``None`` while the task is in hand, then ``"finished"``, ``"retried"``,
   ``"dead"`` (retried on its last attempt, see ``last_attempt``), ``"released"``,
-  ``"cancelled"`` or ``"preempted"``.
+  ``"cancelled"``, ``"preempted"`` or ``"unsettled"`` (the queue could not be told: the task
+  comes back after its lease).
+
+With an :class:`Acknowledger` (the worker's :mod:`.acks`), ``finish()`` and ``retry()`` return at
+once: the task is handed over to be sent with others, ``acknowledging`` until the queue answers,
+and ``outcome`` is set from that answer (see :meth:`WorkerTask.acknowledged`). A second
+``finish()``, ``retry()`` or ``release()`` raises :class:`~perfectqueue.errors.AlreadyFinishedError`
+without asking the queue. ``release()`` is always sent at once (a stop waits for it).
 
 Calls are serialised with the task monitor's heartbeats by a lock.
 """
@@ -28,13 +35,18 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from ..client import AcquiredTask
 from ..client._types import Leased
-from ..errors import CancelRequestedError, PreemptedError
+from ..errors import AlreadyFinishedError, CancelRequestedError, PerfectQueueError, PreemptedError, TaskError
+
+
+class Acknowledger(Protocol):
+    def put(self, task: WorkerTask, call: Callable[[], None] | None) -> None:
+        """Send ``task``'s acknowledgement later: a finish (``call`` None) or ``call``."""
 
 
 class WorkerTask(AcquiredTask):
@@ -44,16 +56,20 @@ class WorkerTask(AcquiredTask):
         retry_wait: int | None,
         alive_time: int,
         config: Mapping[str, Any] | None = None,
+        acks: Acknowledger | None = None,
     ) -> None:
         super().__init__(task.queue, Leased(task.acquired, task.lease))
         self.default_retry_wait, self.alive_time = retry_wait, alive_time
         self.config: Mapping[str, Any] = config or {}
         self.cancelled = threading.Event()
         self.outcome: str | None = None
+        self.acks = acks
+        self._acknowledging: str | None = None  # the outcome asked for, until the queue answers
+        self._on_settled: Callable[[WorkerTask], None] | None = None
         self.started = time.monotonic()
         self._lock = threading.RLock()
         self._cancel_requested = task.acquired.cancel_requested
-        self._handler_thread: int | None = None
+        self._interrupt: Callable[[], None] | None = None
         self._interrupted = False
 
     @property
@@ -71,36 +87,48 @@ class WorkerTask(AcquiredTask):
                 return
             self._cancel_requested = True
             self.cancelled.set()
-            if self._handler_thread is not None and not self._interrupted:
+            if self._interrupt is not None and not self._interrupted:
                 self._interrupted = True
-                _raise_in(self._handler_thread, CancelRequestedError)
+                self._interrupt()
 
     @contextmanager
-    def handling(self) -> Iterator[None]:
-        """While the handler runs in this thread, a cancel interrupts it (see request_cancel)."""
+    def handling(self, interrupt: Callable[[], None] | None = None) -> Iterator[None]:
+        """While the handler runs, a cancel interrupts it (see request_cancel): by ``interrupt``
+        (an asyncio processor cancels the handler's asyncio task), else by raising
+        CancelRequestedError in this thread."""
         with self._lock:
             if self._cancel_requested:
                 raise CancelRequestedError(f"task {self.key} was cancelled before its handler started")
-            self._handler_thread = threading.get_ident()
+            thread = threading.get_ident()
+            self._interrupt = interrupt or (lambda: _raise_in(thread, CancelRequestedError))
         try:
             yield
         finally:
             with self._lock:
-                self._handler_thread = None
-                if self._interrupted:
-                    _raise_in(threading.get_ident(), None)  # clear one not delivered yet
+                self._interrupt = None
+                if self._interrupted and interrupt is None:
+                    _raise_in(thread, None)  # clear one not delivered yet
 
     @property
     def in_hand(self) -> bool:
-        return self.outcome is None
+        return self.outcome is None and self._acknowledging is None
+
+    @property
+    def acknowledging(self) -> bool:
+        """Finished or retried, and the queue has not answered yet."""
+        return self._acknowledging is not None
 
     def finish(self) -> None:
-        self._settle("finished", super().finish)
+        self._settle("finished", self.send_finish, batched=True)
+
+    def send_finish(self) -> None:
+        """The finish call itself (the acknowledger's, when a batch is not possible)."""
+        super().finish()
 
     def retry(self, retry_wait: int | None = None, error: str | None = None, *, dead: bool = False) -> None:
         wait = self.default_retry_wait if retry_wait is None else retry_wait
         outcome = "dead" if dead or self.last_attempt else "retried"
-        self._settle(outcome, lambda: AcquiredTask.retry(self, wait, error, dead=dead))
+        self._settle(outcome, lambda: AcquiredTask.retry(self, wait, error, dead=dead), batched=False)
 
     @property
     def last_attempt(self) -> bool:
@@ -111,7 +139,7 @@ class WorkerTask(AcquiredTask):
         return limit is not None and self.attempts >= limit
 
     def release(self) -> None:
-        self._settle("released", super().release)
+        self._settle("released", super().release, batched=None)
 
     def heartbeat(self, alive_time: int | None = None) -> None:
         with self._lock:
@@ -137,9 +165,43 @@ class WorkerTask(AcquiredTask):
                 self.outcome = "preempted"
         self.cancelled.set()
 
-    def _settle(self, outcome: str, call: Any) -> None:
+    def acknowledged(self, error: PerfectQueueError | None) -> None:
+        """The queue answered the finish or retry handed to the acknowledger (``error`` None:
+        done); the outcome follows, and whoever waits for it (:meth:`when_settled`) is told."""
+        with self._lock:
+            self.outcome = self._answer(self._acknowledging or "finished", error)
+            self._acknowledging = None
+            done, self._on_settled = self._on_settled, None
+        if done is not None:
+            done(self)
+
+    def when_settled(self, done: Callable[[WorkerTask], None]) -> None:
+        """``done(self)`` once the outcome is known: now, or when the queue answers."""
+        with self._lock:
+            if self._acknowledging is not None:
+                self._on_settled = done
+                return
+        done(self)
+
+    def _answer(self, asked: str, error: PerfectQueueError | None) -> str:
+        if error is None or (isinstance(error, AlreadyFinishedError) and asked == "finished"):
+            return asked
+        if isinstance(error, CancelRequestedError):  # the queue ended it as cancelled
+            self._cancel_requested = True
+        self.cancelled.set()
+        if isinstance(error, CancelRequestedError):
+            return "cancelled"
+        return "preempted" if isinstance(error, TaskError) else "unsettled"
+
+    def _settle(self, outcome: str, call: Callable[[], None], batched: bool | None) -> None:
+        """Settle the task by ``call``: handed to the acknowledger when there is one (as a
+        finish to merge when ``batched``, else as a call of its own; None: never, sent now)."""
         with self._lock:
             self._check_in_hand()
+            if self.acks is not None and batched is not None:
+                self._acknowledging = outcome
+                self.acks.put(self, None if batched else call)
+                return
             try:
                 call()
             except PreemptedError:
@@ -157,6 +219,9 @@ class WorkerTask(AcquiredTask):
             raise PreemptedError(f"task {self.key} was preempted: its lease is held by another worker")
         if self.outcome == "cancelled":
             raise CancelRequestedError(f"task {self.key} was cancelled")
+        settled = self._acknowledging or self.outcome
+        if settled is not None:
+            raise AlreadyFinishedError(f"task {self.key} was already {settled} by this worker")
 
 
 def _raise_in(thread_id: int, error: type[BaseException] | None) -> None:

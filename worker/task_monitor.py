@@ -26,6 +26,7 @@ from contextlib import ExitStack, contextmanager
 
 from ..errors import CancelRequestedError, PerfectQueueError, TaskError, UnavailableError
 from . import logs
+from .acks import Acks
 from .signals import Signals
 from .task import WorkerTask
 
@@ -48,8 +49,10 @@ class TaskMonitor:
         self.graceful = threading.Event()
         self.immediate = threading.Event()
         self.detached = False
+        self.acks: Acks | None = None
+        """The processor's acknowledger: flushed before an immediate stop ends the process."""
         self._batch = True  # False once the service refused a batch heartbeat: one per task then
-        self._task: WorkerTask | None = None
+        self._running: list[WorkerTask] = []
         self._held: list[WorkerTask] = []
         self._lock = threading.Lock()
         self._done = threading.Event()
@@ -82,9 +85,14 @@ class TaskMonitor:
         if self._thread is not threading.current_thread():
             self._thread.join()
 
-    def set_task(self, task: WorkerTask | None) -> None:
-        """The task running now (cancelled on an immediate stop), or None between tasks."""
-        self._task = task
+    def started(self, task: WorkerTask) -> None:
+        """``task``'s handler runs now (interrupted on a cancel, cancelled on an immediate stop)."""
+        with self._lock:
+            self._running.append(task)
+
+    def ended(self, task: WorkerTask) -> None:
+        with self._lock:
+            self._running.remove(task)
 
     def hold(self, tasks: list[WorkerTask]) -> None:
         """The tasks in hand, running or waiting their turn: heart-beaten, released on an immediate stop."""
@@ -92,12 +100,9 @@ class TaskMonitor:
             self._held = list(tasks)
 
     def in_hand(self) -> list[WorkerTask]:
-        """The running task and the held ones that are still this processor's."""
-        running = self._task
+        """The running tasks and the held ones that are still this processor's."""
         with self._lock:
-            tasks = list(self._held)
-        if running is not None and running not in tasks:
-            tasks.insert(0, running)
+            tasks = self._running + [task for task in self._held if task not in self._running]
         return [task for task in tasks if task.in_hand]
 
     def _run(self) -> None:
@@ -188,7 +193,7 @@ class TaskMonitor:
             if task.in_hand and not task.cancelled.is_set():
                 log.info("%s", logs.fields(event="cancel_requested", id=task.key, type=task.type))
                 task.request_cancel()
-                if task is not self._task:
+                if task not in self._running:
                     release(task, "cancelled")  # not started: ends cancelled now
         elif isinstance(answer, TaskError):  # preempted, or gone or finished by someone else
             if task.in_hand:
@@ -198,11 +203,12 @@ class TaskMonitor:
             log.warning("%s", logs.fields(event="heartbeat_failed", id=task.key, error=answer))
 
     def _stop_immediately(self) -> None:
-        running = self._task
+        if self.acks is not None:
+            self.acks.close()  # what was finished before the stop is told to the queue
         for task in self.in_hand():
             release(task, "immediate")
-        if running is not None:
-            running.cancelled.set()
+        for task in list(self._running):
+            task.cancelled.set()
         self.on_immediate_stop()
 
 

@@ -181,7 +181,10 @@ class WorkerSettings(Declared):
     """The worker process's keys (the original's, with its defaults, and a few beyond it)."""
 
     processors: int = setting(1, "child processes (or threads)", ge=1)
-    processor_type: Literal["process", "thread"] = setting("process", "children are processes or threads")
+    processor_type: Literal["process", "thread", "asyncio"] = setting(
+        "process", "children are processes, threads, or processes running asyncio handlers"
+    )
+    concurrency: int = setting(10, "handlers an asyncio processor runs at once", ge=1, le=1000)
     poll_interval: float = setting(1.0, "seconds between polls of an idle child", gt=0)
     task_heartbeat_interval: float = setting(2.0, "seconds between a running task's heartbeats", gt=0)
     alive_time: int = _like("alive_time", 300)
@@ -197,6 +200,8 @@ class WorkerSettings(Declared):
     """Off by default: a shell sends CONT on its own (``fg`` after Ctrl-Z, ``timeout``)."""
     max_request_per_child: int | None = setting(None, "tasks after which a child is replaced", ge=1)
     task_prefetch: int = setting(0, "extra tasks a child acquires with each poll", ge=0)
+    ack_batch_size: int = setting(100, "the most finishes a child sends in one request", ge=1, le=1000)
+    ack_delay: float = setting(0.01, "the most seconds a finish waits to be sent with others", ge=0, le=60)
     log: str | None = setting(None, "the log file (None: stderr)")
     log_format: LogFormat = setting("text", "'text' or 'json' (one JSON object per line)")  # noqa: RUF009
     metrics_port: int | None = setting(None, "serve Prometheus metrics on this port", ge=1, le=65535)

@@ -1,0 +1,71 @@
+"""The ceiling scenario's drain (bench/ceiling.py) loses no work when its finish meets a lock
+conflict after the lease was committed: the finish itself is tried again, and counted."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import require_mysql
+
+from bench.ceiling import Statements, finish, lease, transaction
+from bench.common import Backend
+
+pytestmark = pytest.mark.mysql
+
+
+def waiting_transaction(backend: Backend, connection_id: int) -> str | None:
+    """While the connection waits for a lock: which wait (its transaction and when it began)."""
+    rows = backend.execute(
+        "SELECT CONCAT(trx_id, '@', trx_wait_started) FROM information_schema.INNODB_TRX"
+        " WHERE trx_mysql_thread_id = %s AND trx_state = 'LOCK WAIT'",
+        (connection_id,),
+    )
+    return str(rows[0][0]) if rows else None
+
+
+def hold_until_second_wait(backend: Backend, holder: Any, waiter_id: int) -> None:
+    """Keep ``holder``'s row lock until the waiter has timed out once and waits again (a second
+    wait)."""
+    waits: set[str] = set()
+    deadline = time.monotonic() + 30
+    while len(waits) < 2 and time.monotonic() < deadline:
+        if (trx := waiting_transaction(backend, waiter_id)) is not None:
+            waits.add(trx)
+        time.sleep(0.02)
+    holder.rollback()
+
+
+def test_a_finish_that_meets_a_lock_timeout_is_retried_and_finishes(tmp_path: Path) -> None:
+    backend = Backend.create("mysql", tmp_path, require_mysql())
+    table = "t_ceiling_" + uuid.uuid4().hex[:12]
+    backend.create_table(table)
+    try:
+        backend.execute(
+            f"INSERT INTO {table} (id, timeout, data, created_at) VALUES"
+            " ('a', UNIX_TIMESTAMP() - 5, '{}', 1), ('b', UNIX_TIMESTAMP() - 4, '{}', 1)"
+        )
+        drainer, holder = backend.connect("READ COMMITTED"), backend.connect()
+        drainer.cursor().execute("SET SESSION innodb_lock_wait_timeout = 1")
+        stmts = Statements(backend, table, 10)
+        token = secrets.randbelow(2**62) + 1
+        ids, _ = transaction(drainer, stmts, lambda cur: lease(cur, stmts, token))
+        assert sorted(ids) == ["a", "b"]
+        holder.cursor().execute(f"SELECT id FROM {table} WHERE id = 'a' FOR UPDATE")
+        waiter_id = drainer.thread_id()
+        releaser = threading.Thread(target=hold_until_second_wait, args=(backend, holder, waiter_id))
+        releaser.start()
+        _, retries = transaction(drainer, stmts, lambda cur: finish(cur, stmts, ids, token))
+        releaser.join()
+        assert retries >= 1
+        rows = backend.execute(f"SELECT COUNT(*) FROM {table} WHERE created_at IS NULL")
+        assert rows[0][0] == 2  # both finished: nothing left leased for the lease's 300 s
+        drainer.close()
+        holder.close()
+    finally:
+        backend.execute(f"DROP TABLE IF EXISTS {table}")

@@ -43,7 +43,9 @@ class Direct(Protocol):
     def heartbeat_many(self, tasks: list[tuple[str, str]], alive_time: int | None, /) -> BatchResult: ...
     def finish(self, key: str, lease: str, /) -> None: ...
     def finish_many(self, tasks: list[tuple[str, str]], /) -> BatchResult: ...
-    def retry(self, key: str, lease: str, retry_wait: int | None, error: str | None, /) -> None: ...
+    def retry(
+        self, key: str, lease: str, retry_wait: int | None, error: str | None, dead: bool, /
+    ) -> None: ...
     def release(self, key: str, lease: str, /) -> None: ...
     def force_finish(self, key: str, /) -> None: ...
     def cancel(self, key: str, /) -> TaskMetadata: ...
@@ -53,6 +55,7 @@ class Direct(Protocol):
         self, status: str | None, task_type: str | None, user: str | None, cursor: str | None, limit: int, /
     ) -> Page: ...
     def stats(self) -> QueueStats: ...
+    def pause(self, paused: bool, /) -> QueueStats: ...
 
 
 class Held(Protocol):
@@ -246,13 +249,14 @@ class Retry(Acknowledged):
     lease: str
     retry_wait: int | None = None
     error: str | None = None
+    dead: bool = False
 
     def http(self) -> Http:
         body = {"id": self.key, "lease": self.lease, "retry_wait": self.retry_wait, "error": self.error}
-        return Http("POST", "/retry", _present(body))
+        return Http("POST", "/retry", {**_present(body), **({"dead": True} if self.dead else {})})
 
     def direct(self, store: Direct) -> None:
-        store.retry(self.key, self.lease, self.retry_wait, self.error)
+        store.retry(self.key, self.lease, self.retry_wait, self.error, self.dead)
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +366,23 @@ class Stats(Call[QueueStats]):
 
     def direct(self, store: Direct) -> QueueStats:
         return store.stats()
+
+
+@dataclass(frozen=True, slots=True)
+class Pause(Call[QueueStats]):
+    """Pause the queue (``paused``) or resume it; answered by its counts."""
+
+    paused: bool
+    op: ClassVar[str] = "pause"
+
+    def http(self) -> Http:
+        return Http("POST", "/pause" if self.paused else "/resume")
+
+    def parse(self, body: Any) -> QueueStats:
+        return QueueStats.from_json(body)
+
+    def direct(self, store: Direct) -> QueueStats:
+        return store.pause(self.paused)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,18 @@ from typing import Any
 
 from ..settings import QueueSettings
 from ._calls import Call, R
-from ._types import BatchResult, Failure, Leased, Page, QueueStats, SubmitSpec, TaskMetadata
+from ._types import (
+    INSTANTS,
+    STATES,
+    BatchResult,
+    Failure,
+    Leased,
+    Page,
+    QueueStats,
+    SubmitSpec,
+    TaskMetadata,
+    from_unix,
+)
 
 WAIT_STEP = 0.2
 
@@ -76,8 +87,8 @@ class RdbBackend:
         results = self.store.finish_many([(key, int(lease)) for key, lease in tasks])
         return _batch([key for key, _ in tasks], results)
 
-    def retry(self, id: str, lease: str, retry_wait: int | None, error: str | None) -> None:
-        self.store.retry(id, int(lease), retry_wait, error)
+    def retry(self, id: str, lease: str, retry_wait: int | None, error: str | None, dead: bool) -> None:
+        self.store.retry(id, int(lease), retry_wait, error, dead)
 
     def cancel(self, id: str) -> TaskMetadata:
         return _metadata(self.store.cancel(id))
@@ -110,9 +121,15 @@ class RdbBackend:
 
     def stats(self) -> QueueStats:
         counts = self.store.counts()
-        return QueueStats(
-            self.name, counts.waiting, counts.running, counts.finished, counts.dead, counts.capped
-        )
+        states = {name: getattr(counts, name) for name in STATES}
+        return QueueStats(self.name, **states, capped=counts.capped, paused_at=from_unix(counts.paused_at))
+
+    def pause(self, paused: bool) -> QueueStats:
+        if paused:
+            self.store.pause()
+        else:
+            self.store.resume()
+        return self.stats()
 
 
 class AsyncRdbBackend:
@@ -151,8 +168,7 @@ def _metadata(task: Any) -> TaskMetadata:
         data=task.data,
         status=task.status.value,
         user=task.user,
-        created_at=task.created_at,
-        timeout=task.timeout,
+        created_at=from_unix(task.created_at),
         max_running=task.max_running,
         compression=task.compression,
         attempts=task.attempts,
@@ -160,6 +176,8 @@ def _metadata(task: Any) -> TaskMetadata:
         last_error=task.last_error,
         cancel_requested=task.cancel_requested,
         traceparent=task.traceparent,
+        leased=task.leased,
+        **{name: from_unix(getattr(task, name)) for name in INSTANTS},
     )
 
 

@@ -4,6 +4,7 @@ each is read from the service's JSON (the same shapes the direct backend builds 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from ..errors import ERRORS_BY_CODE, PerfectQueueError, UnavailableError
@@ -35,8 +36,8 @@ class TaskMetadata:
     data: dict[str, Any]
     status: Status
     user: str | None = None
-    created_at: int | None = None
-    timeout: int = 0
+    created_at: datetime | None = None
+    """When it was submitted (None once it ended: the table forgets it then)."""
     max_running: int | None = None
     compression: str | None = None
     attempts: int = 0
@@ -46,6 +47,16 @@ class TaskMetadata:
     """The error of the last failed attempt (type and message, truncated)."""
     cancel_requested: bool = False
     traceparent: str | None = None
+    leased: bool = False
+    """Running and held by a worker (a running task nobody holds is scheduled for later)."""
+    due_at: datetime | None = None
+    """When a task nobody holds became (waiting) or becomes (scheduled) deliverable."""
+    lease_expires_at: datetime | None = None
+    """When a leased task's lease ends unless its holder extends it."""
+    finished_at: datetime | None = None
+    """When a finished, dead or cancelled task ended."""
+    expires_at: datetime | None = None
+    """When an ended task's row is deleted (its id free again)."""
 
     @property
     def id(self) -> str:
@@ -58,7 +69,14 @@ class TaskMetadata:
         return self.status == "waiting"
 
     def is_running(self) -> bool:
+        """Not yet due: leased, or scheduled for later (the original's meaning)."""
         return self.status == "running"
+
+    def is_leased(self) -> bool:
+        return self.status == "running" and self.leased
+
+    def is_scheduled(self) -> bool:
+        return self.status == "running" and not self.leased
 
     def is_dead(self) -> bool:
         return self.status == "dead"
@@ -74,8 +92,7 @@ class TaskMetadata:
             data=dict(body.get("data") or {}),
             status=body["status"],
             user=body.get("user"),
-            created_at=body.get("created_at"),
-            timeout=int(body.get("timeout") or 0),
+            created_at=parse_instant(body.get("created_at")),
             max_running=body.get("max_running"),
             compression=body.get("compression"),
             attempts=int(body.get("attempts") or 0),
@@ -83,7 +100,23 @@ class TaskMetadata:
             last_error=body.get("last_error"),
             cancel_requested=bool(body.get("cancel_requested")),
             traceparent=body.get("traceparent"),
+            leased=bool(body.get("leased")),
+            **{name: parse_instant(body.get(name)) for name in INSTANTS},
         )
+
+
+INSTANTS = ("due_at", "lease_expires_at", "finished_at", "expires_at")
+"""The times of :class:`TaskMetadata` beyond ``created_at``, all read the same way."""
+
+
+def parse_instant(value: str | None) -> datetime | None:
+    """An RFC 3339 instant of the service's JSON as an aware datetime (None stays None)."""
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def from_unix(unix: int | None) -> datetime | None:
+    """Whole unix seconds (the store's) as an aware UTC datetime."""
+    return None if unix is None else datetime.fromtimestamp(unix, UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,20 +193,44 @@ class Page:
         return cls([TaskMetadata.from_json(t) for t in body["tasks"]], body["next_cursor"])
 
 
+STATES = ("waiting", "leased", "scheduled", "finished", "dead", "cancelled")
+"""The states a queue's counts tell apart, in the order people read them."""
+
+
 @dataclass(frozen=True, slots=True)
 class QueueStats:
+    """A queue's tasks by state; each count stops at the service's count limit."""
+
     name: str
     waiting: int
-    running: int
+    """Deliverable now."""
+    leased: int
+    """Held by a worker under a lease."""
+    scheduled: int
+    """Due later, held by nobody (``run_at``, a retry's wait)."""
     finished: int
+    """Retained tasks that finished (dead and cancelled ones are counted apart)."""
     dead: int = 0
+    cancelled: int = 0
     capped: tuple[str, ...] = ()
     """The counts that stopped at the service's count limit: there are at least that many."""
+    paused_at: datetime | None = None
+    """When the queue was paused (None: it is not): polls get nothing, submits are accepted."""
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
+
+    @property
+    def running(self) -> int:
+        """The original's running: not yet due, leased or scheduled."""
+        return self.leased + self.scheduled
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> QueueStats:
-        counts = (body["waiting"], body["running"], body["finished"], body.get("dead", 0))
-        return cls(body["name"], *counts, capped=tuple(body.get("capped", ())))
+        counts = {name: int(body.get(name, 0)) for name in STATES}
+        capped, paused_at = tuple(body.get("capped", ())), parse_instant(body.get("paused_at"))
+        return cls(body["name"], **counts, capped=capped, paused_at=paused_at)
 
     def shown(self, name: str) -> str:
         """A count for people: ``10000+`` when it stopped at the limit."""

@@ -103,6 +103,12 @@ class AsyncQueue:
     async def stats(self) -> QueueStats:
         return await self.backend.execute(calls.Stats())
 
+    async def pause(self) -> QueueStats:
+        return await self.backend.execute(calls.Pause(True))
+
+    async def resume(self) -> QueueStats:
+        return await self.backend.execute(calls.Pause(False))
+
 
 class AsyncTask:
     def __init__(self, queue: AsyncQueue, key: str) -> None:
@@ -157,8 +163,10 @@ class AsyncAcquiredTask(AsyncTask):
     async def finish(self) -> None:
         await self.queue.backend.execute(calls.Finish(self.key, self.lease))
 
-    async def retry(self, retry_wait: int | None = None, error: str | None = None) -> None:
-        await self.queue.backend.execute(calls.Retry(self.key, self.lease, retry_wait, error))
+    async def retry(
+        self, retry_wait: int | None = None, error: str | None = None, *, dead: bool = False
+    ) -> None:
+        await self.queue.backend.execute(calls.Retry(self.key, self.lease, retry_wait, error, dead))
 
     async def release(self) -> None:
         await self.queue.backend.execute(calls.Release(self.key, self.lease))

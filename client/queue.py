@@ -106,8 +106,16 @@ class Queue:
         return self.tasks()
 
     def stats(self) -> QueueStats:
-        """Waiting, running and retained finished counts."""
+        """The counts of every state, and whether the queue is paused."""
         return self.backend.execute(calls.Stats())
+
+    def pause(self) -> QueueStats:
+        """Pause the queue: polls get nothing (every replica within a second); submits go on."""
+        return self.backend.execute(calls.Pause(True))
+
+    def resume(self) -> QueueStats:
+        """Resume a paused queue."""
+        return self.backend.execute(calls.Pause(False))
 
 
 class Task:
@@ -176,11 +184,11 @@ class AcquiredTask(Task):
         """Done: never delivered again (AlreadyFinishedError if it already was finished)."""
         self.queue.backend.execute(calls.Finish(self.key, self.lease))
 
-    def retry(self, retry_wait: int | None = None, error: str | None = None) -> None:
+    def retry(self, retry_wait: int | None = None, error: str | None = None, *, dead: bool = False) -> None:
         """Give it back, to be delivered again after ``retry_wait`` s (default: the queue's
         backoff), recording ``error`` as its ``last_error``. If its attempts are used up it is
-        dead instead."""
-        self.queue.backend.execute(calls.Retry(self.key, self.lease, retry_wait, error))
+        dead instead; ``dead`` gives up on it now (dead whatever its attempts)."""
+        self.queue.backend.execute(calls.Retry(self.key, self.lease, retry_wait, error, dead))
 
     def release(self) -> None:
         """Give it back, deliverable again at once."""

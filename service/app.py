@@ -70,7 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_route("/metrics", metrics.endpoint(runtime.run, observer), ["GET"], include_in_schema=False)
     app.include_router(routes.health)
     app.include_router(routes.router)
-    board = dashboard.install(app, runtime, observer.per_minute)
+    board = dashboard.install(app, runtime, observer.per_minute, observer.trouble)
     if settings.api_docs:
         apidocs.install(app)
     return app

@@ -5,10 +5,9 @@ at ``metrics_count_limit`` index entries (default 10,000), so a gauge at the lim
 least that many"; measured at 8 ms on MariaDB for a table of a million waiting and a hundred
 thousand finished tasks, 47 ms when half of them are scheduled for later.
 
-States (CONTRACT.md §2, "running" split by lease as the dashboard does): waiting (deliverable
-now), running (leased), scheduled (not yet due and not leased: submitted with a future ``run_at``
-or retried with a wait), finished (rows retained after they ended: finished, dead or cancelled);
-dead tasks have a gauge of their own.
+States (``STATES``): waiting (deliverable now), leased (held by a worker), scheduled (not yet due
+and held by nobody: submitted with a future ``run_at`` or retried with a wait), and the retained
+rows of tasks that ended: finished, dead, cancelled. Dead tasks also keep a gauge of their own.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from ..errors import PerfectQueueError
 from .store import Counts
+from .store.stats import STATES
 
 CACHE_SECONDS = 5.0
 
@@ -64,7 +64,7 @@ class QueueGauges(Collector):
         )
         dead = GaugeMetricFamily(
             "perfectqueue_queue_dead_tasks",
-            "Retained dead tasks (also counted as finished; stops at perfectqueue_queue_count_limit).",
+            'Retained dead tasks (as perfectqueue_queue_tasks{state="dead"}, kept for existing alerts).',
             labels=["queue"],
         )
         age = GaugeMetricFamily(
@@ -81,14 +81,8 @@ class QueueGauges(Collector):
             stats = self.stats(queue)
             if stats is None:
                 continue
-            states = {
-                "waiting": stats.waiting,
-                "running": stats.running - stats.scheduled,  # leased
-                "scheduled": stats.scheduled,
-                "finished": stats.finished,
-            }
-            for state, count in states.items():
-                tasks.add_metric([queue, state], count)
+            for state in STATES:
+                tasks.add_metric([queue, state], getattr(stats, state))
             dead.add_metric([queue], stats.dead)
             age.add_metric([queue], stats.oldest_waiting_age or 0)
             limit.add_metric([queue], self.limit)

@@ -25,6 +25,7 @@ from .gauges import QueueGauges
 from .runtime import Event
 from .store import AcquiredTask, Counts
 from .store.model import Outcome
+from .trouble import Trouble
 
 EVENTS: dict[Event, str] = {
     "submitted": "Tasks stored by a submit.",
@@ -74,6 +75,7 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.per_minute = PerMinute()
+        self.trouble = Trouble()
         self.gauges: QueueGauges | None = None
         r = self.registry
         self.events: dict[str, Counter] = {
@@ -199,12 +201,14 @@ class QueueMetrics:
 
     def unavailable(self) -> None:
         self.metrics.database_errors.labels(self.queue).inc()
+        self.metrics.trouble.error(self.queue)
 
     def polled(self, seconds: float, delivered: bool) -> None:
         self.metrics.poll_duration.labels(self.queue, "tasks" if delivered else "empty").observe(seconds)
 
     def lock_held(self, waited: float, held: float) -> None:
         self.metrics.lock_wait.labels(self.queue).observe(waited)
+        self.metrics.trouble.waited(self.queue, waited)
         self.metrics.lock_held.labels(self.queue).observe(held)
 
     def ended(self, outcome: Outcome, count: int) -> None:

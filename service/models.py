@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,8 +26,8 @@ EXAMPLE_TASK: dict[str, Any] = {
     "data": {"to": "a@example.com"},
     "user": "acme",
     "status": "running",
-    "created_at": 1767225600,
-    "timeout": 1767225900,
+    "created_at": "2026-01-01T00:00:00Z",
+    "lease_expires_at": "2026-01-01T00:05:00Z",
     "max_running": 2,
     "compression": "gzip",
     "attempts": 1,
@@ -40,10 +41,12 @@ EXAMPLE_FAILURE = {"id": "mail-43", "code": "already_exists", "detail": "task 'm
 EXAMPLE_QUEUE = {
     "name": "default",
     "waiting": 12,
-    "running": 3,
+    "leased": 2,
     "scheduled": 1,
     "finished": 40,
     "dead": 1,
+    "cancelled": 0,
+    "dead_last_hour": 1,
     "oldest_waiting_age": 42,
     "capped": [],
 }
@@ -55,6 +58,14 @@ Traceparent = Annotated[
         "request header is used when this is absent. All-zero trace or parent ids are refused.",
     ),
 ]
+Instant = Annotated[datetime | None, Field(description="An instant, RFC 3339 in UTC")]
+
+
+def instant(unix: int | None) -> datetime | None:
+    """Whole unix seconds as an aware UTC datetime (RFC 3339 with ``Z`` in JSON)."""
+    return None if unix is None else datetime.fromtimestamp(unix, UTC)
+
+
 Status = Literal["waiting", "running", "finished", "dead", "cancelled"]
 
 
@@ -154,10 +165,28 @@ class TaskOut(BaseModel):
         "never delivered again, retained for dead_retention_time (requeue or force-finish it); "
         "cancelled: ended by a cancel, retained for retention_time"
     )
-    created_at: int | None = Field(description="Unix time of the submit; null once finished")
-    timeout: int = Field(
-        description="Unix time the lease ends (running) or the task became deliverable (waiting); for a "
-        "finished task the original's encoding: the row is deleted once now >= timeout + 1000000000"
+    created_at: Instant = Field(
+        description="When the task was submitted; null once it ended (the table, shared with the "
+        "original, forgets it then)"
+    )
+    due_at: Instant = Field(
+        default=None,
+        description="When a task nobody holds became (waiting) or becomes (scheduled: run_at, a retry's "
+        "wait) deliverable; null for a leased or ended task",
+    )
+    lease_expires_at: Instant = Field(
+        default=None,
+        description="When a leased task's lease ends unless its holder extends it; null otherwise",
+    )
+    finished_at: Instant = Field(
+        default=None,
+        description="When a finished, dead or cancelled task ended (derived from its retention's end and "
+        "the queue's retention_time or dead_retention_time); null for a live task",
+    )
+    expires_at: Instant = Field(
+        default=None,
+        description="When an ended task's row is deleted and its id may be submitted again; null for a "
+        "live task",
     )
     max_running: int | None
     compression: Literal["gzip"] | None
@@ -192,8 +221,11 @@ class TaskOut(BaseModel):
             data=task.data,
             user=task.user,
             status=task.status.value,
-            created_at=task.created_at,
-            timeout=task.timeout,
+            created_at=instant(task.created_at),
+            due_at=instant(task.due_at),
+            lease_expires_at=instant(task.lease_expires_at),
+            finished_at=instant(task.finished_at),
+            expires_at=instant(task.expires_at),
             max_running=task.max_running,
             compression="gzip" if task.compression == "gzip" else None,
             attempts=task.attempts,
@@ -248,6 +280,11 @@ class RetryRequest(LeaseRequest):
     error: Annotated[str | None, Field(max_length=65536)] = Field(
         default=None, description="What failed (e.g. the exception's type and message); kept truncated"
     )
+    dead: bool = Field(
+        default=False,
+        description="Give up: the task ends dead now, whatever its attempts (e.g. a type no handler "
+        "knows); requeue it once that is fixed",
+    )
 
     model_config = examples(
         {"id": "mail-42", "lease": EXAMPLE_LEASE, "retry_wait": 60},
@@ -290,6 +327,39 @@ class TaskRequest(Body):
     model_config = examples({"id": "mail-42"})
 
 
+class BulkRequest(Body):
+    """An operator's action on every task a filter selects (at most ``limit`` in one request)."""
+
+    action: Literal["requeue", "cancel"] = Field(
+        description="requeue: dead tasks waiting again, attempts reset; cancel: as the cancel call, each"
+    )
+    status: Status = Field(description="Only the tasks in this state (requeue applies to dead ones)")
+    type: Annotated[str | None, Field(min_length=1, max_length=255)] = None
+    user: Annotated[str | None, Field(min_length=1, max_length=255)] = None
+    prefix: Annotated[str | None, Field(min_length=1, max_length=255)] = None
+    cursor: Annotated[str | None, Field(min_length=1, max_length=300)] = Field(
+        default=None, description="The next_cursor of the previous request, to go on"
+    )
+    limit: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 1000
+
+    model_config = examples(
+        {"action": "requeue", "status": "dead", "type": "send_mail"},
+        {"action": "cancel", "status": "waiting", "user": "acme"},
+    )
+
+
+class BulkResult(BatchResult):
+    """Each selected task's outcome, as its own call would have answered."""
+
+    next_cursor: str | None = Field(
+        description="More tasks may match: pass it as 'cursor' to go on (null: all were seen)"
+    )
+
+    model_config = examples(
+        {"successful": [{"id": "mail-42"}], "failed": [EXAMPLE_FAILURE], "next_cursor": "mail-43"}
+    )
+
+
 class ListedTask(TaskOut):
     data: dict[str, Any] | None = Field(  # type: ignore[assignment]
         default=None, description="The task's data with include=data; null without"
@@ -319,15 +389,19 @@ class QueueInfo(BaseModel):
 
     name: str
     waiting: int = Field(description="Deliverable now")
-    running: int = Field(description="Not yet due: leased to a worker, or scheduled for later")
-    scheduled: int = Field(
-        description="Of the running tasks, those nobody holds: due later (run_at, retry_wait)"
+    leased: int = Field(description="Held by a worker under a lease")
+    scheduled: int = Field(description="Due later, held by nobody (run_at, a retry's wait)")
+    finished: int = Field(description="Retained tasks that finished (dead and cancelled ones not included)")
+    dead: int = Field(description="Retained dead tasks: their attempts are used up")
+    cancelled: int = Field(description="Retained cancelled tasks")
+    dead_last_hour: int = Field(
+        default=0, description="Of the dead tasks, those that died in the last hour (by dead_retention_time)"
     )
-    finished: int = Field(description="Retained finished tasks, dead and cancelled ones included")
-    dead: int = Field(description="Retained dead tasks")
     oldest_waiting_age: int | None = Field(
         description="Seconds since the longest-waiting task became deliverable (null: none waiting)"
     )
+    paused: bool = Field(default=False, description="Polls get no task (submits are accepted)")
+    paused_at: Instant = Field(default=None, description="When the queue was paused (null: it is not)")
     capped: list[str] = Field(
         description="The counts that stopped at metrics_count_limit to stay fast: there are at least "
         "that many"

@@ -15,10 +15,11 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 
 from ..errors import InvalidError, PerfectQueueError
+from . import bulk as bulk_actions
 from . import models as m
 from .config import Scope_
 from .runtime import QueueRuntime
-from .store import NewTask
+from .store import NewTask, TaskStatus
 from .store.model import check_traceparent
 from .store.queue import MAX_LEASE
 
@@ -153,7 +154,7 @@ async def finish_batch(queue: QueueRuntime, body: m.FinishBatchRequest, _call: C
 
 
 async def retry(queue: QueueRuntime, body: m.RetryRequest, _call: Call) -> None:
-    await queue.retry(body.id, lease_of(body.lease), body.retry_wait, body.error)
+    await queue.retry(body.id, lease_of(body.lease), body.retry_wait, body.error, body.dead)
 
 
 async def release(queue: QueueRuntime, body: m.LeaseRequest, _call: Call) -> None:
@@ -174,6 +175,16 @@ async def cancel(queue: QueueRuntime, body: m.TaskRequest, _call: Call) -> m.Tas
 
 async def requeue(queue: QueueRuntime, body: m.TaskRequest, _call: Call) -> m.TaskOut:
     return m.TaskOut.of(await queue.requeue(body.id))
+
+
+async def bulk(queue: QueueRuntime, body: m.BulkRequest, _call: Call) -> m.BulkResult:
+    selection = bulk_actions.Selection(
+        TaskStatus(body.status), body.type, body.user, body.prefix, body.cursor, body.limit
+    )
+    done = await bulk_actions.apply(queue, body.action, selection)
+    ids = [task_id for task_id, _ in done.outcomes]
+    result = batch_result(ids, [error for _, error in done.outcomes])
+    return m.BulkResult(successful=result.successful, failed=result.failed, next_cursor=done.cursor)
 
 
 # -- the table ----------------------------------------------------------------------------------
@@ -251,6 +262,14 @@ OPERATIONS: tuple[Operation[Any], ...] = (
         "Make a dead task waiting again, its attempts reset (operator)",
         "`409 not_dead` for a waiting or running task; `409 already_finished` for a finished or "
         "cancelled one.",
+    ),
+    Operation(
+        "bulkAction", "bulk", m.BulkRequest, ADMIN, bulk, m.BulkResult,
+        "Requeue or cancel every task a filter selects (operator), up to limit a request",
+        "Each selected task (the listing's filters, in id order) is requeued or cancelled as its own call "
+        "would do it, and answered under `successful` or `failed` with that call's code. At most `limit` "
+        "tasks (1,000) and 20 listing pages a request; `next_cursor` goes on from there.",
+        errors=(404, 422),
     ),
 )  # fmt: skip
 """In the order the API describes them."""

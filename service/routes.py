@@ -73,11 +73,15 @@ def queue_info(name: str, counts: Counts) -> m.QueueInfo:
     return m.QueueInfo(
         name=name,
         waiting=counts.waiting,
-        running=counts.running,
+        leased=counts.leased,
         scheduled=counts.scheduled,
         finished=counts.finished,
         dead=counts.dead,
+        cancelled=counts.cancelled,
+        dead_last_hour=counts.dead_last_hour,
         oldest_waiting_age=counts.oldest_waiting_age,
+        paused=counts.paused_at is not None,
+        paused_at=m.instant(counts.paused_at),
         capped=list(counts.capped),
     )
 
@@ -153,6 +157,31 @@ async def list_queues(runtime: RuntimeDep, request: Request) -> m.QueueList:
     responses=responses(404),
 )
 async def get_queue(queue: QueueDep) -> m.QueueInfo:
+    return queue_info(queue.name, await queue.counts())
+
+
+@router.post(
+    "/queues/{queue}/pause",
+    operation_id="pauseQueue",
+    dependencies=[require(*ADMIN)],
+    summary="Pause the queue: polls get no task (every replica within a second); submits, heartbeats, "
+    "finishes and the operator's calls go on. Answers the queue's counts",
+    responses=responses(404),
+)
+async def pause_queue(queue: QueueDep) -> m.QueueInfo:
+    await queue.pause()
+    return queue_info(queue.name, await queue.counts())
+
+
+@router.post(
+    "/queues/{queue}/resume",
+    operation_id="resumeQueue",
+    dependencies=[require(*ADMIN)],
+    summary="Resume a paused queue (one not paused stays so). Answers the queue's counts",
+    responses=responses(404),
+)
+async def resume_queue(queue: QueueDep) -> m.QueueInfo:
+    await queue.resume()
     return queue_info(queue.name, await queue.counts())
 
 

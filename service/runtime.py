@@ -220,12 +220,18 @@ class QueueRuntime:
         return outcomes
 
     async def retry(
-        self, task_id: str, lease: int, retry_wait: int | None = None, error: str | None = None
+        self,
+        task_id: str,
+        lease: int,
+        retry_wait: int | None = None,
+        error: str | None = None,
+        dead: bool = False,
     ) -> None:
         """Give the task back for later (the queue's backoff when ``retry_wait`` is None); it ends
-        dead instead when its attempts are used up."""
+        dead instead when its attempts are used up, or at once with ``dead``."""
         set_context(queue=self.name, task_id=task_id)
-        wait = await self._refusable(REFUSED, self.store.retry, task_id, lease, retry_wait, error)
+        retry = self.store.retry
+        wait = await self._refusable(REFUSED, retry, task_id, lease, retry_wait, error, dead)
         self.observer.counted("dead" if wait is None else "retried", 1)
         if wait == 0:
             self._woke()
@@ -323,6 +329,14 @@ class QueueRuntime:
         except UnavailableError:
             self.observer.unavailable()
             raise
+
+    async def pause(self) -> None:
+        """Polls get nothing from now on (every replica within a second); submits go on."""
+        await self._call(self.store.pause)
+
+    async def resume(self) -> None:
+        await self._call(self.store.resume)
+        self._woke()  # the waiting tasks are deliverable again: the long-polls here and elsewhere look
 
     async def users(self, users: int) -> list[UserLoad]:
         return await self._call(self.store.users, users, self.service.metrics_count_limit)

@@ -25,6 +25,7 @@ import yaml
 from conftest import SERVERS, drop_table, require_server
 from servers import service_process
 
+from perfectqueue.client import TaskMetadata
 from perfectqueue.service.store import Database, QueueStore
 
 SERVICE_QUEUES = 3
@@ -346,3 +347,10 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
     source.close()
+
+
+def next_time(meta: TaskMetadata) -> int:
+    """Unix seconds when a live task's lease ends (leased) or it is due (waiting, scheduled)."""
+    instant = meta.lease_expires_at or meta.due_at
+    assert instant is not None, meta
+    return int(instant.timestamp())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -123,6 +124,11 @@ def task_path(task_id: str) -> str:
     return f"{Q}/tasks/{quote(task_id, safe='').replace('%', '%25')}"
 
 
+def unix(instant: str) -> int:
+    """An RFC 3339 instant of the API as unix seconds."""
+    return int(datetime.fromisoformat(instant).timestamp())
+
+
 def get(client: TestClient, task_id: str) -> dict[str, Any]:
     response = client.get(task_path(task_id))
     assert response.status_code == 200, response.text
@@ -132,7 +138,7 @@ def get(client: TestClient, task_id: str) -> dict[str, Any]:
 
 def counts(client: TestClient) -> tuple[int, int, int]:
     body = client.get(Q).json()
-    return body["waiting"], body["running"], body["finished"]
+    return body["waiting"], body["leased"] + body["scheduled"], body["finished"]
 
 
 def everything(client: TestClient) -> list[dict[str, Any]]:
@@ -204,7 +210,8 @@ def test_a_long_queue_name_is_unknown_too(client: TestClient) -> None:
 
 
 def test_queues_and_their_counts(client: TestClient) -> None:
-    empty = {"waiting": 0, "running": 0, "scheduled": 0, "finished": 0, "dead": 0}
+    states = ("waiting", "leased", "scheduled", "finished", "dead", "cancelled", "dead_last_hour")
+    empty = {**dict.fromkeys(states, 0), "paused": False, "paused_at": None}
     assert client.get("/v1/queues").json() == {
         "queues": [{"name": "q", **empty, "oldest_waiting_age": None, "capped": []}]
     }
@@ -217,10 +224,13 @@ def test_queues_and_their_counts(client: TestClient) -> None:
     assert info.pop("oldest_waiting_age") >= 0
     assert info == {
         "name": "q",
-        **{"waiting": 2, "running": 1, "scheduled": 0, "finished": 1, "dead": 0},
+        **empty,
+        **{"waiting": 2, "leased": 1, "finished": 1},
         "capped": [],
     }
-    assert client.get("/v1/queues").json() == {"queues": [client.get(Q).json()]}
+    (listed,) = client.get("/v1/queues").json()["queues"]
+    assert listed.pop("oldest_waiting_age") >= 0  # it may cross a second between the two calls
+    assert listed == info
 
 
 # -- submit and get --------------------------------------------------------------------------
@@ -237,7 +247,9 @@ def test_submit_then_get_returns_what_was_submitted(client: TestClient) -> None:
     assert task["max_running"] == 3
     assert task["status"] == "waiting"
     assert task["compression"] is None
-    assert isinstance(task["created_at"], int) and task["timeout"] <= task["created_at"] + 1
+    assert task["created_at"].endswith("Z") and unix(task["due_at"]) <= unix(task["created_at"]) + 1
+    assert (task["lease_expires_at"], task["finished_at"], task["expires_at"]) == (None, None, None)
+    assert "timeout" not in task  # the table's encoding stays in the table
 
 
 def test_submit_with_gzip_compression_round_trips(client: TestClient) -> None:
@@ -252,7 +264,7 @@ def test_submit_with_gzip_compression_round_trips(client: TestClient) -> None:
 def test_submit_with_run_at_in_the_future_is_not_delivered(client: TestClient) -> None:
     run_at = int(time.time()) + 3600
     submit(client, "later", run_at=run_at)
-    assert get(client, "later")["timeout"] == run_at
+    assert unix(get(client, "later")["due_at"]) == run_at
     assert poll(client) == []
     assert counts(client)[0] == 0
 
@@ -510,10 +522,10 @@ def test_poll_alive_time_defaults_to_the_settings(make_client: Callable[..., Tes
     submit(client, "b")
     (task,) = poll(client)
     now = int(time.time())
-    assert now + 1234 - 5 <= task["timeout"] <= now + 1234 + 5
+    assert now + 1234 - 5 <= unix(task["lease_expires_at"]) <= now + 1234 + 5
     (task,) = poll(client, alive_time=60)
-    assert now + 60 - 5 <= task["timeout"] <= now + 60 + 5
-    assert get(client, "b")["timeout"] == task["timeout"]
+    assert now + 60 - 5 <= unix(task["lease_expires_at"]) <= now + 60 + 5
+    assert get(client, "b")["lease_expires_at"] == task["lease_expires_at"]
 
 
 def test_poll_on_an_empty_queue_waits_then_returns_nothing(client: TestClient) -> None:
@@ -557,12 +569,12 @@ def test_wait_over_max_poll_wait_is_invalid(make_client: Callable[..., TestClien
 
 def test_heartbeat_extends_the_lease(client: TestClient) -> None:
     lease = acquire(client, "a", alive_time=10)
-    before = get(client, "a")["timeout"]
+    before = unix(get(client, "a")["lease_expires_at"])
     assert (
         client.post(f"{Q}/heartbeat", json={"id": "a", "lease": lease, "alive_time": 600}).status_code == 204
     )
     task = get(client, "a")
-    assert task["timeout"] >= before + 590
+    assert unix(task["lease_expires_at"]) >= before + 590
     assert task["status"] == "running"
 
 
@@ -582,7 +594,30 @@ def test_heartbeat_with_unstorable_data_changes_nothing(client: TestClient, data
     body = b'{"id": "a", "lease": "%s", "alive_time": 900, "data": %s}' % (task["lease"].encode(), data)
     assert_problem(client.post(f"{Q}/heartbeat", content=body, headers=JSON), 422, "invalid")
     after = get(client, "a")
-    assert (after["type"], after["data"], after["timeout"]) == ("t", {"keep": 1}, task["timeout"])
+    assert (after["type"], after["data"]) == ("t", {"keep": 1})
+    assert after["lease_expires_at"] == task["lease_expires_at"]
+
+
+def test_an_ended_task_tells_when_it_ended_and_when_its_row_goes(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """Real instants, never the finished rows' encoded timeout (decades in the past)."""
+    client = make_client(retention_time=600, dead_retention_time=7200, max_attempts=1)
+    lease = acquire(client, "mail-1", alive_time=60)
+    assert client.post(f"{Q}/finish", json={"id": "mail-1", "lease": lease}).status_code == 204
+    lease = acquire(client, "mail-2")
+    assert client.post(f"{Q}/retry", json={"id": "mail-2", "lease": lease}).status_code == 204
+    now = int(time.time())
+    for task_id, status, kept in [("mail-1", "finished", 600), ("mail-2", "dead", 7200)]:
+        task = get(client, task_id)
+        assert (task["status"], task["created_at"], task["due_at"], task["lease_expires_at"]) == (
+            status,
+            None,
+            None,
+            None,
+        )
+        assert now - 5 <= unix(task["finished_at"]) <= now + 1
+        assert now + kept - 5 <= unix(task["expires_at"]) <= now + kept + 1
 
 
 def test_finish_then_finish_again_is_already_finished(client: TestClient) -> None:
@@ -612,7 +647,8 @@ def test_operations_of_an_expired_lease_are_preempted(client: TestClient) -> Non
     response = client.post(f"{Q}/finish-batch", json={"tasks": [stale]})
     assert [f["code"] for f in response.json()["failed"]] == ["preempted"]
     after = get(client, "a")
-    assert (after["status"], after["timeout"], after["data"]) == ("running", task["timeout"], {})
+    assert (after["status"], after["data"]) == ("running", {})
+    assert after["lease_expires_at"] == task["lease_expires_at"]
     assert client.post(f"{Q}/finish", json={"id": "a", "lease": new}).status_code == 204
 
 
@@ -635,12 +671,21 @@ def test_retry_with_zero_wait_is_delivered_again(client: TestClient) -> None:
     assert_problem(client.post(f"{Q}/finish", json={"id": "a", "lease": lease}), 409, "preempted")
 
 
+def test_retry_with_dead_gives_up_at_once(client: TestClient) -> None:
+    lease = acquire(client, "a")
+    body = {"id": "a", "lease": lease, "error": "UnknownType: no route", "dead": True}
+    assert client.post(f"{Q}/retry", json=body).status_code == 204
+    task = get(client, "a")
+    assert (task["status"], task["attempts"], task["last_error"]) == ("dead", 1, "UnknownType: no route")
+    assert poll(client) == []
+
+
 def test_retry_defaults_to_the_settings_retry_wait(make_client: Callable[..., TestClient]) -> None:
-    client = make_client(retry_wait=777)
+    client = make_client(retry_wait=777, retry_backoff="constant")
     lease = acquire(client, "a")
     assert client.post(f"{Q}/retry", json={"id": "a", "lease": lease}).status_code == 204
     now = int(time.time())
-    assert now + 777 - 5 <= get(client, "a")["timeout"] <= now + 777 + 5
+    assert now + 777 - 5 <= unix(get(client, "a")["due_at"]) <= now + 777 + 5
     assert poll(client) == []
 
 

@@ -72,6 +72,9 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None, str, int]] = [
     ("POST", f"{Q}/cancel", {"id": "a"}, "admin", 200),
     ("GET", f"{Q}/users", None, "admin", 200),
     ("GET", "/v1/overview", None, "admin", 200),
+    ("POST", f"{Q}/pause", None, "admin", 200),
+    ("POST", f"{Q}/resume", None, "admin", 200),
+    ("POST", f"{Q}/bulk", {"action": "cancel", "status": "waiting"}, "admin", 200),
 ]
 UNSCOPED_TO_A_QUEUE = ("/v1/queues", "/v1/overview")  # they list only the queues a key may see
 

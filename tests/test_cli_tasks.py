@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +93,12 @@ def test_submit_show_list_finish_and_stats(config: dict[str, Any]) -> None:
         "status": "waiting",
         "data": {"to": "x@example.com"},
     }
-    assert isinstance(shown["created_at"], int)
+    assert shown["created_at"].endswith("Z") and shown["due_at"].endswith("Z") and "timeout" not in shown
     with perfectqueue.open(config) as queue:
         assert queue["a1"].metadata().max_running == 3
 
     table = table_text.splitlines()
-    assert table[0].split() == ["key", "type", "user", "status", "created_at", "timeout", "data"]
+    assert table[0].split() == ["key", "type", "user", "state", "created_at", "when", "data"]
     rows = {line.split()[0]: line for line in table[1:]}
     assert set(rows) == {"a1", "b2", "c3"}
     assert "acme" in rows["a1"] and "waiting" in rows["a1"] and '{"to": "x@example.com"}' in rows["a1"]
@@ -105,7 +106,9 @@ def test_submit_show_list_finish_and_stats(config: dict[str, Any]) -> None:
     listed = json_lines(listed_text)
     assert [t["key"] for t in listed] == ["a1", "b2", "c3"]
     assert listed[1] == {**listed[1], "type": "resize", "user": None, "data": {"w": 640}}
-    assert (listed[2]["user"], listed[2]["timeout"]) == ("zeta", run_at)
+    at = datetime.fromtimestamp(run_at, UTC).isoformat().replace("+00:00", "Z")
+    assert (listed[2]["user"], listed[2]["state"], listed[2]["due_at"]) == ("zeta", "scheduled", at)
+    assert f"due {at.replace('T', ' ')}" in rows["c3"]
     assert [t["key"] for t in json_lines(mail_text)] == ["a1", "c3"]
     assert [t["key"] for t in json_lines(zeta_text)] == ["c3"]
 
@@ -116,10 +119,31 @@ def test_submit_show_list_finish_and_stats(config: dict[str, Any]) -> None:
     finished = json_lines(ok("list", "--json", "--status", "finished", *q))
     assert [(t["key"], t["status"]) for t in finished] == [("a1", "finished"), ("b2", "finished")]
     name = config.get("queue") or config["table"]
-    assert ok("stats", *q) == f"{name}: waiting 0, running 1, finished 2, dead 0\n"  # c3 waits for its time
+    stats = f"{name}: waiting 0, leased 0, scheduled 1, finished 2, dead 0, cancelled 0\n"
+    assert ok("stats", *q) == stats  # c3 waits for its time
 
 
 ON_SQLITE = pytest.mark.parametrize("target", ["http-sqlite", "rdb_compat-sqlite"], indirect=True)
+
+
+@ON_SQLITE
+def test_pause_and_resume_a_queue(config: dict[str, Any]) -> None:
+    q = flags(config)
+    ok("submit", "p1", "t", "{}", *q)
+    try:
+        paused = ok("pause", *q)
+        assert "waiting 1" in paused and "(paused since 20" in paused
+        with perfectqueue.open(config) as queue:
+            assert queue.poll() is None  # polls get nothing
+            queue.submit("p2", "t")  # submits are accepted
+            assert queue.stats().paused
+        assert "(paused since" in ok("stats", *q)
+    finally:
+        resumed = ok("resume", *q)
+    assert "waiting 2" in resumed and "paused" not in resumed
+    with perfectqueue.open(config) as queue:
+        assert sorted(t.key for t in queue.poll_multi(max=5)) == ["p1", "p2"]
+        assert not queue.resume().paused
 
 
 @ON_SQLITE
@@ -187,7 +211,8 @@ def test_list_dead_shows_the_last_error(config: dict[str, Any]) -> None:
         ["list", "--status", "dead", *q], ["list", "--status", "dead", "--json", *q], ["list", "--json", *q]
     )
     header, *rows = table_text.splitlines()
-    assert header.split() == ["key", "type", "user", "status", "created_at", "timeout", "data", "last_error"]
+    assert header.split() == ["key", "type", "user", "state", "created_at", "when", "data", "last_error"]
+    assert f"ended {datetime.now(UTC):%Y-%m-%d}" in rows[0]
     assert [row.split()[0] for row in rows] == ["doomed"]
     assert rows[0].endswith("DiskFull: no space left on /var")  # one line per task
     (listed,) = json_lines(listed_text)

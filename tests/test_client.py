@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sdk_support import Target, clean_environ, config, target, wait_for
+from sdk_support import Target, clean_environ, config, next_time, target, wait_for
 
 import perfectqueue
 from perfectqueue.client import BatchResult, SubmitSpec
@@ -70,7 +70,7 @@ def test_submit_twice_is_already_exists_and_keeps_the_first(queue: perfectqueue.
 def test_submit_with_run_at_in_the_future_is_not_delivered(queue: perfectqueue.Queue) -> None:
     queue.submit("later", "t", run_at=int(time.time()) + 3600)
     assert queue.poll() is None
-    assert queue["later"].metadata().timeout >= int(time.time()) + 3500
+    assert next_time(queue["later"].metadata()) >= int(time.time()) + 3500
 
 
 def test_submit_many_reports_each_task(queue: perfectqueue.Queue) -> None:
@@ -112,7 +112,7 @@ def test_poll_multi_honours_max_and_alive_time(queue: perfectqueue.Queue) -> Non
     assert len(first) == 3
     meta = first[0].metadata()
     assert meta.created_at is not None
-    assert 50 <= meta.timeout - int(time.time()) <= 70
+    assert 50 <= next_time(meta) - int(time.time()) <= 70
     rest = queue.poll_multi(max=10)
     assert sorted(t.key for t in first + rest) == [f"k{i}" for i in range(5)]
     assert {t.lease for t in first}.isdisjoint({t.lease for t in rest})  # a lease per acquisition
@@ -173,7 +173,7 @@ def test_retry_with_the_default_wait_is_not_delivered_at_once(queue: perfectqueu
     assert task is not None
     task.retry()
     assert queue.poll() is None
-    assert queue["k"].metadata().timeout >= int(time.time()) + 200  # the default retry_wait, 300 s
+    assert next_time(queue["k"].metadata()) >= int(time.time()) + 200  # the default retry_wait, 300 s
 
 
 def test_release_is_delivered_again_at_once(queue: perfectqueue.Queue) -> None:
@@ -191,12 +191,12 @@ def test_heartbeat_extends_the_lease(queue: perfectqueue.Queue) -> None:
     queue.submit("k", "t")
     task = queue.poll(alive_time=30)
     assert task is not None
-    before = task.metadata().timeout
+    before = next_time(task.metadata())
     task.heartbeat(alive_time=900)
-    after = task.metadata().timeout
+    after = next_time(task.metadata())
     assert after >= before + 800
     task.heartbeat()  # the queue's alive_time, 300 s
-    assert 200 <= task.metadata().timeout - int(time.time()) <= 400
+    assert 200 <= next_time(task.metadata()) - int(time.time()) <= 400
 
 
 def test_update_data_merges_and_keeps_the_type(queue: perfectqueue.Queue) -> None:
@@ -321,7 +321,7 @@ def test_rdb_compat_takes_the_seed_settings(target: Target, config: dict[str, An
         queue.submit("k", "t")
         task = queue.poll()
         assert task is not None
-        assert 30 <= task.metadata().timeout - int(time.time()) <= 50
+        assert 30 <= next_time(task.metadata()) - int(time.time()) <= 50
         task.retry()  # retry_wait 0: at once
         again = queue.poll()
         assert again is not None and again.key == "k"

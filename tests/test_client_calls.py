@@ -45,6 +45,9 @@ EXAMPLES: list[calls.Call[Any]] = [
     calls.ListTasks("waiting", "t", "u", "c", 10),
     calls.ListTasks(None, None, None, None, 100),
     calls.Stats(),
+    calls.Pause(True),
+    calls.Pause(False),
+    calls.Retry("k", "1", None, "UnknownType: no route", dead=True),
 ]
 
 

@@ -454,13 +454,27 @@ def test_every_queue_setting_is_bounded_alike_everywhere(name: str) -> None:
 def test_the_defaults_are_the_documented_ones() -> None:
     defaults = QueueSettings()
     assert (defaults.alive_time, defaults.retry_wait, defaults.retention_time) == (300, 300, 300)
-    assert (defaults.fair, defaults.acquire_lock, defaults.max_attempts) == (True, "skip_locked", None)
-    assert (defaults.dead_retention_time, defaults.retry_backoff) == (604800, "constant")
+    assert (defaults.fair, defaults.acquire_lock, defaults.max_attempts) == (True, "skip_locked", 10)
+    assert (defaults.dead_retention_time, defaults.retry_backoff) == (604800, "exponential")
     assert (defaults.retry_wait_max, defaults.retry_jitter) == (86400, 0.25)
     doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
-    unlike = {"table", "url", "disable_resource_limit", "acquire_lock", "max_attempts", "sslca", "ssl_mode"}
+    doc = doc.replace("`exponential`", "exponential")
+    unlike = {"table", "url", "disable_resource_limit", "acquire_lock", "sslca", "ssl_mode"}
     for name in QUEUE_KEYS - unlike:
-        assert f"| `{name}` | {QUEUE_FIELDS[name].default}" in doc.replace("`constant`", "constant"), name
+        assert f"| `{name}` | {QUEUE_FIELDS[name].default}" in doc, name
+
+
+def test_the_originals_retries_are_two_keys_away() -> None:
+    """Unlimited attempts, retry_wait every time: for a table shared with Ruby processes."""
+    settings = settings_from({"url": "sqlite:///q.db", "max_attempts": None, "retry_backoff": "constant"})
+    policy = settings.queue("default").retry_policy()
+    assert [policy.wait(n) for n in (1, 5, 30)] == [300, 300, 300]
+    assert not policy.exhausted(10**6, None)
+    safe = settings_from({"url": "sqlite:///q.db"}).queue("default").retry_policy()  # the defaults
+    assert safe.exhausted(10, None) and not safe.exhausted(9, None)
+    assert [225 <= safe.wait(1) <= 300, 450 <= safe.wait(2) <= 600, 64800 <= safe.wait(20) <= 86400] == [
+        True
+    ] * 3
 
 
 def test_a_queue_resolves_its_overrides_over_the_service_wide_values() -> None:

@@ -207,7 +207,7 @@ def test_a_replica_killed_mid_polls_loses_nothing(
             record.stop.set()
         counts = httpx.get(f"{b}/v1/queues/q", timeout=30).json()
     assert_record_clean(record)
-    assert (counts["waiting"], counts["running"], counts["finished"]) == (0, 0, tasks)
+    assert (counts["waiting"], counts["leased"], counts["scheduled"], counts["finished"]) == (0, 0, 0, tasks)
 
 
 @pytest.mark.parametrize("backend", ["mysql", "postgres"])

@@ -196,8 +196,13 @@ def test_dead_and_cancelled_tasks_are_counted(make_client: Callable[..., TestCli
     assert value(m, "perfectqueue_tasks_retried_total", queue="q") is None
     assert value(m, "perfectqueue_tasks_cancelled_total", queue="q") == 3  # at once; at finish; expired
     assert value(m, "perfectqueue_tasks_finished_total", queue="q") is None
-    assert value(m, "perfectqueue_queue_tasks", queue="q", state="finished") == 5
+    states = ("finished", "dead", "cancelled")
+    assert [value(m, "perfectqueue_queue_tasks", queue="q", state=s) for s in states] == [0, 2, 3]
     assert value(m, "perfectqueue_queue_dead_tasks", queue="q") == 2
+    info = client.get(Q).json()
+    assert (info["dead"], info["dead_last_hour"]) == (2, 2)
+    backdate(store_of(client), "dies", 3700)  # it died over an hour ago
+    assert client.get(Q).json()["dead_last_hour"] == 1
 
 
 def test_gauges_count_each_state_and_stop_at_the_limit(make_client: Callable[..., TestClient]) -> None:
@@ -214,8 +219,8 @@ def test_gauges_count_each_state_and_stop_at_the_limit(make_client: Callable[...
     backdate(store_of(client), "w4", 100)
 
     m = scrape(client)
-    state = {s: value(m, "perfectqueue_queue_tasks", queue="q", state=s) for s in ("waiting", "running")}
-    assert state == {"waiting": 2, "running": 1}
+    state = {s: value(m, "perfectqueue_queue_tasks", queue="q", state=s) for s in ("waiting", "leased")}
+    assert state == {"waiting": 2, "leased": 1}
     assert value(m, "perfectqueue_queue_tasks", queue="q", state="scheduled") == 2  # run_at, retry_wait
     assert value(m, "perfectqueue_queue_tasks", queue="q", state="finished") == 1
     age = value(m, "perfectqueue_queue_oldest_waiting_age_seconds", queue="q")
@@ -230,9 +235,9 @@ def test_gauges_count_each_state_and_stop_at_the_limit(make_client: Callable[...
     # The same counts (uncached) answer the queue API and the dashboard, saying which stopped.
     info = client.get(Q).json()
     assert (info["waiting"], info["scheduled"]) == (3, 2)
-    assert info["capped"] == ["waiting", "running", "scheduled"]  # 3 not yet due: at the limit
+    assert info["capped"] == ["waiting", "leased", "scheduled"]  # 3 not yet due: at the limit
     overview = client.get("/v1/overview").json()["queues"][0]
-    same = ("throughput", "oldest_waiting_age")  # the age may have crossed a second meanwhile
+    same = ("throughput", "trouble", "oldest_waiting_age")  # the age may have crossed a second meanwhile
     assert {k: v for k, v in overview.items() if k not in same} == {k: info[k] for k in info if k not in same}
 
 
@@ -248,6 +253,11 @@ def test_a_failing_database_is_counted_and_its_gauges_left_out(
     assert value(m, "perfectqueue_database_errors_total", queue="q") == 2
     assert value(m, "perfectqueue_queue_tasks", queue="q", state="waiting") is None
     assert value(m, "perfectqueue_tasks_submitted_total", queue="q") == 1
+    # The dashboard's overview tells them too (those this replica saw lately), once it can count.
+    store_of(client).init()
+    (queue,) = client.get("/v1/overview").json()["queues"]
+    errors = 3  # the get, and the gauge queries of both scrapes
+    assert queue["trouble"] == {"window": 900, "database_errors": errors, "lock_wait_max": 0.0}
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # nothing here is the database's

@@ -78,7 +78,11 @@ def test_listings_and_polls_stop_at_the_byte_budget(tmp_path: Path) -> None:
         polled = len(poll.json()["tasks"])
         assert 1 < polled < 100
         counts = client.get(f"{base}/v1/queues/q").json()
-        assert (counts["waiting"], counts["running"]) == (TASKS - polled, polled)  # the rest given back
+        assert (counts["waiting"], counts["leased"], counts["scheduled"]) == (
+            TASKS - polled,
+            polled,
+            0,
+        )  # the rest given back
 
         assert peak_rss(proc.pid) < 512 * MIB  # the chart's limit (it peaked at 1.1 GB)
 

@@ -275,7 +275,7 @@ def test_queue_attributes_count_and_describe_the_queue(service: SqsService, sqs:
     assert attributes["ApproximateNumberOfMessagesNotVisible"] == "1"
     assert attributes["VisibilityTimeout"] == "300"  # the queue's alive_time
     assert attributes["QueueArn"] == f"arn:aws:sqs:eu-west-1:000000000000:{queue.rsplit('/', 1)[1]}"
-    assert "RedrivePolicy" not in attributes  # no max_attempts
+    assert '"maxReceiveCount": 10' in attributes["RedrivePolicy"]  # the default max_attempts
     one = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["VisibilityTimeout"])["Attributes"]
     assert one == {"VisibilityTimeout": "300"}
     with pytest.raises(sqs.exceptions.InvalidAttributeName):

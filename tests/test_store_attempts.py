@@ -75,7 +75,7 @@ def test_a_task_whose_lease_keeps_expiring_ends_dead(store: QueueStore) -> None:
     assert [t.id for t in limited.list(status=TaskStatus.DEAD).tasks] == ["k", "own"]
     assert limited.list(status=TaskStatus.FINISHED).tasks == []
     counts = limited.counts()
-    assert (counts.dead, counts.finished, counts.waiting, counts.running) == (2, 2, 0, 0)
+    assert (counts.dead, counts.finished, counts.waiting, counts.running) == (2, 0, 0, 0)
     assert store.get("k").status is TaskStatus.DEAD  # a store without the limit reads the same
 
 
@@ -130,7 +130,7 @@ def test_dead_rows_outlive_finished_ones_in_cleanup(store: QueueStore) -> None:
 
 
 def test_retry_without_a_wait_uses_the_queues_backoff(store: QueueStore) -> None:
-    constant = store_with(store, retry_wait=40)
+    constant = store_with(store, retry_wait=40, backoff="constant")
     exponential = store_with(store, retry_wait=10, backoff="exponential", retry_wait_max=35, retry_jitter=0)
     constant.submit(NewTask("c", "x"))
     [got] = constant.acquire(1, 60)
@@ -149,10 +149,12 @@ def test_backoff_jitter_stays_within_its_fraction() -> None:
     policy = RetryPolicy(retry_wait=100, backoff="exponential", retry_wait_max=10_000, retry_jitter=0.5)
     waits = {policy.wait(3) for _ in range(200)}
     assert min(waits) >= 200 and max(waits) <= 400 and len(waits) > 10
-    assert RetryPolicy(retry_wait=7).wait(9) == 7  # constant: the original's retry_wait
+    assert RetryPolicy(retry_wait=7, backoff="constant").wait(9) == 7  # the original's retry_wait
     with pytest.raises(InvalidError):
         RetryPolicy(backoff="linear")
-    assert RetryPolicy(max_attempts=2).exhausted(2, None) and not RetryPolicy().exhausted(10**6, None)
+    assert RetryPolicy(max_attempts=2).exhausted(2, None) and not RetryPolicy(max_attempts=None).exhausted(
+        10**6, None
+    )
     assert not RetryPolicy(max_attempts=2).exhausted(2, 5)  # the task's own limit wins
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -93,21 +94,23 @@ def test_counts_users_listing_and_release(make_app: Callable[..., TestClient]) -
     assert client.post(f"{Q}/force-finish", json={"id": "b3"}).status_code == 204
 
     queue = client.get("/v1/overview").json()["queues"][0]
-    assert {k: queue[k] for k in ("waiting", "running", "scheduled", "finished")} == {
+    assert {k: queue[k] for k in ("waiting", "leased", "scheduled", "finished", "dead", "cancelled")} == {
         "waiting": 8,
-        "running": 4,  # 3 leased, 1 scheduled
+        "leased": 3,
         "scheduled": 1,
         "finished": 1,
+        "dead": 0,
+        "cancelled": 0,
     }
     assert queue["oldest_waiting_age"] >= 0 and len(queue["throughput"]["submitted"]) == 60
     assert queue["capped"] == []
     info = client.get(Q).json()  # the same counts as the queue API's (the age may have moved on)
-    assert {k: v for k, v in queue.items() if k not in ("throughput", "oldest_waiting_age")} == {
+    assert {k: v for k, v in queue.items() if k not in ("throughput", "trouble", "oldest_waiting_age")} == {
         k: v for k, v in info.items() if k != "oldest_waiting_age"
     }
     users = client.get(f"{Q}/users").json()["users"]
     ann_running = sum(1 for t in leased if t["user"] == "ann")
-    assert users == [{"user": "ann", "running": ann_running, "scheduled": 0, "max_running": 2}]
+    assert users == [{"user": "ann", "leased": ann_running, "scheduled": 0, "max_running": 2}]
 
     everything = sorted([f"a{i}" for i in range(8)] + [f"b{i}" for i in range(4)] + ["later"])
     assert browse_all(client) == everything  # id order
@@ -217,6 +220,20 @@ def artifacts() -> Path:
     return path
 
 
+def make_dead_and_stale(base: str, headers: dict[str, str], path: Path, table: str) -> None:
+    """A task that died now (its one attempt failed) and one that has waited 1,000 s."""
+    for task in ({"id": "doomed", "type": "t", "max_attempts": 1}, {"id": "stale", "type": "t"}):
+        assert httpx.post(f"{base}{Q}/submit", headers=headers, json=task).status_code == 201
+    (polled,) = httpx.post(f"{base}{Q}/poll", headers=headers, json={"max": 1}).json()["tasks"]
+    assert polled["id"] == "doomed"
+    retry = {"id": "doomed", "lease": polled["lease"], "error": "boom"}
+    assert httpx.post(f"{base}{Q}/retry", headers=headers, json=retry).status_code == 204
+    with sqlite3.connect(path) as db:
+        db.execute(
+            f"UPDATE {table} SET timeout = timeout - 1000, created_at = created_at - 1000 WHERE id = 'stale'"
+        )
+
+
 def test_dashboard_in_headless_chromium(tmp_path: Path, artifacts: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -257,12 +274,16 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, artifacts: Path) -> None
         )
         assert submitted.status_code == 201
         expect(card.locator("[data-stat=waiting] b")).to_have_text("1", timeout=15_000)
+        tiles = ["waiting", "leased", "scheduled", "finished", "dead", "cancelled"]
+        shown = [card.locator(f"[data-stat={t}] b").inner_text() for t in tiles]
+        assert shown == ["1", "0", "0", "0", "0", "0"]
         page.screenshot(path=artifacts / "overview.png")
 
         # The queue page lists it; the task page shows it, decompressed; force-finish it.
         card.locator("h2 a").click()
         row = page.locator('#tasks tr[data-id="report/2026-11"]')
         expect(row).to_contain_text("waiting")
+        assert "null" not in page.locator("#main").inner_text()  # no bulk action without a filter
         page.screenshot(path=artifacts / "queue.png", full_page=True)
         row.locator("a").click()
         expect(page.locator("#task-state")).to_have_text("waiting")
@@ -275,9 +296,61 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, artifacts: Path) -> None
         page.screenshot(path=artifacts / "task-confirm.png")
         page.click("#confirm-ok")
         expect(page.locator("#task-state")).to_have_text("finished", timeout=10_000)
+        # Real instants: it ended just now, its row goes in retention_time (never decades ago).
+        expect(page.locator("#task-ended")).to_contain_text("s ago")
+        expect(page.locator("#task-due")).to_contain_text("in ")
         page.screenshot(path=artifacts / "task-finished.png", full_page=True)
         shown = httpx.get(f"{base}{Q}/tasks/report%2F2026-11", headers=app).json()
         assert shown["status"] == "finished"
+
+        # Warnings an operator notices: a task dead in the last hour, tasks nobody works on.
+        make_dead_and_stale(base, app, tmp_path / "q.sqlite3", "ui_q")
+        page.goto(base + "/ui/")
+        expect(card.locator("[data-stat=dead] b")).to_have_text("1", timeout=10_000)
+        expect(card.locator("[data-stat=finished] b")).to_have_text("1")  # dead ones apart
+        expect(card.locator("[data-warning=dead]")).to_contain_text("1 task(s) went dead in the last hour")
+        expect(card.locator("[data-warning=stalled]")).to_contain_text("no worker holds any")
+        assert card.locator(".chart text.axis").filter(has_text="tasks/min").count() == 1
+        page.screenshot(path=artifacts / "overview-warnings.png")
+        card.locator("[data-warning=dead] a").click()
+        expect(page.locator('#tasks tr[data-id="doomed"]')).to_contain_text("dead")
+
+        # The task list sorts by due time (the longest waiting first) or by id.
+        assert (
+            httpx.post(f"{base}{Q}/submit", headers=app, json={"id": "a-fresh", "type": "t"}).status_code
+            == 201
+        )
+        ids = page.locator("#tasks tbody tr")
+        for sort, expected in [("due", ["stale", "a-fresh"]), ("id", ["a-fresh", "stale"])]:
+            page.select_option("#filter-state", "waiting")
+            page.select_option("#filter-sort", sort)
+            page.click("#filters button[type=submit]")
+            expect(ids).to_have_count(2)
+            assert [ids.nth(i).get_attribute("data-id") for i in range(2)] == expected, sort
+        expect(page.locator('#tasks tr[data-id="stale"] td.age')).to_have_text("17m")
+
+        # Pause the queue (confirmed): polls get nothing, the page says so; then resume it.
+        page.click("#queue-pause")
+        expect(page.locator("#confirm")).to_be_visible()
+        page.click("#confirm-ok")
+        expect(page.locator("[data-warning=paused]")).to_be_visible(timeout=10_000)
+        page.screenshot(path=artifacts / "queue-paused.png", full_page=True)
+        polled = httpx.post(f"{base}{Q}/poll", headers=app, json={"max": 5})
+        assert polled.json()["tasks"] == []
+        page.click("#queue-resume")
+        page.click("#confirm-ok")
+        expect(page.locator("[data-warning=paused]")).to_have_count(0, timeout=10_000)
+
+        # Bulk actions on a filtered selection, after a confirmation: requeue every dead task.
+        page.goto(base + "/ui/#/queues/q?state=dead&type=t")
+        expect(page.locator("#bulk")).to_have_text("Requeue every dead task of type t")
+        page.click("#bulk")
+        expect(page.locator("#confirm-text")).to_contain_text("attempts reset")
+        page.click("#confirm-ok")
+        expect(page.locator("#flash")).to_contain_text("1 done, 0 refused", timeout=10_000)
+        expect(page.locator('#tasks tr[data-id="doomed"]')).to_have_count(0)
+        polled = httpx.post(f"{base}{Q}/poll", headers=app, json={"max": 5})
+        assert sorted(t["id"] for t in polled.json()["tasks"]) == ["a-fresh", "doomed", "stale"]
 
         # Every API call the signed-in pages made is one the admin key may make.
         api = [(method, url, status) for method, url, status in calls if url.startswith("/v1/")]

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sdk_support import next_time
 from servers import running_service, write_config
 
 import perfectqueue
@@ -112,19 +113,24 @@ def queue(service: str) -> Iterator[perfectqueue.Queue]:
 
 
 def run_one(
-    queue: perfectqueue.Queue, key: str, task_type: str, max_attempts: int | None = None, **data: object
+    queue: perfectqueue.Queue,
+    key: str,
+    task_type: str,
+    max_attempts: int | None = None,
+    app: type[Dispatch] = App,
+    **data: object,
 ) -> WorkerTask:
     queue.submit(key, task_type, data, max_attempts=max_attempts)
     acquired = queue.poll()
     assert acquired is not None and acquired.key == key
     config = WorkerConfig.from_mapping({"retry_wait": 120})
     monitor = TaskMonitor(Signals(), 1, 1, lambda: None, lambda: None)
-    return Runner(App, monitor, config).run(acquired)
+    return Runner(app, monitor, config).run(acquired)
 
 
 def retried_for(queue: perfectqueue.Queue, key: str) -> int:
     """Seconds until a retried task is deliverable again."""
-    return queue[key].metadata().timeout - int(time.time())
+    return next_time(queue[key].metadata()) - int(time.time())
 
 
 def test_an_exact_type_routes_to_its_handler(queue: perfectqueue.Queue) -> None:
@@ -146,13 +152,27 @@ def test_a_dotted_handler_name_is_imported(queue: perfectqueue.Queue) -> None:
     assert run_one(queue, "d1", "dotted").outcome == "finished"
 
 
-def test_an_unknown_type_is_retried_and_logged(
+def test_an_unknown_type_goes_dead_at_once_and_is_logged(
     queue: perfectqueue.Queue, caplog: pytest.LogCaptureFixture
 ) -> None:
-    task = run_one(queue, "u1", "nobody-handles-this")
-    assert task.outcome == "retried"
-    assert 100 <= retried_for(queue, "u1") <= 121
+    task = run_one(queue, "u1", "nobody-handles-this")  # its first attempt of the queue's 10
+    assert task.outcome == "dead"
+    meta = queue["u1"].metadata()
+    assert (meta.status, meta.attempts) == ("dead", 1)
+    assert meta.last_error == "UnknownType: no route of App matches the type 'nobody-handles-this'"
     assert "event=unknown_type id=u1" in caplog.text
+
+
+class RetryingApp(App):
+    unknown_type = "retry"
+
+
+def test_an_unknown_type_is_retried_where_the_dispatch_says_so(queue: perfectqueue.Queue) -> None:
+    assert run_one(queue, "u2", "nobody-handles-this", app=RetryingApp).outcome == "retried"
+    assert 100 <= retried_for(queue, "u2") <= 121
+    assert queue["u2"].metadata().last_error == (
+        "UnknownType: no route of RetryingApp matches the type 'nobody-handles-this'"
+    )
 
 
 def test_a_missing_handler_name_is_retried_and_logged(

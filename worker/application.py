@@ -117,11 +117,19 @@ def report(error: BaseException, limit: int = ERROR_CHARS) -> str:
     return f"{head}\n{TRACEBACK}{''.join(kept)}".rstrip("\n")
 
 
-def retry(task: WorkerTask, retry_wait: int | None = None, error: str | None = None, **reason: Any) -> None:
+def retry(
+    task: WorkerTask,
+    retry_wait: int | None = None,
+    error: str | None = None,
+    *,
+    dead: bool = False,
+    **reason: Any,
+) -> None:
     """Retry ``task`` after ``retry_wait`` (default: the queue's backoff, or the worker's
-    ``retry_wait``), recording ``error``; a failure to do so is logged."""
+    ``retry_wait``), recording ``error``, or with ``dead`` give up on it; a failure to do so is
+    logged."""
     try:
-        task.retry(retry_wait, error)
+        task.retry(retry_wait, error, dead=dead)
     except CancelRequestedError:
         pass  # cancelled meanwhile: the task ended as cancelled
     except PerfectQueueError as exc:

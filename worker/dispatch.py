@@ -9,8 +9,11 @@
 Routes are tried in the order they were added; the first that matches wins. A regex matches as
 Ruby's ``=~`` does (:meth:`re.Pattern.search`: anchor it yourself). A handler given by name is
 looked up when first needed: a plain name in the module of the Dispatch subclass, a dotted
-``package.module.Name`` by importing the module. A task whose type no route matches (or whose
-handler cannot be found) is retried after ``retry_wait`` and an error is logged.
+``package.module.Name`` by importing the module. A task whose type no route matches ends **dead**
+at once, its ``last_error`` saying so (``UnknownType: …``), and an error is logged: retrying it
+would only fail again; requeue it once a route handles its type. A subclass that sets
+``unknown_type = "retry"`` retries it instead (the original's behaviour). A task whose handler
+cannot be found (a name that does not resolve: a deployment error) is retried.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import logging
 import re
 import sys
 from collections.abc import Awaitable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from ..errors import ConfigError
 from . import logs
@@ -35,6 +38,8 @@ class Dispatch(Base):
     """A :class:`Base` whose :meth:`run` hands the task to the handler routed for its type."""
 
     routes: ClassVar[list[tuple[Pattern, Handler]]] = []
+    unknown_type: ClassVar[Literal["dead", "retry"]] = "dead"
+    """What becomes of a task whose type no route matches: dead at once, or retried."""
 
     @classmethod
     def route(cls, pattern: Pattern, handler: Handler) -> None:
@@ -70,7 +75,8 @@ class Dispatch(Base):
             return None
         if handler is None:
             log.error("%s", logs.fields(event="unknown_type", id=task.key, type=task.type))
-            retry(task)
+            error = f"UnknownType: no route of {type(self).__name__} matches the type {task.type!r}"
+            retry(task, error=error, dead=type(self).unknown_type == "dead")
             return None
         return handler(task).execute()
 

@@ -125,10 +125,10 @@ class WorkerTask(AcquiredTask):
         """The finish call itself (the acknowledger's, when a batch is not possible)."""
         super().finish()
 
-    def retry(self, retry_wait: int | None = None, error: str | None = None) -> None:
+    def retry(self, retry_wait: int | None = None, error: str | None = None, *, dead: bool = False) -> None:
         wait = self.default_retry_wait if retry_wait is None else retry_wait
-        outcome = "dead" if self.last_attempt else "retried"
-        self._settle(outcome, lambda: AcquiredTask.retry(self, wait, error), batched=False)
+        outcome = "dead" if dead or self.last_attempt else "retried"
+        self._settle(outcome, lambda: AcquiredTask.retry(self, wait, error, dead=dead), batched=False)
 
     @property
     def last_attempt(self) -> bool:

@@ -15,6 +15,7 @@ from fastapi.responses import RedirectResponse, Response
 from ..asgi import PAGE_HEADERS
 from ..metrics import PerMinute
 from ..runtime import Runtime
+from ..trouble import Trouble
 from . import api
 from .state import Dashboard
 
@@ -52,9 +53,9 @@ async def ui_asset(name: str) -> Response:
     return asset(name)
 
 
-def install(app: FastAPI, runtime: Runtime, counts: PerMinute) -> Dashboard:
+def install(app: FastAPI, runtime: Runtime, counts: PerMinute, trouble: Trouble) -> Dashboard:
     """Serve the pages and the dashboard's endpoints; the app's lifespan runs its throughput."""
-    dashboard = app.state.dashboard = Dashboard(runtime, counts)
+    dashboard = app.state.dashboard = Dashboard(runtime, counts, trouble)
     app.include_router(pages)
     app.include_router(api.router)
     return dashboard

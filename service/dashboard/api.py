@@ -20,6 +20,7 @@ from ..problems import responses
 from ..routes import QueueDep, administered, queue_info
 from ..runtime import QueueRuntime
 from ..security import require
+from ..trouble import WINDOW as TROUBLE_WINDOW
 from .state import Dashboard, dashboard_of
 from .throughput import WINDOW
 
@@ -28,6 +29,7 @@ router = APIRouter(prefix="/v1", tags=["dashboard"])
 EXAMPLE_OVERVIEW = {
     **m.EXAMPLE_QUEUE,
     "throughput": {"end": 1767225600, "submitted": [5] * WINDOW, "finished": [4] * WINDOW},
+    "trouble": {"window": 900, "database_errors": 0, "lock_wait_max": 0.25},
 }
 
 
@@ -37,10 +39,19 @@ class ThroughputOut(BaseModel):
     finished: list[int] = Field(description="Tasks finished in each of the last 60 minutes, oldest first")
 
 
+class TroubleOut(BaseModel):
+    """What went wrong lately on the replica that answered (each replica keeps its own)."""
+
+    window: int = Field(description="Seconds looked back")
+    database_errors: int = Field(description="Calls that failed because the database did not answer")
+    lock_wait_max: float = Field(description="The longest wait of an acquisition for the table's lock (s)")
+
+
 class QueueOverview(m.QueueInfo):
-    """A queue's counts (as ``GET /v1/queues/{queue}``) and its throughput."""
+    """A queue's counts (as ``GET /v1/queues/{queue}``), its throughput and its recent trouble."""
 
     throughput: ThroughputOut
+    trouble: TroubleOut
 
 
 class Overview(BaseModel):
@@ -52,9 +63,12 @@ class Overview(BaseModel):
 
 class UserOut(BaseModel):
     user: str
-    running: int
-    scheduled: int
-    max_running: int | None
+    leased: int = Field(description="Tasks of the user held by a worker")
+    scheduled: int = Field(description="Tasks of the user due later, held by nobody")
+    max_running: int | None = Field(
+        description="The most tasks of the user not yet due (leased or scheduled, the original's running) "
+        "that may be at once"
+    )
 
 
 class UserList(BaseModel):
@@ -63,14 +77,17 @@ class UserList(BaseModel):
         "metrics_count_limit tasks not yet due)"
     )
 
-    model_config = m.examples({"users": [{"user": "acme", "running": 2, "scheduled": 1, "max_running": 3}]})
+    model_config = m.examples({"users": [{"user": "acme", "leased": 2, "scheduled": 1, "max_running": 3}]})
 
 
 async def overview_of(queue: QueueRuntime, dashboard: Dashboard) -> tuple[int, QueueOverview]:
     counts = await queue.counts()
     history = await dashboard.throughput.history(queue)
     series = ThroughputOut(end=history.end, submitted=history.submitted, finished=history.finished)
-    return counts.now, QueueOverview(**queue_info(queue.name, counts).model_dump(), throughput=series)
+    recent = dashboard.trouble.recent(queue.name)
+    trouble = TroubleOut(window=TROUBLE_WINDOW, **asdict(recent))
+    info = queue_info(queue.name, counts).model_dump()
+    return counts.now, QueueOverview(**info, throughput=series, trouble=trouble)
 
 
 @router.get(
@@ -99,7 +116,7 @@ async def overview(
     "/queues/{queue}/users",
     operation_id="listUsers",
     dependencies=[require(*ADMIN)],
-    summary="Per user: tasks running and scheduled, against max_running (the fair scheduler's view)",
+    summary="Per user: tasks leased and scheduled, against max_running (the fair scheduler's view)",
     responses=responses(404),
 )
 async def users(queue: QueueDep) -> UserList:

@@ -93,7 +93,7 @@ async def attributes(ctx: Context, queue: QueueRuntime, counted: bool) -> dict[s
         except PerfectQueueError as exc:
             raise from_queue_error(exc) from None
         values["ApproximateNumberOfMessages"] = str(counts.waiting)
-        values["ApproximateNumberOfMessagesNotVisible"] = str(counts.running - counts.scheduled)
+        values["ApproximateNumberOfMessagesNotVisible"] = str(counts.leased)
         values["ApproximateNumberOfMessagesDelayed"] = str(counts.scheduled)
     return values
 

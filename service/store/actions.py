@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 
 from ...errors import AlreadyFinishedError, NotDeadError, NotFoundError
 from .model import Outcome, Task, check_stored_id
-from .rows import status_of, to_task
+from .rows import status_of
 from .statements import QueueStatements
 
 
@@ -70,7 +70,7 @@ class OperatorActions(QueueStatements):
             else:
                 conn.execute(sa.update(self.table).where(self._t.id == task_id).values(cancel_requested=1))
             row = self._read(conn, task_id)
-            return to_task(row, row.now, limit=self.max_data_bytes)
+            return self._task(row, row.now)
 
         return self.db.transaction(work)
 
@@ -98,6 +98,6 @@ class OperatorActions(QueueStatements):
             }
             conn.execute(sa.update(self.table).where(self._t.id == task_id).values(values))
             row = self._read(conn, task_id)
-            return to_task(row, row.now, limit=self.max_data_bytes)
+            return self._task(row, row.now)
 
         return self.db.transaction(work)

@@ -90,10 +90,6 @@ class Columns:
         column = self.table.c.outcome
         return column.is_(None) if outcome is None else column == outcome.value
 
-    def outcome_kept(self, outcome: Outcome) -> sa.ColumnElement[bool] | None:
-        """As :meth:`outcome_is`, or None when the table keeps no outcome (a count is 0)."""
-        return self.outcome_is(outcome) if self.extended() else None
-
     @property
     def attempt(self) -> int:
         """What an acquisition adds to a task's attempts: 1, or 0 where the table keeps none."""

@@ -83,12 +83,18 @@ class LeaseOperations(QueueStatements):
         return self.db.transaction(work)
 
     def retry(
-        self, task_id: str, lease: int, retry_wait: int | None = None, error: str | None = None
+        self,
+        task_id: str,
+        lease: int,
+        retry_wait: int | None = None,
+        error: str | None = None,
+        dead: bool = False,
     ) -> int | None:
         """Give the task back, to be delivered again after ``retry_wait`` seconds (None: the
         queue's backoff for its attempt count), recording ``error`` (the handler's, truncated).
+        ``dead``: give up on it, dead now whatever its attempts (a type no handler knows).
 
-        Returns the wait, or None when the task's attempts are used up: it is dead now.
+        Returns the wait, or None when the task is dead now (given up, or its attempts used up).
         """
         if retry_wait is not None:
             check_duration("retry_wait", retry_wait)
@@ -103,7 +109,7 @@ class LeaseOperations(QueueStatements):
             if row.cancel_requested:
                 conn.execute(self._end(self._t.id == task_id, Outcome.CANCELLED).values(recorded))
                 return cancelled(task_id)
-            if self.policy.exhausted(row.attempts, row.max_attempts):
+            if dead or self.policy.exhausted(row.attempts, row.max_attempts):
                 conn.execute(self._end(self._t.id == task_id, Outcome.DEAD).values(recorded))
                 return None
             wait = self.policy.wait(row.attempts) if retry_wait is None else retry_wait

@@ -82,6 +82,48 @@ class Task:
     is empty, ``type`` the part of the id before its first dot)."""
     size: int = 0
     """Bytes of the stored JSON, inflated: what the data costs in an answer."""
+    finished_at: int | None = None
+    """When a finished, dead or cancelled task ended: its retention's end less the retention
+    this store applies to its outcome (a row written under another retention reads off by the
+    difference)."""
+
+    # The real instants behind ``timeout``, the table's encoding (CONTRACT.md §2), whole unix
+    # seconds; None where they do not apply. ``created_at`` is the row's own (NULL once ended).
+
+    @property
+    def ended(self) -> bool:
+        return self.created_at is None
+
+    @property
+    def due_at(self) -> int | None:
+        """When a task nobody holds is (or was) deliverable: waiting, or scheduled for later."""
+        return None if self.ended or self.leased else self.timeout
+
+    @property
+    def lease_expires_at(self) -> int | None:
+        """When a leased task's lease ends unless its holder extends it."""
+        return self.timeout if self.leased else None
+
+    @property
+    def expires_at(self) -> int | None:
+        """When an ended task's row is deleted (its id free again)."""
+        return self.timeout + DELETE_OFFSET if self.ended else None
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long ended rows are kept (``retention_time``, ``dead_retention_time``): a row's
+    timeout is its end plus that, less DELETE_OFFSET."""
+
+    finished: int
+    dead: int
+
+    def finished_at(self, status: TaskStatus, timeout: int) -> int | None:
+        """When a task of this status whose row holds ``timeout`` ended (None: not ended)."""
+        if status in (TaskStatus.WAITING, TaskStatus.RUNNING):
+            return None
+        kept = self.dead if status is TaskStatus.DEAD else self.finished
+        return timeout + DELETE_OFFSET - kept
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from ...errors import AlreadyExistsError, InvalidError, PerfectQueueError
-from . import throughput
+from . import pausing, throughput
 from .acquire import Acquisition
 from .actions import OperatorActions
 from .codec import encode_data
@@ -97,14 +97,26 @@ class QueueStore(LeaseOperations, OperatorActions):
         self._columns = Columns(db, self.table, changed=self._acquisition.use_columns)
         """The table's column set; the hot statements are prepared once per set (``prepared``)."""
         self._listing = Listing(self.table, self._columns.selected)
+        self._pause = pausing.PauseFlag(db, table)
+
+    # -- pausing ---------------------------------------------------------------------------
+
+    def pause(self) -> int | None:
+        """Pause the queue: acquisitions hand out nothing (every process within PAUSE_RECHECK
+        seconds); submits and calls on leased tasks go on. When it was paused."""
+        return self._pause.set(True)
+
+    def resume(self) -> None:
+        """Resume a paused queue (one not paused stays so)."""
+        self._pause.set(False)
 
     # -- schema ----------------------------------------------------------------------------
 
     def init(self, binary_collation: bool = False) -> list[str]:
         """Create the table or add what it lacks, and the per-minute counts' side table
-        (idempotent); ``binary_collation``: convert an original table's ids and users to compare
-        byte for byte (:func:`.schema.convert_collation`)."""
-        done = init_table(self.db, self.table, side=throughput.create, binary_collation=binary_collation)
+        (idempotent), and the paused queues' side table; ``binary_collation``: convert an
+        original table's ids and users to compare byte for byte (:func:`.schema.convert_collation`)."""
+        done = init_table(self.db, self.table, side=_side_tables, binary_collation=binary_collation)
         self._columns.use(extended=True)
         return done
 
@@ -222,6 +234,8 @@ class QueueStore(LeaseOperations, OperatorActions):
         check_duration("alive_time", alive_time, 1)
         lease = secrets.randbelow(MAX_LEASE) + 1
         self.extended()
+        if self._pause.paused_at() is not None:
+            return []
         ended: dict[Outcome, int] = {}
 
         def work(conn: Connection) -> tuple[int, Sequence[Row[Any]]]:
@@ -315,3 +329,10 @@ def _already_exists(task_id: str, at_once: bool = False) -> AlreadyExistsError:
     if at_once:  # the same id twice in one call: a batch, or submits merged into one
         return AlreadyExistsError(f"task {task_id!r} already exists (submitted more than once at a time)")
     return AlreadyExistsError(f"task {task_id!r} already exists")
+
+
+def _side_tables(conn: Connection) -> None:
+    """The side tables the queues of a database share (:mod:`.throughput`, :mod:`.pausing`),
+    created by ``init`` under its lock (PostgreSQL's concurrent DDL would fail)."""
+    throughput.create(conn)
+    pausing.create(conn)

@@ -8,7 +8,7 @@ Every read takes the database's clock in its own transaction and turns rows into
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,7 +21,17 @@ from .codec import decode_data
 from .columns import Columns
 from .database import Database
 from .listing import Listing, encode_cursor
-from .model import DELETE_OFFSET, EVENT_HORIZON, Outcome, Task, TaskStatus, check_int, check_stored_id
+from .model import (
+    DELETE_OFFSET,
+    EVENT_HORIZON,
+    Retention,
+    RetryPolicy,
+    Task,
+    TaskStatus,
+    check_int,
+    check_stored_id,
+)
+from .pausing import PauseFlag
 from .rows import is_leased, status_of, to_task, within
 from .stats import DEFAULT_LIMIT, Counts, UserLoad, count_states, user_loads
 
@@ -43,6 +53,15 @@ class QueueReader:
     _columns: Columns
     _listing: Listing
     max_data_bytes: int | None
+    retention_time: int
+    policy: RetryPolicy
+    _pause: PauseFlag
+
+    def _task(self, row: Any, now: int, with_data: bool = True) -> Task:
+        """The task a row holds at ``now``, its data as :func:`.rows.to_task` reads it under
+        ``max_data_bytes``, with when it ended if it did."""
+        retention = Retention(self.retention_time, self.policy.dead_retention_time)
+        return to_task(row, now, limit=self.max_data_bytes, with_data=with_data, retention=retention)
 
     def get(self, task_id: str) -> Task:
         """The task's current state; NotFoundError if there is no row."""
@@ -50,16 +69,20 @@ class QueueReader:
         self._columns.extended()
 
         row = self.db.transaction(lambda conn: self._read(conn, task_id), readonly=True)
-        return to_task(row, row.now, limit=self.max_data_bytes)  # decoded outside the transaction
+        return self._task(row, row.now)  # decoded outside the transaction
 
     def counts(self, limit: int = DEFAULT_LIMIT) -> Counts:
         """Tasks by state, each count stopping at ``limit`` (:mod:`.stats`)."""
-        dead = self._columns.outcome_kept(Outcome.DEAD)
+        outcome = self._t.outcome if self._columns.extended() else None
 
         def work(conn: Connection) -> Counts:
-            return count_states(conn, self.table, self._now(conn), dead, limit)
+            now = self._now(conn)
+            dead_retention = self.policy.dead_retention_time
+            return count_states(
+                conn, self.table, now, outcome=outcome, limit=limit, dead_retention=dead_retention
+            )
 
-        return self.db.transaction(work, readonly=True)
+        return replace(self.db.transaction(work, readonly=True), paused_at=self._pause.paused_at())
 
     def users(self, users: int = 200, limit: int = DEFAULT_LIMIT) -> list[UserLoad]:
         """Per user, tasks running and scheduled against max_running, among the first ``limit``
@@ -122,7 +145,7 @@ class QueueReader:
             return now, rows, after
 
         now, rows, after = self.db.transaction(work, readonly=True)
-        decoded = (to_task(r, now, limit=self.max_data_bytes, with_data=with_data) for r in rows)
+        decoded = (self._task(r, now, with_data) for r in rows)
         tasks = list(decoded) if not with_data else list(within(decoded, max_bytes))  # one at a time
         if len(tasks) < len(rows):
             last = tasks[-1]

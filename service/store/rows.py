@@ -19,7 +19,7 @@ from ...errors import (
     PreemptedError,
 )
 from .codec import decode_data
-from .model import Outcome, Task, TaskStatus
+from .model import Outcome, Retention, Task, TaskStatus
 
 
 def to_task(
@@ -30,19 +30,22 @@ def to_task(
     *,
     limit: int | None = None,
     with_data: bool = True,
+    retention: Retention | None = None,
 ) -> Task:
     """The task a row holds at ``now``; ``timeout`` and ``attempts`` as just leased, if given;
     its data withheld when over ``limit`` bytes, or left out (``with_data`` false: it is read
-    for the type, then dropped)."""
+    for the type, then dropped). ``retention`` (the store's) tells when an ended task ended
+    (without it: not told)."""
     task_type, data, compression, size = decode_data(row.id, row.data, limit)
     leased = is_leased(row, now) if timeout is None else True  # a new timeout: just leased
     timeout = row.timeout if timeout is None else timeout
+    status = status_of(row, now, timeout)
     return Task(
         id=row.id,
         type=task_type,
         data=data if data is not None and with_data else {},
         user=row.resource,
-        status=status_of(row, now, timeout),
+        status=status,
         created_at=row.created_at,
         timeout=timeout,
         max_running=row.max_running,
@@ -55,6 +58,7 @@ def to_task(
         leased=leased,
         data_withheld=data is None,
         size=0 if data is None else size,  # withheld: nothing to send
+        finished_at=None if retention is None else retention.finished_at(status, timeout),
     )
 
 

@@ -11,17 +11,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from ...errors import PerfectQueueError
-from .model import DELETE_OFFSET, Outcome, RetryPolicy
+from .model import DELETE_OFFSET, Outcome
 from .reading import QueueReader
 from .rows import holds, lease_error
 
 
 class QueueStatements(QueueReader):
     """The statements shared by the operations that change rows (``QueueStore`` sets
-    ``retention_time`` and ``policy``)."""
-
-    retention_time: int
-    policy: RetryPolicy
+    ``retention_time`` and ``policy``, declared by :class:`QueueReader`)."""
 
     def _held(self, task_id: str, lease: int) -> sa.ColumnElement[bool]:
         return sa.and_(self._t.id == task_id, self._t.owner == lease, self._t.created_at.is_not(None))

@@ -4,8 +4,10 @@
 An exact COUNT over the timeout index reads every entry of the range (160 ms for a million
 waiting tasks on MariaDB), and a count that must read ``owner`` (leased or not) walks the rows
 too. So each count here stops at ``limit`` index entries: a count at the limit means "at least
-that many" (:attr:`Counts.capped` names them). Running and scheduled tasks are both in the
+that many" (:attr:`Counts.capped` names them). Leased and scheduled tasks are both in the
 not-yet-due range of the timeout index; the first ``limit`` of them are read for their owner.
+Finished, dead and cancelled rows are all in the ended range; dead and cancelled are counted on
+the outcome index, finished among the first ``limit`` ended rows read for their outcome.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .model import EVENT_HORIZON
+from .model import DELETE_OFFSET, EVENT_HORIZON, Outcome
+
+STATES = ("waiting", "leased", "scheduled", "finished", "dead", "cancelled")
+"""The states :class:`Counts` tells apart, in the order people read them."""
 
 DEFAULT_LIMIT = 10_000
 """Where counts stop unless told otherwise (the service's ``metrics_count_limit``)."""
@@ -24,23 +29,33 @@ DEFAULT_LIMIT = 10_000
 
 @dataclass(frozen=True, slots=True)
 class Counts:
-    """One queue's tasks by state (CONTRACT.md §2), with how many running ones nobody holds."""
+    """One queue's tasks by state: the time model's (CONTRACT.md §2) as people read it."""
 
     waiting: int
-    running: int
-    """Not yet due (CONTRACT.md §2): leased to a worker, or scheduled for later."""
+    """Deliverable now."""
+    leased: int
+    """Held by a worker under a lease."""
+    scheduled: int
+    """Due later, held by nobody: submitted with a future ``run_at`` or retried with a wait."""
     finished: int
-    """Retained finished rows, dead and cancelled ones included."""
+    """Retained rows of tasks that finished (dead and cancelled ones are not among them)."""
     dead: int = 0
-    scheduled: int = 0
-    """Of the running ones, those nobody holds: submitted with a future ``run_at`` or retried
-    with a wait (``running - scheduled`` are leased)."""
+    cancelled: int = 0
+    dead_last_hour: int = 0
+    """Of the dead, those that died in the last hour (by the queue's ``dead_retention_time``)."""
     oldest_waiting_age: int | None = None
     """Seconds the longest-waiting task has been deliverable (None: none waiting)."""
     capped: tuple[str, ...] = ()
     """The counts that stopped at the limit: there are at least that many."""
     now: int = 0
     """The database's clock when counted."""
+    paused_at: int | None = None
+    """When the queue was paused (None: it is not): polls get nothing, submits are accepted."""
+
+    @property
+    def running(self) -> int:
+        """The contract's (and the original's) running: not yet due, leased or scheduled."""
+        return self.leased + self.scheduled
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,46 +63,75 @@ class UserLoad:
     """A user's tasks not yet due: what the fair scheduler counts against ``max_running``."""
 
     user: str
-    running: int
+    leased: int
     scheduled: int
     max_running: int | None
 
 
 def count_states(
-    conn: Connection, table: sa.Table, now: int, dead: sa.ColumnElement[bool] | None, limit: int
+    conn: Connection,
+    table: sa.Table,
+    now: int,
+    *,
+    outcome: sa.ColumnElement[Any] | None,
+    limit: int,
+    dead_retention: int,
 ) -> Counts:
-    """Counts of every state at ``now`` in one statement of bounded index range reads (``dead``:
-    the condition of a dead row, None when the table has no ``outcome`` column)."""
+    """Counts of every state at ``now`` in one statement of bounded index range reads
+    (``outcome``: the column, None when the table has none: nothing ended dead or cancelled).
+    Leased and scheduled are told apart among the first ``limit`` rows not yet due, finished
+    among the first ``limit`` ended ones: past the limit each is a lower bound. A dead row of
+    the last hour has a timeout above ``now - 3600 - DELETE_OFFSET + dead_retention``: a short
+    range of the timeout index (rows kept for less are below it)."""
     t = table.c
 
     def capped(*where: sa.ColumnElement[bool]) -> Any:
         rows = sa.select(sa.literal_column("1")).select_from(table).where(*where).limit(limit).subquery()
         return sa.select(sa.func.count()).select_from(rows).scalar_subquery()
 
-    later = sa.select(t.owner).where(t.timeout > now).order_by(t.timeout).limit(limit).subquery()
+    def first(*where: sa.ColumnElement[bool], **columns: sa.ColumnElement[Any]) -> Any:
+        chosen = [c.label(name) for name, c in columns.items()]
+        return sa.select(*chosen).where(*where).order_by(t.timeout).limit(limit).subquery()
+
+    def count(rows: Any, *where: sa.ColumnElement[bool]) -> Any:
+        return sa.select(sa.func.count()).select_from(rows).where(*where).scalar_subquery()
+
+    kept = sa.null() if outcome is None else outcome
+    later = first(t.timeout > now, owner=t.owner)
+    ended = first(t.timeout <= EVENT_HORIZON, outcome=kept)
+    nothing = sa.literal(0)
+    died = now - 3600 - DELETE_OFFSET + dead_retention
+    recent = (t.timeout > died, t.timeout <= EVENT_HORIZON)
     row = conn.execute(
         sa.select(
             capped(t.timeout > EVENT_HORIZON, t.timeout <= now),
-            sa.select(sa.func.count()).select_from(later).scalar_subquery(),
-            sa.select(sa.func.count()).select_from(later).where(later.c.owner == 0).scalar_subquery(),
-            capped(t.timeout <= EVENT_HORIZON),
-            capped(dead) if dead is not None else sa.literal(0),
+            count(later),
+            count(later, later.c.owner == 0),
+            count(ended),
+            count(ended, ended.c.outcome.is_(None)),
+            nothing if outcome is None else capped(outcome == Outcome.DEAD.value),
+            nothing if outcome is None else capped(outcome == Outcome.CANCELLED.value),
+            nothing if outcome is None else capped(*recent, outcome == Outcome.DEAD.value),
             sa.select(sa.func.min(t.timeout)).where(t.timeout > EVENT_HORIZON).scalar_subquery(),
         )
     ).one()
-    waiting, not_due, scheduled, finished, dead_count, oldest = (None if v is None else int(v) for v in row)
-    assert waiting is not None and not_due is not None and finished is not None
-    full = {"waiting": waiting, "finished": finished, "dead": dead_count or 0}
+    waiting, not_due, scheduled, ended_count, finished, dead, cancelled, recent_dead = (
+        int(v or 0) for v in row[:8]
+    )
+    oldest = row[8]
+    full = {"waiting": waiting, "dead": dead, "cancelled": cancelled}
     names = [name for name, value in full.items() if value >= limit]
-    if not_due >= limit:
-        names[1:1] = ["running", "scheduled"]
+    names[1:1] = ["leased", "scheduled"] if not_due >= limit else []
+    names[3:3] = ["finished"] if ended_count >= limit else []
     return Counts(
         waiting=waiting,
-        running=not_due,
+        leased=not_due - scheduled,
+        scheduled=scheduled,
         finished=finished,
-        dead=dead_count or 0,
-        scheduled=scheduled or 0,
-        oldest_waiting_age=None if oldest is None or oldest > now else now - oldest,
+        dead=dead,
+        cancelled=cancelled,
+        dead_last_hour=recent_dead,
+        oldest_waiting_age=None if oldest is None or oldest > now else now - int(oldest),
         capped=tuple(names),
         now=now,
     )

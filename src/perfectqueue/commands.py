@@ -1,5 +1,5 @@
 """The original's command-line tool for tasks: list, submit, force_finish, show, stats; and
-cancel and requeue (of a dead task), beyond the original. ``force-finish`` is a hidden alias.
+cancel, requeue (of a dead task), pause and resume, beyond the original. ``force-finish`` is a hidden alias.
 
 They talk to the service (``type: http``, the default) or straight to the database
 (``type: rdb_compat`` with the seed's ``url`` and ``table``), configured as the SDK is: a YAML
@@ -15,13 +15,20 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from .client import Queue, TaskMetadata, open
+from .client import Queue, QueueStats, TaskMetadata, open
+from .client._types import INSTANTS, STATES
 from .configfile import command_settings, screened
 from .errors import InvalidError
 
 log = logging.getLogger("perfectqueue")
-COLUMNS = ("key", "type", "user", "status", "created_at", "timeout", "data")
-WIDTHS = {"key": 24, "type": 14, "user": 12, "status": 9, "created_at": 19, "timeout": 19, "data": 30}
+COLUMNS = ("key", "type", "user", "state", "created_at", "when", "data")
+WIDTHS = {"key": 24, "type": 14, "user": 12, "state": 9, "created_at": 20, "when": 33, "data": 30}
+WHEN = {
+    "waiting": ("due", "due_at"),
+    "scheduled": ("due", "due_at"),
+    "leased": ("lease ends", "lease_expires_at"),
+}
+"""The time the table's ``when`` column shows for a state (an ended task: when it ended)."""
 
 
 def add_parsers(commands: Any) -> None:
@@ -67,8 +74,13 @@ def add_parsers(commands: Any) -> None:
     show.add_argument("key")
     show.set_defaults(command=show_task)
 
-    stats = _parser(commands, "stats", "waiting, running, finished and dead counts")
+    stats = _parser(commands, "stats", "waiting, leased, scheduled, finished, dead and cancelled counts")
     stats.set_defaults(command=show_stats)
+
+    pause = _parser(commands, "pause", "pause the queue: polls get nothing, submits are still accepted")
+    pause.set_defaults(command=pause_queue, paused=True)
+    resume = _parser(commands, "resume", "resume a paused queue")
+    resume.set_defaults(command=pause_queue, paused=False)
 
 
 def _parser(commands: Any, name: str, help_text: str, *, listed: bool = True) -> argparse.ArgumentParser:
@@ -108,8 +120,7 @@ def list_tasks(args: argparse.Namespace) -> int:
         columns = (*COLUMNS, "last_error") if args.status == "dead" else COLUMNS
         print(_format_row({c: c for c in columns}, columns), file=sys.stdout)
         for count, task in enumerate(tasks, 1):
-            row = {k: _text(k, v) for k, v in _row(task).items()}
-            print(_format_row(row, columns), flush=count % 100 == 0)
+            print(_format_row(_table_row(task), columns), flush=count % 100 == 0)
     return 0
 
 
@@ -165,19 +176,40 @@ def show_task(args: argparse.Namespace) -> int:
 def show_stats(args: argparse.Namespace) -> int:
     with open_queue(args) as queue:
         stats = queue.stats()
-    counts = ", ".join(f"{name} {stats.shown(name)}" for name in ("waiting", "running", "finished", "dead"))
-    print(f"{stats.name}: {counts}")
+    print(_stats_line(stats))
     return 0
 
 
+def pause_queue(args: argparse.Namespace) -> int:
+    with open_queue(args) as queue:
+        stats = queue.pause() if args.paused else queue.resume()
+    print(_stats_line(stats))
+    return 0
+
+
+def _stats_line(stats: QueueStats) -> str:
+    counts = ", ".join(f"{name} {stats.shown(name)}" for name in STATES)
+    paused = f" (paused since {_readable(_rfc3339(stats.paused_at))})" if stats.paused else ""
+    return f"{stats.name}: {counts}{paused}"
+
+
+def state_of(task: TaskMetadata) -> str:
+    """The status, with running split into leased (a worker holds it) and scheduled."""
+    if task.status == "running":
+        return "leased" if task.leased else "scheduled"
+    return task.status
+
+
 def _row(task: TaskMetadata) -> dict[str, Any]:
+    """A task as the CLI prints it: its times in RFC 3339 (UTC), null where they do not apply."""
+    stamp = {name: _rfc3339(getattr(task, name)) for name in ("created_at", *INSTANTS)}
     return {
         "key": task.key,
         "type": task.type,
         "user": task.user,
         "status": task.status,
-        "created_at": task.created_at,
-        "timeout": task.timeout,
+        "state": state_of(task),
+        **stamp,
         "data": task.data,
         "attempts": task.attempts,
         "max_attempts": task.max_attempts,
@@ -187,11 +219,26 @@ def _row(task: TaskMetadata) -> dict[str, Any]:
     }
 
 
+def _rfc3339(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _table_row(task: TaskMetadata) -> dict[str, str]:
+    row = _row(task)
+    label, name = WHEN.get(row["state"], ("ended", "finished_at"))
+    row["when"] = f"{label} {_readable(row[name])}" if row[name] else ""
+    row["created_at"] = _readable(row["created_at"])
+    return {k: _text(k, v) for k, v in row.items()}
+
+
+def _readable(stamp: str | None) -> str:
+    """An RFC 3339 instant as the table shows it: ``2026-01-01 00:00:00Z``."""
+    return "" if stamp is None else stamp.replace("T", " ")
+
+
 def _text(column: str, value: Any) -> str:
     if value is None:
         return ""
-    if column in ("created_at", "timeout") and value > 1_300_000_000:
-        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
     if column == "data":
         return json.dumps(value, ensure_ascii=False)
     if column == "last_error":

@@ -33,6 +33,10 @@ MAX_DURATION = 365 * 24 * 3600
 
 MAX_ATTEMPTS = 1_000_000
 """The largest max_attempts accepted (per task or per queue)."""
+DEFAULT_MAX_ATTEMPTS = 10
+"""Deliveries before a failing task is dead, unless configured: with the default exponential
+backoff (``retry_wait`` 300 s doubling, at most ``retry_wait_max``, a day) its nine retries span
+about a day and a half; the task is then kept ``dead_retention_time`` (a week) for a requeue."""
 
 
 def setting(default: Any, doc: str, **bounds: float) -> Any:
@@ -144,11 +148,14 @@ class QueueSettings(Declared):
         "skip_locked", "get_lock: every acquisition takes the original's GET_LOCK('<table>')"
     )
     max_attempts: int | None = setting(
-        None, "deliveries after which a failing task is dead (None: unlimited)", ge=1, le=MAX_ATTEMPTS
+        DEFAULT_MAX_ATTEMPTS,
+        "deliveries after which a failing task is dead (null: unlimited, as the original)",
+        ge=1,
+        le=MAX_ATTEMPTS,
     )
     dead_retention_time: int = setting(604800, "seconds a dead task is kept", ge=0, le=MAX_DURATION)
     retry_backoff: Literal["constant", "exponential"] = setting(
-        "constant", "how long a retry without an explicit wait waits"
+        "exponential", "how long a retry without an explicit wait waits (constant: the original's)"
     )
     retry_wait_max: int = setting(86400, "exponential backoff: the longest wait", ge=0, le=MAX_DURATION)
     retry_jitter: float = setting(0.25, "exponential backoff: the fraction taken off at random", ge=0, le=1)

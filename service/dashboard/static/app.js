@@ -4,8 +4,9 @@
 
 const KEY = "perfectqueue.apiKey";
 const REFRESH_MS = 3000;
-const STATES = ["waiting", "running", "scheduled", "finished", "dead", "cancelled"];
-const FINISHED_OFFSET = 1000000000;
+const STALL_AFTER = 300; // seconds the oldest task waits, nothing leased, before a warning
+const LOCK_WAIT_WARN = 1; // seconds an acquisition waited for the table's lock: a warning
+const STATES = ["waiting", "leased", "scheduled", "finished", "dead", "cancelled"];
 
 const ui = {
   paused: false,
@@ -42,7 +43,7 @@ function svg(tag, attrs) {
 const $ = (selector) => document.querySelector(selector);
 
 function setMain(...children) {
-  $("#main").replaceChildren(...children);
+  $("#main").replaceChildren(...children.filter((child) => child !== null && child !== undefined));
 }
 
 // -- the API -------------------------------------------------------------------------------
@@ -100,12 +101,18 @@ function absolute(unix) {
 function relative(unix, now) {
   const delta = unix - now;
   const span = Math.abs(delta);
+  if (span === 0) return "now";
   let text;
   if (span < 60) text = `${span}s`;
   else if (span < 3600) text = `${Math.round(span / 60)}m`;
   else if (span < 86400) text = `${(span / 3600).toFixed(1)}h`;
   else text = `${(span / 86400).toFixed(1)}d`;
   return delta >= 0 ? `in ${text}` : `${text} ago`;
+}
+
+// The API's instants are RFC 3339 strings (null where they do not apply): unix seconds here.
+function unixOf(instant) {
+  return instant === null || instant === undefined ? null : Math.round(Date.parse(instant) / 1000);
 }
 
 function when(unix, now) {
@@ -115,7 +122,7 @@ function when(unix, now) {
 
 function age(seconds) {
   if (seconds === null || seconds === undefined) return "none waiting";
-  return relative(0, seconds).replace(" ago", "");
+  return seconds > 0 ? relative(0, seconds).replace(" ago", "") : "0s";
 }
 
 const stateChip = (state) => h("span", { class: `state ${state}`, "data-state": state, text: state });
@@ -205,7 +212,7 @@ async function tick(first) {
 
 function togglePause() {
   ui.paused = !ui.paused;
-  $("#pause").textContent = ui.paused ? "Resume" : "Pause";
+  $("#pause").textContent = ui.paused ? "Resume updates" : "Pause updates";
   $("#pause").setAttribute("aria-pressed", String(ui.paused));
   if (ui.paused) stopTimer();
   else if (ui.refresh) tick();
@@ -213,19 +220,43 @@ function togglePause() {
 
 // -- the chart -----------------------------------------------------------------------------
 
+// A round number at or above n (1, 2 or 5 times a power of ten): the chart's top.
+function niceTop(n) {
+  const power = 10 ** Math.floor(Math.log10(Math.max(1, n)));
+  return [1, 2, 5, 10].map((k) => k * power).find((k) => k >= n);
+}
+
+function chartText(x, y, text, anchor) {
+  const el = svg("text", { x, y, "text-anchor": anchor, class: "axis" });
+  el.textContent = text;
+  return el;
+}
+
 function chart(throughput) {
-  const width = 240;
-  const height = 48;
+  const [left, right, top, bottom] = [34, 6, 20, 16];
+  const [width, height] = [320, 112];
+  const plotW = width - left - right;
+  const plotH = height - top - bottom;
   const all = throughput.submitted.concat(throughput.finished);
-  const top = Math.max(1, ...all);
+  const ceiling = niceTop(Math.max(...all));
   const box = svg("svg", {
-    class: "chart", viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img",
-    "aria-label": "Submitted and finished tasks per minute over the last hour",
+    class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img",
+    "aria-label": `Submitted and finished tasks per minute over the last hour (axis up to ${ceiling} per minute)`,
   });
-  box.append(svg("line", { class: "grid", x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5 }));
+  const y = (v) => top + plotH - (v / ceiling) * plotH;
+  const x = (i, n) => left + (i * plotW) / (n - 1);
+  box.append(chartText(2, 9, "tasks/min", "start"));
+  for (const v of [0, ceiling / 2, ceiling]) {
+    box.append(svg("line", { class: "grid", x1: left, y1: y(v), x2: width - right, y2: y(v) }));
+    box.append(chartText(left - 4, y(v) + 3, number(v), "end"));
+  }
+  for (const minutes of [60, 45, 30, 15, 0]) {
+    const at = left + plotW * (1 - minutes / 60);
+    const anchor = minutes === 60 ? "start" : minutes === 0 ? "end" : "middle";
+    box.append(chartText(at, height - 3, minutes ? `−${minutes} min` : "now", anchor));
+  }
   for (const [series, name] of [[throughput.submitted, "submitted"], [throughput.finished, "finished"]]) {
-    const step = width / (series.length - 1);
-    const points = series.map((v, i) => `${(i * step).toFixed(1)},${(height - 2 - (v / top) * (height - 6)).toFixed(1)}`);
+    const points = series.map((v, i) => `${x(i, series.length).toFixed(1)},${y(v).toFixed(1)}`);
     box.append(svg("polyline", { class: name, points: points.join(" ") }));
   }
   const sum = (xs) => xs.reduce((a, b) => a + b, 0);
@@ -244,15 +275,38 @@ function chart(throughput) {
   );
 }
 
+// What an operator should notice: each a line above the counts, with data-warning naming it.
+function warnings(queue) {
+  const found = [];
+  const trouble = queue.trouble || {};
+  if (queue.paused) found.push(["paused", "Paused: polls get no task; submits are still accepted."]);
+  if (queue.oldest_waiting_age >= STALL_AFTER && queue.leased === 0) {
+    found.push(["stalled", `Tasks have waited ${age(queue.oldest_waiting_age)} and no worker holds any: are the workers running?`]);
+  }
+  if (queue.dead_last_hour > 0) {
+    const link = h("a", { href: `#/queues/${enc(queue.name)}?state=dead`, text: "see the dead tasks" });
+    found.push(["dead", [`${number(queue.dead_last_hour)} task(s) went dead in the last hour: `, link]]);
+  }
+  const minutes = Math.round((trouble.window || 0) / 60);
+  if (trouble.database_errors > 0) {
+    found.push(["errors", `${number(trouble.database_errors)} database error(s) in the last ${minutes} min (on the replica that answered).`]);
+  }
+  if (trouble.lock_wait_max >= LOCK_WAIT_WARN) {
+    found.push(["lock", `Acquisitions waited up to ${trouble.lock_wait_max.toFixed(1)} s for the table's lock in the last ${minutes} min.`]);
+  }
+  if (!found.length) return null;
+  return h("ul", { class: "warnings" }, found.map(([kind, text]) => h("li", { class: "warning", "data-warning": kind }, text)));
+}
+
 function stats(counts) {
-  // The API's running counts every task not yet due; the dashboard shows the leased ones as running.
-  const queue = { ...counts, running: counts.running - counts.scheduled };
+  const queue = counts;
   const stat = (name, label) => {
     const capped = (queue.capped || []).includes(name);
     const title = capped ? "Counting stops here to keep the page fast: there are at least this many." : null;
+    const bad = name === "dead" && queue.dead > 0;
     return h(
       "div",
-      { class: "stat", "data-stat": name, title },
+      { class: `stat${bad ? " bad" : ""}`, "data-stat": name, title },
       h("b", { text: `${number(queue[name])}${capped ? "+" : ""}` }),
       h("span", { text: label }),
     );
@@ -260,14 +314,8 @@ function stats(counts) {
   return h(
     "div",
     {},
-    h(
-      "div",
-      { class: "stats" },
-      stat("waiting", "waiting"),
-      stat("running", "running"),
-      stat("scheduled", "scheduled"),
-      stat("finished", "finished (retained)"),
-    ),
+    warnings(queue),
+    h("div", { class: "stats" }, STATES.map((name) => stat(name, name))),
     h("p", { class: "meta", "data-stat": "oldest", text: `Oldest waiting: ${age(queue.oldest_waiting_age)}` }),
     chart(queue.throughput),
   );
@@ -295,7 +343,7 @@ async function overviewPage() {
 
 function filtersOf(query) {
   const filters = {};
-  for (const name of ["state", "type", "user", "prefix"]) {
+  for (const name of ["state", "type", "user", "prefix", "sort"]) {
     const value = query.get(name);
     if (value) filters[name] = value;
   }
@@ -328,15 +376,22 @@ function filterForm(queue, filters) {
     field("type", "Type", text("type")),
     field("user", "User", text("user")),
     field("prefix", "Id prefix", text("prefix")),
+    field("sort", "Sort by", h(
+      "select",
+      { name: "sort", id: "filter-sort" },
+      h("option", { value: "", text: "default" }),
+      h("option", { value: "due", selected: filters.sort === "due", text: "due time, longest waiting first" }),
+      h("option", { value: "id", selected: filters.sort === "id", text: "id" }),
+    )),
     h("button", { type: "submit", text: "Filter" }),
     h("a", { href: `#/queues/${enc(queue)}`, text: "clear" }),
   );
 }
 
 function usersTable(users) {
-  if (!users.length) return h("p", { class: "muted", text: "No user has tasks running or scheduled." });
+  if (!users.length) return h("p", { class: "muted", text: "No user has tasks leased or scheduled." });
   const rows = users.map((u) => {
-    const held = u.running + u.scheduled;
+    const held = u.leased + u.scheduled;
     const meter = h("span", { class: `meter${u.max_running !== null && held >= u.max_running ? " full" : ""}` });
     const bar = h("i");
     bar.style.width = `${u.max_running ? Math.min(100, (100 * held) / u.max_running) : 0}%`;
@@ -346,7 +401,7 @@ function usersTable(users) {
       { "data-user": u.user },
       h("td", { class: "id", text: u.user }),
       h("td", {}, meter, `${held} / ${u.max_running === null ? "∞" : u.max_running}`),
-      h("td", { text: number(u.running) }),
+      h("td", { text: number(u.leased) }),
       h("td", { text: number(u.scheduled) }),
     );
   });
@@ -356,27 +411,30 @@ function usersTable(users) {
     h(
       "table",
       { id: "users" },
-      h("thead", {}, h("tr", {}, ["User", "Held / max_running", "Running", "Scheduled"].map((t) => h("th", { text: t })))),
+      h("thead", {}, h("tr", {}, ["User", "Held / max_running", "Leased", "Scheduled"].map((t) => h("th", { text: t })))),
       h("tbody", {}, rows),
     ),
   );
 }
 
-// The API's status, with "running" split as the dashboard shows it: held by a worker (running) or
+// The API's status, with "running" split as the dashboard shows it: held by a worker (leased) or
 // nobody's, due later (scheduled: run_at, retry_wait).
 function withState(task) {
-  return { ...task, state: task.status === "running" && !task.leased ? "scheduled" : task.status };
+  const split = task.leased ? "leased" : "scheduled";
+  return { ...task, state: task.status === "running" ? split : task.status };
 }
 
 // A dashboard state as the task listing's filters: status, and whether a worker holds the task;
-// with a state or user in due-time order, which stays on an index however rare the tasks are.
+// by default with a state or user in due-time order, which stays on an index however rare the
+// tasks are, else in id order.
 function listingParams(filters) {
-  const { state, ...rest } = filters;
+  const { state, sort, ...rest } = filters;
   const params = new URLSearchParams({ ...rest, limit: "50" });
-  if (state || rest.user) params.set("order", "due");
-  if (state === "running" || state === "scheduled") {
+  const order = sort || (state || rest.user ? "due" : "id");
+  if (order === "due") params.set("order", "due");
+  if (state === "leased" || state === "scheduled") {
     params.set("status", "running");
-    params.set("leased", String(state === "running"));
+    params.set("leased", String(state === "leased"));
   } else if (state) {
     params.set("status", state);
   }
@@ -384,12 +442,16 @@ function listingParams(filters) {
 }
 
 function dueLabel(state) {
-  const labels = { waiting: "deliverable since", running: "lease expires", scheduled: "runs at" };
+  const labels = { waiting: "deliverable since", leased: "lease expires", scheduled: "runs at" };
   return labels[state] || "retained until";
 }
 
+// The time the Due column shows: when nobody's task is due, when a lease ends, when an ended
+// task's row goes.
 function dueTime(task) {
-  return task.state === "finished" ? task.timeout + FINISHED_OFFSET : task.timeout;
+  if (task.state === "leased") return unixOf(task.lease_expires_at);
+  if (task.state === "waiting" || task.state === "scheduled") return unixOf(task.due_at);
+  return unixOf(task.expires_at);
 }
 
 function tasksTable(queue, page, now) {
@@ -401,7 +463,8 @@ function tasksTable(queue, page, now) {
       h("td", { text: task.type }),
       h("td", { text: task.user ?? "—" }),
       h("td", {}, stateChip(task.state)),
-      h("td", {}, when(task.created_at, now)),
+      h("td", {}, when(unixOf(task.created_at), now)),
+      h("td", { class: "age" }, task.created_at ? age(now - unixOf(task.created_at)) : "—"),
       h("td", {}, h("span", { class: "muted", text: `${dueLabel(task.state)} ` }), when(dueTime(task), now)),
     ),
   );
@@ -411,8 +474,8 @@ function tasksTable(queue, page, now) {
     h(
       "table",
       { id: "tasks" },
-      h("thead", {}, h("tr", {}, ["Id", "Type", "User", "Status", "Submitted", "Due"].map((t) => h("th", { text: t })))),
-      h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 6, class: "muted", text: "No task on this page." }))),
+      h("thead", {}, h("tr", {}, ["Id", "Type", "User", "Status", "Submitted", "Age", "Due"].map((t) => h("th", { text: t })))),
+      h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 7, class: "muted", text: "No task on this page." }))),
     ),
   );
 }
@@ -422,16 +485,21 @@ async function queuePage(queue, query) {
   const filters = filtersOf(query);
   ui.cursors = [null];
   const summary = h("div", { id: "summary", class: "panel" });
+  const control = h("div", { id: "queue-control", class: "actions" });
+  const flash = h("div", { id: "flash" });
   const users = h("div", { id: "users-holder" });
   const tasks = h("div", { id: "tasks-holder" });
   const pager = h("div", { class: "pager" });
   setMain(
     h("h1", { text: `Queue ${queue}` }),
+    flash,
+    control,
     summary,
     h("h2", { text: "Users (fair scheduling)" }),
     users,
     h("h2", { text: "Tasks" }),
     filterForm(queue, filters),
+    bulkBar(queue, filters, flash),
     tasks,
     pager,
   );
@@ -450,6 +518,7 @@ async function queuePage(queue, query) {
     ]);
     const info = overview.queues.find((q) => q.name === queue);
     summary.replaceChildren(info ? stats(info) : notice("error", "This key does not administer this queue."));
+    control.replaceChildren(info ? pauseButton(queue, info.paused, flash) : "");
     users.replaceChildren(usersTable(loads.users));
     tasks.replaceChildren(tasksTable(queue, page, overview.now));
     const pageNo = ui.cursors.length;
@@ -460,6 +529,58 @@ async function queuePage(queue, query) {
       h("button", { type: "button", id: "next-page", disabled: !page.next_cursor, onclick: () => move([...ui.cursors, page.next_cursor]), text: "Next →" }),
     );
   };
+}
+
+// With a dead or waiting filter: requeue or cancel every task it selects (after a confirmation),
+// a request of up to 1,000 tasks at a time until the selection is done.
+function bulkBar(queue, filters, flash) {
+  const action = { dead: "requeue", waiting: "cancel" }[filters.state];
+  if (!action) return null;
+  const of = [
+    filters.type ? `of type ${filters.type}` : "",
+    filters.user ? `of user ${filters.user}` : "",
+    filters.prefix ? `with ids starting ${filters.prefix}` : "",
+  ].filter(Boolean).join(", ");
+  const label = `${action === "requeue" ? "Requeue every dead task" : "Cancel every waiting task"}${of ? ` ${of}` : ""}`;
+  const effect = action === "requeue" ? "Each becomes waiting again, its attempts reset." : "Each ends cancelled and is never delivered.";
+  const run = async () => {
+    const body = { action, status: filters.state };
+    for (const name of ["type", "user", "prefix"]) if (filters[name]) body[name] = filters[name];
+    let [done, refused] = [0, 0];
+    try {
+      for (let round = 0; round < 100; round++) {
+        const answer = await api("POST", `${queuePath(queue)}/bulk`, body);
+        done += answer.successful.length;
+        refused += answer.failed.length;
+        if (!answer.next_cursor) break;
+        body.cursor = answer.next_cursor;
+      }
+      flash.replaceChildren(notice("ok", `${label}: ${number(done)} done, ${number(refused)} refused (changed meanwhile).`));
+    } catch (err) {
+      if (failed(err)) return;
+      flash.replaceChildren(notice("error", `${label} stopped after ${number(done)}: ${err.message}`));
+    }
+    tick();
+  };
+  return h("div", { class: "actions" }, h("button", { type: "button", class: "danger", id: "bulk", text: label, onclick: () => confirmThen(`${label}? ${effect}`, run) }));
+}
+
+// Pause or resume a queue (every replica follows within a second), after a confirmation.
+function pauseButton(queue, paused, flash) {
+  const [label, path, question, done] = paused
+    ? ["Resume queue", "resume", `Resume queue ${queue}? Workers get its tasks again.`, "Queue resumed."]
+    : ["Pause queue", "pause", `Pause queue ${queue}? Polls get no task until it is resumed; submits are still accepted and leased tasks run on.`, "Queue paused."];
+  const run = async () => {
+    try {
+      await api("POST", `${queuePath(queue)}/${path}`);
+      flash.replaceChildren(notice("ok", done));
+    } catch (err) {
+      if (failed(err)) return;
+      flash.replaceChildren(notice("error", `${label} failed: ${err.message}`));
+    }
+    tick();
+  };
+  return h("button", { type: "button", class: paused ? "primary" : "danger", id: `queue-${path}`, text: label, onclick: () => confirmThen(question, run) });
 }
 
 function confirmThen(text, action) {
@@ -513,8 +634,8 @@ async function taskPage(queue, id) {
       api("GET", `/v1/overview?queue=${enc(queue)}`).then((o) => o.now),
     ]);
     const field = (label, value) => [h("dt", { text: label }), h("dd", {}, value)];
-    const stamp = (unix) => (unix === null ? "—" : h("span", {}, absolute(unix), h("span", { class: "muted", text: ` (${relative(unix, now)})` })));
-    const live = ["waiting", "running", "scheduled"].includes(task.state);
+    const stamp = (unix, id) => (unix === null ? "—" : h("span", { id }, absolute(unix), h("span", { class: "muted", text: ` (${relative(unix, now)})` })));
+    const live = ["waiting", "leased", "scheduled"].includes(task.state);
     const dead = task.state === "dead";
     body.replaceChildren(
       h(
@@ -527,9 +648,9 @@ async function taskPage(queue, id) {
           field("Type", task.type),
           field("User", task.user ?? "—"),
           field("Status", h("span", { id: "task-state" }, stateChip(task.state))),
-          field("Submitted (created_at)", stamp(task.created_at)),
-          field(dueLabel(task.state)[0].toUpperCase() + dueLabel(task.state).slice(1), stamp(dueTime(task))),
-          task.state === "scheduled" ? field("run_at", stamp(task.timeout)) : null,
+          field("Submitted", stamp(unixOf(task.created_at))),
+          live ? null : field("Ended", stamp(unixOf(task.finished_at), "task-ended")),
+          field(dueLabel(task.state)[0].toUpperCase() + dueLabel(task.state).slice(1), stamp(dueTime(task), "task-due")),
           field("max_running", task.max_running ?? "—"),
           field("Leased", task.leased ? "yes (a worker holds it)" : "no"),
           task.attempts !== undefined ? field("Attempts", `${task.attempts}${task.max_attempts ? ` of ${task.max_attempts}` : ""}`) : null,

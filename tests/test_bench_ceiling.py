@@ -4,6 +4,7 @@ conflict after the lease was committed: the finish itself is tried again, and co
 from __future__ import annotations
 
 import secrets
+import sys
 import threading
 import time
 import uuid
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from conftest import require_mysql
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the bench package, beside tests/
 from bench.ceiling import Statements, finish, lease, transaction
 from bench.common import Backend
 

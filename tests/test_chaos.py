@@ -62,10 +62,11 @@ class Job(Base):
         time.sleep(self.task.data["sleep"])
         note(path, "finishing", self.task.key)
         try:
-            self.task.finish()
+            self.task.finish()  # handed to the acknowledger: the queue answers a little later
         except AlreadyFinishedError:
             pass  # our own finish, retried after its answer was lost
-        note(path, "done", self.task.key)
+        key = self.task.key
+        self.task.when_settled(lambda task: task.outcome == "finished" and note(path, "done", key))
 
 
 class Dispatcher(Dispatch):
@@ -225,9 +226,9 @@ def test_chaos_every_task_finished_exactly_once(private_db: PrivateServer, tmp_p
 
 
 def check_ledger(lines: list[list[str]], keys: list[str], killed: set[str]) -> None:
-    """Each task finished by exactly one run: one ``done`` line, or (when its child was killed
-    between finish() and the ledger write) none, its last line then a killed child's ``finishing``.
-    """
+    """Each task finished by exactly one run: one ``done`` line (written when the queue answered
+    the finish), or (when its child was killed between finish() and that answer) none, its last
+    line then a killed child's ``finishing``."""
     done = Counter(line[1] for line in lines if line[0] == "done")
     last = {line[1]: line for line in lines}
     twice = {key: n for key, n in done.items() if n > 1}

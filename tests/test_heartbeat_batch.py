@@ -153,7 +153,8 @@ def test_the_task_monitor_beats_prefetched_tasks_in_one_batch(
     assert tasks["running"].in_hand and not tasks["running"].cancelled.is_set()
     assert store.get("running").timeout >= db_now(store) + 590
     assert store.get("cancelled").status is TaskStatus.CANCELLED
+    beats = [op for op in ops if op.startswith("heartbeat")]
     if refused:
-        assert ops.count("heartbeat_many") == 1 and "heartbeat" in ops
-    else:
-        assert "heartbeat_many" in ops and "heartbeat" not in ops
+        assert beats.count("heartbeat_many") == 1 and "heartbeat" in beats
+    else:  # the three in one batch; "running" alone later (on a slow machine) is beaten alone
+        assert beats[0] == "heartbeat_many", beats

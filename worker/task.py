@@ -65,7 +65,7 @@ class WorkerTask(AcquiredTask):
         self.outcome: str | None = None
         self.acks = acks
         self._acknowledging: str | None = None  # the outcome asked for, until the queue answers
-        self._on_settled: Callable[[WorkerTask], None] | None = None
+        self._on_settled: list[Callable[[WorkerTask], None]] = []
         self.started = time.monotonic()
         self._lock = threading.RLock()
         self._cancel_requested = task.acquired.cancel_requested
@@ -171,15 +171,16 @@ class WorkerTask(AcquiredTask):
         with self._lock:
             self.outcome = self._answer(self._acknowledging or "finished", error)
             self._acknowledging = None
-            done, self._on_settled = self._on_settled, None
-        if done is not None:
+            waiting, self._on_settled = self._on_settled, []
+        for done in waiting:
             done(self)
 
     def when_settled(self, done: Callable[[WorkerTask], None]) -> None:
-        """``done(self)`` once the outcome is known: now, or when the queue answers."""
+        """``done(self)`` once the outcome is known: now, or when the queue answers (a handler
+        may ask too, e.g. to record a finish only once the queue has it)."""
         with self._lock:
             if self._acknowledging is not None:
-                self._on_settled = done
+                self._on_settled.append(done)
                 return
         done(self)
 

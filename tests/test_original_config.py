@@ -152,7 +152,7 @@ def test_init_the_task_commands_and_run_take_the_originals_file(tmp_path: Path) 
         )
     try:
         deadline = time.monotonic() + 30
-        while "finished" not in command("show", "t-1", "-c", config, "-e", "production").stdout:
+        while '"status": "finished"' not in command("show", "t-1", "-c", config, "-e", "production").stdout:
             assert worker.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
@@ -225,7 +225,7 @@ def test_the_readmes_file_serves_the_service_and_a_worker(tmp_path: Path) -> Non
     )
     try:
         deadline = time.monotonic() + 30
-        while "finished" not in command("show", "r-1", *config, "--queue", "reports").stdout:
+        while '"status": "finished"' not in command("show", "r-1", *config, "--queue", "reports").stdout:
             assert worker.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
     finally:

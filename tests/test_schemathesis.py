@@ -65,8 +65,8 @@ def test_the_live_service_keeps_its_openapi_document(tmp_path: Path) -> None:
                 str(EXAMPLES),
                 "--seed",
                 str(SEED),
-                "--workers",
-                "2",
+                "--workers",  # one: CPython 3.11 can fail two threads building ASTs at once
+                "1",  # ("SystemError: AST constructor recursion depth mismatch", seen in a CI run)
                 "--phases",
                 "examples,coverage,fuzzing",
                 "--mode",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import multiprocessing as mp
 import os
 import time
 from typing import Any
@@ -26,6 +25,8 @@ from perfectqueue.service.sqs import sigv4
 
 from . import ceiling, service
 from .common import Backend, percentiles, run_clients, services, summarize, throughput
+from .latency import delivery_seconds
+from .latency import poller as native_poller
 
 K = 10
 
@@ -112,19 +113,6 @@ def drain_rates(backend: Backend, table: str, base: str, keyed: str, cfg: dict[s
     return rates
 
 
-def native_poller(base: str, stop: Any, out: Any) -> None:
-    got: dict[str, float] = {}
-    with httpx.Client(base_url=base + "/v1/queues/q", timeout=60) as client:
-        while True:
-            tasks = client.post("/poll", json={"max": 1, "alive_time": 300, "wait": 2}).json()["tasks"]
-            for t in tasks:
-                got[t["id"]] = time.time()
-                client.post("/finish", json={"id": t["id"], "lease": t["lease"]})
-            if not tasks and stop.is_set():
-                break
-    out.put(got)
-
-
 def sqs_poller(base: str, stop: Any, out: Any) -> None:
     got: dict[str, float] = {}
     sqs = Sqs(base)
@@ -142,29 +130,12 @@ def sqs_poller(base: str, stop: Any, out: Any) -> None:
 
 
 def latency(
-    backend: Backend, table: str, base: str, poller: Any, cfg: dict[str, Any], tag: str
+    backend: Backend, table: str, base: str, poller: Any, target: str, cfg: dict[str, Any], tag: str
 ) -> list[float]:
-    """Seconds from each submit's answer to its delivery to a waiting poller."""
+    """Seconds from each submit's answer to its delivery to a waiting ``poller(target, ...)``."""
     backend.truncate(table)
-    ctx = mp.get_context("fork")
-    stop, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=poller, args=(base, stop, results)) for _ in range(cfg["pollers"])]
-    for p in procs:
-        p.start()
-    time.sleep(1.0)  # the polls are waiting
-    submitted: dict[str, float] = {}
-    with httpx.Client(base_url=base + "/v1/queues/q", timeout=60) as client:
-        for i in range(cfg["latency_tasks"]):
-            client.post("/submit", json={"id": f"{tag}-{i}", "type": "bench"}).raise_for_status()
-            submitted[f"{tag}-{i}"] = time.time()
-            time.sleep(cfg["latency_gap"])
-    stop.set()
-    delivered: dict[str, float] = {}
-    for _ in procs:
-        delivered.update(results.get(timeout=60))
-    for p in procs:
-        p.join()
-    return [max(0.0, delivered[t] - s) for t, s in submitted.items() if t in delivered]
+    seconds, _lost = delivery_seconds(poller, target, base + "/v1/queues/q", cfg, tag)
+    return seconds
 
 
 def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -182,8 +153,8 @@ def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
         for rep in range(cfg["repeat"]):  # the ways interleaved: the same conditions for each
             for name, rate in drain_rates(backend, table, svc.base, keyed.base, cfg).items():
                 samples[name].append(rate)
-            lat["native"] += latency(backend, table, svc.base, native_poller, cfg, f"n{rep}")
-            lat["sqs"] += latency(backend, table, svc.base, sqs_poller, cfg, f"s{rep}")
+            lat["native"] += latency(backend, table, svc.base, native_poller, svc.queue, cfg, f"n{rep}")
+            lat["sqs"] += latency(backend, table, svc.base, sqs_poller, svc.base, cfg, f"s{rep}")
     out: dict[str, Any] = {f"{name} k={K} tasks_per_s": summarize(s) for name, s in samples.items()}
     native, sqs = (out[f"{n} k={K} tasks_per_s"]["median"] for n in ("native", "sqs"))
     out["sqs_vs_native"] = round(sqs / native, 3) if native else None

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import running_service, write_config
 from test_worker_harness import events, kill_group, wait_for, worker_process, write_worker_config
+from test_worker_lifecycle import queue, service  # noqa: F401 - the fixtures
 
 import perfectqueue
 
@@ -21,21 +20,10 @@ HELD = {"ack_delay": 30, "alive_time": 2}
 """A finish waits up to 30 s to be sent; a lease lasts 2 s."""
 
 
-@pytest.fixture
-def service(tmp_path: Path, table_name: str) -> Iterator[str]:
-    config = write_config(tmp_path / "service.yaml", f"sqlite:///{tmp_path / 'q.sqlite3'}", table_name)
-    with running_service(config, tmp_path / "service.log") as base:
-        yield base
-
-
-@pytest.fixture
-def queue(service: str) -> Iterator[perfectqueue.Queue]:
-    with perfectqueue.open({"url": service, "queue": "q"}) as opened:
-        yield opened
-
-
 def test_a_kill_before_the_flush_leaves_the_task_leased_and_it_is_delivered_again(
-    tmp_path: Path, service: str, queue: perfectqueue.Queue
+    tmp_path: Path,
+    service: str,  # noqa: F811
+    queue: perfectqueue.Queue,  # noqa: F811
 ) -> None:
     book = tmp_path / "ledger"
     config = write_worker_config(tmp_path / "held.yaml", service, **HELD)
@@ -54,7 +42,10 @@ def test_a_kill_before_the_flush_leaves_the_task_leased_and_it_is_delivered_agai
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGQUIT], ids=["graceful", "immediate"])
 def test_a_stop_sends_the_finishes_waiting_to_be_sent(
-    tmp_path: Path, service: str, queue: perfectqueue.Queue, stop: signal.Signals
+    tmp_path: Path,
+    service: str,  # noqa: F811
+    queue: perfectqueue.Queue,  # noqa: F811
+    stop: signal.Signals,
 ) -> None:
     book = tmp_path / "ledger"
     config = write_worker_config(tmp_path / "held.yaml", service, **HELD)

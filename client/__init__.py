@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..settings import QUEUE_KEYS
 from ._calls import Backoff
-from ._types import BatchResult, Failure, QueueStats, SubmitSpec, TaskMetadata
+from ._types import BatchResult, Failure, QueueStats, RetrySpec, SubmitSpec, TaskMetadata
 from .aqueue import AsyncAcquiredTask, AsyncQueue, AsyncTask
 from .queue import AcquiredTask, Queue, Task
 
@@ -115,6 +115,7 @@ __all__ = [
     "Failure",
     "Queue",
     "QueueStats",
+    "RetrySpec",
     "SubmitSpec",
     "Task",
     "TaskMetadata",

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 from urllib.parse import quote
 
-from ._types import BatchResult, Leased, Page, QueueStats, SubmitSpec, TaskMetadata
+from ._types import BatchResult, Held, Leased, Page, QueueStats, RetrySpec, SubmitSpec, TaskMetadata
 
 R = TypeVar("R")
+
+RetryItem = tuple[str, str, int | None, str | None, bool]
+"""A retry of ``retry_many``: key, lease, retry_wait, error, dead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +49,9 @@ class Direct(Protocol):
     def retry(
         self, key: str, lease: str, retry_wait: int | None, error: str | None, dead: bool, /
     ) -> None: ...
+    def retry_many(self, tasks: list[RetryItem], /) -> BatchResult: ...
     def release(self, key: str, lease: str, /) -> None: ...
+    def release_many(self, tasks: list[tuple[str, str]], /) -> BatchResult: ...
     def force_finish(self, key: str, /) -> None: ...
     def cancel(self, key: str, /) -> TaskMetadata: ...
     def requeue(self, key: str, /) -> TaskMetadata: ...
@@ -56,16 +61,6 @@ class Direct(Protocol):
     ) -> Page: ...
     def stats(self) -> QueueStats: ...
     def pause(self, paused: bool, /) -> QueueStats: ...
-
-
-class Held(Protocol):
-    """A leased task as the batch calls see it (the sync and async SDK's acquired tasks)."""
-
-    @property
-    def key(self) -> str: ...
-
-    @property
-    def lease(self) -> str: ...
 
 
 class Call(ABC, Generic[R]):
@@ -274,6 +269,52 @@ class Release(Acknowledged):
 
     def direct(self, store: Direct) -> None:
         store.release(self.key, self.lease)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryMany(BatchAnswer):
+    """Not repeatable, as a retry alone is not."""
+
+    op: ClassVar[str] = "retry_many"
+    repeatable: ClassVar[bool] = False
+
+    tasks: list[RetryItem]
+
+    @classmethod
+    def of(cls, tasks: Iterable[Held | RetrySpec]) -> RetryMany:
+        specs = [t if isinstance(t, RetrySpec) else RetrySpec(t) for t in tasks]
+        return cls([(s.task.key, s.task.lease, s.retry_wait, s.error, s.dead) for s in specs])
+
+    def http(self) -> Http:
+        items = [
+            Retry(key, lease, retry_wait, error, dead).http().json or {}
+            for key, lease, retry_wait, error, dead in self.tasks
+        ]
+        return Http("POST", "/retry-batch", {"tasks": items})
+
+    def direct(self, store: Direct) -> BatchResult:
+        return store.retry_many(self.tasks)
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseMany(BatchAnswer):
+    """Not repeatable, as a release alone is not."""
+
+    op: ClassVar[str] = "release_many"
+    repeatable: ClassVar[bool] = False
+
+    tasks: list[tuple[str, str]]
+    """(key, lease) of each task."""
+
+    @classmethod
+    def of(cls, tasks: Iterable[Held]) -> ReleaseMany:
+        return cls([(task.key, task.lease) for task in tasks])
+
+    def http(self) -> Http:
+        return Http("POST", "/release-batch", {"tasks": _leases(self.tasks)})
+
+    def direct(self, store: Direct) -> BatchResult:
+        return store.release_many(self.tasks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,9 @@ import asyncio
 import time
 from typing import Any
 
+from ..errors import PerfectQueueError
 from ..settings import QueueSettings
-from ._calls import Call, R
+from ._calls import Call, R, RetryItem
 from ._types import (
     INSTANTS,
     STATES,
@@ -90,6 +91,14 @@ class RdbBackend:
     def retry(self, id: str, lease: str, retry_wait: int | None, error: str | None, dead: bool) -> None:
         self.store.retry(id, int(lease), retry_wait, error, dead)
 
+    def retry_many(self, tasks: list[RetryItem]) -> BatchResult:
+        from ..service.store import RetryItem as StoreItem
+
+        items = [StoreItem(key, int(lease), wait, error, dead) for key, lease, wait, error, dead in tasks]
+        results = self.store.retry_many(items)
+        errors = [r if isinstance(r, PerfectQueueError) else None for r in results]
+        return _batch([key for key, *_ in tasks], errors)
+
     def cancel(self, id: str) -> TaskMetadata:
         return _metadata(self.store.cancel(id))
 
@@ -98,6 +107,10 @@ class RdbBackend:
 
     def release(self, id: str, lease: str) -> None:
         self.store.release(id, int(lease))
+
+    def release_many(self, tasks: list[tuple[str, str]]) -> BatchResult:
+        results = self.store.release_many([(key, int(lease)) for key, lease in tasks])
+        return _batch([key for key, _ in tasks], results)
 
     def force_finish(self, id: str) -> None:
         self.store.force_finish(id)

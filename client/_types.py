@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from ..errors import ERRORS_BY_CODE, PerfectQueueError, UnavailableError
 
@@ -181,6 +181,27 @@ class BatchResult:
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> BatchResult:
         return cls([s["id"] for s in body["successful"]], [Failure.from_json(f) for f in body["failed"]])
+
+
+class Held(Protocol):
+    """A leased task as the batch calls see it (the sync and async SDK's acquired tasks)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def lease(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySpec:
+    """One task of ``retry_many`` with what its retry says, as ``task.retry(...)`` would: the
+    seconds before it is delivered again (None: the queue's backoff), what failed, or ``dead``."""
+
+    task: Held
+    retry_wait: int | None = None
+    error: str | None = None
+    dead: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from ..errors import NotFoundError
 from . import _calls as calls
 from ._calls import R
-from ._types import BatchResult, Leased, QueueStats, SubmitSpec, TaskMetadata
+from ._types import BatchResult, Leased, QueueStats, RetrySpec, SubmitSpec, TaskMetadata
 from .queue import _spec
 
 
@@ -76,6 +76,16 @@ class AsyncQueue:
         """Finish up to 1,000 tasks in one request; per-task results (see
         :meth:`Queue.finish_many <perfectqueue.client.Queue.finish_many>`)."""
         return await self.backend.execute(calls.FinishMany.of(tasks))
+
+    async def retry_many(self, tasks: Iterable[AsyncAcquiredTask | RetrySpec]) -> BatchResult:
+        """Retry up to 1,000 tasks in one request; per-task results (see
+        :meth:`Queue.retry_many <perfectqueue.client.Queue.retry_many>`)."""
+        return await self.backend.execute(calls.RetryMany.of(tasks))
+
+    async def release_many(self, tasks: Iterable[AsyncAcquiredTask]) -> BatchResult:
+        """Give up to 1,000 tasks back in one request; per-task results (see
+        :meth:`Queue.release_many <perfectqueue.client.Queue.release_many>`)."""
+        return await self.backend.execute(calls.ReleaseMany.of(tasks))
 
     def __getitem__(self, key: str) -> AsyncTask:
         return AsyncTask(self, key)

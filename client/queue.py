@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from ..errors import NotFoundError
 from . import _calls as calls
 from ._calls import R
-from ._types import BatchResult, Leased, QueueStats, SubmitSpec, TaskMetadata
+from ._types import BatchResult, Leased, QueueStats, RetrySpec, SubmitSpec, TaskMetadata
 
 
 class Backend(Protocol):
@@ -81,6 +81,16 @@ class Queue:
         """Finish up to 1,000 tasks in one request; per-task results (a task already finished
         fails with AlreadyFinishedError, an IdempotentError)."""
         return self.backend.execute(calls.FinishMany.of(tasks))
+
+    def retry_many(self, tasks: Iterable[AcquiredTask | RetrySpec]) -> BatchResult:
+        """Retry up to 1,000 tasks in one request; per-task results. A plain task is retried as
+        ``task.retry()`` would be; a :class:`RetrySpec` carries its own ``retry_wait``, ``error``
+        or ``dead``. A task failed with CancelRequestedError ended as cancelled."""
+        return self.backend.execute(calls.RetryMany.of(tasks))
+
+    def release_many(self, tasks: Iterable[AcquiredTask]) -> BatchResult:
+        """Give up to 1,000 tasks back in one request, deliverable at once; per-task results."""
+        return self.backend.execute(calls.ReleaseMany.of(tasks))
 
     def __getitem__(self, key: str) -> Task:
         return Task(self, key)

@@ -313,6 +313,25 @@ class HeartbeatBatchRequest(FinishBatchRequest):
     )
 
 
+class RetryBatchRequest(Body):
+    tasks: Annotated[list[RetryRequest], Field(min_length=1, max_length=MAX_BATCH)]
+
+    model_config = examples(
+        {
+            "tasks": [
+                {"id": "mail-42", "lease": EXAMPLE_LEASE, "error": "TimeoutError: no answer"},
+                {"id": "mail-43", "lease": EXAMPLE_LEASE, "retry_wait": 60},
+            ]
+        }
+    )
+
+
+class ReleaseBatchRequest(FinishBatchRequest):
+    model_config = examples(
+        {"tasks": [{"id": "mail-42", "lease": EXAMPLE_LEASE}, {"id": "mail-43", "lease": EXAMPLE_LEASE}]}
+    )
+
+
 class ForceFinishRequest(Body):
     id: TaskId
 

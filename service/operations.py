@@ -19,7 +19,7 @@ from . import bulk as bulk_actions
 from . import models as m
 from .config import Scope_
 from .runtime import QueueRuntime
-from .store import NewTask, TaskStatus
+from .store import NewTask, RetryItem, TaskStatus
 from .store.model import check_traceparent
 from .store.queue import MAX_LEASE
 
@@ -157,8 +157,18 @@ async def retry(queue: QueueRuntime, body: m.RetryRequest, _call: Call) -> None:
     await queue.retry(body.id, lease_of(body.lease), body.retry_wait, body.error, body.dead)
 
 
+async def retry_batch(queue: QueueRuntime, body: m.RetryBatchRequest, _call: Call) -> m.BatchResult:
+    items = [RetryItem(t.id, lease_of(t.lease), t.retry_wait, t.error, t.dead) for t in body.tasks]
+    return batch_result([item.id for item in items], await queue.retry_many(items))
+
+
 async def release(queue: QueueRuntime, body: m.LeaseRequest, _call: Call) -> None:
     await queue.release(body.id, lease_of(body.lease))
+
+
+async def release_batch(queue: QueueRuntime, body: m.ReleaseBatchRequest, _call: Call) -> m.BatchResult:
+    items = leases(body.tasks)
+    return batch_result([i for i, _ in items], await queue.release_many(items))
 
 
 async def force_finish(queue: QueueRuntime, body: m.ForceFinishRequest, _call: Call) -> None:
@@ -235,8 +245,23 @@ OPERATIONS: tuple[Operation[Any], ...] = (
         status=204, hot=True,
     ),
     Operation(
+        "retryTasks", "retry-batch", m.RetryBatchRequest, WORK, retry_batch, m.BatchResult,
+        "Retry up to 1,000 leased tasks; per-task results",
+        "One transaction; each task as `retry` alone would (its own `retry_wait`, `error` and `dead`). "
+        "A task under `failed` with the code `cancel_requested` ended as cancelled; other codes are those "
+        "of retry (`preempted`: finished, gone or taken over).",
+        errors=(404,),
+    ),
+    Operation(
         "releaseTask", "release", m.LeaseRequest, WORK, release, None,
         "Give a leased task back, deliverable at once", status=204, hot=True,
+    ),
+    Operation(
+        "releaseTasks", "release-batch", m.ReleaseBatchRequest, WORK, release_batch, m.BatchResult,
+        "Give up to 1,000 leased tasks back, deliverable at once; per-task results",
+        "One transaction; each task as `release` alone would. A task under `failed` with the code "
+        "`cancel_requested` ended as cancelled.",
+        errors=(404,),
     ),
     Operation(
         "forceFinishTask", "force-finish", m.ForceFinishRequest, ADMIN, force_finish, None,

@@ -52,6 +52,7 @@ from .store import (
     Page,
     PoolOptions,
     QueueStore,
+    RetryItem,
     Task,
     TaskStatus,
     UserLoad,
@@ -236,6 +237,20 @@ class QueueRuntime:
         if wait == 0:
             self._woke()
 
+    async def retry_many(self, items: Sequence[RetryItem]) -> Outcomes:
+        """Retry many tasks in one transaction, each as :meth:`retry` alone would."""
+        set_context(queue=self.name)
+        results = await self._call(self.store.retry_many, items)
+        outcomes = [r if isinstance(r, PerfectQueueError) else None for r in results]
+        self._count(outcomes, None, REFUSED)
+        waits = [r for r in results if not isinstance(r, PerfectQueueError)]
+        ended: Counter[Event] = Counter("dead" if wait is None else "retried" for wait in waits)
+        for event, amount in ended.items():
+            self.observer.counted(event, amount)
+        if 0 in waits:
+            self._woke()
+        return outcomes
+
     async def release(self, task_id: str, lease: int) -> None:
         """Give the task back, deliverable at once."""
         set_context(queue=self.name, task_id=task_id)
@@ -243,18 +258,29 @@ class QueueRuntime:
         self.observer.counted("released", 1)
         self._woke()
 
+    async def release_many(self, items: Sequence[tuple[str, int]]) -> Outcomes:
+        """Release many tasks in one transaction, each as :meth:`release` alone would."""
+        set_context(queue=self.name)
+        outcomes = await self._call(self.store.release_many, items)
+        self._count(outcomes, "released", REFUSED)
+        self._woke()
+        return outcomes
+
     async def give_back(self, tasks: Iterable[AcquiredTask]) -> None:
         """Tasks leased for a caller that has gone: deliverable again at once, rather than leased
         to nobody until their alive_time ends. Never raises: a task that cannot be given back
         comes back when its lease runs out."""
-        for acquired in tasks:
-            try:
-                await self._refusable(REFUSED, self.store.release, acquired.task.id, acquired.lease)
-            except PerfectQueueError as exc:
-                log.warning("could not give back task %r: %s", acquired.task.id, exc)
-            else:
-                self.observer.counted("released", 1)
-        self._woke()
+        items = [(acquired.task.id, acquired.lease) for acquired in tasks]
+        if not items:
+            return
+        try:
+            outcomes = await self.release_many(items)
+        except PerfectQueueError as exc:
+            log.warning("could not give back %d task(s): %s", len(items), exc)
+            return
+        for (task_id, _), error in zip(items, outcomes, strict=True):
+            if error is not None:
+                log.warning("could not give back task %r: %s", task_id, error)
 
     # -- the operator's -------------------------------------------------------------------------
 

@@ -16,10 +16,11 @@ import pytest
 from sdk_support import Target, clean_environ, config, next_time, target, wait_for
 
 import perfectqueue
-from perfectqueue.client import BatchResult, SubmitSpec
+from perfectqueue.client import BatchResult, RetrySpec, SubmitSpec
 from perfectqueue.errors import (
     AlreadyExistsError,
     AlreadyFinishedError,
+    CancelRequestedError,
     ConfigError,
     IdempotentError,
     InvalidError,
@@ -185,6 +186,52 @@ def test_release_is_delivered_again_at_once(queue: perfectqueue.Queue) -> None:
     assert again is not None and again.key == "k" and again.lease != first.lease
     with pytest.raises(PreemptedError):
         first.release()
+
+
+def test_retry_many_retries_each_task_as_its_own_retry_would(queue: perfectqueue.Queue) -> None:
+    for key in ("now", "dead", "later", "gone"):
+        queue.submit(key, "t", {"k": key})
+    held = {task.key: task for task in queue.poll_multi(max=4, alive_time=600)}
+    assert set(held) == {"now", "dead", "later", "gone"}
+    held["gone"].release()
+    result = queue.retry_many(
+        [
+            RetrySpec(held["now"], retry_wait=0, error="ValueError: try again"),
+            RetrySpec(held["dead"], error="UnknownType: no route", dead=True),
+            held["later"],  # as task.retry(): the queue's backoff
+            held["gone"],  # released before: its lease is gone
+            RetrySpec(held["now"], retry_wait=0),  # a second retry of one lease
+        ]
+    )
+    assert result.successful == ["now", "dead", "later"]
+    assert [(f.key, type(f.error)) for f in result.failed] == [
+        ("gone", PreemptedError),
+        ("now", PreemptedError),
+    ]
+    now, dead, later = (queue[key].metadata() for key in ("now", "dead", "later"))
+    assert (now.status, now.last_error) == ("waiting", "ValueError: try again")
+    assert (dead.status, dead.last_error) == ("dead", "UnknownType: no route")
+    assert later.is_scheduled() and next_time(later) > int(time.time())
+    again = {task.key for task in queue.poll_multi(max=10)}
+    assert again == {"now", "gone"}  # "later" waits out its backoff; "dead" has ended
+
+
+def test_release_many_gives_each_task_back_at_once(queue: perfectqueue.Queue) -> None:
+    for key in ("a", "b", "c"):
+        queue.submit(key, "t")
+    held = {task.key: task for task in queue.poll_multi(max=3, alive_time=600)}
+    queue["c"].cancel()  # running: its holder's next call ends it cancelled
+    result = queue.release_many([held["a"], held["b"], held["c"], held["a"]])
+    assert result.successful == ["a", "b"]
+    assert [(f.key, type(f.error)) for f in result.failed] == [
+        ("c", CancelRequestedError),
+        ("a", PreemptedError),
+    ]
+    assert queue["c"].metadata().status == "cancelled"
+    for key in ("a", "b"):
+        meta = queue[key].metadata()
+        assert (meta.status, meta.attempts) == ("waiting", 0)  # the attempt given back
+    assert {task.key for task in queue.poll_multi(max=10)} == {"a", "b"}
 
 
 def test_heartbeat_extends_the_lease(queue: perfectqueue.Queue) -> None:

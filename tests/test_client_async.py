@@ -12,7 +12,7 @@ import pytest
 from sdk_support import Target, config, next_time, target
 
 import perfectqueue
-from perfectqueue.client import AsyncAcquiredTask, AsyncQueue, AsyncTask, SubmitSpec
+from perfectqueue.client import AsyncAcquiredTask, AsyncQueue, AsyncTask, RetrySpec, SubmitSpec
 from perfectqueue.errors import (
     AlreadyExistsError,
     AlreadyFinishedError,
@@ -114,6 +114,21 @@ def test_retry_release_heartbeat_and_update_data(config: dict[str, Any]) -> None
         assert (meta.type, meta.data) == ("convert", {"a": 1, "b": 2})
         await third.retry()  # the default retry_wait (300 s): not delivered at once
         assert await queue.poll() is None
+
+    run(config, scenario)
+
+
+def test_retry_many_and_release_many(config: dict[str, Any]) -> None:
+    async def scenario(queue: AsyncQueue) -> None:
+        await queue.submit_many([{"key": key, "type": "t"} for key in ("a", "b", "c")])
+        held = {task.key: task for task in await queue.poll_multi(max=3, alive_time=600)}
+        retried = await queue.retry_many([RetrySpec(held["a"], retry_wait=0, error="E: x"), held["b"]])
+        assert (retried.successful, retried.failed) == (["a", "b"], [])
+        released = await queue.release_many([held["c"], held["a"]])
+        assert released.successful == ["c"]
+        assert [(f.key, type(f.error)) for f in released.failed] == [("a", PreemptedError)]
+        assert (await queue["a"].metadata()).last_error == "E: x"
+        assert {task.key for task in await queue.poll_multi(max=3)} == {"a", "c"}  # b waits its backoff
 
     run(config, scenario)
 

@@ -37,6 +37,8 @@ EXAMPLES: list[calls.Call[Any]] = [
     calls.Retry("k", "1", 10, "ValueError: boom"),
     calls.Retry("k", "1"),
     calls.Release("k", "1"),
+    calls.RetryMany([("k", "1", 10, "ValueError: boom", False), ("k2", "2", None, None, True)]),
+    calls.ReleaseMany([("k", "1"), ("k2", "2")]),
     calls.ForceFinish("k"),
     calls.Cancel("k"),
     calls.Requeue("k"),
@@ -101,9 +103,9 @@ def test_a_dot_segment_id_reaches_the_task_not_the_queue() -> None:
     assert calls.Get("a/b").http().path == "/tasks/a%2Fb"
 
 
-def test_only_retry_release_and_requeue_are_unsafe_to_repeat() -> None:
+def test_only_retries_releases_and_requeue_are_unsafe_to_repeat() -> None:
     unsafe = {cls.op for cls in operations() if not cls.repeatable}
-    assert unsafe == {"retry", "release", "requeue"}
+    assert unsafe == {"retry", "retry_many", "release", "release_many", "requeue"}
 
 
 def test_only_a_poll_holds_the_request_longer() -> None:

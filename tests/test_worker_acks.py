@@ -17,6 +17,7 @@ from perfectqueue.errors import AlreadyFinishedError, UnavailableError
 from perfectqueue.service.store import QueueStore, TaskStatus
 from perfectqueue.worker.acks import Acks
 from perfectqueue.worker.task import WorkerTask
+from perfectqueue.worker.task_monitor import release_all
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def recorded(queue: perfectqueue.Queue, refuse: str | None = None) -> list[tuple
     return ops
 
 
-def leased(queue: perfectqueue.Queue, acks: Acks, count: int) -> list[WorkerTask]:
+def leased(queue: perfectqueue.Queue, acks: Acks | None, count: int) -> list[WorkerTask]:
     queue.submit_many([{"key": f"t{i:02}", "type": "x"} for i in range(count)])
     return [WorkerTask(task, None, 600, acks=acks) for task in queue.poll_multi(max=count, alive_time=600)]
 
@@ -123,6 +124,59 @@ def test_a_retry_is_sent_by_the_acknowledger_on_its_own(queue: perfectqueue.Queu
     assert sorted(ops) == [("finish", 1), ("retry", 1)]  # a batch of one is a plain finish
     assert (done.outcome, again.outcome) == ("finished", "retried")
     assert store.get(again.key).last_error == "boom"
+
+
+def test_retries_go_in_one_batch_each_with_its_own_wait_and_error(
+    queue: perfectqueue.Queue, store: QueueStore
+) -> None:
+    acks = Acks(queue, batch_size=100, delay=30)
+    later, now, dead, done = leased(queue, acks, 4)
+    ops = recorded(queue)
+    acks.start()
+    later.retry(retry_wait=600, error="ValueError: later")
+    now.retry(retry_wait=0, error="ValueError: now")
+    dead.retry(error="UnknownType: no route", dead=True)
+    done.finish()
+    acks.close()
+    assert sorted(ops) == [("finish", 1), ("retry_many", 3)]
+    outcomes = [task.outcome for task in (later, now, dead, done)]
+    assert outcomes == ["retried", "retried", "dead", "finished"]
+    rows = {key: store.get(key) for key in (later.key, now.key, dead.key)}
+    assert [row.last_error for row in rows.values()] == [
+        "ValueError: later",
+        "ValueError: now",
+        "UnknownType: no route",
+    ]
+    assert rows[dead.key].status is TaskStatus.DEAD and rows[now.key].status is TaskStatus.WAITING
+    assert rows[later.key].timeout >= int(time.time()) + 500
+
+
+def test_a_refused_retry_batch_falls_back_to_one_retry_per_task(queue: perfectqueue.Queue) -> None:
+    acks = Acks(queue, batch_size=100, delay=30)
+    tasks = leased(queue, acks, 2)
+    ops = recorded(queue, refuse="retry_many")
+    acks.start()
+    for task in tasks:
+        task.retry(retry_wait=0)
+    acks.close()
+    assert ops == [("retry_many", 2), ("retry", 1), ("retry", 1)]
+    assert {task.outcome for task in tasks} == {"retried"} and queue.stats().waiting == 2
+
+
+@pytest.mark.parametrize("refuse", [None, "release_many"])
+def test_tasks_given_back_together_go_in_one_release(
+    queue: perfectqueue.Queue, store: QueueStore, refuse: str | None
+) -> None:
+    tasks = leased(queue, None, 4)
+    tasks[3].finish()  # not in hand: not released
+    expire_lease(store, tasks[2].key)
+    assert [a.task.id for a in store.acquire(1, 60)] == [tasks[2].key]  # another worker's now
+    ops = recorded(queue, refuse)
+    release_all(tasks, "stopping")
+    alone = [("release", 1)] * 3 if refuse else []
+    assert ops == [("release_many", 3), *alone]
+    assert [task.outcome for task in tasks] == ["released", "released", "preempted", "finished"]
+    assert queue.stats().waiting == 2
 
 
 def test_a_second_settle_is_refused_without_asking_the_queue(queue: perfectqueue.Queue) -> None:

@@ -2,16 +2,16 @@
 
 A handler's ``task.finish()`` (or the worker's, when the handler returns) and ``task.retry()``
 do not wait for the queue: they hand the task to :class:`Acks`, whose thread sends the finishes
-of up to ``ack_batch_size`` tasks in one ``finish-batch`` request and each retry on its own. A
-batch leaves when it is full or when its oldest task has waited ``ack_delay`` seconds, whichever
-comes first, and at once when the processor stops. Each task's answer is then acted on as its
-own call's would be (see :meth:`WorkerTask.acknowledged`), and logged.
+of up to ``ack_batch_size`` tasks in one ``finish-batch`` request and their retries in one
+``retry-batch``. A batch leaves when it is full or when its oldest task has waited ``ack_delay``
+seconds, whichever comes first, and at once when the processor stops. Each task's answer is then
+acted on as its own call's would be (see :meth:`WorkerTask.acknowledged`), and logged.
 
 Nothing the contract promises hangs on the flush: a task whose finish was never sent (the
 process was killed in between) is still leased, and comes back when its lease expires, as after
 any crash (at-least-once). A service that cannot be reached is tried again every second until
-the processor stops; a service that refuses the batch request (an earlier version) gets one
-finish per task from then on.
+the processor stops; a service that refuses a batch request (an earlier version) gets one
+call per task from then on.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..client import Queue
+from ..client import BatchResult, Queue, RetrySpec
 from ..errors import PerfectQueueError, UnavailableError
 from . import logs, metrics
 from .task import WorkerTask
@@ -33,12 +33,19 @@ UNAVAILABLE_PAUSE = 1.0
 
 @dataclass(eq=False)
 class Ack:
-    """One task's acknowledgement: a finish (sent in a batch) or another call (sent alone)."""
+    """One task's acknowledgement: a finish or a retry."""
 
     task: WorkerTask
-    call: Callable[[], None] | None = None
-    """None: a finish; else the call that settles the task (a retry)."""
+    retry: RetrySpec | None = None
+    """None: a finish; else the task's retry."""
     queued: float = field(default_factory=time.monotonic)
+
+    def send(self) -> None:
+        """This acknowledgement alone."""
+        if self.retry is None:
+            self.task.send_finish()
+        else:
+            self.task.send_retry(self.retry)
 
 
 class Acks:
@@ -46,16 +53,16 @@ class Acks:
         self.queue, self.batch_size, self.delay = queue, batch_size, delay
         self._pending: list[Ack] = []
         self._closing = False
-        self._batch = True  # False once the service refused a finish-batch: one finish per task
+        self._unbatched: set[str] = set()  # the batch requests the service refused: one call per task
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="perfectqueue-acks", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, task: WorkerTask, call: Callable[[], None] | None) -> None:
-        """Send ``task``'s finish (``call`` None: merged with others) or ``call`` soon."""
-        ack = Ack(task, call)
+    def put(self, task: WorkerTask, retry: RetrySpec | None) -> None:
+        """Send ``task``'s finish (``retry`` None) or its retry soon, merged with others."""
+        ack = Ack(task, retry)
         with self._cond:
             closed = self._closing
             if not closed:
@@ -103,40 +110,42 @@ class Acks:
         return self._closing or full or pending[0].queued + self.delay <= time.monotonic()
 
     def _send(self, batch: list[Ack]) -> None:
-        finishes = [ack for ack in batch if ack.call is None]
         started = time.monotonic()
+        finishes = [ack for ack in batch if ack.retry is None]
+        retries = [ack for ack in batch if ack.retry is not None]
         try:
             if finishes:
-                self._finish(finishes)
-            for ack in batch:
-                if ack.call is not None:
-                    self._call(ack, ack.call)
+                self._many("finish", finishes, lambda: self.queue.finish_many([a.task for a in finishes]))
+            if retries:
+                specs = [ack.retry for ack in retries if ack.retry is not None]
+                self._many("retry", retries, lambda: self.queue.retry_many(specs))
         except UnavailableError as exc:
             self._later(batch, exc)
             return
         metrics.acks_sent(len(batch), started - batch[0].queued, time.monotonic() - started)
 
-    def _finish(self, acks: list[Ack]) -> None:
-        if not self._batch or len(acks) == 1:
+    def _many(self, kind: str, acks: list[Ack], send: Callable[[], BatchResult]) -> None:
+        """Send ``acks`` (all finishes or all retries) in one request, or one by one."""
+        if kind in self._unbatched or len(acks) == 1:
             for ack in acks:
-                self._call(ack, ack.task.send_finish)
+                self._one(ack)
             return
         try:
-            result = self.queue.finish_many([ack.task for ack in acks])
+            result = send()
         except UnavailableError:
             raise
         except PerfectQueueError as exc:
-            log.warning("%s", logs.fields(event="finish_batch_refused", error=exc))
-            self._batch = False
-            self._finish(acks)
+            log.warning("%s", logs.fields(event=f"{kind}_batch_refused", error=exc))
+            self._unbatched.add(kind)
+            self._many(kind, acks, send)
             return
         errors = {failure.key: failure.error for failure in result.failed}
         for ack in acks:
             ack.task.acknowledged(errors.get(ack.task.key))
 
-    def _call(self, ack: Ack, call: Callable[[], None]) -> None:
+    def _one(self, ack: Ack) -> None:
         try:
-            call()
+            ack.send()
         except UnavailableError:
             raise
         except PerfectQueueError as exc:

@@ -26,7 +26,7 @@ from collections import deque
 from ..client import AcquiredTask, Queue
 from .processor import Processor
 from .task import WorkerTask
-from .task_monitor import release
+from .task_monitor import release_all
 
 TICK = 0.1
 """Seconds between looks at the stop flags while nothing else happens."""
@@ -82,9 +82,7 @@ class AsyncProcessor(Processor):
         """Release the tasks not started (those of a poll in flight too), let the running end."""
         if poll is not None:
             waiting.extend(self.runner.wrap(task) for task in await poll)
-        for task in waiting:
-            if task.in_hand:
-                release(task, "not started")
+        release_all(waiting, "not started")
         self.monitor.hold([])
         if running:
             await asyncio.wait(running)

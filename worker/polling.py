@@ -72,10 +72,13 @@ class Poll:
             self._give_back(tasks)
 
     def _give_back(self, tasks: list[AcquiredTask]) -> None:
+        try:
+            failed = {f.key: f.error for f in self.queue.release_many(tasks).failed} if tasks else {}
+        except PerfectQueueError as exc:
+            failed = {task.key: exc for task in tasks}
         for task in tasks:
-            try:
-                task.release()
+            if task.key in failed:
+                log.warning("%s", logs.fields(event="release_failed", id=task.key, error=failed[task.key]))
+            else:
                 log.info("%s", logs.fields(event="release", id=task.key, type=task.type, reason="stopping"))
-            except PerfectQueueError as exc:
-                log.warning("%s", logs.fields(event="release_failed", id=task.key, error=exc))
         self.close()

@@ -31,7 +31,7 @@ from .polling import Poll
 from .runner import Runner
 from .signals import Signals
 from .task import WorkerTask
-from .task_monitor import TaskMonitor, release
+from .task_monitor import TaskMonitor, release_all
 
 log = logging.getLogger("perfectqueue.worker")
 OpenQueue = Callable[[dict[str, Any]], Queue]
@@ -112,9 +112,7 @@ class Processor:
         try:
             for index, task in enumerate(batch):
                 if self.monitor.stopping() or self._used_up():
-                    for unstarted in batch[index:]:
-                        if unstarted.in_hand:
-                            release(unstarted, "not started")
+                    release_all(batch[index:], "not started")
                     return
                 if not task.in_hand:  # preempted while it waited its turn
                     continue

@@ -39,14 +39,14 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from ..client import AcquiredTask
+from ..client import AcquiredTask, RetrySpec
 from ..client._types import Leased
 from ..errors import AlreadyFinishedError, CancelRequestedError, PerfectQueueError, PreemptedError, TaskError
 
 
 class Acknowledger(Protocol):
-    def put(self, task: WorkerTask, call: Callable[[], None] | None) -> None:
-        """Send ``task``'s acknowledgement later: a finish (``call`` None) or ``call``."""
+    def put(self, task: WorkerTask, retry: RetrySpec | None) -> None:
+        """Send ``task``'s acknowledgement later: a finish (``retry`` None) or its retry."""
 
 
 class WorkerTask(AcquiredTask):
@@ -119,7 +119,7 @@ class WorkerTask(AcquiredTask):
         return self._acknowledging is not None
 
     def finish(self) -> None:
-        self._settle("finished", self.send_finish, batched=True)
+        self._settle("finished", None)
 
     def send_finish(self) -> None:
         """The finish call itself (the acknowledger's, when a batch is not possible)."""
@@ -128,7 +128,11 @@ class WorkerTask(AcquiredTask):
     def retry(self, retry_wait: int | None = None, error: str | None = None, *, dead: bool = False) -> None:
         wait = self.default_retry_wait if retry_wait is None else retry_wait
         outcome = "dead" if dead or self.last_attempt else "retried"
-        self._settle(outcome, lambda: AcquiredTask.retry(self, wait, error, dead=dead), batched=False)
+        self._settle(outcome, RetrySpec(self, wait, error, dead))
+
+    def send_retry(self, spec: RetrySpec) -> None:
+        """The retry call itself (the acknowledger's, when a batch is not possible)."""
+        AcquiredTask.retry(self, spec.retry_wait, spec.error, dead=spec.dead)
 
     @property
     def last_attempt(self) -> bool:
@@ -139,7 +143,23 @@ class WorkerTask(AcquiredTask):
         return limit is not None and self.attempts >= limit
 
     def release(self) -> None:
-        self._settle("released", super().release, batched=None)
+        """Sent at once, not through the acknowledger (a stop waits for it)."""
+        with self._lock:
+            self._check_in_hand()
+            self._send("released", self.send_release)
+
+    def send_release(self) -> None:
+        """The release call itself."""
+        super().release()
+
+    def releasing(self) -> bool:
+        """Mark the task as being given back by a release of many (see :func:`release_all`):
+        False, and nothing marked, if it is no longer in hand."""
+        with self._lock:
+            if not self.in_hand:
+                return False
+            self._acknowledging = "released"
+            return True
 
     def heartbeat(self, alive_time: int | None = None) -> None:
         with self._lock:
@@ -194,26 +214,29 @@ class WorkerTask(AcquiredTask):
             return "cancelled"
         return "preempted" if isinstance(error, TaskError) else "unsettled"
 
-    def _settle(self, outcome: str, call: Callable[[], None], batched: bool | None) -> None:
-        """Settle the task by ``call``: handed to the acknowledger when there is one (as a
-        finish to merge when ``batched``, else as a call of its own; None: never, sent now)."""
+    def _settle(self, outcome: str, retry: RetrySpec | None) -> None:
+        """Finish (``retry`` None) or retry the task: handed to the acknowledger when there is
+        one, else sent now."""
         with self._lock:
             self._check_in_hand()
-            if self.acks is not None and batched is not None:
+            if self.acks is not None:
                 self._acknowledging = outcome
-                self.acks.put(self, None if batched else call)
+                self.acks.put(self, retry)
                 return
-            try:
-                call()
-            except PreemptedError:
-                self.mark_preempted()
-                raise
-            except CancelRequestedError:
-                self.outcome = "cancelled"  # the queue ended it as cancelled
-                self._cancel_requested = True
-                self.cancelled.set()
-                raise
-            self.outcome = outcome
+            self._send(outcome, self.send_finish if retry is None else lambda: self.send_retry(retry))
+
+    def _send(self, outcome: str, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except PreemptedError:
+            self.mark_preempted()
+            raise
+        except CancelRequestedError:
+            self.outcome = "cancelled"  # the queue ended it as cancelled
+            self._cancel_requested = True
+            self.cancelled.set()
+            raise
+        self.outcome = outcome
 
     def _check_in_hand(self) -> None:
         if self.outcome == "preempted":

@@ -21,7 +21,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 
 from ..errors import CancelRequestedError, PerfectQueueError, TaskError, UnavailableError
@@ -205,8 +205,7 @@ class TaskMonitor:
     def _stop_immediately(self) -> None:
         if self.acks is not None:
             self.acks.close()  # what was finished before the stop is told to the queue
-        for task in self.in_hand():
-            release(task, "immediate")
+        release_all(self.in_hand(), "immediate")
         for task in list(self._running):
             task.cancelled.set()
         self.on_immediate_stop()
@@ -216,8 +215,43 @@ def release(task: WorkerTask, reason: str) -> None:
     """Give ``task`` back to the queue (deliverable again at once), logging a failure to do so."""
     try:
         task.release()
-        log.info("%s", logs.fields(event="release", id=task.key, type=task.type, reason=reason))
-    except CancelRequestedError:
-        log.info("%s", logs.fields(event="cancelled", id=task.key, type=task.type))
     except PerfectQueueError as exc:
-        log.warning("%s", logs.fields(event="release_failed", id=task.key, error=exc))
+        _released(task, reason, exc)
+    else:
+        _released(task, reason, None)
+
+
+def release_all(tasks: Iterable[WorkerTask], reason: str) -> None:
+    """Give the tasks still in hand back in one request (``release-batch``), each logged as
+    :func:`release` logs it; one by one if the service refuses the batch (an earlier version)."""
+    in_hand = [task for task in tasks if task.in_hand]
+    if len(in_hand) < 2:
+        for task in in_hand:
+            release(task, reason)
+        return
+    held = [task for task in in_hand if task.releasing()]
+    try:
+        result = in_hand[0].queue.release_many(held)
+        errors: dict[str, PerfectQueueError] = {failure.key: failure.error for failure in result.failed}
+    except UnavailableError as exc:
+        errors = {task.key: exc for task in held}
+    except PerfectQueueError as exc:
+        log.warning("%s", logs.fields(event="release_batch_refused", error=exc))
+        errors = {}
+        for task in held:
+            try:
+                task.send_release()
+            except PerfectQueueError as alone:
+                errors[task.key] = alone
+    for task in held:
+        task.acknowledged(errors.get(task.key))
+        _released(task, reason, errors.get(task.key))
+
+
+def _released(task: WorkerTask, reason: str, error: PerfectQueueError | None) -> None:
+    if error is None:
+        log.info("%s", logs.fields(event="release", id=task.key, type=task.type, reason=reason))
+    elif isinstance(error, CancelRequestedError):
+        log.info("%s", logs.fields(event="cancelled", id=task.key, type=task.type))
+    else:
+        log.warning("%s", logs.fields(event="release_failed", id=task.key, error=error))

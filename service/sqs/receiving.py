@@ -127,7 +127,7 @@ async def change_visibility(_ctx: Context, queue: QueueRuntime, params: Params) 
 
 
 async def change_visibility_batch(_ctx: Context, queue: QueueRuntime, params: Params) -> Result:
-    """Entries grouped by their new timeout: one heartbeat-batch per timeout, a release per 0."""
+    """Entries grouped by their new timeout: one heartbeat-batch per timeout, one release-batch for 0."""
     failed: list[Result] = []
     groups: dict[int, list[tuple[str, tuple[str, int]]]] = defaultdict(list)
     for entry in entries(params, "ChangeMessageVisibilityBatch"):
@@ -153,16 +153,8 @@ async def change_visibility_batch(_ctx: Context, queue: QueueRuntime, params: Pa
 async def visibility_group(
     queue: QueueRuntime, timeout: int, group: list[tuple[str, tuple[str, int]]]
 ) -> list[PerfectQueueError | None]:
-    if timeout:
-        return await queue.heartbeat_many([held for _, held in group], timeout)
-    outcomes: list[PerfectQueueError | None] = []
-    for _, (task_id, lease) in group:
-        try:
-            await queue.release(task_id, lease)
-            outcomes.append(None)
-        except PerfectQueueError as exc:
-            outcomes.append(exc)
-    return outcomes
+    leases = [held for _, held in group]
+    return await (queue.heartbeat_many(leases, timeout) if timeout else queue.release_many(leases))
 
 
 def refusal(error: PerfectQueueError) -> SqsError:

@@ -1,7 +1,7 @@
 """The store: the only layer that speaks SQL (SQLAlchemy Core over MariaDB/MySQL, PostgreSQL or SQLite)."""
 
 from .database import Database, PoolOptions, normalize_url, redact
-from .model import AcquiredTask, NewTask, Task, TaskStatus
+from .model import AcquiredTask, NewTask, RetryItem, Task, TaskStatus
 from .queue import Page, QueueStore
 from .schema import check_table_name
 from .stats import Counts, UserLoad
@@ -14,6 +14,7 @@ __all__ = [
     "Page",
     "PoolOptions",
     "QueueStore",
+    "RetryItem",
     "Task",
     "TaskStatus",
     "UserLoad",

@@ -9,15 +9,15 @@ to stop; a finish, retry or release ends the task cancelled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ...errors import CancelRequestedError, PerfectQueueError
+from ...errors import PerfectQueueError
 from .codec import decode_data, encode_data
-from .model import Outcome, check_data, check_duration, truncate_error
+from .model import Outcome, RetryItem, check_data, check_duration, truncate_error
 from .rows import (
     LeaseState,
     answer_finishes,
@@ -96,40 +96,67 @@ class LeaseOperations(QueueStatements):
 
         Returns the wait, or None when the task is dead now (given up, or its attempts used up).
         """
-        if retry_wait is not None:
-            check_duration("retry_wait", retry_wait)
-        self._columns.extended()
-        recorded = self._columns.values({} if error is None else {"last_error": truncate_error(error)})
-        read = [self._columns.read(name) for name in ("attempts", "max_attempts", "cancel_requested")]
-
-        def work(conn: Connection) -> int | CancelRequestedError | None:
-            row = conn.execute(sa.select(*read).where(self._held(task_id, lease)).with_for_update()).first()
-            if row is None:
-                raise self._lease_error(conn, task_id)
-            if row.cancel_requested:
-                conn.execute(self._end(self._t.id == task_id, Outcome.CANCELLED).values(recorded))
-                return cancelled(task_id)
-            if dead or self.policy.exhausted(row.attempts, row.max_attempts):
-                conn.execute(self._end(self._t.id == task_id, Outcome.DEAD).values(recorded))
-                return None
-            wait = self.policy.wait(row.attempts) if retry_wait is None else retry_wait
-            values = {"timeout": self.db.now() + wait, "owner": 0, **recorded}
-            conn.execute(sa.update(self.table).where(self._t.id == task_id).values(values))
-            return wait
-
-        result = self.db.transaction(work)
-        if isinstance(result, CancelRequestedError):
+        (result,) = self.retry_many([RetryItem(task_id, lease, retry_wait, error, dead)])
+        if isinstance(result, PerfectQueueError):
             raise result
         return result
+
+    def retry_many(self, items: Sequence[RetryItem]) -> list[int | PerfectQueueError | None]:
+        """Retry many tasks in one transaction, each as :meth:`retry` alone would: per item the
+        wait, None (dead now) or the error a retry alone would raise (its task unchanged, but
+        for CancelRequestedError: it ended cancelled). The same (id, lease) twice retries the
+        task once; the second answers as a retry after the first would (preempted)."""
+        for item in items:
+            if item.retry_wait is not None:
+                check_duration("retry_wait", item.retry_wait)
+        self._columns.extended()
+        read = [self._columns.read(name) for name in ("attempts", "max_attempts", "cancel_requested")]
+        now = self.db.now()
+
+        def one(conn: Connection, item: RetryItem) -> int | PerfectQueueError | None:
+            recorded = self._columns.values(
+                {} if item.error is None else {"last_error": truncate_error(item.error)}
+            )
+            held = self._held(item.id, item.lease)
+            row = conn.execute(sa.select(*read).where(held).with_for_update()).first()
+            if row is None:
+                return self._lease_error(conn, item.id)
+            if row.cancel_requested:
+                conn.execute(self._end(self._t.id == item.id, Outcome.CANCELLED).values(recorded))
+                return cancelled(item.id)
+            if item.dead or self.policy.exhausted(row.attempts, row.max_attempts):
+                conn.execute(self._end(self._t.id == item.id, Outcome.DEAD).values(recorded))
+                return None
+            wait = self.policy.wait(row.attempts) if item.retry_wait is None else item.retry_wait
+            values = {"timeout": now + wait, "owner": 0, **recorded}
+            conn.execute(sa.update(self.table).where(self._t.id == item.id).values(values))
+            return wait
+
+        return self.db.transaction(lambda conn: _in_id_order(conn, [i.id for i in items], items, one))
 
     def release(self, task_id: str, lease: int) -> None:
         """Give the task back, deliverable at once; the attempt it used is given back too (a
         release means the task was not worked on: a stopping worker, a vanished long-poll)."""
+        (error,) = self.release_many([(task_id, lease)])
+        if error is not None:
+            raise error
+
+    def release_many(self, items: Sequence[tuple[str, int]]) -> list[PerfectQueueError | None]:
+        """Release many tasks in one transaction, each as :meth:`release` alone would: per item
+        None or the error a release alone would raise (CancelRequestedError: it ended
+        cancelled). The same (id, lease) twice releases the task once; the second is preempted."""
         attempts = sa.case((self._t.attempts > 0, self._t.attempts - 1), else_=0)
         self._columns.extended()
         values = self._columns.values({"timeout": self.db.now(), "owner": 0, "attempts": attempts})
-        if self.db.transaction(lambda conn: self._update_held(conn, task_id, lease, values, end=True)):
-            raise cancelled(task_id)
+
+        def one(conn: Connection, item: tuple[str, int]) -> PerfectQueueError | None:
+            try:
+                ended = self._update_held(conn, item[0], item[1], values, end=True)
+            except PerfectQueueError as exc:
+                return exc
+            return cancelled(item[0]) if ended else None
+
+        return self.db.transaction(lambda conn: _in_id_order(conn, [i for i, _ in items], items, one))
 
     def finish(self, task_id: str, lease: int) -> None:
         """Mark the task finished; it stays retained (and unsubmittable) for retention_time.
@@ -195,3 +222,17 @@ class LeaseOperations(QueueStatements):
         if finishes.cancelled:
             conn.execute(self._end(self._t.id.in_(sorted(finishes.cancelled)), Outcome.CANCELLED))
         return finishes.answers
+
+
+Item = TypeVar("Item")
+Answer = TypeVar("Answer")
+
+
+def _in_id_order(
+    conn: Connection, ids: Sequence[str], items: Sequence[Item], one: Callable[[Connection, Item], Answer]
+) -> list[Answer]:
+    """``one`` for each item, taken in the order of their ``ids`` (two batches lock the rows they
+    share in one order), answered in the items' own order."""
+    order = sorted(range(len(items)), key=ids.__getitem__)
+    answers = {i: one(conn, items[i]) for i in order}
+    return [answers[i] for i in range(len(items))]

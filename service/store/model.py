@@ -166,6 +166,17 @@ class NewTask:
             check_traceparent(self.traceparent)
 
 
+@dataclass(frozen=True, slots=True)
+class RetryItem:
+    """One task of a retry: its lease, and what the retry says (see ``LeaseOperations.retry``)."""
+
+    id: str
+    lease: int
+    retry_wait: int | None = None
+    error: str | None = None
+    dead: bool = False
+
+
 @dataclass(frozen=True, slots=True, init=False)
 class RetryPolicy:
     """When a retry without an explicit wait is delivered again, and when a task is dead.

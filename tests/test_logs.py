@@ -89,8 +89,8 @@ def test_the_json_format_carries_context_fields_and_the_traceback() -> None:
     assert "ValueError: bad" in entry["error"]
 
 
-HOSTILE = "a\nb\rc\x00d\x1be\x7ff\x85g\u2028h\u2029i\\j\tk"
-ESCAPED = "a\\nb\\rc\\x00d\\x1be\\x7ff\\x85g\\u2028h\\u2029i\\\\j\\tk"
+HOSTILE = "a\nb\rc\x00d\x1be\x7ff\x85g\u2028h\u2029i\\j\tk\u202el\u2066m\u200fn"
+ESCAPED = "a\\nb\\rc\\x00d\\x1be\\x7ff\\x85g\\u2028h\\u2029i\\\\j\\tk\\u202el\\u2066m\\u200fn"
 
 
 def test_the_text_format_escapes_control_characters_of_the_message_and_the_context() -> None:
@@ -127,7 +127,7 @@ def test_the_json_format_escapes_what_json_leaves_raw_but_line_readers_split_on(
         ContextFilter().filter(record)
     line = JsonFormatter().format(record)
     assert len(line.splitlines()) == 1
-    assert not set(line) & {"\x7f", "\x85", "\u2028", "\u2029"}
+    assert not set(line) & {"\x7f", "\x85", "\u2028", "\u2029", "\u202e", "\u2066", "\u200f"}
     assert subset(json.loads(line), message=f"GET {HOSTILE}", queue=HOSTILE)
 
 

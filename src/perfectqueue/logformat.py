@@ -9,10 +9,11 @@ JSON lines have ``timestamp`` (UTC, ISO 8601, milliseconds), ``level``, ``logger
 ``error`` (the traceback) when one is attached.
 
 What a request carries (its path, its queue and task names...) reaches the log, so neither format
-lets a value break a line: text lines show every control character of a message or a context value
-as an escape (``\\n``, ``\\x1b``, ``\\u2028``; a backslash as ``\\\\``), and keep only a traceback on
-lines of its own; JSON lines carry them as ``\\uXXXX`` escapes (DEL, C1, U+2028 and U+2029 too,
-which ``json.dumps`` leaves raw).
+lets a value break a line or reorder what a terminal shows: text lines show every control character
+of a message or a context value as an escape (``\\n``, ``\\x1b``, ``\\u2028``, the bidirectional
+controls such as ``\\u202e``; a backslash as ``\\\\``), and keep only a traceback on lines of its
+own; JSON lines carry them as ``\\uXXXX`` escapes (DEL, C1, U+2028, U+2029 and the bidirectional
+controls too, which ``json.dumps`` leaves raw).
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ CONTEXT_KEYS = ("request_id", "queue", "task_id")
 log_context: ContextVar[dict[str, Any] | None] = ContextVar("perfectqueue_log_context", default=None)
 """The current request's (or task's) fields; ``None`` outside of one."""
 
-_UNSAFE = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\\\]")
+_BIDI = "\\u061c\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069"
+"""The bidirectional controls (Trojan Source): a terminal would show the text around them reordered."""
+_UNSAFE = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029{_BIDI}\\\\]")
 _NAMED = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_TRACE_UNSAFE = re.compile("[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f\\u2028\\u2029]")
+_TRACE_UNSAFE = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f\\u2028\\u2029{_BIDI}]")
 """In a traceback, which keeps its line breaks (and tabs) and backslashes (paths, source lines)."""
-_JSON_UNSAFE = re.compile("[\\x7f-\\x9f\\u2028\\u2029]")
+_JSON_UNSAFE = re.compile(f"[\\x7f-\\x9f\\u2028\\u2029{_BIDI}]")
 """What ``json.dumps`` leaves raw but a line reader (``str.splitlines``) or a terminal acts on."""
 
 _RECORD_KEYS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "context"}
@@ -112,7 +115,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def escape(text: str) -> str:
-    """``text`` with each control character (C0, DEL, C1, U+2028, U+2029) as a visible escape —
+    """``text`` with each control character (C0, DEL, C1, U+2028, U+2029, the bidirectional
+    controls) as a visible escape —
     ``\\n``, ``\\r``, ``\\t``, ``\\x1b``, ``\\u2028`` — and each backslash doubled, so that
     it stays on one line and reads back unambiguously."""
     return _UNSAFE.sub(_escaped, text)

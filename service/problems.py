@@ -52,7 +52,7 @@ def error_problem(exc: PerfectQueueError) -> JSONResponse:
     if exc.status >= 500:
         log.warning("%s: %s", exc.code, exc)
     title = (type(exc).__doc__ or type(exc).__name__).strip().splitlines()[0]
-    return problem(exc.status, exc.code, title, str(exc) or title)
+    return problem(exc.status, exc.code, title, exc.public or title)
 
 
 def install(app: FastAPI) -> None:

@@ -157,6 +157,9 @@ def test_database_outage_is_503_then_recovers_without_losing_anything(
             assert answer.status_code == 503, answer.text
             assert answer.headers["Retry-After"].isdigit()
             assert answer.headers["Content-Type"].startswith("application/problem+json")
+            # the client is told what happened, not the driver's words (hosts, ports, users)
+            assert answer.json()["detail"] == "database error", answer.text
+            assert "database error: " in (tmp_path / "service.log").read_text()  # those go to the log
             stats = httpx.get(f"{base}/v1/queues/q", timeout=30)
             assert stats.status_code == 503
             acked_during = count(record, "acked")

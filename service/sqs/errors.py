@@ -92,6 +92,6 @@ TRANSLATED: tuple[tuple[type[PerfectQueueError], Callable[[PerfectQueueError], S
     (TooLargeError, lambda exc: invalid(f"One or more parameters are invalid. Reason: {exc}.")),
     (ForbiddenError, lambda exc: access_denied(str(exc))),
     (RequestError, lambda exc: invalid(str(exc))),
-    (UnavailableError, lambda exc: SqsError("ServiceUnavailable", f"Unavailable, retry: {exc}", 503)),
+    (UnavailableError, lambda exc: SqsError("ServiceUnavailable", f"Unavailable, retry: {exc.public}", 503)),
 )
 """The first class a refusal is an instance of says what it answers (else InternalFailure)."""

@@ -304,13 +304,13 @@ class Database:
                 late = timed_out(_mysql_errno(exc), str(exc.orig)) or postgres.timed_out(exc)
                 if late and not self.nodes.several:
                     # the same server again would wait as long (with several nodes: the next one)
-                    raise UnavailableError(f"the database did not answer in time: {_describe(exc)}") from exc
+                    raise UnavailableError("the database did not answer in time", _describe(exc)) from exc
                 if self._node_error(node, exc, node_retries):
                     node_retries += 1
                     continue
-                raise UnavailableError(f"database error: {_describe(exc)}") from exc
+                raise UnavailableError("database error", _describe(exc)) from exc
             except SQLAlchemyError as exc:
-                raise UnavailableError(f"database error: {type(exc).__name__}") from exc
+                raise UnavailableError("database error", type(exc).__name__) from exc
 
     def _take_lock(self, conn: Connection, name: str) -> None:
         if self.is_postgres:

@@ -144,7 +144,7 @@ def init_table(
                     side(conn)
             return done
     except OperationalError as exc:  # the server is out of reach, or refused us
-        raise UnavailableError(f"cannot initialise table {table.name}: {exc.orig}") from exc
+        raise UnavailableError(f"cannot initialise table {table.name}", str(exc.orig)) from exc
     except DBAPIError as exc:
         raise ConfigError(f"cannot initialise table {table.name}: {exc.orig}") from exc
 

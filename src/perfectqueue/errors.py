@@ -37,6 +37,12 @@ class PerfectQueueError(Exception):
 
     code = "error"
     status = 500
+    _public: str | None = None
+
+    @property
+    def public(self) -> str:
+        """What a client of the service is told (the message, without what only the log may hold)."""
+        return str(self) if self._public is None else self._public
 
 
 class IdempotentError:
@@ -158,6 +164,12 @@ class UnavailableError(PerfectQueueError):
 
     code = "unavailable"
     status = 503
+
+    def __init__(self, message: str = "", cause: str | None = None) -> None:
+        """``cause``: what the driver said (its host names, users, messages), kept for the log and
+        for the SDK's direct backend, but not told to a client of the service (see :attr:`public`)."""
+        super().__init__(f"{message}: {cause}" if cause else message)
+        self._public = message
 
 
 class InternalError(PerfectQueueError):

@@ -42,6 +42,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             runtime.begin_shutdown()
+            await runtime.settle()
             cleanup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await cleanup

@@ -388,6 +388,14 @@ class QueueRuntime:
         """Shutting down: waiting polls answer empty at once, and no poll waits again."""
         self.polls.close()
 
+    def in_flight(self) -> list[asyncio.Task[None]]:
+        """The work this queue started on its own (an announcement, the long-poll line, merged
+        calls), which may hold a database connection in a worker thread."""
+        flushers = [self.finishes.flusher, self.submits.flusher]
+        flushers += [batcher.flusher for batcher in self.polls.immediate.values()]
+        tasks = [self.announcer.sending, self.polls.dispatcher, *flushers]
+        return [task for task in tasks if task is not None and not task.done()]
+
     def heard(self, origin: str | None) -> None:
         """Tasks became waiting through another replica (``origin`` None: perhaps, as a listener
         that was down may have missed it): wake the polls waiting here."""
@@ -556,6 +564,13 @@ class Runtime:
         self.draining = True
         for queue in self.queues.values():
             queue.close()
+
+    async def settle(self) -> None:
+        """Wait (at most a statement's deadline) for the work the queues started on their own, so
+        that no connection is still in use when the databases are disposed."""
+        tasks = [task for queue in self.queues.values() for task in queue.in_flight()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.settings.statement_timeout + 1)
 
     def dispose(self) -> None:
         for listener in self.listeners:

@@ -199,6 +199,9 @@ class WorkerSettings(Declared):
     replace_on_cont: bool = setting(False, "SIGCONT starts a graceful binary replace, as in the original")
     """Off by default: a shell sends CONT on its own (``fg`` after Ctrl-Z, ``timeout``)."""
     max_request_per_child: int | None = setting(None, "tasks after which a child is replaced", ge=1)
+    task_time_limit: float | None = setting(None, "seconds a handler may run before it is stopped", gt=0)
+    """None: no limit (a route's ``time_limit`` may still set one). A task over it is retried
+    with ``last_error`` "timed out after N s"; see docs/worker.md: time limits."""
     task_prefetch: int = setting(0, "extra tasks a child acquires with each poll", ge=0)
     ack_batch_size: int = setting(100, "the most finishes a child sends in one request", ge=1, le=1000)
     ack_delay: float = setting(0.01, "the most seconds a finish waits to be sent with others", ge=0, le=60)

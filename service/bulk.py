@@ -24,7 +24,6 @@ MAX_PAGES = 20
 """Listing pages read by one request (a page may be short when the filters are rare)."""
 
 
-
 class Target(Protocol):
     """What a bulk action reads and acts on: a queue's listing and its per-task calls."""
 

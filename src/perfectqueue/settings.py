@@ -125,7 +125,8 @@ def _plain(limit: float) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class QueueSettings(Declared):
-    """A queue's settings: where its table is, and how it leases, retries and keeps tasks.
+    """A queue's settings: where its table is, how it leases, retries and keeps tasks, and when
+    the dashboard warns about it.
 
     The defaults are the original's where it has the key. ``table`` and ``url`` have none here:
     the service names a queue's table after the queue and uses its own ``url``; the direct
@@ -159,6 +160,12 @@ class QueueSettings(Declared):
     )
     retry_wait_max: int = setting(86400, "exponential backoff: the longest wait", ge=0, le=MAX_DURATION)
     retry_jitter: float = setting(0.25, "exponential backoff: the fraction taken off at random", ge=0, le=1)
+    stall_warning_after: int = setting(
+        300, "dashboard: warn when the oldest task waited this long, none leased", ge=1, le=MAX_DURATION
+    )
+    lock_wait_warning: float = setting(
+        1.0, "dashboard: warn when an acquisition waited this long for the table's lock", gt=0, le=3600
+    )
 
     @property
     def fair(self) -> bool:

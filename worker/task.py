@@ -119,6 +119,8 @@ class WorkerTask(AcquiredTask):
             try:
                 self.retry(error=f"TimeLimitExceeded: timed out after {self.time_limit:g} s")
             finally:
+                if self.in_hand:  # the retry failed: never heart-beaten again, the lease expires
+                    self.outcome = "unsettled"
                 self.cancelled.set()
                 self._interrupt_once(TimeLimitExceeded)
         return True

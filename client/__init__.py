@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..settings import QUEUE_KEYS
 from ._calls import Backoff
-from ._types import BatchResult, Failure, QueueStats, RetrySpec, SubmitSpec, TaskMetadata
+from ._types import BatchResult, BulkResult, Failure, QueueStats, RetrySpec, SubmitSpec, TaskMetadata
 from .aqueue import AsyncAcquiredTask, AsyncQueue, AsyncTask
 from .queue import AcquiredTask, Queue, Task
 
@@ -112,6 +112,7 @@ __all__ = [
     "AsyncQueue",
     "AsyncTask",
     "BatchResult",
+    "BulkResult",
     "Failure",
     "Queue",
     "QueueStats",

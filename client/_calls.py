@@ -16,7 +16,17 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 from urllib.parse import quote
 
-from ._types import BatchResult, Held, Leased, Page, QueueStats, RetrySpec, SubmitSpec, TaskMetadata
+from ._types import (
+    BatchResult,
+    BulkResult,
+    Held,
+    Leased,
+    Page,
+    QueueStats,
+    RetrySpec,
+    SubmitSpec,
+    TaskMetadata,
+)
 
 R = TypeVar("R")
 
@@ -61,6 +71,7 @@ class Direct(Protocol):
     ) -> Page: ...
     def stats(self) -> QueueStats: ...
     def pause(self, paused: bool, /) -> QueueStats: ...
+    def bulk(self, call: Bulk, /) -> BulkResult: ...
 
 
 class Call(ABC, Generic[R]):
@@ -424,6 +435,33 @@ class Pause(Call[QueueStats]):
 
     def direct(self, store: Direct) -> QueueStats:
         return store.pause(self.paused)
+
+
+@dataclass(frozen=True, slots=True)
+class Bulk(Call[BulkResult]):
+    """An operator's action (``requeue``, ``cancel``) on up to ``limit`` tasks the filters select,
+    after ``cursor``. Safe to send again: a task acted on no longer matches its ``status``."""
+
+    op: ClassVar[str] = "bulk"
+
+    action: Literal["requeue", "cancel"]
+    status: str
+    task_type: str | None = None
+    user: str | None = None
+    prefix: str | None = None
+    cursor: str | None = None
+    limit: int = 1000
+
+    def http(self) -> Http:
+        filters = {"type": self.task_type, "user": self.user, "prefix": self.prefix, "cursor": self.cursor}
+        body = {"action": self.action, "status": self.status, **_present(filters), "limit": self.limit}
+        return Http("POST", "/bulk", body)
+
+    def parse(self, body: Any) -> BulkResult:
+        return BulkResult.from_json(body)
+
+    def direct(self, store: Direct) -> BulkResult:
+        return store.bulk(self)
 
 
 @dataclass(frozen=True, slots=True)

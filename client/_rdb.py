@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from ..errors import PerfectQueueError
 from ..settings import QueueSettings
-from ._calls import Call, R, RetryItem
+from ._calls import Bulk, Call, R, RetryItem
 from ._types import (
     INSTANTS,
     STATES,
     BatchResult,
+    BulkResult,
     Failure,
     Leased,
     Page,
@@ -28,6 +30,7 @@ from ._types import (
 )
 
 WAIT_STEP = 0.2
+T = TypeVar("T")
 
 
 class RdbBackend:
@@ -143,6 +146,46 @@ class RdbBackend:
         else:
             self.store.resume()
         return self.stats()
+
+    def bulk(self, call: Bulk) -> BulkResult:
+        """The service's bulk action (:mod:`perfectqueue.service.bulk`) on the store itself."""
+        from ..service import bulk
+        from ..service.store import TaskStatus
+
+        selection = bulk.Selection(
+            TaskStatus(call.status), call.task_type, call.user, call.prefix, call.cursor, call.limit
+        )
+        done = _completed(bulk.apply(_StoreNow(self.store), call.action, selection))
+        keys = [key for key, _ in done.outcomes]
+        batch = _batch(keys, [error for _, error in done.outcomes])
+        return BulkResult(batch.successful, batch.failed, done.cursor)
+
+
+class _StoreNow:
+    """The store's calls as the awaitables a bulk action awaits: each is done when awaited."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    async def list_tasks(self, **filters: Any) -> Any:
+        return self.store.list(with_data=False, **filters)
+
+    async def requeue(self, task_id: str) -> Any:
+        return self.store.requeue(task_id)
+
+    async def cancel(self, task_id: str) -> Any:
+        return self.store.cancel(task_id)
+
+
+def _completed(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (it awaits only :class:`_StoreNow`) to its end, here
+    and now: no event loop, so it works in any thread, a running loop's included."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise RuntimeError("a bulk action on the store suspended")
 
 
 class AsyncRdbBackend:

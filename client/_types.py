@@ -205,6 +205,19 @@ class RetrySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class BulkResult(BatchResult):
+    """A bulk action's outcome: each selected task's, as its own call would have answered, and
+    where the selection goes on (``cursor``; None: every matching task was seen)."""
+
+    cursor: str | None = None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> BulkResult:
+        batch = BatchResult.from_json(body)
+        return cls(batch.successful, batch.failed, body["next_cursor"])
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     tasks: list[TaskMetadata]
     cursor: str | None

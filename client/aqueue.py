@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ..errors import NotFoundError
 from . import _calls as calls
 from ._calls import R
-from ._types import BatchResult, Leased, QueueStats, RetrySpec, SubmitSpec, TaskMetadata
+from ._types import BatchResult, BulkResult, Leased, QueueStats, RetrySpec, SubmitSpec, TaskMetadata
 from .queue import _spec
 
 
@@ -118,6 +118,19 @@ class AsyncQueue:
 
     async def resume(self) -> QueueStats:
         return await self.backend.execute(calls.Pause(False))
+
+    async def bulk(
+        self,
+        action: Literal["requeue", "cancel"],
+        *,
+        status: str,
+        type: str | None = None,
+        user: str | None = None,
+        prefix: str | None = None,
+        cursor: str | None = None,
+        limit: int = 1000,
+    ) -> BulkResult:
+        return await self.backend.execute(calls.Bulk(action, status, type, user, prefix, cursor, limit))
 
 
 class AsyncTask:

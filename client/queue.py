@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ..errors import NotFoundError
 from . import _calls as calls
 from ._calls import R
-from ._types import BatchResult, Leased, QueueStats, RetrySpec, SubmitSpec, TaskMetadata
+from ._types import BatchResult, BulkResult, Leased, QueueStats, RetrySpec, SubmitSpec, TaskMetadata
 
 
 class Backend(Protocol):
@@ -126,6 +126,22 @@ class Queue:
     def resume(self) -> QueueStats:
         """Resume a paused queue."""
         return self.backend.execute(calls.Pause(False))
+
+    def bulk(
+        self,
+        action: Literal["requeue", "cancel"],
+        *,
+        status: str,
+        type: str | None = None,
+        user: str | None = None,
+        prefix: str | None = None,
+        cursor: str | None = None,
+        limit: int = 1000,
+    ) -> BulkResult:
+        """Requeue or cancel, each as its own call would, up to ``limit`` (1,000) of the tasks
+        in ``status`` matching the filters (an operator's action); per-task results, and the
+        ``cursor`` to pass to go on (None: every matching task was seen)."""
+        return self.backend.execute(calls.Bulk(action, status, type, user, prefix, cursor, limit))
 
 
 class Task:

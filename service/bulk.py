@@ -6,22 +6,48 @@ acted on as its own call would (``requeue``, ``cancel``): one transaction per ta
 answered on its own, so a task that changed meanwhile is refused as that call would refuse it.
 One request acts on at most ``limit`` tasks (1,000) and reads at most ``MAX_PAGES`` pages; its
 ``next_cursor`` continues where it stopped.
+
+The target is the service's :class:`~.runtime.QueueRuntime`, or the SDK's direct ``rdb_compat``
+backend's store (:class:`Target`): both carry out a bulk action the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..errors import PerfectQueueError
-from .runtime import QueueRuntime
-from .store import Task, TaskStatus
+from .store import Page, Task, TaskStatus
 
 MAX_PAGES = 20
 """Listing pages read by one request (a page may be short when the filters are rare)."""
 
-Action = Callable[[QueueRuntime, str], Awaitable[Task]]
-ACTIONS: dict[str, Action] = {"requeue": QueueRuntime.requeue, "cancel": QueueRuntime.cancel}
+
+class Target(Protocol):
+    """What a bulk action reads and acts on: a queue's listing and its per-task calls."""
+
+    async def list_tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        task_type: str | None = None,
+        user: str | None = None,
+        prefix: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page: ...
+
+    async def requeue(self, task_id: str) -> Task: ...
+
+    async def cancel(self, task_id: str) -> Task: ...
+
+
+Action = Callable[[Target, str], Awaitable[Task]]
+ACTIONS: dict[str, Action] = {
+    "requeue": lambda target, task_id: target.requeue(task_id),
+    "cancel": lambda target, task_id: target.cancel(task_id),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +70,7 @@ class Done:
     cursor: str | None = None
 
 
-async def apply(queue: QueueRuntime, action: str, selection: Selection) -> Done:
+async def apply(queue: Target, action: str, selection: Selection) -> Done:
     """Act on the selected tasks, one call each."""
     done, act, cursor = Done(), ACTIONS[action], selection.cursor
     for _ in range(MAX_PAGES):
@@ -65,7 +91,7 @@ async def apply(queue: QueueRuntime, action: str, selection: Selection) -> Done:
     return done
 
 
-async def outcome(act: Action, queue: QueueRuntime, task_id: str) -> PerfectQueueError | None:
+async def outcome(act: Action, queue: Target, task_id: str) -> PerfectQueueError | None:
     try:
         await act(queue, task_id)
     except PerfectQueueError as exc:

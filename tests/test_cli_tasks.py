@@ -23,9 +23,11 @@ import perfectqueue
 __all__ = ["config", "target"]  # the fixtures
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(*args: str, env: dict[str, str] | None = None, answer: str = "") -> subprocess.CompletedProcess[str]:
+    """The command, its stdin ``answer`` (empty: as without a terminal)."""
     return subprocess.run(
         [sys.executable, "-m", "perfectqueue", *args],
+        input=answer,
         capture_output=True,
         text=True,
         timeout=60,
@@ -144,6 +146,38 @@ def test_pause_and_resume_a_queue(config: dict[str, Any]) -> None:
     with perfectqueue.open(config) as queue:
         assert sorted(t.key for t in queue.poll_multi(max=5)) == ["p1", "p2"]
         assert not queue.resume().paused
+
+
+@ON_SQLITE
+def test_bulk_asks_then_requeues_or_cancels_every_selected_task(config: dict[str, Any]) -> None:
+    q = flags(config)
+    with perfectqueue.open(config) as queue:
+        for key, task_type in (("d1", "mail"), ("d2", "mail"), ("d3", "report")):
+            queue.submit(key, task_type, max_attempts=1)
+            task = queue.poll()
+            assert task is not None
+            task.retry(error="boom")  # its only attempt: dead
+        queue.submit("w1", "report")
+    requeue = ["bulk", "requeue", "--status", "dead", "--type", "mail", *q]
+    declined = run(*requeue)  # no answer: nothing is done
+    assert (declined.returncode, declined.stdout) == (1, "nothing done\n")
+    assert declined.stderr.startswith("requeue every dead task of type 'mail' of queue ")
+    assert declined.stderr.endswith("? [y/N] ")
+    assert run(*requeue, answer="n\n").stdout == "nothing done\n"
+    with perfectqueue.open(config) as queue:
+        assert queue.stats().dead == 3
+    confirmed = run(*requeue, answer="y\n")
+    assert (confirmed.returncode, confirmed.stdout) == (0, "requeued 2 tasks\n")
+    assert ok("bulk", "cancel", "--status", "waiting", "--prefix", "d", "--yes", *q) == "cancelled 2 tasks\n"
+    refused = run("bulk", "requeue", "--status", "cancelled", "-y", *q)  # each answered as alone
+    assert (refused.returncode, refused.stdout) == (1, "requeued 0 tasks, 2 failed\n")
+    assert [line.split(":")[:2] for line in refused.stderr.splitlines()] == [
+        ["d1", " AlreadyFinishedError"],
+        ["d2", " AlreadyFinishedError"],
+    ]
+    with perfectqueue.open(config) as queue:
+        states = {t.key: t.status for t in queue.tasks()}
+    assert states == {"d1": "cancelled", "d2": "cancelled", "d3": "dead", "w1": "waiting"}
 
 
 @ON_SQLITE

@@ -24,6 +24,7 @@ from perfectqueue.errors import (
     ConfigError,
     IdempotentError,
     InvalidError,
+    NotDeadError,
     NotFoundError,
     PerfectQueueError,
     PreemptedError,
@@ -302,6 +303,33 @@ def test_force_finish(queue: perfectqueue.Queue) -> None:
         queue["missing"].metadata()
     assert isinstance(raised.value, IdempotentError)
     assert queue.poll() is None
+
+
+def make_dead(queue: perfectqueue.Queue, *keys_and_types: tuple[str, str]) -> None:
+    """Submit each task with one attempt and fail it: dead."""
+    for key, task_type in keys_and_types:
+        queue.submit(key, task_type, max_attempts=1)
+        task = queue.poll()
+        assert task is not None and task.key == key
+        task.retry(error="boom")
+
+
+def test_bulk_requeues_and_cancels_what_the_filters_select(queue: perfectqueue.Queue) -> None:
+    make_dead(queue, ("m1", "mail"), ("m2", "mail"), ("r1", "report"))
+    queue.submit("w1", "mail")
+    requeued = queue.bulk("requeue", status="dead", type="mail")
+    assert (sorted(requeued.successful), requeued.failed, requeued.cursor) == (["m1", "m2"], [], None)
+    assert [queue[k].metadata().status for k in ("m1", "m2", "r1")] == ["waiting", "waiting", "dead"]
+    assert queue["m1"].metadata().attempts == 0
+    first = queue.bulk("cancel", status="waiting", prefix="m", limit=1)  # one request at most 1
+    assert first.successful == ["m1"] and first.cursor is not None
+    rest = queue.bulk("cancel", status="waiting", prefix="m", cursor=first.cursor)
+    assert (rest.successful, rest.cursor) == (["m2"], None)
+    assert [queue[k].metadata().status for k in ("m1", "m2", "w1")] == ["cancelled", "cancelled", "waiting"]
+    refused = queue.bulk("requeue", status="waiting")  # each as its own call: not dead
+    assert refused.successful == [] and [f.key for f in refused.failed] == ["w1"]
+    assert isinstance(refused.failed[0].error, NotDeadError)
+    assert queue["w1"].metadata().is_waiting()
 
 
 def test_iteration_visits_every_task_once_over_many_pages(queue: perfectqueue.Queue) -> None:

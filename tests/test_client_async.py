@@ -167,6 +167,28 @@ def test_force_finish_and_not_found(config: dict[str, Any]) -> None:
     run(config, scenario)
 
 
+def test_bulk_requeues_what_the_filters_select(config: dict[str, Any]) -> None:
+    async def scenario(queue: AsyncQueue) -> None:
+        for key in ("a1", "a2", "b1"):
+            await queue.submit(key, "t", max_attempts=1)
+            await (await poll_one(queue)).retry(error="boom")  # its only attempt: dead
+        first = await queue.bulk("requeue", status="dead", prefix="a", limit=1)
+        assert first.successful == ["a1"] and first.cursor is not None
+        rest = await queue.bulk("requeue", status="dead", prefix="a", cursor=first.cursor)
+        assert (rest.successful, rest.failed, rest.cursor) == (["a2"], [], None)
+        assert [(await queue[k].metadata()).status for k in ("a1", "a2", "b1")] == [
+            "waiting",
+            "waiting",
+            "dead",
+        ]
+        cancelled = await queue.bulk("cancel", status="waiting")
+        assert sorted(cancelled.successful) == ["a1", "a2"]
+        refused = await queue.bulk("requeue", status="cancelled")  # as requeue answers alone
+        assert [type(f.error) for f in refused.failed] == [AlreadyFinishedError, AlreadyFinishedError]
+
+    run(config, scenario)
+
+
 def test_iteration_over_many_pages_filters_and_stats(config: dict[str, Any]) -> None:
     async def scenario(queue: AsyncQueue) -> None:
         keys = [f"t{i:03d}" for i in range(150)]

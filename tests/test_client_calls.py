@@ -49,6 +49,8 @@ EXAMPLES: list[calls.Call[Any]] = [
     calls.Stats(),
     calls.Pause(True),
     calls.Pause(False),
+    calls.Bulk("requeue", "dead", "mail", None, "m-", "c", 10),
+    calls.Bulk("cancel", "waiting"),
     calls.Retry("k", "1", None, "UnknownType: no route", dead=True),
 ]
 

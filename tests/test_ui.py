@@ -105,7 +105,9 @@ def test_counts_users_listing_and_release(make_app: Callable[..., TestClient]) -
     assert queue["oldest_waiting_age"] >= 0 and len(queue["throughput"]["submitted"]) == 60
     assert queue["capped"] == []
     info = client.get(Q).json()  # the same counts as the queue API's (the age may have moved on)
-    assert {k: v for k, v in queue.items() if k not in ("throughput", "trouble", "oldest_waiting_age")} == {
+    assert queue["warnings"] == {"stall_after": 300, "lock_wait": 1.0}  # the settings' defaults
+    dashboard_only = ("throughput", "trouble", "warnings", "oldest_waiting_age")
+    assert {k: v for k, v in queue.items() if k not in dashboard_only} == {
         k: v for k, v in info.items() if k != "oldest_waiting_age"
     }
     users = client.get(f"{Q}/users").json()["users"]
@@ -364,4 +366,50 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, artifacts: Path) -> None
         expect(page.locator('#tasks tr[data-id="report/2026-11"]')).to_be_visible()
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
         page.screenshot(path=artifacts / "queue-phone-dark.png", full_page=True)
+        browser.close()
+
+
+def test_a_queues_lowered_stall_threshold_raises_its_warning(tmp_path: Path, artifacts: Path) -> None:
+    """Two queues whose oldest task has waited 100 s, none leased: the one whose
+    stall_warning_after is 60 warns, the one at the default (300) does not."""
+    from playwright.sync_api import expect, sync_playwright
+
+    executable = chromium()
+    admin = new_key()
+    keys = [{"name": "ops", "hash": hash_key(admin), "scopes": ["admin", "submit"]}]
+    queues = {
+        "q": {"table": "ui_q", "stall_warning_after": 60, "lock_wait_warning": 0.5},
+        "r": {"table": "ui_r"},
+    }
+    path = tmp_path / "q.sqlite3"
+    config = write_config(tmp_path / "pq.yml", f"sqlite:///{path}", "ui_q", api_keys=keys, queues=queues)
+    headers = {"authorization": f"Bearer {admin}"}
+    with running_service(config, tmp_path / "service.log") as base, sync_playwright() as pw:
+        for queue in queues:
+            submitted = httpx.post(
+                f"{base}/v1/queues/{queue}/submit", headers=headers, json={"id": "old", "type": "t"}
+            )
+            assert submitted.status_code == 201
+        with sqlite3.connect(path) as db:
+            for table in ("ui_q", "ui_r"):
+                db.execute(f"UPDATE {table} SET timeout = timeout - 100, created_at = created_at - 100")
+        overview = httpx.get(f"{base}/v1/overview", headers=headers).json()
+        assert {q["name"]: q["warnings"] for q in overview["queues"]} == {
+            "q": {"stall_after": 60, "lock_wait": 0.5},
+            "r": {"stall_after": 300, "lock_wait": 1.0},
+        }
+        assert all(q["oldest_waiting_age"] >= 100 and q["leased"] == 0 for q in overview["queues"])
+
+        browser = pw.chromium.launch(executable_path=executable, headless=True, args=BROWSER_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(base + "/ui")
+        page.fill("#key", admin)
+        page.click("#login button[type=submit]")
+        lowered, default = (page.locator(f'.queue-card[data-queue="{name}"]') for name in ("q", "r"))
+        expect(lowered.locator("[data-warning=stalled]")).to_contain_text(
+            "no worker holds any", timeout=10_000
+        )
+        expect(default.locator("[data-stat=waiting] b")).to_have_text("1")
+        expect(default.locator("[data-warning=stalled]")).to_have_count(0)
+        page.screenshot(path=artifacts / "overview-stall-threshold.png")
         browser.close()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import CancelRequestedError, PerfectQueueError
 from . import logs, metrics
@@ -38,8 +38,17 @@ TRACEBACK = "Traceback (most recent call last):\n"
 class Base:
     """One run of one task. ``self.task`` is the :class:`~perfectqueue.worker.task.WorkerTask`."""
 
+    time_limit: ClassVar[float | None] = None
+    """Seconds this handler may run (0: no limit); None: the worker's ``task_time_limit``."""
+
     def __init__(self, task: WorkerTask) -> None:
         self.task = task
+
+    @classmethod
+    def time_limit_for(cls, task_type: str, default: float | None) -> float | None:
+        """The seconds a task of ``task_type`` may run (None: no limit): this class's
+        :attr:`time_limit`, else ``default`` (the worker's ``task_time_limit``)."""
+        return _limit(cls.time_limit, default)
 
     def run(self) -> Awaitable[None] | None:
         """Run the task: ``before_perform()``, ``perform()``, ``after_perform()``. A handler may
@@ -91,6 +100,13 @@ class Base:
     def _failed(self, error: Exception) -> None:
         metrics.task_failed()
         self.decide(error)
+
+
+def _limit(limit: float | None, default: float | None) -> float | None:
+    """``limit`` (0: none), or ``default`` when it is None."""
+    if limit is None:
+        return default
+    return limit or None
 
 
 def describe(error: BaseException) -> str:

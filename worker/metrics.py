@@ -44,6 +44,11 @@ def task_failed() -> None:
     _send("failure")
 
 
+def timed_out() -> None:
+    """A handler ran over its time limit (its task was retried)."""
+    _send("timeout")
+
+
 def poll_failed() -> None:
     """A poll for tasks failed (the service or the network)."""
     _send("poll_error")
@@ -88,6 +93,9 @@ class WorkerMetrics:
             ["outcome"],
             buckets=DURATION_BUCKETS,
             registry=r,
+        )
+        self.timeouts = Counter(
+            "perfectqueue_worker_task_timeouts", "Handlers stopped over their time limit.", registry=r
         )
         self.poll_errors = Counter("perfectqueue_worker_poll_errors", "Polls that failed.", registry=r)
         self.poll_tasks = Histogram(
@@ -150,6 +158,8 @@ class WorkerMetrics:
             self.durations.labels(words[1]).observe(float(words[2]))
         elif words == ["failure"]:
             self.failures.inc()
+        elif words == ["timeout"]:
+            self.timeouts.inc()
         elif words == ["poll_error"]:
             self.poll_errors.inc()
         elif words[:1] == ["poll"] and len(words) == 2:

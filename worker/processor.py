@@ -58,6 +58,8 @@ class Processor:
             config.child_heartbeat_interval,
             child_heartbeat,
             on_immediate_stop,
+            kill_on_timeout=config.processor_type == "process",
+            grace=config.child_kill_interval,
         )
         self.runner = Runner(application, self.monitor, config)
         self.handled = 0

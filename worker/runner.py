@@ -12,7 +12,9 @@ under the task monitor. Afterwards:
   queue's backoff (or the worker's ``retry_wait`` if its configuration sets one); a retry of the
   task's last attempt ends it dead (logged ``event=dead``, see :attr:`WorkerTask.last_attempt`);
 - a cancel was requested while it ran (the handler was interrupted with CancelRequestedError, or
-  ignored it): the task ends as cancelled.
+  ignored it): the task ends as cancelled;
+- the handler ran over its time limit (:attr:`WorkerTask.time_limit`): the task monitor retried
+  the task and interrupted the handler with TimeLimitExceeded (an asyncio handler: cancelled).
 
 One log line per task start and one per outcome, with the task's id, type and duration.
 """
@@ -30,7 +32,7 @@ from ..errors import AlreadyFinishedError, CancelRequestedError, PerfectQueueErr
 from . import logs, metrics
 from .application import Base, report, retry
 from .config import WorkerConfig
-from .task import Acknowledger, WorkerTask
+from .task import Acknowledger, TimeLimitExceeded, WorkerTask
 from .task_monitor import TaskMonitor
 
 log = logging.getLogger("perfectqueue.worker")
@@ -74,7 +76,7 @@ class Runner:
         current, loop = asyncio.current_task(), asyncio.get_running_loop()
         assert current is not None
 
-        def interrupt() -> None:
+        def interrupt(error: type[BaseException]) -> None:
             loop.call_soon_threadsafe(current.cancel)
 
         try:
@@ -89,6 +91,7 @@ class Runner:
     def _begin(self, acquired: AcquiredTask) -> WorkerTask:
         task = acquired if isinstance(acquired, WorkerTask) else self.wrap(acquired)
         task.started = time.monotonic()
+        task.time_limit = self.application.time_limit_for(task.type, self.config.task_time_limit)
         log.info("%s", logs.fields(event="start", id=task.key, type=task.type))
         self.monitor.started(task)
         return task
@@ -111,6 +114,8 @@ class Runner:
             yield
         except CancelRequestedError:
             log.info("%s", logs.fields(event="cancel_requested", id=task.key, type=task.type))
+        except TimeLimitExceeded:
+            pass  # the task monitor retried the task and logged event=timeout
         except Exception as exc:  # decide() itself failed: still never crash the worker
             log.exception("%s", logs.fields(event="error", id=task.key, type=task.type, error=exc))
             if task.in_hand:
@@ -122,14 +127,16 @@ async def _awaited(pending: Awaitable[None]) -> None:
 
 
 async def _cancel_requested_on_cancel(task: WorkerTask, pending: Awaitable[None]) -> None:
-    """Await the handler; its cancellation by a cancel request is that request's error."""
+    """Await the handler; its cancellation by a cancel request (or a time-out) is that error."""
     try:
         await pending
     except asyncio.CancelledError:
         current = asyncio.current_task()
-        if not task.cancel_requested or current is None:
+        if not (task.cancel_requested or task.timed_out) or current is None:
             raise  # the loop itself is ending
         current.uncancel()
+        if task.timed_out:
+            raise TimeLimitExceeded(f"task {task.key} timed out") from None
         raise CancelRequestedError(f"task {task.key} was cancelled") from None
 
 

@@ -15,6 +15,10 @@ Besides the SDK's ``key``, ``type``, ``data``, ``user``, ``lease``, ``finish()``
   handler does next (returns, finishes, retries, releases).
 - ``attempts`` (this delivery's attempt number) and ``traceparent`` (the W3C trace context given at
   submit, or None), from the SDK's task.
+- ``time_limit``: the seconds its handler may run (the route's ``time_limit``, else the
+  worker's ``task_time_limit``; None: no limit), and ``timed_out``: it ran over them. The task
+  monitor then retries it (``last_error`` "TimeLimitExceeded: timed out after N s") and
+  interrupts the handler with :class:`TimeLimitExceeded` (see :mod:`.task_monitor`).
 - ``config``: the worker's configuration as loaded (your own keys included), reloaded on restart.
 - ``outcome``: ``None`` while the task is in hand, then ``"finished"``, ``"retried"``,
   ``"dead"`` (retried on its last attempt, see ``last_attempt``), ``"released"``,
@@ -44,6 +48,14 @@ from ..client._types import Leased
 from ..errors import AlreadyFinishedError, CancelRequestedError, PerfectQueueError, PreemptedError, TaskError
 
 
+class TimeLimitExceeded(BaseException):
+    """Raised into a handler that ran over its time limit (its task was retried already).
+
+    A ``BaseException``, as ``KeyboardInterrupt``: a handler's ``except Exception`` does not
+    swallow it; its ``finally`` blocks and context managers still run.
+    """
+
+
 class Acknowledger(Protocol):
     def put(self, task: WorkerTask, retry: RetrySpec | None) -> None:
         """Send ``task``'s acknowledgement later: a finish (``retry`` None) or its retry."""
@@ -69,8 +81,10 @@ class WorkerTask(AcquiredTask):
         self.started = time.monotonic()
         self._lock = threading.RLock()
         self._cancel_requested = task.acquired.cancel_requested
-        self._interrupt: Callable[[], None] | None = None
+        self._interrupt: Callable[[type[BaseException]], None] | None = None
         self._interrupted = False
+        self.time_limit: float | None = None
+        self.timed_out = False
 
     @property
     def preempted(self) -> bool:
@@ -87,20 +101,45 @@ class WorkerTask(AcquiredTask):
                 return
             self._cancel_requested = True
             self.cancelled.set()
-            if self._interrupt is not None and not self._interrupted:
-                self._interrupted = True
-                self._interrupt()
+            self._interrupt_once(CancelRequestedError)
+
+    def over_limit(self, now: float) -> bool:
+        """Running past its time limit (and not yet timed out)."""
+        limit = self.time_limit
+        return limit is not None and not self.timed_out and now - self.started > limit
+
+    def time_out(self) -> bool:
+        """Over its time limit: retry the task with the error recorded (the queue counts the
+        attempt, and a last attempt ends dead), then interrupt the handler once with
+        :class:`TimeLimitExceeded`. False when the task was settled meanwhile."""
+        with self._lock:
+            if not self.in_hand or self.timed_out:
+                return False
+            self.timed_out = True
+            try:
+                self.retry(error=f"TimeLimitExceeded: timed out after {self.time_limit:g} s")
+            finally:
+                if self.in_hand:  # the retry failed: never heart-beaten again, the lease expires
+                    self.outcome = "unsettled"
+                self.cancelled.set()
+                self._interrupt_once(TimeLimitExceeded)
+        return True
+
+    def _interrupt_once(self, error: type[BaseException]) -> None:
+        if self._interrupt is not None and not self._interrupted:
+            self._interrupted = True
+            self._interrupt(error)
 
     @contextmanager
-    def handling(self, interrupt: Callable[[], None] | None = None) -> Iterator[None]:
-        """While the handler runs, a cancel interrupts it (see request_cancel): by ``interrupt``
-        (an asyncio processor cancels the handler's asyncio task), else by raising
-        CancelRequestedError in this thread."""
+    def handling(self, interrupt: Callable[[type[BaseException]], None] | None = None) -> Iterator[None]:
+        """While the handler runs, a cancel or a time-out interrupts it (see request_cancel and
+        time_out): by ``interrupt`` (an asyncio processor cancels the handler's asyncio task),
+        else by raising the error (CancelRequestedError, TimeLimitExceeded) in this thread."""
         with self._lock:
             if self._cancel_requested:
                 raise CancelRequestedError(f"task {self.key} was cancelled before its handler started")
             thread = threading.get_ident()
-            self._interrupt = interrupt or (lambda: _raise_in(thread, CancelRequestedError))
+            self._interrupt = interrupt or (lambda error: _raise_in(thread, error))
         try:
             yield
         finally:

@@ -8,7 +8,17 @@ gone or finished by someone else) marks that task preempted and heart-beating it
 heartbeat answered CancelRequestedError (somebody cancelled the task) interrupts the running
 handler with that error (see :meth:`WorkerTask.request_cancel`), or ends a task still waiting
 its turn as cancelled at once. Every ``child_heartbeat_interval`` it tells the supervisor the
-processor is alive. It is also the loop that acts on the processor's recorded
+processor is alive.
+
+It enforces the time limits too (:attr:`WorkerTask.time_limit`): a running task over its limit
+is retried at once with ``last_error`` "TimeLimitExceeded: timed out after N s" (its lease is no
+longer extended), logged ``event=timeout`` and counted. Then, with ``kill_on_timeout`` (a forked
+processor), the processor stops immediately: the retry and the finishes before it are sent,
+the other tasks in hand released, and the process exits, to be replaced by the supervisor.
+Otherwise (a thread or asyncio processor) the handler is interrupted with TimeLimitExceeded (an
+asyncio handler is cancelled); one still running ``grace`` seconds later (a thread blocked in C
+code, a loop blocked by synchronous code) is given up: the processor stops immediately, and the
+supervisor replaces it. It is also the loop that acts on the processor's recorded
 signals: TERM/INT ask for a graceful stop (the main loop takes no more tasks), TTIN for a
 detached graceful stop (the same, and the processor carries on when its supervisor exits), QUIT
 for an immediate one (every task in hand is released, then ``on_immediate_stop`` runs), USR2
@@ -25,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 
 from ..errors import CancelRequestedError, PerfectQueueError, TaskError, UnavailableError
-from . import logs
+from . import logs, metrics
 from .acks import Acks
 from .signals import Signals
 from .task import WorkerTask
@@ -42,8 +52,12 @@ class TaskMonitor:
         child_heartbeat_interval: float,
         child_heartbeat: Callable[[], None],
         on_immediate_stop: Callable[[], None],
+        *,
+        kill_on_timeout: bool = False,
+        grace: float = 2.0,
     ) -> None:
         self.signals = signals
+        self.kill_on_timeout, self.grace = kill_on_timeout, grace
         self.task_interval, self.child_interval = task_heartbeat_interval, child_heartbeat_interval
         self.child_heartbeat, self.on_immediate_stop = child_heartbeat, on_immediate_stop
         self.graceful = threading.Event()
@@ -112,6 +126,7 @@ class TaskMonitor:
             if self.immediate.is_set():
                 self._stop_immediately()
                 return
+            self._enforce_limits()
             now = time.monotonic()
             if now >= next_child:
                 self._beat_child()
@@ -120,6 +135,30 @@ class TaskMonitor:
                 self._beat_task()
                 next_task = now + self.task_interval
             self.signals.wait(min(next_child, next_task, now + TICK) - time.monotonic())
+
+    def _enforce_limits(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            running = list(self._running)
+        for task in running:
+            if task.over_limit(now):
+                self._time_out(task)
+            elif task.timed_out and now - task.started - (task.time_limit or 0) > self.grace:
+                log.error("%s", logs.fields(event="timeout_ignored", id=task.key, type=task.type))
+                self._request(self.immediate)  # the handler did not stop: give the processor up
+
+    def _time_out(self, task: WorkerTask) -> None:
+        try:
+            if not task.time_out():
+                return  # settled meanwhile
+        except PerfectQueueError as exc:  # the retry failed: the lease, no longer extended, expires
+            log.warning("%s", logs.fields(event="retry_failed", id=task.key, error=exc))
+        log.warning(
+            "%s", logs.fields(event="timeout", id=task.key, type=task.type, time_limit=task.time_limit)
+        )
+        metrics.timed_out()
+        if self.kill_on_timeout:
+            self._request(self.immediate)
 
     def _act_on_signals(self) -> None:
         for signum in self.signals.take():

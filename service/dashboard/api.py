@@ -30,6 +30,7 @@ EXAMPLE_OVERVIEW = {
     **m.EXAMPLE_QUEUE,
     "throughput": {"end": 1767225600, "submitted": [5] * WINDOW, "finished": [4] * WINDOW},
     "trouble": {"window": 900, "database_errors": 0, "lock_wait_max": 0.25},
+    "warnings": {"stall_after": 300, "lock_wait": 1.0},
 }
 
 
@@ -47,11 +48,21 @@ class TroubleOut(BaseModel):
     lock_wait_max: float = Field(description="The longest wait of an acquisition for the table's lock (s)")
 
 
+class WarningsOut(BaseModel):
+    """When the dashboard warns about the queue (its settings ``stall_warning_after`` and
+    ``lock_wait_warning``)."""
+
+    stall_after: int = Field(description="Seconds the oldest task may wait, none leased, before a warning")
+    lock_wait: float = Field(description="Seconds an acquisition may wait for the lock before a warning")
+
+
 class QueueOverview(m.QueueInfo):
-    """A queue's counts (as ``GET /v1/queues/{queue}``), its throughput and its recent trouble."""
+    """A queue's counts (as ``GET /v1/queues/{queue}``), its throughput, its recent trouble and
+    when the dashboard warns about it."""
 
     throughput: ThroughputOut
     trouble: TroubleOut
+    warnings: WarningsOut
 
 
 class Overview(BaseModel):
@@ -87,7 +98,9 @@ async def overview_of(queue: QueueRuntime, dashboard: Dashboard) -> tuple[int, Q
     recent = dashboard.trouble.recent(queue.name)
     trouble = TroubleOut(window=TROUBLE_WINDOW, **asdict(recent))
     info = queue_info(queue.name, counts).model_dump()
-    return counts.now, QueueOverview(**info, throughput=series, trouble=trouble)
+    settings = queue.settings
+    warn = WarningsOut(stall_after=settings.stall_warning_after, lock_wait=settings.lock_wait_warning)
+    return counts.now, QueueOverview(**info, throughput=series, trouble=trouble, warnings=warn)
 
 
 @router.get(

@@ -1,5 +1,6 @@
 """The original's command-line tool for tasks: list, submit, force_finish, show, stats; and
-cancel, requeue (of a dead task), pause and resume, beyond the original. ``force-finish`` is a hidden alias.
+cancel, requeue (of a dead task), bulk (either, on every task a filter selects), pause and
+resume, beyond the original. ``force-finish`` is a hidden alias.
 
 They talk to the service (``type: http``, the default) or straight to the database
 (``type: rdb_compat`` with the seed's ``url`` and ``table``), configured as the SDK is: a YAML
@@ -15,12 +16,14 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from .client import Queue, QueueStats, TaskMetadata, open
+from .client import Failure, Queue, QueueStats, TaskMetadata, open
 from .client._types import INSTANTS, STATES
 from .configfile import command_settings, screened
 from .errors import InvalidError
 
 log = logging.getLogger("perfectqueue")
+STATUSES = ["waiting", "running", "finished", "dead", "cancelled"]
+DONE = {"requeue": "requeued", "cancel": "cancelled"}
 COLUMNS = ("key", "type", "user", "state", "created_at", "when", "data")
 WIDTHS = {"key": 24, "type": 14, "user": 12, "state": 9, "created_at": 20, "when": 33, "data": 30}
 WHEN = {
@@ -36,7 +39,7 @@ def add_parsers(commands: Any) -> None:
     listing = _parser(commands, "list", "list tasks (a readable table, or JSON lines with --json)")
     listing.add_argument(
         "--status",
-        choices=["waiting", "running", "finished", "dead", "cancelled"],
+        choices=STATUSES,
         help="only the tasks in this state (dead ones with their last_error)",
     )
     listing.add_argument("--type", dest="task_type", help="only the tasks of this type")
@@ -69,6 +72,19 @@ def add_parsers(commands: Any) -> None:
     requeue = _parser(commands, "requeue", "make a dead task waiting again, its attempts reset")
     requeue.add_argument("key")
     requeue.set_defaults(command=requeue_task)
+
+    bulk = _parser(
+        commands, "bulk", "requeue or cancel every task in a state (filtered), after a confirmation"
+    )
+    bulk.add_argument(
+        "action", choices=sorted(DONE), help="requeue (dead tasks) or cancel (waiting or running)"
+    )
+    bulk.add_argument("--status", required=True, choices=STATUSES, help="the state of the tasks to act on")
+    bulk.add_argument("--type", dest="task_type", help="only the tasks of this type")
+    bulk.add_argument("--user", help="only the tasks of this user")
+    bulk.add_argument("--prefix", help="only the tasks whose key starts with this")
+    bulk.add_argument("-y", "--yes", action="store_true", help="do not ask for a confirmation")
+    bulk.set_defaults(command=bulk_action)
 
     show = _parser(commands, "show", "show one task")
     show.add_argument("key")
@@ -165,6 +181,44 @@ def requeue_task(args: argparse.Namespace) -> int:
         queue[args.key].requeue()
     print(f"requeued {args.key}")
     return 0
+
+
+def bulk_action(args: argparse.Namespace) -> int:
+    """Act on every selected task, one request per 1,000 of them; failures on stderr, one line each."""
+    with open_queue(args) as queue:
+        if not (args.yes or _confirmed(args, queue)):
+            print("nothing done")
+            return 1
+        failed: list[Failure] = []
+        done, cursor = 0, None
+        while True:
+            result = queue.bulk(
+                args.action,
+                status=args.status,
+                type=args.task_type,
+                user=args.user,
+                prefix=args.prefix,
+                cursor=cursor,
+            )
+            done, failed, cursor = done + len(result.successful), failed + result.failed, result.cursor
+            if cursor is None:
+                break
+    for failure in failed:
+        print(f"{failure.key}: {type(failure.error).__name__}: {failure.error}", file=sys.stderr)
+    print(f"{DONE[args.action]} {done} tasks" + (f", {len(failed)} failed" if failed else ""))
+    return 1 if failed else 0
+
+
+def _confirmed(args: argparse.Namespace, queue: Queue) -> bool:
+    """Asked on stderr, answered by a line of stdin ('y' or 'yes'; none, as without a terminal: no)."""
+    filters = [
+        f"{name} {value!r}"
+        for name, value in (("type", args.task_type), ("user", args.user), ("key prefix", args.prefix))
+        if value
+    ]
+    which = f"every {args.status} task" + (f" of {', '.join(filters)}" if filters else "")
+    print(f"{args.action} {which} of queue {queue.stats().name}? [y/N] ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def show_task(args: argparse.Namespace) -> int:

@@ -125,7 +125,8 @@ def _plain(limit: float) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class QueueSettings(Declared):
-    """A queue's settings: where its table is, and how it leases, retries and keeps tasks.
+    """A queue's settings: where its table is, how it leases, retries and keeps tasks, and when
+    the dashboard warns about it.
 
     The defaults are the original's where it has the key. ``table`` and ``url`` have none here:
     the service names a queue's table after the queue and uses its own ``url``; the direct
@@ -159,6 +160,12 @@ class QueueSettings(Declared):
     )
     retry_wait_max: int = setting(86400, "exponential backoff: the longest wait", ge=0, le=MAX_DURATION)
     retry_jitter: float = setting(0.25, "exponential backoff: the fraction taken off at random", ge=0, le=1)
+    stall_warning_after: int = setting(
+        300, "dashboard: warn when the oldest task waited this long, none leased", ge=1, le=MAX_DURATION
+    )
+    lock_wait_warning: float = setting(
+        1.0, "dashboard: warn when an acquisition waited this long for the table's lock", gt=0, le=3600
+    )
 
     @property
     def fair(self) -> bool:
@@ -199,6 +206,9 @@ class WorkerSettings(Declared):
     replace_on_cont: bool = setting(False, "SIGCONT starts a graceful binary replace, as in the original")
     """Off by default: a shell sends CONT on its own (``fg`` after Ctrl-Z, ``timeout``)."""
     max_request_per_child: int | None = setting(None, "tasks after which a child is replaced", ge=1)
+    task_time_limit: float | None = setting(None, "seconds a handler may run before it is stopped", gt=0)
+    """None: no limit (a route's ``time_limit`` may still set one). A task over it is retried
+    with ``last_error`` "timed out after N s"; see docs/worker.md: time limits."""
     task_prefetch: int = setting(0, "extra tasks a child acquires with each poll", ge=0)
     ack_batch_size: int = setting(100, "the most finishes a child sends in one request", ge=1, le=1000)
     ack_delay: float = setting(0.01, "the most seconds a finish waits to be sent with others", ge=0, le=60)

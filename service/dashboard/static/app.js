@@ -4,8 +4,6 @@
 
 const KEY = "perfectqueue.apiKey";
 const REFRESH_MS = 3000;
-const STALL_AFTER = 300; // seconds the oldest task waits, nothing leased, before a warning
-const LOCK_WAIT_WARN = 1; // seconds an acquisition waited for the table's lock: a warning
 const STATES = ["waiting", "leased", "scheduled", "finished", "dead", "cancelled"];
 
 const ui = {
@@ -275,12 +273,14 @@ function chart(throughput) {
   );
 }
 
-// What an operator should notice: each a line above the counts, with data-warning naming it.
+// What an operator should notice: each a line above the counts, with data-warning naming it. When
+// (how long a task waits, an acquisition waits for the lock) is the queue's setting, in the overview.
 function warnings(queue) {
   const found = [];
   const trouble = queue.trouble || {};
+  const limits = queue.warnings || {};
   if (queue.paused) found.push(["paused", "Paused: polls get no task; submits are still accepted."]);
-  if (queue.oldest_waiting_age >= STALL_AFTER && queue.leased === 0) {
+  if (limits.stall_after && queue.oldest_waiting_age >= limits.stall_after && queue.leased === 0) {
     found.push(["stalled", `Tasks have waited ${age(queue.oldest_waiting_age)} and no worker holds any: are the workers running?`]);
   }
   if (queue.dead_last_hour > 0) {
@@ -291,7 +291,7 @@ function warnings(queue) {
   if (trouble.database_errors > 0) {
     found.push(["errors", `${number(trouble.database_errors)} database error(s) in the last ${minutes} min (on the replica that answered).`]);
   }
-  if (trouble.lock_wait_max >= LOCK_WAIT_WARN) {
+  if (limits.lock_wait && trouble.lock_wait_max >= limits.lock_wait) {
     found.push(["lock", `Acquisitions waited up to ${trouble.lock_wait_max.toFixed(1)} s for the table's lock in the last ${minutes} min.`]);
   }
   if (!found.length) return null;

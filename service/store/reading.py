@@ -178,7 +178,7 @@ class QueueReader:
 
     def add_throughput(self, counts: throughput.MinuteCounts) -> None:
         """Add per-minute submitted and finished counts to this queue's."""
-        self.db.transaction(lambda conn: throughput.add(conn, self.table.name, counts))
+        self.db.transaction(lambda conn: throughput.add(conn, self.table.name, counts), once=True)
 
     def throughput(self, start: int, end: int) -> dict[int, tuple[int, int]]:
         """This queue's (submitted, finished) per minute from ``start`` to ``end``."""

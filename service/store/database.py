@@ -278,7 +278,6 @@ class Database:
         timed: LockTimer | None = None,
         *,
         repeat: Callable[[Connection], T] | None = None,
-        once: bool = False,
     ) -> T:
         """Run ``work`` in one transaction, retrying what is safe to retry.
 
@@ -290,8 +289,7 @@ class Database:
         A connection lost during the COMMIT leaves its outcome unknown: the transaction may have
         taken effect. Tried again, it runs ``repeat`` (default: ``work`` itself, which suits
         reads and writes whose second run ends in the same state or answers an idempotent error:
-        a lease's calls, and acquisitions, whose lost leases expire); ``once``: not tried again
-        (UnavailableError), for a write that would count twice.
+        a lease's calls, and acquisitions, whose lost leases expire).
         """
         lock_retries = 0
         node_retries = 0
@@ -320,8 +318,6 @@ class Database:
                     # the same server again would wait as long (with several nodes: the next one)
                     raise UnavailableError(f"the database did not answer in time: {_describe(exc)}") from exc
                 cut_off = committing and exc.connection_invalidated and not readonly
-                if cut_off and once:
-                    raise UnavailableError(f"database error at commit: {_describe(exc)}") from exc
                 if self._node_error(node, exc, node_retries):
                     node_retries += 1
                     unknown = unknown or cut_off

@@ -195,7 +195,7 @@ class NodeSet:
         try:
             time.sleep(PROBE_INTERVAL)
             for node in self.nodes[: self.current]:
-                if not self._closed and is_usable(node.engine) and self._settled(node):
+                if not self._closed and self._rejoined(node) and self._settled(node):
                     with self._lock:
                         left = self.nodes[self.current] if node.index < self.current else None
                         if left is not None:
@@ -211,17 +211,28 @@ class NodeSet:
 
     def _settled(self, node: Node) -> bool:
         time.sleep(SETTLE)
-        return not self._closed and is_usable(node.engine)
+        return not self._closed and self._rejoined(node)
+
+    def _rejoined(self, node: Node) -> bool:
+        """May ``node`` be written through, and is it in the node in use's primary component (the
+        same ``wsrep_cluster_conf_id``)? A thawed node's own view is stale for a moment: it says
+        synced and Primary before it has learnt that the others evicted it."""
+        view = usable_view(node.engine)
+        current = usable_view(self.nodes[self.current].engine)
+        return view is not None and (current is None or view == current)
 
 
-def is_usable(engine: Engine) -> bool:
-    """Does this node answer, and may it be written through (see :func:`unusable`)?"""
+def usable_view(engine: Engine) -> str | None:
+    """The node's ``wsrep_cluster_conf_id`` (its view of the cluster's membership) when it answers
+    and may be written through (see :func:`unusable`), else None."""
     try:
         with engine.connect() as conn:
             status = galera_status(conn.connection.dbapi_connection)
     except SQLAlchemyError:
-        return False
-    return status is None or unusable(status) is None
+        return None
+    if status is None or unusable(status) is not None:
+        return None
+    return status.get("wsrep_cluster_conf_id", "")
 
 
 def liveness(node: Node, connect: Callable[[Node, float], Any]) -> str | None:
@@ -251,8 +262,9 @@ def cut(node: Node) -> None:
 
 
 def galera_status(dbapi_conn: Any) -> dict[str, str] | None:
-    """A Galera node's ``wsrep_local_state``, ``wsrep_cluster_status`` and ``wsrep_ready``;
-    None when the server is no Galera node."""
+    """A Galera node's ``wsrep_local_state``, ``wsrep_cluster_status``, ``wsrep_ready``,
+    ``wsrep_cluster_state_uuid`` and ``wsrep_cluster_conf_id``; None when the server is no Galera
+    node."""
     cursor = dbapi_conn.cursor()
     try:
         cursor.execute("SHOW VARIABLES LIKE 'wsrep_on'")
@@ -261,7 +273,8 @@ def galera_status(dbapi_conn: Any) -> dict[str, str] | None:
             return None
         cursor.execute(
             "SHOW STATUS WHERE Variable_name IN "
-            "('wsrep_local_state', 'wsrep_cluster_status', 'wsrep_ready', 'wsrep_cluster_state_uuid')"
+            "('wsrep_local_state', 'wsrep_cluster_status', 'wsrep_ready', 'wsrep_cluster_state_uuid', "
+            "'wsrep_cluster_conf_id')"
         )
         return {str(name): str(value) for name, value in cursor.fetchall()}
     finally:

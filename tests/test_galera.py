@@ -121,15 +121,17 @@ class LongPolls:
     when each was sent and answered. A poll's first try reads the table: it meets a hung node."""
 
     answers: list[tuple[float, float, int]] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)  # the detail of each 503
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self, base: str) -> None:
         with httpx.Client(timeout=3 * LONG_POLL) as client:
             while not self.stop.is_set():
                 sent = time.time()
-                body = {"max": 1, "wait": LONG_POLL}
-                status = client.post(base + "/v1/queues/idle/poll", json=body).status_code
-                self.answers.append((sent, time.time(), status))
+                answer = client.post(base + "/v1/queues/idle/poll", json={"max": 1, "wait": LONG_POLL})
+                self.answers.append((sent, time.time(), answer.status_code))
+                if answer.status_code == 503:
+                    self.refusals.append(str(answer.json().get("detail")))
 
     def longest(self, start: float, end: float) -> float:
         """The longest of the polls in flight at some moment between ``start`` and ``end``."""
@@ -460,6 +462,7 @@ def test_galera_node_kills_lose_nothing(galera: GaleraCluster, tmp_path: Path) -
     refused = ", ".join(f"+{sent - started:.1f} s" for sent, _, status in polls.answers if status == 503)
     report = [f"galera: {TASKS} tasks, {runs} runs, {len(probes.answers)} probes"]
     report += [f"  {len(polls.answers)} long-polls (wait {LONG_POLL:g} s); answered 503: {refused or 'none'}"]
+    report += [f"    {detail}" for detail in polls.refusals]
     report += [f"  {name} at +{at - started:.1f} s" for name, at in events]
     for i, (what, at) in enumerate(outs):
         back = [*kills, ended][i + 1]  # until the next outage

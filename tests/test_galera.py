@@ -13,7 +13,7 @@ has the windows, the throughput before, during and after each kill, and the conf
 switches each replica retried (from its log). A client long-polls an empty queue (``wait`` 20 s)
 through one replica throughout: no long-poll may take more than 3 s beyond its ``wait``.
 
-CI runs the short version (360 tasks at 6 submits/s, two freezes, two kills). The long version,
+CI runs the short version (300 tasks at 6 submits/s, two freezes, two kills). The long version,
 whose numbers docs/ha.md reports, kills node 1, 2, 3, 1, ... in turn (``PQ_GALERA_KILLS``) with
 more worker processes (``PQ_GALERA_PROCESSORS`` per worker, two workers):
 ``PQ_GALERA_TASKS=20000 PQ_GALERA_RATE=40 PQ_GALERA_KILLS=7 PQ_GALERA_PROCESSORS=6
@@ -55,7 +55,7 @@ from perfectqueue.service.store.nodes import split_hosts, sync_wait_of
 
 pytestmark = pytest.mark.slow
 
-TASKS = int(os.environ.get("PQ_GALERA_TASKS", "360"))
+TASKS = int(os.environ.get("PQ_GALERA_TASKS", "300"))
 RATE = float(os.environ.get("PQ_GALERA_RATE", "6"))  # submits per second, all producers together
 KILLS = int(os.environ.get("PQ_GALERA_KILLS", "2"))
 FREEZE = float(os.environ.get("PQ_GALERA_FREEZE", "20"))  # seconds node 1 hangs first (0: none)

@@ -90,7 +90,11 @@ class LongPoll:
         self.dispatcher: asyncio.Task[None] | None = None
 
     async def poll(self, max_tasks: int, alive_time: int, wait: float) -> list[AcquiredTask]:
-        """Acquire now, or wait up to ``wait`` seconds for tasks (arrival order among waiters)."""
+        """Acquire now, or wait up to ``wait`` seconds for tasks (arrival order among waiters).
+        The ``wait`` counts from the call: a first try that was slow (a database that hangs until
+        the statement deadline) is not waited on top of it."""
+        clock = asyncio.get_running_loop().time
+        end = clock() + wait
         # A long-poll arriving while another poll acquires joins the line (the dispatcher probes
         # first thing), so that a burst of polls costs one acquisition, not one each.
         if wait <= 0 or self.closing or not (self._live_waiters() or self.acquiring):
@@ -99,10 +103,10 @@ class LongPoll:
                 tasks = await self.now(max_tasks, alive_time)
             finally:
                 self.acquiring -= 1
-            if tasks or wait <= 0 or self.closing:
+            if tasks or self.closing or clock() >= end:
                 return tasks
         with self.slots.slot():
-            return await self._wait(Waiter(max_tasks, alive_time), wait)
+            return await self._wait(Waiter(max_tasks, alive_time), end - clock())
 
     async def _wait(self, waiter: Waiter, wait: float) -> list[AcquiredTask]:
         self.waiters.append(waiter)

@@ -1,6 +1,7 @@
 """High availability on a MariaDB Galera cluster: three nodes of the test's own, two service
 replicas given all three nodes (``mysql://root@n1,n2,n3/test``), producers and workers running
-while the test SIGKILLs the node the replicas write through, restarts it (it rejoins by IST),
+while the test freezes (SIGSTOP, then SIGCONT) a node no replica writes through, then the one they
+write through, SIGKILLs the node the replicas write through, restarts it (it rejoins by IST),
 then SIGKILLs another (left down: the last node killed is not restarted).
 
 Throughout, every request gets an answer: a probe thread submits through each replica every 0.1 s,
@@ -9,11 +10,12 @@ window (from the kill until probes are accepted promptly again) is measured and 
 At the end every acknowledged submit is finished, and the handlers' ledger (``done ID PID TIME``
 written after ``finish()`` succeeded) shows each task finished exactly once. The printed report
 has the windows, the throughput before, during and after each kill, and the conflicts and node
-switches each replica retried (from its log).
+switches each replica retried (from its log). A client long-polls an empty queue (``wait`` 20 s)
+through one replica throughout: no long-poll may take more than 3 s beyond its ``wait``.
 
-CI runs the short version (150 tasks at 6 submits/s, two kills). The long version, whose numbers
-docs/ha.md reports, kills node 1, 2, 3, 1, ... in turn (``PQ_GALERA_KILLS``) with more worker
-processes (``PQ_GALERA_PROCESSORS`` per worker, two workers):
+CI runs the short version (300 tasks at 6 submits/s, two freezes, two kills). The long version,
+whose numbers docs/ha.md reports, kills node 1, 2, 3, 1, ... in turn (``PQ_GALERA_KILLS``) with
+more worker processes (``PQ_GALERA_PROCESSORS`` per worker, two workers):
 ``PQ_GALERA_TASKS=20000 PQ_GALERA_RATE=40 PQ_GALERA_KILLS=7 PQ_GALERA_PROCESSORS=6
 .venv/bin/pytest tests/test_galera.py -s``
 """
@@ -53,10 +55,12 @@ from perfectqueue.service.store.nodes import split_hosts, sync_wait_of
 
 pytestmark = pytest.mark.slow
 
-TASKS = int(os.environ.get("PQ_GALERA_TASKS", "150"))
+TASKS = int(os.environ.get("PQ_GALERA_TASKS", "300"))
 RATE = float(os.environ.get("PQ_GALERA_RATE", "6"))  # submits per second, all producers together
 KILLS = int(os.environ.get("PQ_GALERA_KILLS", "2"))
-FREEZE = float(os.environ.get("PQ_GALERA_FREEZE", "12"))  # seconds node 1 hangs first (0: none)
+FREEZE = float(os.environ.get("PQ_GALERA_FREEZE", "20"))  # seconds node 1 hangs first (0: none)
+BYSTANDER = float(os.environ.get("PQ_GALERA_BYSTANDER", "8"))  # then node 3, written through by none
+LONG_POLL = 20.0  # seconds a long-poll waits (the service's max_poll_wait)
 PROCESSORS = int(os.environ.get("PQ_GALERA_PROCESSORS", "2"))
 FAILOVER_LIMIT = 30.0
 SLOW = 2.0  # seconds: an answer slower than this counts as part of a failover window
@@ -111,6 +115,34 @@ class Probes:
         ]
 
 
+@dataclass
+class LongPolls:
+    """Long-polls (``wait`` LONG_POLL) on an empty queue through one replica, one after the other:
+    when each was sent and answered. A poll's first try reads the table: it meets a hung node."""
+
+    answers: list[tuple[float, float, int]] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)  # the detail of each 503
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, base: str) -> None:
+        with httpx.Client(timeout=3 * LONG_POLL) as client:
+            while not self.stop.is_set():
+                sent = time.time()
+                answer = client.post(base + "/v1/queues/idle/poll", json={"max": 1, "wait": LONG_POLL})
+                self.answers.append((sent, time.time(), answer.status_code))
+                if answer.status_code == 503:
+                    self.refusals.append(str(answer.json().get("detail")))
+
+    def longest(self, start: float, end: float) -> float:
+        """The longest of the polls in flight at some moment between ``start`` and ``end``."""
+        return max((b - a for a, b, _ in self.answers if a <= end and b >= start), default=0.0)
+
+
+def slowest(answers: list[tuple[float, float, int]], start: float, end: float) -> float:
+    """The slowest answer to a request sent between ``start`` and ``end``."""
+    return max((b - a for a, b, _ in answers if start <= a <= end), default=0.0)
+
+
 def write_stall(done: list[float], kill: float) -> float:
     """The longest stretch without a finished task that starts or ends within FAILOVER_LIMIT after
     ``kill`` (finishes write: this is how long writes stalled)."""
@@ -155,6 +187,8 @@ def freeze(cluster: GaleraCluster, node: int, seconds: float) -> list[tuple[str,
     finally:
         proc.send_signal(signal.SIGCONT)
     events.append((f"thaw node{node + 1}", time.time()))
+    # the thawed node's own view is stale for a moment (three members, synced): ask the others
+    wait_for(lambda: cluster.cluster_size(survivor) == 3, timeout=120, what="the thawed node to rejoin")
     wait_for(lambda: cluster.cluster_size(node) == 3, timeout=120, what="the thawed node to rejoin")
     cluster.wait_synced(node)
     events.append((f"synced node{node + 1}", time.time()))
@@ -176,11 +210,15 @@ def connections_on(cluster: GaleraCluster, node: int) -> int:
 
 
 def outages(cluster: GaleraCluster, seconds: float) -> list[tuple[str, float]]:
-    """First FREEZE seconds of node 1 (the one written through) hung; then KILLS times, spread
-    over ``seconds``: SIGKILL a node (node 1 first), wait until the others have evicted it,
-    restart it (all but the last one killed)."""
-    pause = max(2.0, seconds / (2 * KILLS + 2))
-    events = freeze(cluster, 0, FREEZE) if FREEZE else []
+    """First BYSTANDER seconds of node 3 (written through by none) hung, then FREEZE seconds of
+    node 1 (the one written through); then KILLS times, spread over ``seconds``: SIGKILL a node
+    (node 1 first), wait until the others have evicted it, restart it (all but the last one
+    killed)."""
+    pause = max(2.0, (seconds - FREEZE - BYSTANDER) / (2 * KILLS + 2))
+    events = freeze(cluster, 2, BYSTANDER) if BYSTANDER else []
+    if FREEZE:
+        time.sleep(pause if events else 0)
+        events += freeze(cluster, 0, FREEZE)
     for k in range(KILLS):
         node = k % len(cluster.nodes)
         time.sleep(pause)
@@ -367,11 +405,12 @@ def test_a_write_through_one_node_is_seen_at_once_through_another(
             store.db.dispose()
 
 
-@pytest.mark.timeout(300 + 3 * TASKS / RATE + 60 * KILLS + 3 * FREEZE)
+@pytest.mark.timeout(300 + 3 * TASKS / RATE + 60 * KILLS + 3 * (FREEZE + BYSTANDER))
 def test_galera_node_kills_lose_nothing(galera: GaleraCluster, tmp_path: Path) -> None:  # noqa: F811
     (tmp_path / "pqgalera.py").write_text(HANDLERS)
     book = tmp_path / "ledger"
     queues = {"q": {"table": "pq_galera"}, "probe": {"table": "pq_galera_probe"}}
+    queues["idle"] = {"table": "pq_galera_idle"}  # long-polled, never submitted to
     config = write_config(
         tmp_path / "service.yaml", galera.url, "pq_galera", queues=queues, retention_time=86400
     )  # every finished row kept: the end counts them
@@ -380,6 +419,7 @@ def test_galera_node_kills_lose_nothing(galera: GaleraCluster, tmp_path: Path) -
     acked: set[str] = set()
     errors: list[str] = []
     probes = Probes()
+    polls = LongPolls()
     with ExitStack() as stack:
         for replica in replicas:
             stack.callback(replica.stop)
@@ -387,6 +427,7 @@ def test_galera_node_kills_lose_nothing(galera: GaleraCluster, tmp_path: Path) -
         for i, replica in enumerate(replicas):
             stack.enter_context(worker(tmp_path, f"w{i}", replica.base))
         threads = [threading.Thread(target=probes.run, args=(r.base,), daemon=True) for r in replicas]
+        threads.append(threading.Thread(target=polls.run, args=(replicas[0].base,), daemon=True))
         threads += [
             threading.Thread(
                 target=produce, args=(r.base, keys[i::2], book, 2 / RATE, acked, errors), daemon=True
@@ -397,13 +438,14 @@ def test_galera_node_kills_lose_nothing(galera: GaleraCluster, tmp_path: Path) -
         for thread in threads:
             thread.start()
         events = outages(galera, TASKS / RATE)
-        for thread in threads[2:]:
+        for thread in threads[3:]:
             thread.join(timeout=120 + TASKS / RATE)
         assert not errors, errors[:5]
         assert acked == set(keys)
         wait_for(lambda: finished_count(replicas) == TASKS, timeout=120, what="every task finished")
         ended = time.time()
         probes.stop.set()
+        polls.stop.set()
         alive = [i for i in range(3) if i != (KILLS - 1) % 3]  # the node killed last stays down
         wait_for(  # the replicas' pools hold connections to the node they write through only
             lambda: sum(connections_on(galera, i) > 0 for i in alive) <= 1,
@@ -412,24 +454,32 @@ def test_galera_node_kills_lose_nothing(galera: GaleraCluster, tmp_path: Path) -
         )
     lines = ledger(book)
     check_ledger(lines, keys, killed=set())
-    kills = [at for name, at in events if name.startswith(("kill", "freeze"))]
+    outs = [(name.split()[0], at) for name, at in events if name.startswith(("kill", "freeze"))]
+    kills = [at for _, at in outs]
     done = [float(line[3]) for line in lines if line[0] == "done"]
     windows = [probes.window(at) for at in kills]
     runs = sum(1 for line in lines if line[0] == "start")
+    refused = ", ".join(f"+{sent - started:.1f} s" for sent, _, status in polls.answers if status == 503)
     report = [f"galera: {TASKS} tasks, {runs} runs, {len(probes.answers)} probes"]
+    report += [f"  {len(polls.answers)} long-polls (wait {LONG_POLL:g} s); answered 503: {refused or 'none'}"]
+    report += [f"    {detail}" for detail in polls.refusals]
     report += [f"  {name} at +{at - started:.1f} s" for name, at in events]
-    for i, at in enumerate(kills):
-        what = "freeze" if FREEZE and i == 0 else "kill"
+    for i, (what, at) in enumerate(outs):
+        back = [*kills, ended][i + 1]  # until the next outage
         report.append(
             f"  {what} {i + 1}: failover window {windows[i]:.1f} s ({probes.refused(at)} probes answered "
-            f"503), longest stretch without a finish {write_stall(done, at):.1f} s"
+            f"503), longest stretch without a finish {write_stall(done, at):.1f} s, slowest probe "
+            f"{slowest(probes.answers, at, back):.1f} s, longest long-poll {polls.longest(at, back):.1f} s"
         )
     report += throughput(done, [("before", started), *events], ended)
     report += retry_counts([r.log for r in replicas])
     print("\n".join(report))
     for replica in replicas:  # the first kill hit the node they wrote through: they moved
         assert "now writing through node 2" in replica.log.read_text(), replica.log
+        assert not FREEZE or "no answer to a liveness check" in replica.log.read_text(), replica.log
     assert not probes.failures, probes.failures[:5]
+    assert {status for _, _, status in polls.answers} <= {200, 503}, polls.answers  # 503: Retry-After
+    assert max(b - a for a, b, _ in polls.answers) <= LONG_POLL + 3, polls.answers  # wait=20 stays ~20 s
     assert not probes.unexpected(kills), probes.unexpected(kills)[:5]
     assert all(w <= FAILOVER_LIMIT for w in windows), windows
     last = (KILLS - 1) % 3  # killed last, not restarted

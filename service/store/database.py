@@ -141,6 +141,7 @@ class Database:
             self.nodes = NodeSet([Node(i, u, engine(u)) for i, u in enumerate(hosts)])
             for node in self.nodes.nodes:
                 attach(node.engine, node, self.nodes, sync_wait)
+            self.nodes.watch(_quick_connect)
         self.retried: Counter[str] = Counter()  # conflicts, reconnects, node errors: for logs and tests
         self._skip_locked: bool | None = None
         self._warned_lock = False
@@ -275,6 +276,8 @@ class Database:
         readonly: bool = False,
         lock: str | None = None,
         timed: LockTimer | None = None,
+        *,
+        repeat: Callable[[Connection], T] | None = None,
     ) -> T:
         """Run ``work`` in one transaction, retrying what is safe to retry.
 
@@ -282,14 +285,23 @@ class Database:
         not retried become UnavailableError. With several nodes, a node error moves to the next
         node and tries again, up to twice round the list. ``timed``, with a ``lock``, is told
         of each time the lock was taken: the seconds spent waiting for it and holding it.
+
+        A connection lost during the COMMIT leaves its outcome unknown: the transaction may have
+        taken effect. Tried again, it runs ``repeat`` (default: ``work`` itself, which suits
+        reads and writes whose second run ends in the same state or answers an idempotent error:
+        a lease's calls, and acquisitions, whose lost leases expire).
         """
         lock_retries = 0
         node_retries = 0
+        unknown = False  # an earlier try's COMMIT was cut off
         while True:
             node = self.nodes.active()
+            committing = False
             try:
                 with self._connect(node, readonly, lock, timed) as conn:
-                    return work(conn)
+                    result = (repeat or work)(conn) if unknown else work(conn)
+                    committing = True
+                return result
             except DBAPIError as exc:
                 if is_duplicate_key(exc):
                     raise AlreadyExistsError("a task with this id already exists") from exc
@@ -305,8 +317,10 @@ class Database:
                 if late and not self.nodes.several:
                     # the same server again would wait as long (with several nodes: the next one)
                     raise UnavailableError("the database did not answer in time", _describe(exc)) from exc
+                cut_off = committing and exc.connection_invalidated and not readonly
                 if self._node_error(node, exc, node_retries):
                     node_retries += 1
+                    unknown = unknown or cut_off
                     continue
                 raise UnavailableError("database error", _describe(exc)) from exc
             except SQLAlchemyError as exc:
@@ -488,6 +502,13 @@ class _PyMySQLConnection(pymysql.connections.Connection):  # type: ignore[misc]
             if _PyMySQLConnection._preferred is None:
                 _PyMySQLConnection._preferred = super()._create_ssl_ctx(sslp)
             return _PyMySQLConnection._preferred
+
+
+def _quick_connect(node: Node, seconds: float) -> Any:
+    """A driver connection to ``node`` outside its pool, every timeout ``seconds``."""
+    args, kwargs = node.engine.dialect.create_connect_args(node.engine.url)
+    timeouts = {"connect_timeout": seconds, "read_timeout": seconds, "write_timeout": seconds}
+    return _PyMySQLConnection(*args, **{**kwargs, **timeouts})
 
 
 def _mysql_engine(url: str, pool: PoolOptions, isolation: str | None, deadline: float | None) -> Engine:

@@ -8,14 +8,24 @@ the nodes before it every few seconds and moves back to the first one that is sy
 that every service replica given the same list ends on the same node: that keeps ``GET_LOCK``
 (local to one node) and certification conflicts to what a single server would have.
 
+A node that hangs (frozen, its connections open but silent) fails no statement until the
+statement deadline; a watcher (one thread per database, whatever the load) checks the node in use
+every second on a fresh connection of its own (connect and one status query within
+``WATCH_TIMEOUT``). When the node does not answer in time, or answers that it is not usable, the
+store moves to the next node at once, and cuts the connections that transactions hold on the node
+left: they fail at once (connection lost) and are repeated on the next node (see
+``Database.transaction`` for what may be repeated), instead of waiting for their deadline.
+
 Each node has an engine of its own; the sessions of a Galera node get ``wsrep_sync_wait`` (causal
 reads, see :data:`DEFAULT_SYNC_WAIT`) unless the url sets it (``?wsrep_sync_wait=0`` turns it off).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +54,9 @@ reaches another node than the poll or submit before it still sees that write."""
 SYNCED = "4"  # wsrep_local_state
 NOT_ONE_CLUSTER = 1105  # the errno of the connect hook's refusal: the url's hosts are not one cluster
 PROBE_INTERVAL = 3.0
+WATCH_INTERVAL = 1.0
+WATCH_TIMEOUT = 2.0
+"""Seconds the watcher's check of the node in use may take (connect, then one status query)."""
 SETTLE = 2.0
 """Seconds a node before the current one must stay usable before the store moves back to it: a
 thawed node reports itself synced about a second before it is in the primary component again."""
@@ -80,6 +93,7 @@ class Node:
     url: str
     engine: Engine
     galera: bool | None = None  # learnt on the first connection
+    busy: set[Any] = field(default_factory=set)  # the pool entries checked out now
 
 
 @dataclass
@@ -92,7 +106,11 @@ class NodeSet:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     cluster: str | None = None  # wsrep_cluster_state_uuid of the first node seen
     _probing: bool = False
-    _closed: bool = False
+    _closing: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def _closed(self) -> bool:
+        return self._closing.is_set()
 
     @property
     def several(self) -> bool:
@@ -119,8 +137,22 @@ class NodeSet:
         )
         node.engine.dispose()
 
+    def watch(self, connect: Callable[[Node, float], Any]) -> None:
+        """Start the watcher: ``connect(node, seconds)`` opens a driver connection to ``node``
+        outside its pool, every timeout ``seconds``, or raises."""
+        if self.several:
+            threading.Thread(target=self._watch, args=(connect,), name="pq-node-watch", daemon=True).start()
+
+    def _watch(self, connect: Callable[[Node, float], Any]) -> None:
+        while not self._closing.wait(WATCH_INTERVAL):
+            node = self.nodes[self.current]
+            why = liveness(node, connect)
+            if why is not None and self.is_current(node):
+                self.failed(node, why)
+                cut(node)
+
     def close(self) -> None:
-        self._closed = True
+        self._closing.set()
         for node in self.nodes:
             node.engine.dispose()
 
@@ -163,7 +195,7 @@ class NodeSet:
         try:
             time.sleep(PROBE_INTERVAL)
             for node in self.nodes[: self.current]:
-                if not self._closed and is_usable(node.engine) and self._settled(node):
+                if not self._closed and self._rejoined(node) and self._settled(node):
                     with self._lock:
                         left = self.nodes[self.current] if node.index < self.current else None
                         if left is not None:
@@ -179,22 +211,60 @@ class NodeSet:
 
     def _settled(self, node: Node) -> bool:
         time.sleep(SETTLE)
-        return not self._closed and is_usable(node.engine)
+        return not self._closed and self._rejoined(node)
+
+    def _rejoined(self, node: Node) -> bool:
+        """May ``node`` be written through, and is it in the node in use's primary component (the
+        same ``wsrep_cluster_conf_id``)? A thawed node's own view is stale for a moment: it says
+        synced and Primary before it has learnt that the others evicted it."""
+        view = usable_view(node.engine)
+        current = usable_view(self.nodes[self.current].engine)
+        return view is not None and (current is None or view == current)
 
 
-def is_usable(engine: Engine) -> bool:
-    """Does this node answer, and may it be written through (see :func:`unusable`)?"""
+def usable_view(engine: Engine) -> str | None:
+    """The node's ``wsrep_cluster_conf_id`` (its view of the cluster's membership) when it answers
+    and may be written through (see :func:`unusable`), else None."""
     try:
         with engine.connect() as conn:
             status = galera_status(conn.connection.dbapi_connection)
     except SQLAlchemyError:
-        return False
-    return status is None or unusable(status) is None
+        return None
+    if status is None or unusable(status) is not None:
+        return None
+    return status.get("wsrep_cluster_conf_id", "")
+
+
+def liveness(node: Node, connect: Callable[[Node, float], Any]) -> str | None:
+    """Why ``node`` is no longer to be written through (None: it answered, usable, in time)."""
+    started = time.monotonic()
+    try:
+        conn = connect(node, WATCH_TIMEOUT)
+        try:
+            status = galera_status(conn)
+        finally:
+            conn.close()
+    except Exception as exc:  # whatever the driver raises: the node did not answer
+        return f"no answer to a liveness check within {WATCH_TIMEOUT:g} s: {exc}"
+    if time.monotonic() - started > WATCH_TIMEOUT:
+        return f"a liveness check took {time.monotonic() - started:.1f} s"
+    return None if status is None else unusable(status)
+
+
+def cut(node: Node) -> None:
+    """End the connections that transactions hold on ``node`` now: a read on one fails at once
+    (connection lost), and the pool discards it."""
+    for record in list(node.busy):
+        sock = getattr(record.dbapi_connection, "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed meanwhile
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def galera_status(dbapi_conn: Any) -> dict[str, str] | None:
-    """A Galera node's ``wsrep_local_state``, ``wsrep_cluster_status`` and ``wsrep_ready``;
-    None when the server is no Galera node."""
+    """A Galera node's ``wsrep_local_state``, ``wsrep_cluster_status``, ``wsrep_ready``,
+    ``wsrep_cluster_state_uuid`` and ``wsrep_cluster_conf_id``; None when the server is no Galera
+    node."""
     cursor = dbapi_conn.cursor()
     try:
         cursor.execute("SHOW VARIABLES LIKE 'wsrep_on'")
@@ -203,7 +273,8 @@ def galera_status(dbapi_conn: Any) -> dict[str, str] | None:
             return None
         cursor.execute(
             "SHOW STATUS WHERE Variable_name IN "
-            "('wsrep_local_state', 'wsrep_cluster_status', 'wsrep_ready', 'wsrep_cluster_state_uuid')"
+            "('wsrep_local_state', 'wsrep_cluster_status', 'wsrep_ready', 'wsrep_cluster_state_uuid', "
+            "'wsrep_cluster_conf_id')"
         )
         return {str(name): str(value) for name, value in cursor.fetchall()}
     finally:
@@ -255,14 +326,20 @@ def on_connect(
 
 def attach(engine: Engine, node: Node, nodes: NodeSet, sync_wait: int | None) -> None:
     """Hook ``on_connect`` into the engine (its refusals are the driver's own OperationalError, so
-    that the store handles them as it handles the server's); and close a connection that comes
-    back to the pool of a node the store has left, so that none stays open on it."""
+    that the store handles them as it handles the server's); keep account of the connections
+    checked out (for :func:`cut`); and close a connection that comes back to the pool of a node
+    the store has left, so that none stays open on it."""
     error = engine.dialect.loaded_dbapi.OperationalError
     sa.event.listen(engine, "connect", on_connect(node, nodes, sync_wait, error))
     if nodes.several:
 
+        def checkout(_dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+            node.busy.add(record)
+
         def checkin(_dbapi_conn: Any, record: Any) -> None:
+            node.busy.discard(record)
             if not nodes.is_current(node) and record.dbapi_connection is not None:
                 record.invalidate()
 
+        sa.event.listen(engine, "checkout", checkout)
         sa.event.listen(engine, "checkin", checkin)

@@ -148,7 +148,14 @@ class QueueStore(LeaseOperations, OperatorActions):
         self.extended()
         rows = {task_id: {**self._row(tasks[i]), "timeout": tasks[i].run_at} for task_id, i in first.items()}
         try:
-            present = self.db.transaction(lambda conn: self._insert_new(conn, rows)) if rows else set()
+            present = (
+                self.db.transaction(
+                    lambda conn: self._insert_new(conn, rows),
+                    repeat=lambda conn: self._insert_new(conn, rows, repeated=True),
+                )
+                if rows
+                else set()
+            )
         except AlreadyExistsError:  # a concurrent submit took one of the ids between look and insert
             return [results[i] if first[t.id] != i else self._submit(t) for i, t in enumerate(tasks)]
         for task_id in present:
@@ -159,11 +166,19 @@ class QueueStore(LeaseOperations, OperatorActions):
         self.extended()
         row = {**self._row(task), "run_at": task.run_at}
         insert = self._columns.prepared("submit", self._insert)
+        rows = {task.id: {**self._row(task), "timeout": task.run_at}}
+
+        def insert_one(conn: Connection) -> set[str]:
+            conn.execute(insert, row)
+            return set()
+
         try:
-            self.db.transaction(lambda conn: conn.execute(insert, row))
+            present = self.db.transaction(
+                insert_one, repeat=lambda conn: self._insert_new(conn, rows, repeated=True)
+            )
         except AlreadyExistsError:
             return self._taken_as(task.id)
-        return None
+        return self._taken_as(task.id) if present else None
 
     def _taken_as(self, task_id: str) -> AlreadyExistsError:
         """The refusal of a submit whose id is taken: it names the stored id when the table's
@@ -181,19 +196,24 @@ class QueueStore(LeaseOperations, OperatorActions):
             "--binary-collation` makes them different ids"
         )
 
-    def _insert_new(self, conn: Connection, rows: dict[str, dict[str, Any]]) -> set[str]:
-        """Insert the rows whose id is not present (one multi-row INSERT); the ids present."""
+    def _insert_new(
+        self, conn: Connection, rows: dict[str, dict[str, Any]], repeated: bool = False
+    ) -> set[str]:
+        """Insert the rows whose id is not present (one multi-row INSERT); the ids present.
+
+        ``repeated``: run again after a try whose COMMIT was cut off, which may have stored the
+        rows; a present row with the same data and user is taken for that try's, stored."""
         found = conn.execute(self._columns.prepared("present", self._present), {"ids": list(rows)}).all()
-        present = {r.id for r in found if r.id is not None}
+        stored = {r.id: r for r in found if r.id is not None}
         now = found[0].now
         new = [
             {**row, "created_at": now, "timeout": now if row["timeout"] is None else row["timeout"]}
             for task_id, row in rows.items()
-            if task_id not in present
+            if task_id not in stored
         ]
         if new:  # bound values only, so that the driver sends one multi-row INSERT
             conn.execute(self._columns.prepared("submit_rows", lambda: sa.insert(self.table)), new)
-        return present
+        return {task_id for task_id, r in stored.items() if not (repeated and _same(r, rows.get(task_id)))}
 
     def _insert(self) -> sa.Insert:
         now = self.db.now()
@@ -202,10 +222,10 @@ class QueueStore(LeaseOperations, OperatorActions):
         )
 
     def _present(self) -> sa.Select[Any]:
-        """The database's clock and which of ``ids`` exist, in one round trip: one row
-        (now, NULL) when none does, else one row per id present."""
+        """The database's clock and which of ``ids`` exist (with their data and user), in one
+        round trip: one row (now, NULL, …) when none does, else one row per id present."""
         one = sa.select(sa.literal(1).label("one")).subquery("one")
-        return sa.select(self.db.now().label("now"), self._t.id).select_from(
+        return sa.select(self.db.now().label("now"), self._t.id, self._t.data, self._t.resource).select_from(
             one.outerjoin(self.table, self._t.id.in_(sa.bindparam("ids", expanding=True)))
         )
 
@@ -323,6 +343,11 @@ class QueueStore(LeaseOperations, OperatorActions):
         if dead:
             conn.execute(self._end(self._t.id.in_(dead), Outcome.DEAD).values(last_error=LEASE_EXPIRED))
         return {Outcome.CANCELLED: len(cancelled), Outcome.DEAD: len(dead)}
+
+
+def _same(stored: Any, row: dict[str, Any] | None) -> bool:
+    """Is the stored row (data and user) the one ``row`` would insert?"""
+    return row is not None and (bytes(stored.data), stored.resource) == (row["data"], row["resource"])
 
 
 def _already_exists(task_id: str, at_once: bool = False) -> AlreadyExistsError:

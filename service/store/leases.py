@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from ...errors import CancelRequestedError, PerfectQueueError
 from .codec import decode_data, encode_data
 from .model import Outcome, check_data, check_duration, truncate_error
+from .owners import scheduled
 from .rows import (
     LeaseState,
     answer_finishes,
@@ -113,7 +114,8 @@ class LeaseOperations(QueueStatements):
                 conn.execute(self._end(self._t.id == task_id, Outcome.DEAD).values(recorded))
                 return None
             wait = self.policy.wait(row.attempts) if retry_wait is None else retry_wait
-            values = {"timeout": self.db.now() + wait, "owner": 0, **recorded}
+            due = self.db.now() + wait
+            values = {"timeout": due, "owner": scheduled(due), **recorded}
             conn.execute(sa.update(self.table).where(self._t.id == task_id).values(values))
             return wait
 

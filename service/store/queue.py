@@ -24,7 +24,6 @@ operations (:mod:`.leases`), the operator's actions (:mod:`.actions`) and the re
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +41,7 @@ from .leases import LeaseOperations
 from .listing import Listing
 from .model import AcquiredTask, NewTask, Outcome, RetryPolicy, check_duration, check_int
 from .observer import StoreObserver, Unobserved
+from .owners import new_lease, scheduled
 from .reading import Page
 from .rows import to_task, within
 from .schema import build_table, init_table
@@ -219,6 +219,7 @@ class QueueStore(LeaseOperations, OperatorActions):
                 "data": encode_data(task.type, task.data, task.compression),
                 "resource": task.user,
                 "max_running": task.max_running,
+                "owner": 0 if task.run_at is None else scheduled(task.run_at),
                 "max_attempts": task.max_attempts,
                 "traceparent": task.traceparent,
             }
@@ -232,7 +233,7 @@ class QueueStore(LeaseOperations, OperatorActions):
         given back unread, waiting again with their attempt not counted."""
         check_int("max", max_tasks, 1, 1000)
         check_duration("alive_time", alive_time, 1)
-        lease = secrets.randbelow(MAX_LEASE) + 1
+        lease = new_lease()
         self.extended()
         if self._pause.paused_at() is not None:
             return []

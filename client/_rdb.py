@@ -90,8 +90,8 @@ class RdbBackend:
     def retry(self, id: str, lease: str, retry_wait: int | None, error: str | None, dead: bool) -> None:
         self.store.retry(id, int(lease), retry_wait, error, dead)
 
-    def cancel(self, id: str) -> TaskMetadata:
-        return _metadata(self.store.cancel(id))
+    def cancel(self, id: str, force: bool = False) -> TaskMetadata:
+        return _metadata(self.store.cancel(id, force))
 
     def requeue(self, id: str) -> TaskMetadata:
         return _metadata(self.store.requeue(id))
@@ -177,6 +177,7 @@ def _metadata(task: Any) -> TaskMetadata:
         cancel_requested=task.cancel_requested,
         traceparent=task.traceparent,
         leased=task.leased,
+        holder=task.holder,
         **{name: from_unix(getattr(task, name)) for name in INSTANTS},
     )
 

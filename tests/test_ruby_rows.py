@@ -15,13 +15,15 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from conftest import set_timeout
 from test_cancel import Q, api
 from test_upgrade import ORIGINAL_FINISH, ORIGINAL_INSERT, ORIGINAL_LEASE
 
+from perfectqueue.errors import AlreadyFinishedError
 from perfectqueue.service.models import instant
-from perfectqueue.service.store import Database
+from perfectqueue.service.store import Database, NewTask, QueueStore
 from perfectqueue.service.store.model import DELETE_OFFSET, EVENT_HORIZON
-from perfectqueue.service.store.owners import CONNECTION_IDS
+from perfectqueue.service.store.owners import CONNECTION_IDS, SLOT
 
 RUBY_NON_FAIR_LEASE = (
     "UPDATE {t} SET timeout=:next, owner={connection} "
@@ -193,16 +195,29 @@ def test_a_ruby_retry_wait_reads_held_by_ruby_until_it_ends(client: Any, ruby: R
     assert read(client, "again")["holder"] == "worker"
 
 
-def test_stale_calls_of_ours_on_a_task_ruby_took_answer_preempted(client: Any, ruby: Ruby) -> None:
+@pytest.mark.parametrize("fair", [True, False])
+def test_stale_calls_of_ours_on_a_task_ruby_took_answer_preempted(
+    client: Any, ruby: Ruby, database: Database, table_name: str, fair: bool
+) -> None:
+    """The original's fair acquisition leaves our lease in owner; the timeout it writes is not
+    the one our lease wrote beside it, so the lease no longer holds the task."""
     assert client.post(f"{Q}/submit", json={"id": "took", "type": "x"}).status_code == 201
-    lease = poll(client, alive_time=1)["took"]
+    lease = poll(client)["took"]
     assert read(client, "took")["holder"] == "worker"
-    ruby.expire("took")  # the lease expires (what waiting alive_time does)
-    until = ruby.acquire("took", fair=False)
+    ours = QueueStore(database, table_name)
+    set_timeout(ours, "took", ruby.now() - 1)  # the lease expires
+    assert code(client.post(f"{Q}/heartbeat", json={"id": "took", "lease": lease})) == (204, None)
+    set_timeout(ours, "took", ruby.now() - 1)  # (nobody took it: its heartbeat applied, as ever)
+    until = ruby.acquire("took", fair=fair)
+    assert (0 <= ruby.owner("took") - int(lease) < SLOT) is fair  # fair: our lease is still there
     held_by_ruby(client, "took", until)
     for call in ("heartbeat", "retry", "release", "finish"):
         answer = client.post(f"{Q}/{call}", json={"id": "took", "lease": lease})
         assert code(answer) == (409, "preempted"), call
+    for call in ("heartbeat-batch", "finish-batch"):
+        answer = client.post(f"{Q}/{call}", json={"tasks": [{"id": "took", "lease": lease}]})
+        assert answer.status_code == 200, call
+        assert [f["code"] for f in answer.json()["failed"]] == ["preempted"], call
     held_by_ruby(client, "took", until)  # nothing changed
 
 
@@ -274,3 +289,24 @@ def test_counts_and_lists_tell_our_leases_ruby_leases_and_schedules_apart(client
     finished = read(client, "r1")
     assert (finished["status"], finished["leased"], finished["holder"]) == ("finished", False, None)
     assert code(client.post(f"{Q}/cancel", json={"id": "r1"})) == (409, "already_finished")
+
+
+def test_a_lease_an_earlier_version_issued_still_holds_its_task(store: QueueStore) -> None:
+    """Such a lease is any number below 2**63, written to owner as it is (no timeout stamp):
+    its worker's calls go on across an upgrade, and the task reads as held (by Ruby: the owner
+    carries no stamp of ours)."""
+    store.submit_many([NewTask(i, "x") for i in ("one", "two", "three")])
+    acquired = store.acquire(3, 600)
+    old = {a.task.id: 7_000_000_000_000_000_001 + i for i, a in enumerate(acquired)}
+    with store.db.engine.begin() as conn:
+        for task_id, lease in old.items():
+            conn.execute(sa.update(store.table).where(store.table.c.id == task_id).values(owner=lease))
+    assert {store.get(i).holder for i in old} == {"ruby"}
+    store.heartbeat("one", old["one"], 600, data={"step": 2})
+    assert store.heartbeat_many([("two", old["two"]), ("three", old["three"])], 600) == [None, None]
+    store.finish("one", old["one"])
+    assert store.finish_many([("two", old["two"])]) == [None]
+    store.retry("three", old["three"], 0)
+    assert [a.task.id for a in store.acquire(3, 600)] == ["three"]
+    with pytest.raises(AlreadyFinishedError):
+        store.finish("one", old["one"])

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from ...errors import CancelRequestedError, PerfectQueueError
 from .codec import decode_data, encode_data
 from .model import Outcome, check_data, check_duration, truncate_error
-from .owners import scheduled
+from .owners import SLOT, leased, scheduled, stamped_by_lease
 from .rows import (
     LeaseState,
     answer_finishes,
@@ -40,7 +40,8 @@ class LeaseOperations(QueueStatements):
     ) -> None:
         """Extend the lease to now + alive_time, optionally replacing the data."""
         check_duration("alive_time", alive_time, 1)
-        values: dict[str, Any] = {"timeout": self.db.now() + alive_time}
+        until = self.db.now() + alive_time
+        values: dict[str, Any] = {"timeout": until, "owner": leased(lease, until)}
         self._columns.extended()
 
         def work(conn: Connection) -> bool:
@@ -74,7 +75,17 @@ class LeaseOperations(QueueStatements):
             return []
         self._columns.extended()
         ids = sorted({task_id for task_id, _ in items})
-        extend = sa.update(self.table).where(self._holding(items)).values(timeout=self.db.now() + alive_time)
+        until = self.db.now() + alive_time
+        t = self._t
+        restamp = sa.case(
+            (stamped_by_lease(t.owner, t.timeout), t.owner - t.owner % SLOT + until % SLOT), else_=t.owner
+        )
+        # owner first: MySQL reads a column assigned earlier in the SET list at its new value
+        extend = (
+            sa.update(self.table)
+            .where(self._holding(items))
+            .ordered_values((t.owner, restamp), (t.timeout, until))
+        )
 
         def work(conn: Connection) -> list[PerfectQueueError | None]:
             conn.execute(extend)  # the rows it changed are locked now: the read below sees them as left

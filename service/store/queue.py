@@ -1,7 +1,8 @@
 """The queue's operations (CONTRACT.md §3): one method per operation, all of the SQL.
 
 Time is the database's clock (``Database.now``). Leases are fencing tokens written to ``owner``
-at each acquisition; a heartbeat, finish, retry or release must present the current one.
+(with the timeout they wrote: :mod:`.owners`) at each acquisition; a heartbeat, finish, retry or
+release must present the current one.
 
 Beyond the original: each acquisition counts an attempt (in the same UPDATE that leases the
 row); a task that would start an attempt past its ``max_attempts`` ends **dead** instead (kept
@@ -41,7 +42,7 @@ from .leases import LeaseOperations
 from .listing import Listing
 from .model import AcquiredTask, NewTask, Outcome, RetryPolicy, check_duration, check_int
 from .observer import StoreObserver, Unobserved
-from .owners import new_lease, scheduled
+from .owners import held_by, leased, new_lease, scheduled
 from .reading import Page
 from .rows import to_task, within
 from .schema import build_table, init_table
@@ -247,8 +248,10 @@ class QueueStore(LeaseOperations, OperatorActions):
                 ended.update(self._end_undeliverable(conn, [r for r in rows if r not in live]))
             if live:
                 lease_rows = self._columns.prepared("lease", self._lease_rows)
+                until = now + alive_time
                 conn.execute(
-                    lease_rows, {"ids": [r.id for r in live], "new_timeout": now + alive_time, "lease": lease}
+                    lease_rows,
+                    {"ids": [r.id for r in live], "new_timeout": until, "owner": leased(lease, until)},
                 )
             return now, live
 
@@ -280,7 +283,7 @@ class QueueStore(LeaseOperations, OperatorActions):
         if not (withheld or unread):
             return 0
         error = f"DataTooLarge: the task's data is over max_data_bytes ({self.max_data_bytes}) once inflated"
-        held = self._t.owner == lease
+        held = held_by(self._t.owner, self._t.timeout, lease)
         bury = self._end(sa.and_(self._t.id.in_(withheld), held), Outcome.DEAD).values(last_error=error)
         attempts = sa.case((self._t.attempts > 0, self._t.attempts - 1), else_=0)
         back = self._columns.values({"timeout": self.db.now(), "owner": 0, "attempts": attempts})
@@ -302,7 +305,7 @@ class QueueStore(LeaseOperations, OperatorActions):
     def _lease_rows(self) -> sa.Update:
         values = {
             "timeout": sa.bindparam("new_timeout", type_=sa.Integer),
-            "owner": sa.bindparam("lease", type_=sa.BigInteger),
+            "owner": sa.bindparam("owner", type_=sa.BigInteger),
             "attempts": self._t.attempts + 1,
         }
         return (

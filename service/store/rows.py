@@ -20,7 +20,8 @@ from ...errors import (
 )
 from .codec import decode_data
 from .model import Outcome, Retention, Task, TaskStatus
-from .owners import Holder, holder_of
+from .owners import Holder, holder_of, same_lease
+from .owners import holds as lease_holds
 
 
 def to_task(
@@ -95,7 +96,7 @@ def is_leased(row: Any, now: int) -> bool:
 
 
 def holds(row: Any, lease: int) -> bool:
-    return bool(row.created_at is not None and row.owner == lease)
+    return bool(row.created_at is not None and lease_holds(row.owner, row.timeout, lease))
 
 
 def cancel_asked(task_id: str) -> CancelRequestedError:
@@ -130,7 +131,7 @@ def finish_error(task_id: str, lease: int, row: Any) -> PerfectQueueError:
         return NotFoundError(f"task {task_id!r} does not exist")
     if row.created_at is None and row.outcome == Outcome.CANCELLED.value:
         return CancelRequestedError(f"task {task_id!r} was cancelled")
-    if row.created_at is None and row.owner == lease:
+    if row.created_at is None and same_lease(row.owner, lease):
         return already_finished(task_id)
     return PreemptedError(f"task {task_id!r} is not held by this lease (finished, gone or taken over)")
 
@@ -141,12 +142,13 @@ class LeaseState:
 
     created_at: int | None
     owner: int
+    timeout: int
     outcome: str | None
     cancel_requested: int
 
     @classmethod
     def of(cls, row: Any) -> LeaseState:
-        return cls(row.created_at, row.owner, row.outcome, row.cancel_requested)
+        return cls(row.created_at, row.owner, row.timeout, row.outcome, row.cancel_requested)
 
 
 @dataclass(slots=True)

@@ -9,19 +9,24 @@ table of docs/design.md ("Sharing a table with Ruby PerfectQueue") is what these
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import set_timeout
 from test_cancel import Q, api
 from test_upgrade import ORIGINAL_FINISH, ORIGINAL_INSERT, ORIGINAL_LEASE
 
-from perfectqueue.errors import AlreadyFinishedError
+import perfectqueue
+from perfectqueue.errors import AlreadyFinishedError, HeldByRubyError
+from perfectqueue.service.app import create_app
+from perfectqueue.service.config import settings_from
 from perfectqueue.service.models import instant
-from perfectqueue.service.store import Database, NewTask, QueueStore
+from perfectqueue.service.store import Database, NewTask, QueueStore, TaskStatus
 from perfectqueue.service.store.model import DELETE_OFFSET, EVENT_HORIZON
 from perfectqueue.service.store.owners import CONNECTION_IDS, SLOT
 
@@ -310,3 +315,34 @@ def test_a_lease_an_earlier_version_issued_still_holds_its_task(store: QueueStor
     assert [a.task.id for a in store.acquire(3, 600)] == ["three"]
     with pytest.raises(AlreadyFinishedError):
         store.finish("one", old["one"])
+
+
+def test_the_sdk_reads_the_holder_and_forces_a_cancel_and_a_bulk_cancel_never_forces(
+    store: QueueStore, db_url: str, table_name: str
+) -> None:
+    ruby = Ruby(store.db, table_name)
+    for task_id in ("r1", "r2"):
+        ruby.submit(task_id)
+        ruby.acquire(task_id)
+    app = create_app(settings_from({"url": db_url, "queues": {"q": {"table": table_name}}}))
+
+    async def scenario() -> None:
+        config = {"url": "http://in-process", "queue": "q", "transport": httpx.ASGITransport(app=app)}
+        async with perfectqueue.open_async(config) as queue:
+            meta = await queue["r1"].metadata()
+            assert (meta.is_leased(), meta.holder) == (True, "ruby")
+            with pytest.raises(HeldByRubyError):
+                await queue["r1"].cancel()
+            assert (await queue["r1"].cancel(force=True)).is_cancelled()
+            async with httpx.AsyncClient(transport=config["transport"], base_url="http://in-process") as raw:
+                body = {"action": "cancel", "status": "running"}
+                answer = (await raw.post(f"{Q}/bulk", json=body)).json()
+            assert answer["successful"] == []
+            assert [(f["id"], f["code"]) for f in answer["failed"]] == [("r2", "held_by_ruby")]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for db in app.state.runtime.databases.values():
+            db.dispose()
+    assert store.get("r2").status is TaskStatus.RUNNING and not store.get("r2").cancel_requested

@@ -22,6 +22,7 @@ from test_cancel import Q, api
 from test_upgrade import ORIGINAL_FINISH, ORIGINAL_INSERT, ORIGINAL_LEASE
 
 import perfectqueue
+from perfectqueue.cli import main
 from perfectqueue.errors import AlreadyFinishedError, HeldByRubyError
 from perfectqueue.service.app import create_app
 from perfectqueue.service.config import settings_from
@@ -346,3 +347,18 @@ def test_the_sdk_reads_the_holder_and_forces_a_cancel_and_a_bulk_cancel_never_fo
         for db in app.state.runtime.databases.values():
             db.dispose()
     assert store.get("r2").status is TaskStatus.RUNNING and not store.get("r2").cancel_requested
+
+
+def test_the_cli_refuses_a_ruby_held_task_unless_forced(
+    store: QueueStore, db_url: str, table_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ruby = Ruby(store.db, table_name)
+    ruby.submit("r")
+    ruby.acquire("r", fair=False)
+    direct = ["--url", db_url, "--table", table_name, "--backend", "rdb_compat"]
+    assert main(["cancel", "r", *direct]) == 2
+    assert "held by a Ruby PerfectQueue process" in capsys.readouterr().err
+    assert store.get("r").holder == "ruby"
+    assert main(["cancel", "r", "--force", *direct]) == 0
+    assert "cancelled r" in capsys.readouterr().out
+    assert store.get("r").status is TaskStatus.CANCELLED

@@ -23,7 +23,7 @@ from test_upgrade import ORIGINAL_FINISH, ORIGINAL_INSERT, ORIGINAL_LEASE
 
 import perfectqueue
 from perfectqueue.cli import main
-from perfectqueue.errors import AlreadyFinishedError, HeldByRubyError
+from perfectqueue.errors import AlreadyFinishedError, HeldByRubyError, PreemptedError
 from perfectqueue.service.app import create_app
 from perfectqueue.service.config import settings_from
 from perfectqueue.service.models import instant
@@ -362,3 +362,22 @@ def test_the_cli_refuses_a_ruby_held_task_unless_forced(
     assert main(["cancel", "r", "--force", *direct]) == 0
     assert "cancelled r" in capsys.readouterr().out
     assert store.get("r").status is TaskStatus.CANCELLED
+
+
+def test_no_other_number_holds_a_task_a_lease_of_ours_holds(store: QueueStore) -> None:
+    """The owner of a leased row is its lease stamped with the timeout: that owner itself,
+    presented as a lease (as one of an earlier version is), holds nothing."""
+    store.submit(NewTask("t", "x"))
+    [got] = store.acquire(1, 600)
+    owner = Ruby(store.db, store.table.name).owner("t")
+    assert owner != got.lease
+    for forged in (owner, got.lease + 1, got.lease - SLOT):
+        with pytest.raises(PreemptedError):
+            store.heartbeat("t", forged, 600)
+        [answer] = store.heartbeat_many([("t", forged)], 600)
+        assert isinstance(answer, PreemptedError)
+        with pytest.raises(PreemptedError):
+            store.finish("t", forged)
+    store.finish("t", got.lease)
+    with pytest.raises(AlreadyFinishedError):
+        store.finish("t", got.lease)

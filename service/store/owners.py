@@ -85,13 +85,16 @@ def holder_of(created_at: int | None, timeout: int, owner: int, now: int) -> Hol
 
 
 def holds(owner: int, timeout: int, lease: int) -> bool:
-    """Does ``lease`` hold a live row with this owner and timeout?"""
-    return owner in (lease, lease + timeout % SLOT)
+    """Does ``lease`` hold a live row with this owner and timeout? A lease of ours holds the row
+    its stamp matches; one of an earlier version, a row that carries it and no stamp of ours."""
+    if owner == lease + timeout % SLOT:
+        return True
+    return owner == lease and not (owner >= LEASES and owner % SLOT == timeout % SLOT)
 
 
 def same_lease(owner: int, lease: int) -> bool:
     """Was the row (ended since) last held by ``lease``?"""
-    return owner == lease or owner - owner % SLOT == lease
+    return owner == lease if lease % SLOT else owner - owner % SLOT == lease
 
 
 def is_scheduled(owner: sa.ColumnElement[Any], timeout: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
@@ -102,9 +105,11 @@ def is_scheduled(owner: sa.ColumnElement[Any], timeout: sa.ColumnElement[Any]) -
 def held_by(
     owner: sa.ColumnElement[Any], timeout: sa.ColumnElement[Any], lease: int | sa.BindParameter[Any]
 ) -> sa.ColumnElement[bool]:
-    """SQL: the live row is held by ``lease`` (an int or a bound parameter)."""
+    """SQL: the live row is held by ``lease`` (an int or a bound parameter), as :func:`holds`."""
     bound = sa.literal(lease, sa.BigInteger) if isinstance(lease, int) else lease
-    return sa.or_(owner == bound, owner == bound + timeout % SLOT)
+    return sa.or_(
+        owner == bound + timeout % SLOT, sa.and_(owner == bound, sa.not_(stamped_by_lease(owner, timeout)))
+    )
 
 
 def stamped_by_lease(owner: sa.ColumnElement[Any], timeout: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:

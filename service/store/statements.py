@@ -58,7 +58,9 @@ class QueueStatements(QueueReader):
             lease = t.owner - t.owner % SLOT
             held.append(sa.and_(sa.tuple_(t.id, lease).in_(stamped), stamped_by_lease(t.owner, t.timeout)))
         if as_is:
-            held.append(sa.tuple_(t.id, t.owner).in_(as_is))
+            held.append(
+                sa.and_(sa.tuple_(t.id, t.owner).in_(as_is), sa.not_(stamped_by_lease(t.owner, t.timeout)))
+            )
         return sa.and_(t.id.in_(ids), t.created_at.is_not(None), sa.or_(*held))
 
     def _lease_error(self, conn: Connection, task_id: str) -> PerfectQueueError:

@@ -22,7 +22,9 @@ seen.) A row reads as scheduled only while it is exactly as this project schedul
 operator never sees a task a Ruby process holds as free.
 
 A lease an earlier version of this project issued (any number below 2**63) is written as it is:
-it holds a row whose ``owner`` equals it, so its holder's calls go on across an upgrade.
+it holds a row whose ``owner`` equals it and carries no stamp of ours, so its holder's calls go
+on across an upgrade. (On an ended row, where the stamp is gone, presenting the row's owner
+itself as such a lease answers AlreadyFinished, as its own lease would: nothing changes.)
 """
 
 from __future__ import annotations

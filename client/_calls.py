@@ -63,7 +63,7 @@ class Direct(Protocol):
     def release(self, key: str, lease: str, /) -> None: ...
     def release_many(self, tasks: list[tuple[str, str]], /) -> BatchResult: ...
     def force_finish(self, key: str, /) -> None: ...
-    def cancel(self, key: str, /) -> TaskMetadata: ...
+    def cancel(self, key: str, force: bool, /) -> TaskMetadata: ...
     def requeue(self, key: str, /) -> TaskMetadata: ...
     def get(self, key: str, /) -> TaskMetadata: ...
     def list_tasks(
@@ -346,12 +346,13 @@ class Cancel(TaskAnswer):
     op: ClassVar[str] = "cancel"
 
     key: str
+    force: bool = False
 
     def http(self) -> Http:
-        return Http("POST", "/cancel", {"id": self.key})
+        return Http("POST", "/cancel", {"id": self.key, **({"force": True} if self.force else {})})
 
     def direct(self, store: Direct) -> TaskMetadata:
-        return store.cancel(self.key)
+        return store.cancel(self.key, self.force)
 
 
 @dataclass(frozen=True, slots=True)

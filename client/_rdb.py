@@ -102,8 +102,8 @@ class RdbBackend:
         errors = [r if isinstance(r, PerfectQueueError) else None for r in results]
         return _batch([key for key, *_ in tasks], errors)
 
-    def cancel(self, id: str) -> TaskMetadata:
-        return _metadata(self.store.cancel(id))
+    def cancel(self, id: str, force: bool = False) -> TaskMetadata:
+        return _metadata(self.store.cancel(id, force))
 
     def requeue(self, id: str) -> TaskMetadata:
         return _metadata(self.store.requeue(id))
@@ -233,6 +233,7 @@ def _metadata(task: Any) -> TaskMetadata:
         cancel_requested=task.cancel_requested,
         traceparent=task.traceparent,
         leased=task.leased,
+        holder=task.holder,
         **{name: from_unix(getattr(task, name)) for name in INSTANTS},
     )
 

@@ -48,7 +48,10 @@ class TaskMetadata:
     cancel_requested: bool = False
     traceparent: str | None = None
     leased: bool = False
-    """Running and held by a worker (a running task nobody holds is scheduled for later)."""
+    """Running and held (a running task nobody holds is scheduled for later)."""
+    holder: str | None = None
+    """Who holds a leased task: ``"worker"`` (a lease of the service) or ``"ruby"`` (a Ruby
+    PerfectQueue process sharing the table); None when not leased."""
     due_at: datetime | None = None
     """When a task nobody holds became (waiting) or becomes (scheduled) deliverable."""
     lease_expires_at: datetime | None = None
@@ -101,6 +104,7 @@ class TaskMetadata:
             cancel_requested=bool(body.get("cancel_requested")),
             traceparent=body.get("traceparent"),
             leased=bool(body.get("leased")),
+            holder=body.get("holder"),
             **{name: parse_instant(body.get(name)) for name in INSTANTS},
         )
 

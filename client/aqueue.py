@@ -153,8 +153,8 @@ class AsyncTask:
     async def force_finish(self) -> None:
         await self.queue.backend.execute(calls.ForceFinish(self.key))
 
-    async def cancel(self) -> TaskMetadata:
-        return await self.queue.backend.execute(calls.Cancel(self.key))
+    async def cancel(self, force: bool = False) -> TaskMetadata:
+        return await self.queue.backend.execute(calls.Cancel(self.key, force))
 
     async def requeue(self) -> TaskMetadata:
         return await self.queue.backend.execute(calls.Requeue(self.key))

@@ -168,10 +168,12 @@ class Task:
         """Finish the task whatever holds it, or a dead task (an operator's action)."""
         self.queue.backend.execute(calls.ForceFinish(self.key))
 
-    def cancel(self) -> TaskMetadata:
+    def cancel(self, force: bool = False) -> TaskMetadata:
         """Cancel the task: at once if nobody holds it, else when its holder next calls (it is
-        then ``cancel_requested``). AlreadyFinishedError if it had ended. Returns its state."""
-        return self.queue.backend.execute(calls.Cancel(self.key))
+        then ``cancel_requested``). AlreadyFinishedError if it had ended; HeldByRubyError if a
+        Ruby PerfectQueue process holds it (nothing changed), unless ``force``: it ends now.
+        Returns its state."""
+        return self.queue.backend.execute(calls.Cancel(self.key, force))
 
     def requeue(self) -> TaskMetadata:
         """Make a dead task waiting again, its attempts reset (an operator's action).

@@ -201,8 +201,14 @@ class TaskOut(BaseModel):
     traceparent: str | None = Field(default=None, description="The W3C trace context given at submit")
     leased: bool = Field(
         default=False,
-        description="Running and held by a worker; a running task that nobody holds is scheduled for "
+        description="Running and held (see holder); a running task that nobody holds is scheduled for "
         "later (submitted with run_at, or retried with a wait)",
+    )
+    holder: Literal["worker", "ruby"] | None = Field(
+        default=None,
+        description="Who holds a leased task: worker (a lease of this service) or ruby (a Ruby "
+        "PerfectQueue process sharing the table: its lease, or its retry! wait, which it writes alike; "
+        "lease_expires_at is when either ends); null when not leased",
     )
     data_withheld: bool = Field(
         default=False,
@@ -234,6 +240,7 @@ class TaskOut(BaseModel):
             cancel_requested=task.cancel_requested,
             traceparent=task.traceparent,
             leased=task.leased,
+            holder="ruby" if task.holder == "ruby" else "worker" if task.holder == "worker" else None,
             data_withheld=task.data_withheld,
         )
 
@@ -342,6 +349,18 @@ class TaskRequest(Body):
     """An operator's request about one task (cancel, requeue)."""
 
     id: TaskId
+
+    model_config = examples({"id": "mail-42"})
+
+
+class CancelRequest(TaskRequest):
+    """A cancel; ``force`` also ends a task a Ruby PerfectQueue process holds."""
+
+    force: bool = Field(
+        default=False,
+        description="End the task now even if a Ruby PerfectQueue process holds it (without it such a "
+        "cancel answers 409 held_by_ruby and changes nothing: the Ruby process cannot see a cancel request)",
+    )
 
     model_config = examples({"id": "mail-42"})
 

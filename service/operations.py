@@ -179,8 +179,8 @@ async def force_release(queue: QueueRuntime, body: m.TaskRequest, _call: Call) -
     await queue.force_release(body.id)
 
 
-async def cancel(queue: QueueRuntime, body: m.TaskRequest, _call: Call) -> m.TaskOut:
-    return m.TaskOut.of(await queue.cancel(body.id))
+async def cancel(queue: QueueRuntime, body: m.CancelRequest, _call: Call) -> m.TaskOut:
+    return m.TaskOut.of(await queue.cancel(body.id, body.force))
 
 
 async def requeue(queue: QueueRuntime, body: m.TaskRequest, _call: Call) -> m.TaskOut:
@@ -275,12 +275,14 @@ OPERATIONS: tuple[Operation[Any], ...] = (
         status=204,
     ),
     Operation(
-        "cancelTask", "cancel", m.TaskRequest, CANCEL, cancel, m.TaskOut,
+        "cancelTask", "cancel", m.CancelRequest, CANCEL, cancel, m.TaskOut,
         "Cancel a task: at once if nobody holds it, else at its holder's next call",
         "A waiting task (or one scheduled for later) ends as cancelled at once. A running one gets "
         "`cancel_requested`: its holder's next heartbeat answers `409 cancel_requested`, and the task ends "
-        "as cancelled when the holder finishes, retries or releases it (or its lease expires). Answers the "
-        "task as it is now; `409 already_finished` if it had ended.",
+        "as cancelled when the holder finishes, retries or releases it (or its lease expires). A task a "
+        "Ruby PerfectQueue process holds (`holder: ruby`) answers `409 held_by_ruby` and is left as it "
+        "is, unless `force` is true: then it ends as cancelled at once. Answers the task as it is now; "
+        "`409 already_finished` if it had ended.",
     ),
     Operation(
         "requeueTask", "requeue", m.TaskRequest, ADMIN, requeue, m.TaskOut,

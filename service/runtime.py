@@ -294,9 +294,9 @@ class QueueRuntime:
         await self._call(self.store.force_release, task_id)
         self._woke()
 
-    async def cancel(self, task_id: str) -> Task:
+    async def cancel(self, task_id: str, force: bool = False) -> Task:
         set_context(queue=self.name, task_id=task_id)
-        task = await self._call(self.store.cancel, task_id)
+        task = await self._call(self.store.cancel, task_id, force)
         if task.status.value == "cancelled":  # nobody held it: it ended at once
             self.observer.counted("cancelled", 1)
         return task

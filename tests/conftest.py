@@ -23,6 +23,7 @@ from perfectqueue.service.fastlane import FastLane
 from perfectqueue.service.metrics import ServiceMetrics
 from perfectqueue.service.runtime import QueueRuntime, Runner
 from perfectqueue.service.store import Database, QueueStore
+from perfectqueue.service.store.owners import SLOT, is_scheduled, scheduled, stamped_by_lease
 
 MYSQL_URL = os.environ.get("PERFECTQUEUE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 POSTGRES_URL = os.environ.get("PERFECTQUEUE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -120,9 +121,23 @@ def db_now(store: QueueStore) -> int:
 
 
 def set_timeout(store: QueueStore, task_id: str, timeout: int) -> None:
-    """Set a task's timeout directly: how tests move time for one task without waiting."""
+    """Set a task's timeout directly: how tests move time for one task without waiting. An owner
+    of ours carries the timeout it was written with (service/store/owners.py): it moves too, as
+    if its lease or schedule had been written for this time."""
     with store.db.engine.begin() as conn:
-        conn.execute(sa.update(store.table).where(store.table.c.id == task_id).values(timeout=timeout))
+        conn.execute(moved(store.table, timeout).where(store.table.c.id == task_id))
+
+
+def moved(table: sa.Table, timeout: Any) -> sa.Update:
+    """An UPDATE of rows to ``timeout`` (an int or an expression of the row), their owner's stamp
+    with them. The owner is set first: MySQL reads a column set earlier in the list at its new value."""
+    t = table.c
+    owner = sa.case(
+        (is_scheduled(t.owner, t.timeout), scheduled(timeout)),
+        (stamped_by_lease(t.owner, t.timeout), t.owner - t.owner % SLOT + timeout % SLOT),
+        else_=t.owner,
+    )
+    return sa.update(table).ordered_values((t.owner, owner), (t.timeout, timeout))
 
 
 def expire_lease(store: QueueStore, task_id: str) -> None:

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 import test_api
-from conftest import drop_table
+from conftest import drop_table, moved
 from prometheus_client.parser import text_string_to_metric_families
 from test_api import Q, TestClient, poll, store_of, submit
 
@@ -282,7 +281,7 @@ def test_each_app_has_a_registry_of_its_own(make_client: Callable[..., TestClien
 def backdate(store: Any, task_id: str, seconds: int) -> None:
     t = store.table.c
     with store.db.engine.begin() as conn:
-        conn.execute(sa.update(store.table).where(t.id == task_id).values(timeout=t.timeout - seconds))
+        conn.execute(moved(store.table, t.timeout - seconds).where(t.id == task_id))
 
 
 def test_the_databases_clock_against_this_host_is_a_gauge_and_a_warning_past_the_limit(

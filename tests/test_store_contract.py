@@ -23,6 +23,7 @@ from perfectqueue.errors import (
 )
 from perfectqueue.service.store import NewTask, QueueStore, TaskStatus
 from perfectqueue.service.store.model import DELETE_OFFSET, EVENT_HORIZON, MAX_TIMESTAMP
+from perfectqueue.service.store.owners import SLOT
 
 
 def raw_row(store: QueueStore, task_id: str) -> Any:
@@ -243,7 +244,7 @@ def test_acquire_leases_up_to_max_oldest_first(store: QueueStore, fair: bool) ->
         assert a.task.status is TaskStatus.RUNNING
         assert before + 77 <= a.task.timeout <= after + 77
         row = raw_row(store, a.task.id)
-        assert (row.timeout, row.owner) == (a.task.timeout, lease)
+        assert (row.timeout, row.owner) == (a.task.timeout, lease + row.timeout % SLOT)  # owners.py
         assert store.get(a.task.id).status is TaskStatus.RUNNING
     second = queue.acquire(10, 60)
     assert [a.task.id for a in second] == ["t4", "t2"]
@@ -304,7 +305,7 @@ def test_expired_lease_is_delivered_again_and_the_old_holder_is_fenced(store: Qu
     with pytest.raises(PreemptedError):
         store.finish("job", old.lease)
     row = raw_row(store, "job")  # the failed calls changed nothing
-    assert (row.timeout, row.owner, row.created_at is not None) == (timeout, new.lease, True)
+    assert (row.timeout, row.owner, row.created_at is not None) == (timeout, new.lease + timeout % SLOT, True)
     assert store.get("job").data == {"v": 1}
     store.heartbeat("job", new.lease, 60)
     store.finish("job", new.lease)
@@ -324,7 +325,8 @@ def test_heartbeat_extends_the_lease(store: QueueStore) -> None:
     task = store.get("hb")
     assert before + 500 <= task.timeout <= after + 500
     assert task.status is TaskStatus.RUNNING and task.data == {"v": 1}
-    assert raw_row(store, "hb").owner == got.lease
+    row = raw_row(store, "hb")
+    assert row.owner == got.lease + task.timeout % SLOT and row.timeout == task.timeout
     with pytest.raises(InvalidError):
         store.heartbeat("hb", got.lease, 0)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import drop_table, require_mysql
+from conftest import drop_table, require_mysql, set_timeout
 
 from perfectqueue.errors import AlreadyExistsError
 from perfectqueue.service.store import Database, NewTask, QueueStore, TaskStatus, acquire, fair
@@ -26,11 +26,6 @@ from perfectqueue.service.store.model import DELETE_OFFSET
 def db_now(db: Database) -> int:
     with db.engine.connect() as conn:
         return int(conn.execute(sa.select(db.now())).scalar_one())
-
-
-def set_timeout(store: QueueStore, task_id: str, timeout: int) -> None:
-    with store.db.engine.begin() as conn:
-        conn.execute(sa.update(store.table).where(store.table.c.id == task_id).values(timeout=timeout))
 
 
 def users_of(acquired: list[Any]) -> Counter[str | None]:

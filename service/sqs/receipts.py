@@ -2,7 +2,7 @@
 
 A handle is ``base64url(JSON [queue, id, lease]) "." check``, where ``check`` is the first 16 hex
 digits of the payload's SHA-256: a damaged or truncated handle is refused as invalid before any
-store call. What makes a handle unforgeable is its lease: a random 63-bit token drawn by the
+store call. What makes a handle unforgeable is its lease: a random token (46 random bits) drawn by the
 store at that receive, which every delete and visibility change must present (the store fences
 on it, CONTRACT.md §3). A handle edited to name another task or lease finds no task held under
 it, and is refused as invalid too.

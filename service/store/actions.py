@@ -8,9 +8,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ...errors import AlreadyFinishedError, NotDeadError, NotFoundError
+from ...errors import AlreadyFinishedError, HeldByRubyError, NotDeadError, NotFoundError
 from .model import Outcome, Task, check_stored_id
-from .rows import status_of
+from .owners import Holder
+from .rows import holder_of_row, status_of
 from .statements import QueueStatements
 
 
@@ -53,10 +54,12 @@ class OperatorActions(QueueStatements):
 
     # -- cancel and requeue (beyond the original) --------------------------------------------
 
-    def cancel(self, task_id: str) -> Task:
+    def cancel(self, task_id: str, force: bool = False) -> Task:
         """Cancel a task: one nobody holds (waiting, scheduled for later, or its lease expired)
-        ends cancelled at once; a leased one is asked to stop (``cancel_requested``) and ends
-        cancelled when its holder next calls. NotFoundError; AlreadyFinishedError if finished,
+        ends cancelled at once; one a worker of ours leases is asked to stop
+        (``cancel_requested``) and ends cancelled when its holder next calls. One a Ruby process
+        holds (which cannot see that request) is HeldByRubyError, nothing changed, unless
+        ``force``: it ends cancelled at once. NotFoundError; AlreadyFinishedError if finished,
         dead or cancelled already."""
         check_stored_id(task_id)
         self._columns.require("cancel")
@@ -65,7 +68,14 @@ class OperatorActions(QueueStatements):
             row = self._read(conn, task_id, lock=True)
             if row.created_at is None:
                 raise AlreadyFinishedError(f"task {task_id!r} is already {status_of(row, row.now).value}")
-            if row.owner == 0 or row.timeout <= row.now:
+            holder = holder_of_row(row, row.now)
+            if holder is Holder.RUBY and not force:
+                raise HeldByRubyError(
+                    f"task {task_id!r} is held by a Ruby PerfectQueue process, which cannot see a cancel "
+                    "request; nothing was changed: cancel it once it is waiting again, or with force to "
+                    "end it now"
+                )
+            if holder is not Holder.WORKER:
                 conn.execute(self._end(self._t.id == task_id, Outcome.CANCELLED))
             else:
                 conn.execute(sa.update(self.table).where(self._t.id == task_id).values(cancel_requested=1))

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from ...errors import PerfectQueueError
 from .codec import decode_data, encode_data
 from .model import Outcome, RetryItem, check_data, check_duration, truncate_error
+from .owners import SLOT, leased, scheduled, stamped_by_lease
 from .rows import (
     LeaseState,
     answer_finishes,
@@ -39,7 +40,8 @@ class LeaseOperations(QueueStatements):
     ) -> None:
         """Extend the lease to now + alive_time, optionally replacing the data."""
         check_duration("alive_time", alive_time, 1)
-        values: dict[str, Any] = {"timeout": self.db.now() + alive_time}
+        until = self.db.now() + alive_time
+        values: dict[str, Any] = {"timeout": until, "owner": leased(lease, until)}
         self._columns.extended()
 
         def work(conn: Connection) -> bool:
@@ -73,7 +75,17 @@ class LeaseOperations(QueueStatements):
             return []
         self._columns.extended()
         ids = sorted({task_id for task_id, _ in items})
-        extend = sa.update(self.table).where(self._holding(items)).values(timeout=self.db.now() + alive_time)
+        until = self.db.now() + alive_time
+        t = self._t
+        restamp = sa.case(
+            (stamped_by_lease(t.owner, t.timeout), t.owner - t.owner % SLOT + until % SLOT), else_=t.owner
+        )
+        # owner first: MySQL reads a column assigned earlier in the SET list at its new value
+        extend = (
+            sa.update(self.table)
+            .where(self._holding(items))
+            .ordered_values((t.owner, restamp), (t.timeout, until))
+        )
 
         def work(conn: Connection) -> list[PerfectQueueError | None]:
             conn.execute(extend)  # the rows it changed are locked now: the read below sees them as left
@@ -128,7 +140,8 @@ class LeaseOperations(QueueStatements):
                 conn.execute(self._end(self._t.id == item.id, Outcome.DEAD).values(recorded))
                 return None
             wait = self.policy.wait(row.attempts) if item.retry_wait is None else item.retry_wait
-            values = {"timeout": now + wait, "owner": 0, **recorded}
+            due = now + wait
+            values = {"timeout": due, "owner": scheduled(due), **recorded}
             conn.execute(sa.update(self.table).where(self._t.id == item.id).values(values))
             return wait
 

@@ -75,8 +75,11 @@ class Task:
     cancel_requested: bool = False
     traceparent: str | None = None
     leased: bool = False
-    """Running and held by a worker; a running task nobody holds is scheduled for later
+    """Running and held (by ``holder``); a running task nobody holds is scheduled for later
     (submitted with ``run_at``, or retried with a wait)."""
+    holder: str | None = None
+    """Who holds a leased task: ``worker`` (a lease of this project) or ``ruby`` (a Ruby
+    PerfectQueue process: :mod:`.owners`); None when it is not leased."""
     data_withheld: bool = False
     """The stored data is over the reader's ``max_data_bytes`` once inflated: not read (``data``
     is empty, ``type`` the part of the id before its first dot)."""

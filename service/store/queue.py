@@ -1,7 +1,8 @@
 """The queue's operations (CONTRACT.md §3): one method per operation, all of the SQL.
 
 Time is the database's clock (``Database.now``). Leases are fencing tokens written to ``owner``
-at each acquisition; a heartbeat, finish, retry or release must present the current one.
+(with the timeout they wrote: :mod:`.owners`) at each acquisition; a heartbeat, finish, retry or
+release must present the current one.
 
 Beyond the original: each acquisition counts an attempt (in the same UPDATE that leases the
 row); a task that would start an attempt past its ``max_attempts`` ends **dead** instead (kept
@@ -24,7 +25,6 @@ operations (:mod:`.leases`), the operator's actions (:mod:`.actions`) and the re
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +42,7 @@ from .leases import LeaseOperations
 from .listing import Listing
 from .model import AcquiredTask, NewTask, Outcome, RetryPolicy, check_duration, check_int
 from .observer import StoreObserver, Unobserved
+from .owners import held_by, leased, new_lease, scheduled
 from .reading import Page
 from .rows import to_task, within
 from .schema import build_table, init_table
@@ -239,6 +240,7 @@ class QueueStore(LeaseOperations, OperatorActions):
                 "data": encode_data(task.type, task.data, task.compression),
                 "resource": task.user,
                 "max_running": task.max_running,
+                "owner": 0 if task.run_at is None else scheduled(task.run_at),
                 "max_attempts": task.max_attempts,
                 "traceparent": task.traceparent,
             }
@@ -252,7 +254,7 @@ class QueueStore(LeaseOperations, OperatorActions):
         given back unread, waiting again with their attempt not counted."""
         check_int("max", max_tasks, 1, 1000)
         check_duration("alive_time", alive_time, 1)
-        lease = secrets.randbelow(MAX_LEASE) + 1
+        lease = new_lease()
         self.extended()
         if self._pause.paused_at() is not None:
             return []
@@ -266,8 +268,10 @@ class QueueStore(LeaseOperations, OperatorActions):
                 ended.update(self._end_undeliverable(conn, [r for r in rows if r not in live]))
             if live:
                 lease_rows = self._columns.prepared("lease", self._lease_rows)
+                until = now + alive_time
                 conn.execute(
-                    lease_rows, {"ids": [r.id for r in live], "new_timeout": now + alive_time, "lease": lease}
+                    lease_rows,
+                    {"ids": [r.id for r in live], "new_timeout": until, "owner": leased(lease, until)},
                 )
             return now, live
 
@@ -299,7 +303,7 @@ class QueueStore(LeaseOperations, OperatorActions):
         if not (withheld or unread):
             return 0
         error = f"DataTooLarge: the task's data is over max_data_bytes ({self.max_data_bytes}) once inflated"
-        held = self._t.owner == lease
+        held = held_by(self._t.owner, self._t.timeout, lease)
         bury = self._end(sa.and_(self._t.id.in_(withheld), held), Outcome.DEAD).values(last_error=error)
         attempts = sa.case((self._t.attempts > 0, self._t.attempts - 1), else_=0)
         back = self._columns.values({"timeout": self.db.now(), "owner": 0, "attempts": attempts})
@@ -321,7 +325,7 @@ class QueueStore(LeaseOperations, OperatorActions):
     def _lease_rows(self) -> sa.Update:
         values = {
             "timeout": sa.bindparam("new_timeout", type_=sa.Integer),
-            "owner": sa.bindparam("lease", type_=sa.BigInteger),
+            "owner": sa.bindparam("owner", type_=sa.BigInteger),
             "attempts": self._t.attempts + 1,
         }
         return (

@@ -20,6 +20,8 @@ from ...errors import (
 )
 from .codec import decode_data
 from .model import Outcome, Retention, Task, TaskStatus
+from .owners import Holder, holder_of, same_lease
+from .owners import holds as lease_holds
 
 
 def to_task(
@@ -37,7 +39,7 @@ def to_task(
     for the type, then dropped). ``retention`` (the store's) tells when an ended task ended
     (without it: not told)."""
     task_type, data, compression, size = decode_data(row.id, row.data, limit)
-    leased = is_leased(row, now) if timeout is None else True  # a new timeout: just leased
+    holder = holder_of_row(row, now) if timeout is None else Holder.WORKER  # a new timeout: just leased
     timeout = row.timeout if timeout is None else timeout
     status = status_of(row, now, timeout)
     return Task(
@@ -55,7 +57,8 @@ def to_task(
         last_error=row.last_error,
         cancel_requested=bool(row.cancel_requested),
         traceparent=row.traceparent,
-        leased=leased,
+        leased=holder is not None,
+        holder=None if holder is None else holder.value,
         data_withheld=data is None,
         size=0 if data is None else size,  # withheld: nothing to send
         finished_at=None if retention is None else retention.finished_at(status, timeout),
@@ -82,13 +85,18 @@ def status_of(row: Any, now: int, timeout: int | None = None) -> TaskStatus:
     return TaskStatus.WAITING if due <= now else TaskStatus.RUNNING
 
 
+def holder_of_row(row: Any, now: int) -> Holder | None:
+    """Who holds a running row (None: not running, or scheduled for later)."""
+    return holder_of(row.created_at, row.timeout, row.owner, now)
+
+
 def is_leased(row: Any, now: int) -> bool:
-    """Running and held by a worker (a running task nobody holds is scheduled for later)."""
-    return bool(row.created_at is not None and row.timeout > now and row.owner != 0)
+    """Running and held, by a worker or a Ruby process (else scheduled for later)."""
+    return holder_of_row(row, now) is not None
 
 
 def holds(row: Any, lease: int) -> bool:
-    return bool(row.created_at is not None and row.owner == lease)
+    return bool(row.created_at is not None and lease_holds(row.owner, row.timeout, lease))
 
 
 def cancel_asked(task_id: str) -> CancelRequestedError:
@@ -123,7 +131,7 @@ def finish_error(task_id: str, lease: int, row: Any) -> PerfectQueueError:
         return NotFoundError(f"task {task_id!r} does not exist")
     if row.created_at is None and row.outcome == Outcome.CANCELLED.value:
         return CancelRequestedError(f"task {task_id!r} was cancelled")
-    if row.created_at is None and row.owner == lease:
+    if row.created_at is None and same_lease(row.owner, lease):
         return already_finished(task_id)
     return PreemptedError(f"task {task_id!r} is not held by this lease (finished, gone or taken over)")
 
@@ -134,12 +142,13 @@ class LeaseState:
 
     created_at: int | None
     owner: int
+    timeout: int
     outcome: str | None
     cancel_requested: int
 
     @classmethod
     def of(cls, row: Any) -> LeaseState:
-        return cls(row.created_at, row.owner, row.outcome, row.cancel_requested)
+        return cls(row.created_at, row.owner, row.timeout, row.outcome, row.cancel_requested)
 
 
 @dataclass(slots=True)

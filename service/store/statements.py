@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection, Row
 
 from ...errors import PerfectQueueError
 from .model import DELETE_OFFSET, Outcome
+from .owners import SLOT, held_by, stamped_by_lease
 from .reading import QueueReader
 from .rows import holds, lease_error
 
@@ -21,7 +22,8 @@ class QueueStatements(QueueReader):
     ``retention_time`` and ``policy``, declared by :class:`QueueReader`)."""
 
     def _held(self, task_id: str, lease: int) -> sa.ColumnElement[bool]:
-        return sa.and_(self._t.id == task_id, self._t.owner == lease, self._t.created_at.is_not(None))
+        held = held_by(self._t.owner, self._t.timeout, lease)
+        return sa.and_(self._t.id == task_id, held, self._t.created_at.is_not(None))
 
     def _update_held(
         self, conn: Connection, task_id: str, lease: int, values: dict[str, Any], end: bool = False
@@ -42,13 +44,24 @@ class QueueStatements(QueueReader):
 
     def _holding(self, items: Iterable[tuple[str, int]]) -> sa.ColumnElement[bool]:
         """The rows that the (id, lease) pairs hold: an IN list on the primary key, fenced by a
-        row-value IN over the (id, owner) pairs. Its depth does not grow with the number of
-        leases (an OR per lease did, past SQLite's expression-depth limit of 1,000), and it
-        binds three parameters per pair, far below SQLite's 32,766."""
+        row-value IN over the (id, owner) pairs (:mod:`.owners`: our owner is the lease stamped
+        with the timeout it wrote; a lease of an earlier version is the owner itself). Its depth does not
+        grow with the number of leases (an OR per lease did, past SQLite's expression-depth
+        limit of 1,000), and it binds three parameters per pair, far below SQLite's 32,766."""
         pairs = sorted(set(items))
         ids = sorted({task_id for task_id, _ in pairs})
-        held = sa.tuple_(self._t.id, self._t.owner).in_(pairs)
-        return sa.and_(self._t.id.in_(ids), self._t.created_at.is_not(None), held)
+        t = self._t
+        stamped = [p for p in pairs if not p[1] % SLOT]
+        as_is = [p for p in pairs if p[1] % SLOT]
+        held = []
+        if stamped:
+            lease = t.owner - t.owner % SLOT
+            held.append(sa.and_(sa.tuple_(t.id, lease).in_(stamped), stamped_by_lease(t.owner, t.timeout)))
+        if as_is:
+            held.append(
+                sa.and_(sa.tuple_(t.id, t.owner).in_(as_is), sa.not_(stamped_by_lease(t.owner, t.timeout)))
+            )
+        return sa.and_(t.id.in_(ids), t.created_at.is_not(None), sa.or_(*held))
 
     def _lease_error(self, conn: Connection, task_id: str) -> PerfectQueueError:
         return lease_error(task_id, self._state(conn, task_id))
@@ -57,7 +70,7 @@ class QueueStatements(QueueReader):
         """Finish the rows ``:ids`` that the lease ``:lease`` holds and no cancel was asked for."""
         held = sa.and_(
             self._t.id.in_(sa.bindparam("ids", expanding=True)),
-            self._t.owner == sa.bindparam("lease", type_=sa.BigInteger),
+            held_by(self._t.owner, self._t.timeout, sa.bindparam("lease", type_=sa.BigInteger)),
             self._t.created_at.is_not(None),
             self._columns.not_cancel_requested(),
         )
@@ -84,7 +97,8 @@ class QueueStatements(QueueReader):
 
     def _state_query(self, where: sa.ColumnElement[bool]) -> sa.Select[Any]:
         t, read = self._t, self._columns.read
-        return sa.select(t.id, t.created_at, t.owner, read("outcome"), read("cancel_requested")).where(where)
+        columns = (t.id, t.created_at, t.owner, t.timeout, read("outcome"), read("cancel_requested"))
+        return sa.select(*columns).where(where)
 
     def _state(self, conn: Connection, task_id: str) -> Row[Any] | None:
         return conn.execute(self._state_query(self._t.id == task_id)).first()

@@ -5,7 +5,8 @@ An exact COUNT over the timeout index reads every entry of the range (160 ms for
 waiting tasks on MariaDB), and a count that must read ``owner`` (leased or not) walks the rows
 too. So each count here stops at ``limit`` index entries: a count at the limit means "at least
 that many" (:attr:`Counts.capped` names them). Leased and scheduled tasks are both in the
-not-yet-due range of the timeout index; the first ``limit`` of them are read for their owner.
+not-yet-due range of the timeout index; the first ``limit`` of them are read for their owner
+(scheduled, or held by a worker or a Ruby process: :mod:`.owners`; a Ruby-held task counts as leased).
 Finished, dead and cancelled rows are all in the ended range; dead and cancelled are counted on
 the outcome index, finished among the first ``limit`` ended rows read for their outcome.
 """
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .model import DELETE_OFFSET, EVENT_HORIZON, Outcome
+from .owners import is_scheduled
 
 STATES = ("waiting", "leased", "scheduled", "finished", "dead", "cancelled")
 """The states :class:`Counts` tells apart, in the order people read them."""
@@ -97,7 +99,7 @@ def count_states(
         return sa.select(sa.func.count()).select_from(rows).where(*where).scalar_subquery()
 
     kept = sa.null() if outcome is None else outcome
-    later = first(t.timeout > now, owner=t.owner)
+    later = first(t.timeout > now, owner=t.owner, timeout=t.timeout)
     ended = first(t.timeout <= EVENT_HORIZON, outcome=kept)
     nothing = sa.literal(0)
     died = now - 3600 - DELETE_OFFSET + dead_retention
@@ -106,7 +108,7 @@ def count_states(
         sa.select(
             capped(t.timeout > EVENT_HORIZON, t.timeout <= now),
             count(later),
-            count(later, later.c.owner == 0),
+            count(later, is_scheduled(later.c.owner, later.c.timeout)),
             count(ended),
             count(ended, ended.c.outcome.is_(None)),
             nothing if outcome is None else capped(outcome == Outcome.DEAD.value),
@@ -141,7 +143,7 @@ def user_loads(conn: Connection, table: sa.Table, now: int, users: int, limit: i
     """The ``users`` users with most tasks among the first ``limit`` not yet due, most first."""
     t = table.c
     later = (
-        sa.select(t.resource, t.owner, t.max_running)
+        sa.select(t.resource, t.owner, t.timeout, t.max_running)
         .where(t.timeout > now, t.created_at.is_not(None), t.resource.is_not(None))
         .order_by(t.timeout)
         .limit(limit)
@@ -152,7 +154,7 @@ def user_loads(conn: Connection, table: sa.Table, now: int, users: int, limit: i
         sa.select(
             later.c.resource,
             total,
-            sa.func.sum(sa.case((later.c.owner == 0, 1), else_=0)),
+            sa.func.sum(sa.case((is_scheduled(later.c.owner, later.c.timeout), 1), else_=0)),
             sa.func.max(later.c.max_running),
         )
         .group_by(later.c.resource)

@@ -67,6 +67,9 @@ def add_parsers(commands: Any) -> None:
         commands, "cancel", "cancel a task (at once if nobody holds it, else at its next heartbeat)"
     )
     cancel.add_argument("key")
+    cancel.add_argument(
+        "--force", action="store_true", help="end it now even if a Ruby PerfectQueue process holds it"
+    )
     cancel.set_defaults(command=cancel_task)
 
     requeue = _parser(commands, "requeue", "make a dead task waiting again, its attempts reset")
@@ -171,7 +174,7 @@ def force_finish(args: argparse.Namespace) -> int:
 
 def cancel_task(args: argparse.Namespace) -> int:
     with open_queue(args) as queue:
-        task = queue[args.key].cancel()
+        task = queue[args.key].cancel(force=args.force)
     print(f"cancel requested for {args.key} (running)" if task.cancel_requested else f"cancelled {args.key}")
     return 0
 

@@ -12,6 +12,7 @@ it answers with, so that the SDK maps a response back to exactly the class the s
     │   ├── PreemptedError             409 preempted
     │   ├── CancelRequestedError       409 cancel_requested
     │   ├── NotDeadError               409 not_dead
+    │   ├── HeldByRubyError            409 held_by_ruby
     │   └── NotSupportedError          501 not_supported
     ├── RequestError                   400 bad_request (not JSON, or not UTF-8); nothing was changed
     │   ├── InvalidError               422 invalid
@@ -100,6 +101,16 @@ class NotDeadError(TaskError):
     """Only a dead task can be requeued; this one is waiting or running."""
 
     code = "not_dead"
+    status = 409
+
+
+class HeldByRubyError(TaskError):
+    """A Ruby PerfectQueue process holds the task (its lease, or its ``retry!`` wait), and it
+    cannot see a cancel request: the cancel changed nothing. Cancel again once the task is
+    waiting, or with ``force`` to end it now (the Ruby worker's next heartbeat or finish then
+    fails, as the original's do on a finished task)."""
+
+    code = "held_by_ruby"
     status = 409
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import anyio.to_thread
 import pytest
 import sqlalchemy as sa
+from servers import running_service, write_config
 
 from perfectqueue.service.config import settings_from
 from perfectqueue.service.fastlane import FastLane
@@ -90,6 +91,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def table_name() -> str:
     return "t_" + uuid.uuid4().hex[:16]
+
+
+@pytest.fixture
+def service(tmp_path: Path, table_name: str) -> Iterator[str]:
+    """The base url of a ``perfectqueue serve`` process over a fresh SQLite file (a module may
+    define its own ``service``)."""
+    config = write_config(tmp_path / "service.yaml", f"sqlite:///{tmp_path / 'q.sqlite3'}", table_name)
+    with running_service(config, tmp_path / "service.log") as base:
+        yield base
 
 
 @pytest.fixture

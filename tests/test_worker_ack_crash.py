@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from test_worker_harness import events, kill_group, wait_for, worker_process, write_worker_config
-from test_worker_lifecycle import queue, service  # noqa: F401 - the fixtures
+from test_worker_lifecycle import queue  # noqa: F401 - the fixture
 
 import perfectqueue
 
@@ -22,7 +22,7 @@ HELD = {"ack_delay": 30, "alive_time": 2}
 
 def test_a_kill_before_the_flush_leaves_the_task_leased_and_it_is_delivered_again(
     tmp_path: Path,
-    service: str,  # noqa: F811
+    service: str,
     queue: perfectqueue.Queue,  # noqa: F811
 ) -> None:
     book = tmp_path / "ledger"
@@ -43,7 +43,7 @@ def test_a_kill_before_the_flush_leaves_the_task_leased_and_it_is_delivered_agai
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGQUIT], ids=["graceful", "immediate"])
 def test_a_stop_sends_the_finishes_waiting_to_be_sent(
     tmp_path: Path,
-    service: str,  # noqa: F811
+    service: str,
     queue: perfectqueue.Queue,  # noqa: F811
     stop: signal.Signals,
 ) -> None:

@@ -9,12 +9,10 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sdk_support import wait_for
-from servers import running_service, write_config
 
 import perfectqueue
 from perfectqueue.service.store import QueueStore, TaskStatus
@@ -131,17 +129,13 @@ def test_an_async_handler_runs_in_a_plain_processor_and_its_error_retries_the_ta
     assert state["most"] == 1
 
 
-def test_a_prefetch_beyond_what_a_poll_may_ask_for_polls_the_most_it_may(
-    tmp_path: Path, table_name: str
-) -> None:
+def test_a_prefetch_beyond_what_a_poll_may_ask_for_polls_the_most_it_may(service: str) -> None:
     """Through the service, which refuses a poll for more than 100 tasks."""
-    config = write_config(tmp_path / "service.yaml", f"sqlite:///{tmp_path / 'q.sqlite3'}", table_name)
-    with running_service(config, tmp_path / "service.log") as base:
-        backend = {"url": base, "queue": "q"}
-        with perfectqueue.open(backend) as queue:
-            queue.submit_many([{"key": f"t{i:03}", "type": "nap", "data": {"sleep": 0}} for i in range(120)])
-            signals, thread = started(Processor, backend, task_prefetch=150)
-            try:
-                wait_for(lambda: queue.stats().finished == 120, timeout=30)
-            finally:
-                stopped(signals, thread)
+    backend = {"url": service, "queue": "q"}
+    with perfectqueue.open(backend) as queue:
+        queue.submit_many([{"key": f"t{i:03}", "type": "nap", "data": {"sleep": 0}} for i in range(120)])
+        signals, thread = started(Processor, backend, task_prefetch=150)
+        try:
+            wait_for(lambda: queue.stats().finished == 120, timeout=30)
+        finally:
+            stopped(signals, thread)

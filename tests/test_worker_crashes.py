@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import running_service, write_config
 from test_worker_harness import children_of, events, wait_for, worker_process, write_worker_config
 
 import perfectqueue
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def service(tmp_path: Path, table_name: str) -> Iterator[str]:
-    config = write_config(tmp_path / "service.yaml", f"sqlite:///{tmp_path / 'q.sqlite3'}", table_name)
-    with running_service(config, tmp_path / "service.log") as base:
-        yield base
 
 
 def open_queue(base: str) -> perfectqueue.Queue:

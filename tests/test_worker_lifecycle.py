@@ -13,20 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from servers import running_service, write_config
 from test_worker_harness import children_of, events, ledger, wait_for, worker_process, write_worker_config
 
 import perfectqueue
 
 pytestmark = pytest.mark.slow
 KEYS = ("p1", "p2", "p3")
-
-
-@pytest.fixture
-def service(tmp_path: Path, table_name: str) -> Iterator[str]:
-    config = write_config(tmp_path / "service.yaml", f"sqlite:///{tmp_path / 'q.sqlite3'}", table_name)
-    with running_service(config, tmp_path / "service.log") as base:
-        yield base
 
 
 @pytest.fixture

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from servers import free_port, running_service, write_config
+from servers import free_port
 from test_worker_harness import wait_for, worker_process, write_worker_config
 
 import perfectqueue
@@ -40,13 +38,6 @@ class Dispatcher(Dispatch):
 Dispatcher.route("done", Done)
 Dispatcher.route("boom", Boom)
 """
-
-
-@pytest.fixture
-def service(tmp_path: Path, table_name: str) -> Iterator[str]:
-    config = write_config(tmp_path / "service.yaml", f"sqlite:///{tmp_path / 'q.sqlite3'}", table_name)
-    with running_service(config, tmp_path / "service.log") as base:
-        yield base
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

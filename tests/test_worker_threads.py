@@ -7,10 +7,8 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from servers import running_service, write_config
 from test_worker_harness import wait_for
 
 import perfectqueue
@@ -32,13 +30,6 @@ class App(Dispatch):
 
 
 App.route("record", Record)
-
-
-@pytest.fixture
-def service(tmp_path: Path, table_name: str) -> Iterator[str]:
-    config = write_config(tmp_path / "service.yaml", f"sqlite:///{tmp_path / 'q.sqlite3'}", table_name)
-    with running_service(config, tmp_path / "service.log") as base:
-        yield base
 
 
 @pytest.fixture

@@ -9,12 +9,11 @@ extended; the next task is handled; a handler under its limit is untouched.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import free_port, running_service, write_config
+from servers import free_port
 from test_worker_harness import (
     WORKER_MODULE,
     children_of,
@@ -89,13 +88,6 @@ Limited.route("free", Brief, time_limit=0)
 )
 LIMIT = 1.5
 """The worker's task_time_limit in these tests (the hang and brief routes have no limit of their own)."""
-
-
-@pytest.fixture
-def service(tmp_path: Path, table_name: str) -> Iterator[str]:
-    config = write_config(tmp_path / "service.yaml", f"sqlite:///{tmp_path / 'q.sqlite3'}", table_name)
-    with running_service(config, tmp_path / "service.log") as base:
-        yield base
 
 
 def limited_worker(tmp_path: Path, service: str, **settings: Any) -> tuple[Path, Path]:

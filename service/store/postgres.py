@@ -97,9 +97,14 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
-def take_lock(conn: Connection, name: str) -> None:
-    """The named lock until the transaction ends (waits at most ``lock_timeout``)."""
-    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key(name))))
+def take_locks(conn: Connection, names: list[str], wait: bool) -> list[bool]:
+    """The named locks until the transaction ends, in one statement: waiting for each at most
+    ``lock_timeout`` (all taken), or only those free (whether each was taken)."""
+    if wait:
+        conn.execute(sa.select(*(sa.func.pg_advisory_xact_lock(lock_key(name)) for name in names)))
+        return [True] * len(names)
+    tried = (sa.func.pg_try_advisory_xact_lock(lock_key(name)) for name in names)
+    return [bool(value) for value in conn.execute(sa.select(*tried)).one()]
 
 
 @contextmanager

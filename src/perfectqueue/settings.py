@@ -147,6 +147,11 @@ class QueueSettings(Declared):
     acquire_lock: Literal["skip_locked", "get_lock"] = setting(
         "skip_locked", "get_lock: every acquisition takes the original's GET_LOCK('<table>')"
     )
+    fair_lock: Literal["user", "table"] = setting(
+        "user",
+        "what keeps max_running exact: a lock per user served, or table: the original's table lock "
+        "(a table of the original's shape keeps it anyway)",
+    )
     max_attempts: int | None = setting(
         DEFAULT_MAX_ATTEMPTS,
         "deliveries after which a failing task is dead (null: unlimited, as the original)",

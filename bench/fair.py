@@ -17,6 +17,12 @@ LOCK_METRICS = {
     "perfectqueue_tasks_acquired_total": "tasks",
 }
 
+MODES: dict[str, dict[str, Any]] = {
+    "on": {},  # each acquisition locks the users it serves
+    "on, table lock": {"fair_lock": "table"},  # the original's lock, as for a table Ruby processes share
+    "off": {"disable_resource_limit": True},
+}
+
 
 class CapWatch(threading.Thread):
     """Samples the running count of every user from the table while the clients work."""
@@ -61,9 +67,11 @@ def _cases(
     backend: Backend, table: str, cfg: dict[str, Any], backlog: int, workers: int, k: int
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    modes = {mode: how for mode, how in MODES.items() if backend.kind != "sqlite" or "lock" not in mode}
     for users, cap in cfg["fair_users"]:
-        for fair_on in (True, False):
-            with services(backend, table, 1, disable_resource_limit=not fair_on) as (svc,):
+        for mode, settings in modes.items():
+            fair_on = mode != "off"
+            with services(backend, table, 1, **settings) as (svc,):
                 samples: list[float] = []
                 runs: list[dict[str, float] | None] = []
                 peak: dict[str, int] = {}
@@ -88,13 +96,14 @@ def _cases(
                     runs.append(lock_share(before, lock_use(svc.base), seconds))
                     for u, c in watch.peak.items():
                         peak[u] = max(peak.get(u, 0), c)
-                name = f"{users} users x max_running {cap}, fair {'on' if fair_on else 'off'}"
+                name = f"{users} users x max_running {cap}, fair {mode}"
                 if backlog != cfg["fair_backlogs"][0]:
                     name += f", backlog {backlog:,}"
                 out[name] = {
                     "users": users,
                     "max_running": cap,
                     "fair": fair_on,
+                    "fair_lock": settings.get("fair_lock", "user") if fair_on else None,
                     "backlog": backlog,
                     "tasks_per_run_at_most": quota * workers,
                     "seconds_per_run_at_most": cfg["fair_limit_s"],
@@ -109,13 +118,14 @@ def _cases(
 
 
 def lock_use(base: str) -> dict[str, float]:
-    """The service's own counts of its acquisitions under the table's named lock, from /metrics."""
+    """The service's own counts of its acquisitions under a lock (the table's, or users'), from /metrics."""
     return metric_sums(base, LOCK_METRICS)
 
 
 def lock_share(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float] | None:
-    """How the named lock was used during one run: the share of the run's time it was held, the
-    mean hold and wait per acquisition, and tasks per acquisition; None if nothing took it."""
+    """How the locks were used during one run: the share of the run's time they were held (the
+    users' locks' holds overlap: a share above 1 is no saturation), the mean hold and wait per
+    acquisition that took one, and tasks per such acquisition; None if nothing took one."""
     used = {name: after[name] - before[name] for name in after}
     if not used["acquisitions"] or seconds <= 0:
         return None

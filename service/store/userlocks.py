@@ -10,7 +10,8 @@ process shares the table, an acquisition instead:
    (MySQL ``GET_LOCK(name, 0)``, PostgreSQL ``pg_try_advisory_xact_lock``); a user whose lock
    another acquisition holds is being served by it right now, so it plans again without that
    user. Only when every user it could serve is busy does it wait, for the first of them,
-   holding no other lock (so no two acquisitions can wait for each other);
+   holding no other lock (so no two acquisitions can wait for each other), and then tries the
+   others again;
 3. counts the running tasks of the users it locked again: that statement starts after the lock
    was taken, so it sees every lease an earlier holder committed (the lock is let go only after
    the holder's commit);
@@ -82,8 +83,9 @@ class UserLocks:
                 available.update(dict.fromkeys(busy, 0))
                 wanted = [user for user, ok in zip(wanted, got, strict=True) if ok]
             elif busy and not counts and not locked:  # all served elsewhere: wait for one, holding none
-                wanted = [busy.pop(0)]
-                del available[wanted[0]]
+                for user in busy:  # once it is let go, the others are worth trying again
+                    del available[user]
+                wanted, busy = busy[:1], []
                 self.db.wait_lock(conn, self.name(wanted[0]))
             else:
                 return counts

@@ -6,10 +6,11 @@ SQLite is answered here, one function per difference, and :class:`.database.Data
 - The clock is ``statement_timestamp()`` in whole seconds (floored, as ``UNIX_TIMESTAMP()`` is):
   the statement's own start, not the transaction's (``now()``), so a transaction that waited
   for a lock leases from the time it got it.
-- The table's named lock (fair acquisition, ``acquire_lock: get_lock``) is a transaction-level
-  advisory lock, ``pg_advisory_xact_lock(key)``, taken as the transaction's first statement and
-  released by its commit or rollback; the key is a stable 64-bit hash of the table's name. A
-  session waits at most ``lock_timeout`` for it, or for a row lock: 10 s, or less than the
+- Named locks (the table's: ``fair_lock: table``, ``acquire_lock: get_lock``; a user's: fair
+  acquisition's per-user locks) are transaction-level advisory locks,
+  ``pg_advisory_xact_lock(key)`` (``pg_try_advisory_xact_lock(key)`` not to wait), released by
+  the transaction's commit or rollback; the key is a stable 64-bit hash of the lock's name. A
+  session waits at most ``lock_timeout`` for one, or for a row lock: 10 s, or less than the
   statement deadline (``statement_timeout``), so that the lock's own timeout answers first.
 - Errors are told by their SQLSTATE: serialization failures and deadlocks are retried; a
   statement or lock timeout answers 503 at once (waiting again would take as long); the classes

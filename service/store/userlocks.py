@@ -22,10 +22,11 @@ acquisitions off the same row. Acquisitions serving different users run in paral
 
 The table's lock stays where it is required: while Ruby processes share the table (they take it
 and count running rows themselves), that is, for ``fair_lock: table`` or ``acquire_lock:
-get_lock``, and by default for a table of the original's shape (``init`` has not added this
-project's columns) or whose users compare without case (the original's collation: two spellings
-of one user would get two locks). A server without ``SKIP LOCKED``, or MySQL at ``REPEATABLE
-READ`` (whose snapshot would predate the lock), keeps it too.
+get_lock``, and by default for a table the original may be using: one of the original's shape
+(``init`` has not added this project's columns) or whose users are not compared byte for byte as
+in the tables this project creates (the original's collation; on MariaDB/MySQL it compares
+without case, where two spellings of one user would get two locks). A server without ``SKIP
+LOCKED``, or MySQL at ``REPEATABLE READ`` (whose snapshot would predate the lock), keeps it too.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ from sqlalchemy.engine import Connection
 from . import fair
 from .database import Database
 
+COLUMNS = sa.table(
+    "columns",
+    *(sa.column(name) for name in ("table_schema", "table_name", "column_name", "collation_name")),
+    schema="information_schema",
+)
 RECHECK = 5.0
 """Seconds between looks at whether a table whose users compared without case now compares bytes."""
 
@@ -50,7 +56,7 @@ class UserLocks:
     def __init__(self, db: Database, table: sa.Table, mode: str, extended: Callable[[], bool]) -> None:
         self.db, self.table, self.mode, self.extended = db, table, mode, extended
         self._t = table.c
-        self._bytewise = db.is_postgres  # PostgreSQL's tables are this project's (collation "C")
+        self._bytewise = False
         self._checked_at = -RECHECK
 
     def apply(self) -> bool:
@@ -114,19 +120,20 @@ class UserLocks:
         return counts
 
     def _compares_bytes(self) -> bool:
-        """Does the table's user column compare byte for byte (a ``_bin`` collation, as this
-        project creates it, or ``init --binary-collation`` converts it)? Known once seen."""
-        if self._bytewise or not self.db.is_mysql or time.monotonic() - self._checked_at < RECHECK:
+        """Does the table's user column compare byte for byte, as in the tables this project
+        creates (MariaDB/MySQL: a ``_bin`` collation, also what ``init --binary-collation``
+        converts a table to; PostgreSQL: ``C``)? A table the original created does not. Known
+        once seen; looked at again every RECHECK seconds until then."""
+        if self._bytewise or time.monotonic() - self._checked_at < RECHECK:
             return self._bytewise
         self._checked_at = time.monotonic()
-        query = sa.text(
-            "SELECT COLLATION_NAME FROM information_schema.COLUMNS "
-            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :table AND COLUMN_NAME = 'resource'"
+        c = COLUMNS.c
+        schema = sa.func.current_schema() if self.db.is_postgres else sa.func.database()
+        query = sa.select(c.collation_name).where(
+            c.table_schema == schema, c.table_name == self.table.name, c.column_name == "resource"
         )
-        collation = self.db.transaction(
-            lambda conn: conn.execute(query, {"table": self.table.name}).scalar(), readonly=True
-        )
-        self._bytewise = str(collation).endswith("_bin")
+        collation = str(self.db.transaction(lambda conn: conn.execute(query).scalar(), readonly=True))
+        self._bytewise = collation.endswith("_bin") or collation in {"C", "POSIX"}
         return self._bytewise
 
 

@@ -71,7 +71,7 @@ def _cases(
     for users, cap in cfg["fair_users"]:
         for mode, settings in modes.items():
             fair_on = mode != "off"
-            with services(backend, table, 1, **settings) as (svc,):
+            with services(backend, table, cfg.get("fair_services", 1), **settings) as svcs:
                 samples: list[float] = []
                 runs: list[dict[str, float] | None] = []
                 peak: dict[str, int] = {}
@@ -81,19 +81,19 @@ def _cases(
                     watch = CapWatch(backend, table)
                     watch.start()
                     quota = cfg["fair_tasks"] // workers
-                    before = lock_use(svc.base)
+                    before = lock_use(svcs)
                     res = run_clients(
                         drain,
                         [
-                            (cfg["client"], svc.queue, k, True, quota, cfg["fair_limit_s"])
-                            for _ in range(workers)
+                            (cfg["client"], svcs[i % len(svcs)].queue, k, True, quota, cfg["fair_limit_s"])
+                            for i in range(workers)
                         ],
                     )
                     watch.stop.set()
                     watch.join()
                     rate, _, seconds = throughput(res)
                     samples.append(rate)
-                    runs.append(lock_share(before, lock_use(svc.base), seconds))
+                    runs.append(lock_share(before, lock_use(svcs), seconds))
                     for u, c in watch.peak.items():
                         peak[u] = max(peak.get(u, 0), c)
                 name = f"{users} users x max_running {cap}, fair {mode}"
@@ -108,6 +108,7 @@ def _cases(
                     "tasks_per_run_at_most": quota * workers,
                     "seconds_per_run_at_most": cfg["fair_limit_s"],
                     "workers": workers,
+                    "services": len(svcs),
                     "k": k,
                     "tasks_per_s": summarize(samples),
                     "max_running_seen": max(peak.values(), default=0),
@@ -117,9 +118,11 @@ def _cases(
     return out
 
 
-def lock_use(base: str) -> dict[str, float]:
-    """The service's own counts of its acquisitions under a lock (the table's, or users'), from /metrics."""
-    return metric_sums(base, LOCK_METRICS)
+def lock_use(svcs: list[Any]) -> dict[str, float]:
+    """The services' own counts of their acquisitions under a lock (the table's, or users'), from
+    /metrics, added up."""
+    sums = [metric_sums(svc.base, LOCK_METRICS) for svc in svcs]
+    return {name: sum(one[name] for one in sums) for name in sums[0]}
 
 
 def lock_share(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float] | None:

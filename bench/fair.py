@@ -18,8 +18,8 @@ LOCK_METRICS = {
 }
 
 MODES: dict[str, dict[str, Any]] = {
-    "on": {},  # each acquisition locks the users it serves
-    "on, table lock": {"fair_lock": "table"},  # the original's lock, as for a table Ruby processes share
+    "on": {},  # the table's lock, the default
+    "on, user locks": {"fair_lock": "user"},  # each acquisition locks the users it serves
     "off": {"disable_resource_limit": True},
 }
 
@@ -103,7 +103,7 @@ def _cases(
                     "users": users,
                     "max_running": cap,
                     "fair": fair_on,
-                    "fair_lock": settings.get("fair_lock", "user") if fair_on else None,
+                    "fair_lock": settings.get("fair_lock", "table") if fair_on else None,
                     "backlog": backlog,
                     "tasks_per_run_at_most": quota * workers,
                     "seconds_per_run_at_most": cfg["fair_limit_s"],

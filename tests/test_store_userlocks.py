@@ -42,9 +42,10 @@ def running_of(store: QueueStore, user: str) -> int:
 
 
 def test_fair_acquisition_takes_no_table_lock(server_db: Database, table_name: str) -> None:  # noqa: F811
-    """A table this project created: a fair acquisition goes on while a Ruby process holds the
-    table's lock (the original's acquisitions are not kept apart from it: see fair_lock: table)."""
-    store = QueueStore(server_db, table_name)
+    """``fair_lock: user`` on a table this project created: a fair acquisition goes on while a
+    Ruby process holds the table's lock (the original's acquisitions are not kept apart from it:
+    hence the table's lock by default)."""
+    store = QueueStore(server_db, table_name, fair_lock="user")
     store.init()
     store.submit(NewTask("t1", "x", user="u", max_running=1))
     take, release = TAKE_LOCK[server_db.engine.dialect.name]
@@ -56,10 +57,10 @@ def test_fair_acquisition_takes_no_table_lock(server_db: Database, table_name: s
 
 def test_a_table_of_the_originals_shape_keeps_the_table_lock(server_db: Database, table_name: str) -> None:  # noqa: F811
     """Ruby processes may share a table the original created: its fair acquisitions wait for the
-    table's lock, as the original's do (and, on MariaDB, after ``init`` too while its users
-    compare without case, the original's collation)."""
+    table's lock, as the original's do, even with ``fair_lock: user`` (and, on MariaDB, after
+    ``init`` too while its users compare without case, the original's collation)."""
     create_original_table(server_db, table_name)
-    store = QueueStore(server_db, table_name)
+    store = QueueStore(server_db, table_name, fair_lock="user")
     if server_db.is_mysql:
         store.init()
     store.submit(NewTask("t1", "x", user="u", max_running=1))
@@ -75,7 +76,7 @@ def test_a_table_of_the_originals_shape_keeps_the_table_lock(server_db: Database
 
 
 def test_a_user_served_elsewhere_is_passed_over_not_waited_for(server_db: Database, table_name: str) -> None:  # noqa: F811
-    store = QueueStore(server_db, table_name)
+    store = QueueStore(server_db, table_name, fair_lock="user")
     store.init()
     store.submit_many([NewTask(f"a{i}", "x", user="a", max_running=5) for i in range(3)])
     store.submit_many([NewTask(f"b{i}", "x", user="b", max_running=5) for i in range(3)])
@@ -96,7 +97,7 @@ def test_the_running_count_is_taken_again_under_the_users_lock(
     """An acquisition that planned from a count another acquisition then changed (it leased one
     of the user's tasks and let go of the user's lock after its commit) counts again under the
     lock: it takes one task, not the two the stale count allowed."""
-    store = QueueStore(server_db, table_name)
+    store = QueueStore(server_db, table_name, fair_lock="user")
     store.init()
     store.submit_many([NewTask(f"a{i}", "x", user="a", max_running=2) for i in range(4)])
     take, release = TAKE_LOCK[server_db.engine.dialect.name]
@@ -121,7 +122,7 @@ def hold_a_user_and_hang(url: str, table: str, holding: Any) -> None:
     """A replica's acquisition stopped half-way: it holds user ``a``'s lock and has written the
     leases of the rows it read, uncommitted, when it hangs (runs in a process of its own)."""
     db = Database(url)
-    store = QueueStore(db, table)
+    store = QueueStore(db, table, fair_lock="user")
     acquisition = store._acquisition
     read_rows = acquisition.rows
 
@@ -144,7 +145,7 @@ def test_a_replica_killed_while_it_holds_a_users_lock_lets_go_of_it(
     """SIGKILL while an acquisition holds a user's lock and its uncommitted leases: the server
     ends its session, which lets go of the lock and rolls the leases back; the acquisition
     waiting for that user goes on at once and takes the user's max_running, no more."""
-    store = QueueStore(server_db, table_name)
+    store = QueueStore(server_db, table_name, fair_lock="user")
     store.init()
     store.submit_many([NewTask(f"a{i}", "x", user="a", max_running=2) for i in range(6)])
     ctx = multiprocessing.get_context("spawn")

@@ -64,9 +64,9 @@ class QueueStore(LeaseOperations, OperatorActions):
     ``disable_resource_limit`` is ``fair=False``). ``lock`` chooses how concurrent acquisitions
     are kept apart on MySQL: ``skip_locked`` (row locks, in parallel) or ``get_lock`` (the
     original's ``GET_LOCK('<table>')``, for tables shared with Ruby PerfectQueue processes).
-    ``fair_lock`` chooses what keeps ``max_running`` exact: ``user`` (a lock per user served,
-    where no Ruby process can share the table: see :mod:`.userlocks`) or ``table`` (the
-    table's lock, as the original).
+    ``fair_lock`` chooses what keeps ``max_running`` exact: ``table`` (the table's lock, as the
+    original) or ``user`` (a lock per user served, where no Ruby process shares the table: see
+    :mod:`.userlocks`).
     ``policy`` holds the queue's retry backoff, ``max_attempts`` and ``dead_retention_time``;
     ``observer`` hears what only the store sees (the table lock's hold, tasks an acquisition ended).
     """
@@ -79,7 +79,7 @@ class QueueStore(LeaseOperations, OperatorActions):
         retention_time: int = 300,
         fair: bool = True,
         lock: str = "skip_locked",
-        fair_lock: str = "user",
+        fair_lock: str = "table",
         policy: RetryPolicy | None = None,
         observer: StoreObserver | None = None,
         max_data_bytes: int | None = None,

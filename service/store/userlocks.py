@@ -2,8 +2,9 @@
 
 ``max_running`` is exact only if no two acquisitions count a user's running tasks and lease its
 tasks at once. The original keeps them apart with one lock for the table, ``GET_LOCK('<table>')``,
-held from its count to its commit: every acquisition waits for every other. Here, where no Ruby
-process shares the table, an acquisition instead:
+held from its count to its commit: every acquisition waits for every other, and that is the
+default here too. With ``fair_lock: user``, where no Ruby process shares the table, an
+acquisition instead:
 
 1. plans from the running counts and the users' heads, without any lock (READ COMMITTED);
 2. takes the named lock of each user it planned, all in one statement and without waiting
@@ -20,9 +21,9 @@ process shares the table, an acquisition instead:
 Tasks without a user are never limited and take no lock: their rows' ``SKIP LOCKED`` keeps two
 acquisitions off the same row. Acquisitions serving different users run in parallel.
 
-The table's lock stays where it is required: while Ruby processes share the table (they take it
-and count running rows themselves), that is, for ``fair_lock: table`` or ``acquire_lock:
-get_lock``, and by default for a table the original may be using: one of the original's shape
+The table's lock stays where it is required, whatever ``fair_lock`` says: with ``acquire_lock:
+get_lock``, and for a table the original may be using (its processes take only the table's lock
+and count running rows themselves): one of the original's shape
 (``init`` has not added this project's columns) or whose users are not compared byte for byte as
 in the tables this project creates (the original's collation; on MariaDB/MySQL it compares
 without case, where two spellings of one user would get two locks). A server without ``SKIP

@@ -79,11 +79,11 @@ def assert_each_delivered_once(ids: list[str], deliveries: list[tuple[int, str, 
 
 
 ACQUISITIONS = {  # the settings of each acquisition path
-    "fair": {},  # on MariaDB and PostgreSQL: a lock per user served (none for tasks without a user)
-    "fair-table-lock": {"fair_lock": "table"},  # the table's lock, as for a table Ruby processes share
+    "fair": {},  # on MariaDB and PostgreSQL: the table's lock (the default)
+    "fair-user-locks": {"fair_lock": "user"},  # a lock per user served (none for tasks without a user)
     "oldest-first": {"disable_resource_limit": True},  # row locks with SKIP LOCKED, in parallel
 }
-FAIR_LOCKS = ["user", "table"]
+FAIR_LOCKS = ["table", "user"]
 
 
 @pytest.mark.parametrize("path", ACQUISITIONS)

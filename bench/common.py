@@ -144,8 +144,9 @@ class Backend:
             return
         self.execute(
             f"CREATE TABLE {table} (id VARCHAR(255) COLLATE utf8mb4_bin NOT NULL PRIMARY KEY,"
-            " timeout INT NOT NULL, data LONGBLOB NOT NULL, created_at INT, resource VARCHAR(255),"
-            " max_running INT, owner BIGINT UNSIGNED NOT NULL DEFAULT 0,"
+            " timeout INT NOT NULL, data LONGBLOB NOT NULL, created_at INT,"
+            " resource VARCHAR(255) COLLATE utf8mb4_bin, max_running INT,"
+            " owner BIGINT UNSIGNED NOT NULL DEFAULT 0,"
             f" INDEX index_{table}_on_timeout (timeout), INDEX index_{table}_on_resource (resource, timeout))"
             " DEFAULT CHARSET=utf8mb4"
         )

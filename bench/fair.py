@@ -17,6 +17,12 @@ LOCK_METRICS = {
     "perfectqueue_tasks_acquired_total": "tasks",
 }
 
+MODES: dict[str, dict[str, Any]] = {
+    "on": {},  # the table's lock, the default
+    "on, user locks": {"fair_lock": "user"},  # each acquisition locks the users it serves
+    "off": {"disable_resource_limit": True},
+}
+
 
 class CapWatch(threading.Thread):
     """Samples the running count of every user from the table while the clients work."""
@@ -61,9 +67,11 @@ def _cases(
     backend: Backend, table: str, cfg: dict[str, Any], backlog: int, workers: int, k: int
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    modes = {mode: how for mode, how in MODES.items() if backend.kind != "sqlite" or "lock" not in mode}
     for users, cap in cfg["fair_users"]:
-        for fair_on in (True, False):
-            with services(backend, table, 1, disable_resource_limit=not fair_on) as (svc,):
+        for mode, settings in modes.items():
+            fair_on = mode != "off"
+            with services(backend, table, cfg.get("fair_services", 1), **settings) as svcs:
                 samples: list[float] = []
                 runs: list[dict[str, float] | None] = []
                 peak: dict[str, int] = {}
@@ -73,32 +81,34 @@ def _cases(
                     watch = CapWatch(backend, table)
                     watch.start()
                     quota = cfg["fair_tasks"] // workers
-                    before = lock_use(svc.base)
+                    before = lock_use(svcs)
                     res = run_clients(
                         drain,
                         [
-                            (cfg["client"], svc.queue, k, True, quota, cfg["fair_limit_s"])
-                            for _ in range(workers)
+                            (cfg["client"], svcs[i % len(svcs)].queue, k, True, quota, cfg["fair_limit_s"])
+                            for i in range(workers)
                         ],
                     )
                     watch.stop.set()
                     watch.join()
                     rate, _, seconds = throughput(res)
                     samples.append(rate)
-                    runs.append(lock_share(before, lock_use(svc.base), seconds))
+                    runs.append(lock_share(before, lock_use(svcs), seconds))
                     for u, c in watch.peak.items():
                         peak[u] = max(peak.get(u, 0), c)
-                name = f"{users} users x max_running {cap}, fair {'on' if fair_on else 'off'}"
+                name = f"{users} users x max_running {cap}, fair {mode}"
                 if backlog != cfg["fair_backlogs"][0]:
                     name += f", backlog {backlog:,}"
                 out[name] = {
                     "users": users,
                     "max_running": cap,
                     "fair": fair_on,
+                    "fair_lock": settings.get("fair_lock", "table") if fair_on else None,
                     "backlog": backlog,
                     "tasks_per_run_at_most": quota * workers,
                     "seconds_per_run_at_most": cfg["fair_limit_s"],
                     "workers": workers,
+                    "services": len(svcs),
                     "k": k,
                     "tasks_per_s": summarize(samples),
                     "max_running_seen": max(peak.values(), default=0),
@@ -108,14 +118,17 @@ def _cases(
     return out
 
 
-def lock_use(base: str) -> dict[str, float]:
-    """The service's own counts of its acquisitions under the table's named lock, from /metrics."""
-    return metric_sums(base, LOCK_METRICS)
+def lock_use(svcs: list[Any]) -> dict[str, float]:
+    """The services' own counts of their acquisitions under a lock (the table's, or users'), from
+    /metrics, added up."""
+    sums = [metric_sums(svc.base, LOCK_METRICS) for svc in svcs]
+    return {name: sum(one[name] for one in sums) for name in sums[0]}
 
 
 def lock_share(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float] | None:
-    """How the named lock was used during one run: the share of the run's time it was held, the
-    mean hold and wait per acquisition, and tasks per acquisition; None if nothing took it."""
+    """How the locks were used during one run: the share of the run's time they were held (the
+    users' locks' holds overlap: a share above 1 is no saturation), the mean hold and wait per
+    acquisition that took one, and tasks per such acquisition; None if nothing took one."""
     used = {name: after[name] - before[name] for name in after}
     if not used["acquisitions"] or seconds <= 0:
         return None

@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "--fair-backlogs",
         help="the fair scenario's backlogs, comma-separated (default 20000,1000000; SQLite the first)",
     )
+    parser.add_argument("--fair-services", type=int, default=1, help="the fair scenario's service processes")
     for setting in ("pool_size", "pool_overflow"):
         parser.add_argument(
             "--" + setting.replace("_", "-"),
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg["worker_cases"] = args.worker_cases.split(",") if args.worker_cases else [""]
     if args.worker_tasks:
         cfg["worker_tasks"] = args.worker_tasks
+    cfg["fair_services"] = args.fair_services
     if args.fair_backlogs:
         cfg["fair_backlogs"] = [int(b) for b in args.fair_backlogs.split(",")]
     outdir = Path(args.out)

@@ -51,6 +51,7 @@ class RdbBackend:
             retention_time=queue.retention_time,
             fair=queue.fair,
             lock=queue.acquire_lock,
+            fair_lock=queue.fair_lock,
             policy=RetryPolicy(queue),
         )
         self.alive_time, self.name = queue.alive_time, table

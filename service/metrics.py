@@ -104,15 +104,15 @@ class ServiceMetrics:
         )
         self.lock_wait = Histogram(
             "perfectqueue_acquire_lock_wait_seconds",
-            "Seconds an acquisition waited for the table's named lock (fair scheduling, or "
-            "acquire_lock: get_lock, on MySQL).",
+            "Seconds an acquisition waited for its named locks: the table's (acquire_lock: get_lock, "
+            "fair_lock: table) or those of the users a fair acquisition served.",
             ["queue"],
             buckets=LOCK_BUCKETS,
             registry=r,
         )
         self.lock_held = Histogram(
             "perfectqueue_acquire_lock_held_seconds",
-            "Seconds an acquisition held the table's named lock, its commit included.",
+            "Seconds an acquisition held its named locks (the table's, or users'), its commit included.",
             ["queue"],
             buckets=LOCK_BUCKETS,
             registry=r,

@@ -512,6 +512,7 @@ class Runtime:
                 retention_time=resolved.retention_time,
                 fair=resolved.fair,
                 lock=resolved.acquire_lock,
+                fair_lock=resolved.fair_lock,
                 policy=resolved.retry_policy(),
                 observer=queue_observer,
                 max_data_bytes=settings.max_data_bytes,

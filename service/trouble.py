@@ -1,5 +1,5 @@
 """What an operator should notice soon, as this replica saw it: per queue, the database errors
-and the slowest wait for the table's lock of the last ``WINDOW`` seconds.
+and the slowest wait for an acquisition's lock (the table's, or a user's) of the last ``WINDOW`` seconds.
 
 The metrics observer (:mod:`.metrics`) feeds it; the dashboard's overview reads it. It is kept in
 memory, per replica: the replica that answers the overview tells what it saw (Prometheus has
@@ -24,7 +24,7 @@ class Recent:
 
     database_errors: int = 0
     lock_wait_max: float = 0.0
-    """The longest wait for the table's lock, in seconds."""
+    """The longest wait for an acquisition's lock, in seconds."""
 
 
 class Trouble:
@@ -41,7 +41,7 @@ class Trouble:
             self._errors.setdefault(queue, deque()).append(time.monotonic())
 
     def waited(self, queue: str, seconds: float) -> None:
-        """An acquisition waited ``seconds`` for the table's lock (only the notable ones are kept)."""
+        """An acquisition waited ``seconds`` for its lock (only the notable ones are kept)."""
         if seconds >= 0.1:
             with self._lock:
                 self._waits.setdefault(queue, deque()).append((time.monotonic(), seconds))

@@ -78,17 +78,22 @@ def assert_each_delivered_once(ids: list[str], deliveries: list[tuple[int, str, 
 # -- 1. no double lease, nothing lost ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("fair", [True, False], ids=["fair", "oldest-first"])
-def test_no_double_lease_and_nothing_lost_across_replicas(
-    database: Database, db_url: str, table_name: str, tmp_path: Path, fair: bool
-) -> None:
-    """8 poller processes x 2 replicas drain the queue: each task delivered once and finished.
+ACQUISITIONS = {  # the settings of each acquisition path
+    "fair": {},  # on MariaDB and PostgreSQL: the table's lock (the default)
+    "fair-user-locks": {"fair_lock": "user"},  # a lock per user served (none for tasks without a user)
+    "oldest-first": {"disable_resource_limit": True},  # row locks with SKIP LOCKED, in parallel
+}
+FAIR_LOCKS = ["table", "user"]
 
-    ``fair`` off takes the other acquisition path (on MariaDB: row locks with SKIP LOCKED in
-    parallel instead of the table's GET_LOCK).
-    """
+
+@pytest.mark.parametrize("path", ACQUISITIONS)
+def test_no_double_lease_and_nothing_lost_across_replicas(
+    database: Database, db_url: str, table_name: str, tmp_path: Path, path: str
+) -> None:
+    """8 poller processes x 2 replicas drain the queue: each task delivered once and finished,
+    by each acquisition path."""
     n = TASKS[backend(database)]
-    config = write_config(tmp_path / "pq.yml", db_url, table_name, disable_resource_limit=not fair)
+    config = write_config(tmp_path / "pq.yml", db_url, table_name, **ACQUISITIONS[path])
     ids = [f"task-{i:05d}" for i in range(n)]
     with running_services(config, tmp_path) as bases:
         submit_tasks(bases[0], [{"id": i, "type": "work", "data": {"n": i}} for i in ids])
@@ -101,7 +106,7 @@ def test_no_double_lease_and_nothing_lost_across_replicas(
 
     polls = sum(r["polls"] for r in results)
     print(
-        f"\n[{backend(database)}, fair={fair}] {n} tasks, {POLLERS} pollers, 2 replicas: {elapsed:.1f} s, "
+        f"\n[{backend(database)}, {path}] {n} tasks, {POLLERS} pollers, 2 replicas: {elapsed:.1f} s, "
         f"{n / elapsed:.0f} tasks/s, {polls} polls"
     )
     deliveries = [(p, task_id, lease) for p, r in enumerate(results) for task_id, lease in r["received"]]
@@ -158,16 +163,18 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return highest
 
 
+@pytest.mark.parametrize("fair_lock", FAIR_LOCKS)
 def test_max_running_is_never_exceeded_across_replicas(
-    database: Database, db_url: str, table_name: str, tmp_path: Path
+    database: Database, db_url: str, table_name: str, tmp_path: Path, fair_lock: str
 ) -> None:
-    """8 poller processes hold tasks of 10 users with max_running 1..3: no user ever runs more.
+    """8 poller processes hold tasks of 10 users with max_running 1..3: no user ever runs more,
+    whether acquisitions lock the users they serve or the table.
 
     Each poller's interval for a task runs from after the poll answered to before the finish
     was sent, so it lies inside the real lease: overlapping intervals above a user's cap are a
     real violation, never an artefact of the measurement.
     """
-    config = write_config(tmp_path / "pq.yml", db_url, table_name)
+    config = write_config(tmp_path / "pq.yml", db_url, table_name, fair_lock=fair_lock)
     tasks: list[dict[str, Any]] = []
     for k in range(TASKS_PER_SLOT * 3):  # round-robin over users, so their tasks interleave
         for user, cap in CAPS.items():
@@ -216,6 +223,51 @@ def test_max_running_is_never_exceeded_across_replicas(
     sampled_over = {u: n for u, n in sampler.highest.items() if n > CAPS[u]}
     assert not sampled_over, f"the table showed more running tasks than max_running: {sampled_over}"
     assert counts == {"name": "q", **NONE, "finished": len(ids)}
+
+
+BACKLOG = {"mysql": 2000, "postgres": 2000, "sqlite": 600}
+"""The large user's tasks, in the newcomer's test."""
+
+
+@pytest.mark.parametrize("fair_lock", FAIR_LOCKS)
+def test_a_new_users_first_task_is_not_starved_behind_a_large_users_backlog(
+    database: Database, db_url: str, table_name: str, tmp_path: Path, fair_lock: str
+) -> None:
+    """8 poller processes drain one user's large backlog (max_running 8) through 2 replicas; a
+    new user's first task, submitted once the drain is under way, starts while most of the
+    backlog still waits: weighed 1 / (0 + 1), it goes before the large user as soon as that user
+    runs 8 (8 / 9), and an acquisition serving the large user (holding its lock) leaves the new
+    user's to another."""
+    n = BACKLOG[backend(database)]
+    config = write_config(tmp_path / "pq.yml", db_url, table_name, fair_lock=fair_lock)
+    with running_services(config, tmp_path) as bases:
+        submit_tasks(
+            bases[0], [{"id": f"big-{i}", "type": "w", "user": "big", "max_running": 8} for i in range(n)]
+        )
+        results: list[dict[str, Any]] = []
+        drain = threading.Thread(
+            target=lambda: results.extend(
+                run_processes(
+                    capped, [(bases[i % 2 :] + bases[: i % 2], 300 + i) for i in range(POLLERS)], 100
+                )
+            )
+        )
+        drain.start()
+        deadline = time.monotonic() + 60
+        while queue_counts(bases[1])["finished"] < n // 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        submitted = time.monotonic()
+        submit_tasks(bases[1], [{"id": "newcomer", "type": "w", "user": "new", "max_running": 1}])
+        drain.join(120)
+        assert not drain.is_alive()
+    starts = {task_id: start for r in results for _, task_id, _, start, _ in r["intervals"]}
+    assert len(starts) == n + 1
+    after = sum(1 for task_id, start in starts.items() if start > starts["newcomer"])
+    print(
+        f"\n[{backend(database)}, {fair_lock}] newcomer started {starts['newcomer'] - submitted:.3f} s after "
+        f"its submit; {after} of {n} backlog tasks started after it"
+    )
+    assert after >= n // 2, "the newcomer waited behind most of the backlog"
 
 
 # -- 4. idempotent submit under concurrent duplicates ---------------------------------------------

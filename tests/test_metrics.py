@@ -88,22 +88,25 @@ def test_counters_histograms_and_http_metrics_follow_the_requests(
     assert value(m, "perfectqueue_http_requests_total", method="GET", route="/metrics", status="200") == 1
 
 
-def test_acquisitions_that_take_the_tables_lock_are_timed(
-    make_client: Callable[..., TestClient], db_url: str
+@pytest.mark.parametrize("fair_lock", ["table", "user"])
+def test_acquisitions_that_take_a_lock_are_timed(
+    make_client: Callable[..., TestClient], db_url: str, fair_lock: str
 ) -> None:
-    """On MariaDB a fair acquisition serialises on the table's named lock: every acquisition
-    (an empty one too) observes how long it waited for the lock and held it. Oldest-first
-    acquisition there takes no lock, and SQLite has none: no samples."""
-    client = make_client()
-    for task_id in ("a", "b"):
-        submit(client, task_id)
-    assert [len(poll(client, 1)) for _ in range(3)] == [1, 1, 0]
+    """On MariaDB and PostgreSQL a fair acquisition takes a lock and observes how long it waited
+    for it and held it: the table's, in every acquisition (an empty one too); or the locks of
+    the users it serves, in acquisitions that served a user (one of tasks without a user, or
+    of nothing, takes none). Oldest-first acquisition there takes no lock, and SQLite has none:
+    no samples."""
+    client = make_client(fair_lock=fair_lock)
+    submit(client, "a", user="u", max_running=1)
+    assert [task["id"] for task in poll(client, 1)] == ["a"]
+    submit(client, "b")
+    assert [task["id"] for task in poll(client, 1)] == ["b"]
+    assert poll(client, 1) == []
     m = scrape(client)
+    expected = None if db_url.startswith("sqlite") else {"table": 3, "user": 1}[fair_lock]
     for name in ("perfectqueue_acquire_lock_wait_seconds", "perfectqueue_acquire_lock_held_seconds"):
-        if db_url.startswith("sqlite"):
-            assert value(m, f"{name}_count", queue="q") is None
-        else:
-            assert value(m, f"{name}_count", queue="q") == 3
+        assert value(m, f"{name}_count", queue="q") == expected
     if not db_url.startswith("sqlite"):
         held = value(m, "perfectqueue_acquire_lock_held_seconds_sum", queue="q")
         assert held is not None and 0 < held < 10

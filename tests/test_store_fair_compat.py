@@ -23,6 +23,15 @@ from perfectqueue.service.store.fair import Head
 from perfectqueue.service.store.model import DELETE_OFFSET
 
 
+@pytest.fixture(params=["table", "user"])
+def store(database: Database, table_name: str, request: pytest.FixtureRequest) -> QueueStore:
+    """A fresh, initialised queue table on each backend, fair, under each of fair scheduling's
+    locks (``fair_lock``; SQLite takes neither, its writers being one at a time anyway)."""
+    queue = QueueStore(database, table_name, fair_lock=request.param)
+    queue.init()
+    return queue
+
+
 def db_now(db: Database) -> int:
     with db.engine.connect() as conn:
         return int(conn.execute(sa.select(db.now())).scalar_one())

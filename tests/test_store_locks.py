@@ -1,11 +1,12 @@
-"""Locks on MariaDB and PostgreSQL: the original's GET_LOCK mode (PostgreSQL: the table's advisory
-lock), and lock conflicts retried inside the store."""
+"""Locks on MariaDB and PostgreSQL: the original's GET_LOCK mode and fair acquisition's table-lock
+mode (PostgreSQL: the table's advisory lock), and lock conflicts retried inside the store."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -36,10 +37,19 @@ def server_db(request: pytest.FixtureRequest, table_name: str) -> Iterator[Datab
     db.dispose()
 
 
-def test_get_lock_mode_waits_for_the_originals_named_lock(server_db: Database, table_name: str) -> None:
-    store = QueueStore(server_db, table_name, fair=False, lock="get_lock")
+TABLE_LOCK_MODES: dict[str, dict[str, Any]] = {  # the settings that keep the table's lock
+    "get_lock": {"fair": False, "lock": "get_lock"},  # every acquisition takes it
+    "fair_lock table": {"fair_lock": "table"},  # fair acquisitions take it (a table Ruby processes share)
+}
+
+
+@pytest.mark.parametrize("mode", TABLE_LOCK_MODES)
+def test_table_lock_modes_wait_for_the_originals_named_lock(
+    server_db: Database, table_name: str, mode: str
+) -> None:
+    store = QueueStore(server_db, table_name, **TABLE_LOCK_MODES[mode])
     store.init()
-    store.submit(NewTask("t1", "x"))
+    store.submit(NewTask("t1", "x", user="u", max_running=1))
     result: list[list[AcquiredTask]] = []
     take, release = TAKE_LOCK[server_db.engine.dialect.name]
     with server_db.engine.connect() as ruby:  # a Ruby PerfectQueue process holding GET_LOCK('<table>')

@@ -4,8 +4,8 @@ Both run inside the acquiring transaction (``QueueStore.acquire`` leases what th
 Oldest first on MariaDB/MySQL reads with ``FOR UPDATE SKIP LOCKED``, so pollers run in parallel.
 Fair acquisition plans from the running count of each user and the head of each user's waiting
 tasks (one loose index scan of (resource, timeout): its cost grows with users, not with the
-backlog), then reads only the rows it planned; it serialises on the table's named lock, which is
-what keeps ``max_running`` exact.
+backlog), then reads only the rows it planned. What keeps ``max_running`` exact is a lock: one
+per user it serves, or the table's named lock (see ``userlocks.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from . import fair
 from .database import Database, server_at_least
 from .model import EVENT_HORIZON
 from .schema import resource_index, timeout_index
+from .userlocks import UserLocks
 
 FAIR_ROUNDS = 3
 HEAD_LOOKUPS = 200  # heads whose max_running one statement looks up
@@ -30,8 +31,11 @@ SHAPES_KEPT = 512  # statements _per_user keeps
 class Acquisition:
     """The row selection of one table's acquisitions."""
 
-    def __init__(self, db: Database, table: sa.Table, *, fair: bool, lock: str) -> None:
+    def __init__(
+        self, db: Database, table: sa.Table, *, fair: bool, lock: str, users: UserLocks | None = None
+    ) -> None:
         self.db, self.table, self.fair, self.lock = db, table, fair, lock
+        self.users = users or UserLocks(db, table, "table", lambda: False)
         self._t = table.c
         self._columns: list[sa.ColumnElement[Any]] = list(table.c)
         self._oldest: sa.Select[Any] | None = None  # built once: each acquisition only executes it
@@ -54,26 +58,32 @@ class Acquisition:
         for the old set are built again."""
         self._columns, self._oldest, self._shaped = columns, None, {}
 
-    def rows(self, conn: Connection, limit: int) -> tuple[int, Sequence[Row[Any]]]:
+    def rows(self, conn: Connection, limit: int, lock: str | None) -> tuple[int, Sequence[Row[Any]]]:
         """The database's clock and up to ``limit`` rows waiting by it, to lease, locked against
-        concurrent changes. Oldest first reads the clock as a column of its one SELECT (0 when
-        nothing waits); fair acquisition reads it with what it plans from (see _plan_inputs)."""
-        if self.fair:
-            now, running, heads = self._plan_inputs(conn)
-            return now, self._fair_rows(conn, now, limit, running, heads)
-        rows = self._oldest_rows(conn, limit)
-        return max((r.now for r in rows), default=0), rows
+        concurrent changes (``lock``: the table's lock the transaction took, see lock_name).
+        Oldest first reads the clock as a column of its one SELECT (0 when nothing waits); fair
+        acquisition reads it with what it plans from (see _plan_inputs)."""
+        if not self.fair:
+            rows = self._oldest_rows(conn, limit)
+            return max((r.now for r in rows), default=0), rows
+        now, running, heads = self._plan_inputs(conn)
+        users = self.users if lock is None and not self.db.is_sqlite else None
+        return now, self._fair_rows(conn, now, limit, running, heads, users=users)
 
     def lock_name(self) -> str | None:
-        """The named lock acquisition takes on MySQL, if this mode needs one.
+        """The table's named lock acquisition takes, if this mode needs it.
 
-        Fair acquisition plans from running counts, so it must see every earlier acquisition
-        committed: it serialises on the original's ``GET_LOCK('<table>')``, as ``get_lock`` mode
-        (or a server without SKIP LOCKED) does for all acquisitions.
+        ``get_lock`` mode (or a server without SKIP LOCKED) takes the original's
+        ``GET_LOCK('<table>')`` for every acquisition. Fair acquisition plans from running
+        counts, so it must see every earlier acquisition of the users it serves committed: it
+        locks those users (``userlocks.py``), or, where that does not apply (a table Ruby
+        processes may share), the table.
         """
         if self.db.is_sqlite:
             return None  # BEGIN IMMEDIATE already serialises writers
-        if self.fair or self.lock == "get_lock" or not self.db.supports_skip_locked():
+        if self.lock == "get_lock" or not self.db.supports_skip_locked():
+            return self.table.name
+        if self.fair and not self.users.apply():
             return self.table.name
         return None
 
@@ -102,18 +112,34 @@ class Acquisition:
         return conn.execute(self._oldest, {"limit": limit}).all()
 
     def _fair_rows(
-        self, conn: Connection, now: int, limit: int, running: dict[str, int], heads: list[fair.Head]
+        self,
+        conn: Connection,
+        now: int,
+        limit: int,
+        running: dict[str, int],
+        heads: list[fair.Head],
+        *,
+        users: UserLocks | None,
     ) -> list[Row[Any]]:
+        """The rows of the fair plan; with ``users``, of users it could lock (the others are
+        being served elsewhere), whose running counts it takes again under their locks."""
         fetched: dict[str | None, list[Row[Any]]] = {}
         available: dict[str | None, int] = {}
+        locked: set[str] = set()
+
+        def plan() -> dict[str | None, int]:
+            if users is None:
+                return fair.plan(heads, running, limit, available)
+            return users.plan(conn, now, limit, heads, running=running, available=available, locked=locked)
+
         for _ in range(FAIR_ROUNDS):
-            counts = fair.plan(heads, running, limit, available)
+            counts = plan()
             wanted = {}
             for user, count in counts.items():
                 have = len(fetched.setdefault(user, []))
                 if count > have:
                     wanted[user] = (count - have + self._next_heads, have)
-            for user, rows in self._rows_of_users(conn, now, wanted).items():
+            for user, rows in self._rows_of_users(conn, now, wanted, users is not None).items():
                 needed = wanted[user][0] - self._next_heads
                 fetched[user] += rows[:needed]
                 if len(rows) < needed:
@@ -263,10 +289,11 @@ class Acquisition:
         return [fair.Head(*row) for row in (*conn.execute(no_user).all(), *conn.execute(query).all())]
 
     def _rows_of_users(
-        self, conn: Connection, now: int, wanted: dict[str | None, tuple[int, int]]
+        self, conn: Connection, now: int, wanted: dict[str | None, tuple[int, int]], skip_locked: bool
     ) -> dict[str | None, list[Row[Any]]]:
         """For each user, up to ``limit`` of its waiting rows oldest first, after ``offset``
-        (``wanted``: user -> (limit, offset)): one statement for all of them, locked on MySQL."""
+        (``wanted``: user -> (limit, offset)): one statement for all of them, locked on MySQL
+        and PostgreSQL (``skip_locked``: rows another transaction locked are passed over)."""
         users = list(wanted)
         found: dict[str | None, list[Row[Any]]] = {user: [] for user in users}
         if not users:
@@ -274,20 +301,27 @@ class Acquisition:
         params: dict[str, Any] = {"now": now}
         for index, (limit, offset) in enumerate(wanted.values()):
             params.update({f"limit_{index}": limit, f"offset_{index}": offset})
-        query = self._per_user(conn, "rows", users, params, self._rows_part)
+        part = self._skipping_rows_part if skip_locked else self._rows_part
+        query = self._per_user(conn, "skipping rows" if skip_locked else "rows", users, params, part)
         for row in conn.execute(query, params).all():
             found[users[row.part]].append(row)
         return found
 
-    def _rows_part(self, index: int, user: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    def _rows_part(
+        self, index: int, user: sa.ColumnElement[bool], skip_locked: bool = False
+    ) -> sa.Select[Any]:
         """Up to ``limit_<index>`` of one user's waiting rows, oldest first, after ``offset_<index>``."""
         return self._lock_rows(
             sa.select(*self.columns, _part(index))
             .where(user, self._waiting(sa.bindparam("now", type_=sa.Integer)))
             .order_by(self._t.timeout)
             .limit(sa.bindparam(f"limit_{index}", type_=sa.Integer))
-            .offset(sa.bindparam(f"offset_{index}", type_=sa.Integer))
+            .offset(sa.bindparam(f"offset_{index}", type_=sa.Integer)),
+            skip_locked=skip_locked,
         )
+
+    def _skipping_rows_part(self, index: int, user: sa.ColumnElement[bool]) -> sa.Select[Any]:
+        return self._rows_part(index, user, skip_locked=True)
 
     def _per_user(
         self,

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -69,6 +69,20 @@ SQLITE_TOO_LARGE = (
     "too many arguments on function",
 )
 SQLITE_REFUSED = ("syntax error",)
+
+
+HELD = "perfectqueue_held_locks"  # in a connection's info, while a transaction runs
+
+
+@dataclass
+class HeldLocks:
+    """The named locks one transaction holds, and how long it waited for them; released after
+    it ends."""
+
+    node: Node
+    names: list[str] = field(default_factory=list)
+    waited: float = 0.0
+    since: float = 0.0  # when the first was taken
 
 
 @dataclass(frozen=True)
@@ -142,6 +156,9 @@ class Database:
             for node in self.nodes.nodes:
                 attach(node.engine, node, self.nodes, sync_wait)
             self.nodes.watch(_quick_connect)
+        self.reads_committed = self.is_postgres or (self.is_mysql and isolation in (None, "READ COMMITTED"))
+        """Does each statement of a transaction see what committed before it (READ COMMITTED)?
+        Fair acquisition's per-user locks need it (see ``userlocks.py``)."""
         self.retried: Counter[str] = Counter()  # conflicts, reconnects, node errors: for logs and tests
         self._skip_locked: bool | None = None
         self._warned_lock = False
@@ -220,8 +237,9 @@ class Database:
 
         ``lock`` names a MySQL ``GET_LOCK`` (PostgreSQL: an advisory lock, see ``postgres.py``)
         taken as the transaction's first statement (it reads no table, so the transaction's reads
-        all come after it) and released after it commits, so that whoever takes the lock next
-        sees everything this one wrote.
+        all come after it). It, and every lock :meth:`try_locks` or :meth:`wait_lock` took in
+        the transaction, is released after the transaction commits, so that whoever takes one
+        next sees everything this one wrote.
         """
         with self._connect(self.nodes.active(), readonly, lock) as conn:
             yield conn
@@ -232,23 +250,46 @@ class Database:
     ) -> Iterator[Connection]:
         with node.engine.connect() as raw:
             conn = raw.execution_options(sqlite_begin="DEFERRED") if readonly and self.is_sqlite else raw
-            locked: str | None = None
-            asked = taken = 0.0
+            held = conn.info[HELD] = HeldLocks(node)
             try:
                 with conn.begin():
                     if lock is not None:
-                        self._warn_lock_on_galera(node)
-                        asked = time.perf_counter()
-                        self._take_lock(conn, lock)
-                        taken = time.perf_counter()
-                        locked = lock
+                        self.wait_lock(conn, lock)
                     yield conn
             finally:
-                if locked is not None:
-                    if self.is_mysql:  # PostgreSQL's ends with the transaction
-                        _release_lock(conn, locked)
+                conn.info.pop(HELD, None)
+                if held.names:
+                    if self.is_mysql:  # PostgreSQL's end with the transaction
+                        _release_locks(conn, held.names)
                     if timed is not None:
-                        timed(taken - asked, time.perf_counter() - taken)
+                        timed(held.waited, time.perf_counter() - held.since)
+
+    def wait_lock(self, conn: Connection, name: str) -> None:
+        """Take the named lock ``name`` in ``conn``'s transaction, waiting for it at most
+        ``lock_wait`` seconds (UnavailableError after that), until the transaction ends."""
+        self._lock(conn, [name], wait=True)
+
+    def try_locks(self, conn: Connection, names: list[str]) -> list[bool]:
+        """Take those of the named locks ``names`` nobody holds, at once, in one statement (as
+        :meth:`wait_lock`, without waiting): for each name, whether it was taken."""
+        return self._lock(conn, names, wait=False) if names else []
+
+    def _lock(self, conn: Connection, names: list[str], wait: bool) -> list[bool]:
+        held: HeldLocks = conn.info[HELD]
+        self._warn_lock_on_galera(held.node)
+        asked = time.perf_counter()
+        if self.is_postgres:
+            got = postgres.take_locks(conn, names, wait)
+        else:
+            got = _get_locks(conn, names, self.lock_wait if wait else 0)
+        taken = time.perf_counter()
+        held.waited += taken - asked
+        if wait and not all(got):
+            raise UnavailableError(f"could not take the lock {names[0]!r} within {self.lock_wait} s")
+        if any(got) and not held.names:
+            held.since = taken
+        held.names += [name for name, ok in zip(names, got, strict=True) if ok]
+        return got
 
     @contextmanager
     def unbounded(self) -> Iterator[Connection]:
@@ -326,12 +367,6 @@ class Database:
             except SQLAlchemyError as exc:
                 raise UnavailableError("database error", type(exc).__name__) from exc
 
-    def _take_lock(self, conn: Connection, name: str) -> None:
-        if self.is_postgres:
-            postgres.take_lock(conn, name)
-        else:
-            _get_lock(conn, name, self.lock_wait)
-
     def init_lock(self) -> AbstractContextManager[None]:
         """Held while ``init`` changes the schema: PostgreSQL's concurrent DDL on one table may
         fail on a catalog's unique index; MariaDB's and SQLite's only needs the checks of
@@ -370,8 +405,8 @@ class Database:
         if node.galera and not self._warned_lock:
             self._warned_lock = True
             log.warning(
-                "%s is a Galera cluster and this queue serialises acquisitions on GET_LOCK, which is "
-                "local to one node: fair scheduling, max_running and acquire_lock: get_lock are exact "
+                "%s is a Galera cluster and this queue keeps acquisitions apart with GET_LOCK, which "
+                "is local to one node: fair scheduling, max_running and acquire_lock: get_lock are exact "
                 "only while every service replica (and every Ruby PerfectQueue process) writes through "
                 "the same node (give every replica the same node list, in the same order)",
                 redact(self.url),
@@ -428,19 +463,19 @@ def is_missing_table(exc: BaseException) -> bool:
     return errno == 1146 or "no such table" in message or postgres.is_missing_table(cause)
 
 
-def _get_lock(conn: Connection, name: str, wait: int) -> None:
-    got = conn.execute(sa.select(sa.func.get_lock(name, wait))).scalar()
-    if got != 1:
-        raise UnavailableError(f"could not take the lock {name!r} within {wait} s")
+def _get_locks(conn: Connection, names: list[str], wait: int) -> list[bool]:
+    """``GET_LOCK`` of each name in one statement (MariaDB and MySQL 5.7+ hold several per session)."""
+    got = conn.execute(sa.select(*(sa.func.get_lock(name, wait) for name in names))).one()
+    return [value == 1 for value in got]
 
 
-def _release_lock(conn: Connection, name: str) -> None:
+def _release_locks(conn: Connection, names: list[str]) -> None:
     """Through the driver's own cursor: a statement through ``conn`` would open a transaction
     that would take one more round trip to end."""
     try:
         cursor = conn.connection.cursor()
         try:
-            cursor.execute("SELECT RELEASE_LOCK(%s)", (name,))
+            cursor.execute("SELECT " + ", ".join(["RELEASE_LOCK(%s)"] * len(names)), names)
             cursor.fetchall()
         finally:
             cursor.close()

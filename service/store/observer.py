@@ -14,8 +14,9 @@ from .model import Outcome
 
 class StoreObserver(Protocol):
     def lock_held(self, waited: float, held: float) -> None:
-        """An acquisition took the table's named lock (MySQL: fair acquisition, or
-        ``lock="get_lock"``): the seconds it waited for it and held it, its commit included."""
+        """An acquisition took named locks (MySQL and PostgreSQL: the table's, or those of the
+        users a fair acquisition served): the seconds it waited for them and held them, from the
+        first taken to their release after its commit."""
 
     def ended(self, outcome: Outcome, count: int) -> None:
         """An acquisition ended ``count`` tasks it found undeliverable instead of leasing them

@@ -6,10 +6,11 @@ SQLite is answered here, one function per difference, and :class:`.database.Data
 - The clock is ``statement_timestamp()`` in whole seconds (floored, as ``UNIX_TIMESTAMP()`` is):
   the statement's own start, not the transaction's (``now()``), so a transaction that waited
   for a lock leases from the time it got it.
-- The table's named lock (fair acquisition, ``acquire_lock: get_lock``) is a transaction-level
-  advisory lock, ``pg_advisory_xact_lock(key)``, taken as the transaction's first statement and
-  released by its commit or rollback; the key is a stable 64-bit hash of the table's name. A
-  session waits at most ``lock_timeout`` for it, or for a row lock: 10 s, or less than the
+- Named locks (the table's: ``fair_lock: table``, ``acquire_lock: get_lock``; a user's: fair
+  acquisition's per-user locks) are transaction-level advisory locks,
+  ``pg_advisory_xact_lock(key)`` (``pg_try_advisory_xact_lock(key)`` not to wait), released by
+  the transaction's commit or rollback; the key is a stable 64-bit hash of the lock's name. A
+  session waits at most ``lock_timeout`` for one, or for a row lock: 10 s, or less than the
   statement deadline (``statement_timeout``), so that the lock's own timeout answers first.
 - Errors are told by their SQLSTATE: serialization failures and deadlocks are retried; a
   statement or lock timeout answers 503 at once (waiting again would take as long); the classes
@@ -97,9 +98,14 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
-def take_lock(conn: Connection, name: str) -> None:
-    """The named lock until the transaction ends (waits at most ``lock_timeout``)."""
-    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock_key(name))))
+def take_locks(conn: Connection, names: list[str], wait: bool) -> list[bool]:
+    """The named locks until the transaction ends, in one statement: waiting for each at most
+    ``lock_timeout`` (all taken), or only those free (whether each was taken)."""
+    if wait:
+        conn.execute(sa.select(*(sa.func.pg_advisory_xact_lock(lock_key(name)) for name in names)))
+        return [True] * len(names)
+    tried = (sa.func.pg_try_advisory_xact_lock(lock_key(name)) for name in names)
+    return [bool(value) for value in conn.execute(sa.select(*tried)).one()]
 
 
 @contextmanager

@@ -46,6 +46,7 @@ from .owners import held_by, leased, new_lease, scheduled
 from .reading import Page
 from .rows import to_task, within
 from .schema import build_table, init_table
+from .userlocks import UserLocks
 
 log = logging.getLogger("perfectqueue.store")
 
@@ -64,7 +65,9 @@ class QueueStore(LeaseOperations, OperatorActions):
     ``disable_resource_limit`` is ``fair=False``). ``lock`` chooses how concurrent acquisitions
     are kept apart on MySQL: ``skip_locked`` (row locks, in parallel) or ``get_lock`` (the
     original's ``GET_LOCK('<table>')``, for tables shared with Ruby PerfectQueue processes).
-    Fair acquisition always serialises on that lock, which is what keeps ``max_running`` exact.
+    ``fair_lock`` chooses what keeps ``max_running`` exact: ``table`` (the table's lock, as the
+    original) or ``user`` (a lock per user served, where no Ruby process shares the table: see
+    :mod:`.userlocks`).
     ``policy`` holds the queue's retry backoff, ``max_attempts`` and ``dead_retention_time``;
     ``observer`` hears what only the store sees (the table lock's hold, tasks an acquisition ended).
     """
@@ -77,12 +80,15 @@ class QueueStore(LeaseOperations, OperatorActions):
         retention_time: int = 300,
         fair: bool = True,
         lock: str = "skip_locked",
+        fair_lock: str = "table",
         policy: RetryPolicy | None = None,
         observer: StoreObserver | None = None,
         max_data_bytes: int | None = None,
     ) -> None:
         if lock not in ("skip_locked", "get_lock"):
             raise InvalidError("lock must be 'skip_locked' or 'get_lock'")
+        if fair_lock not in ("user", "table"):
+            raise InvalidError("fair_lock must be 'user' or 'table'")
         self.db = db
         self.table = build_table(table, db)
         self.retention_time = check_duration("retention_time", retention_time)
@@ -94,7 +100,8 @@ class QueueStore(LeaseOperations, OperatorActions):
         """Data over this once inflated is not read (None: no limit, for the SDK's direct backend,
         whose caller reads its own table): see ``acquire`` and ``Task.data_withheld``."""
         self._t = self.table.c
-        self._acquisition = Acquisition(db, self.table, fair=fair, lock=lock)
+        users = UserLocks(db, self.table, fair_lock, extended=self.extended)
+        self._acquisition = Acquisition(db, self.table, fair=fair, lock=lock, users=users)
         self._columns = Columns(db, self.table, changed=self._acquisition.use_columns)
         """The table's column set; the hot statements are prepared once per set (``prepared``)."""
         self._listing = Listing(self.table, self._columns.selected)
@@ -262,7 +269,7 @@ class QueueStore(LeaseOperations, OperatorActions):
 
         def work(conn: Connection) -> tuple[int, Sequence[Row[Any]]]:
             ended.clear()  # a retried transaction counts again
-            now, rows = self._acquisition.rows(conn, max_tasks)
+            now, rows = self._acquisition.rows(conn, max_tasks, lock)
             live = [r for r in rows if not (r.cancel_requested or self._exhausted(r))]
             if len(live) < len(rows):
                 ended.update(self._end_undeliverable(conn, [r for r in rows if r not in live]))
@@ -275,9 +282,8 @@ class QueueStore(LeaseOperations, OperatorActions):
                 )
             return now, live
 
-        now, rows = self.db.transaction(
-            work, lock=self._acquisition.lock_name(), timed=self.observer.lock_held
-        )
+        lock = self._acquisition.lock_name()
+        now, rows = self.db.transaction(work, lock=lock, timed=self.observer.lock_held)
         counted = self._columns.attempt
         decoded = (  # once the transaction (and the table's lock) is let go, one at a time
             to_task(

@@ -148,6 +148,11 @@ class QueueSettings(Declared):
     acquire_lock: Literal["skip_locked", "get_lock"] = setting(
         "skip_locked", "get_lock: every acquisition takes the original's GET_LOCK('<table>')"
     )
+    fair_lock: Literal["table", "user"] = setting(
+        "table",
+        "what keeps max_running exact: the original's table lock, or user: a lock per user served "
+        "(a table the original may be using keeps the table's)",
+    )
     max_attempts: int | None = setting(
         DEFAULT_MAX_ATTEMPTS,
         "deliveries after which a failing task is dead (null: unlimited, as the original)",

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import ceiling, fair, latency, memory, profile, scale, service, sqs, worker
+from . import bloat, ceiling, fair, latency, memory, profile, scale, service, sqs, worker
 from .common import CLIENTS, Backend
 
 SCENARIOS = {
@@ -26,9 +26,10 @@ SCENARIOS = {
     "profile": profile.run,
     "worker": worker.run,
     "sqs": sqs.run,
+    "bloat": bloat.run,
 }
 DEFAULT = "ceiling,service,latency,fair,memory,scale,profile,worker,sqs"
-MYSQL_SQL = {"ceiling", "fair", "sqs"}
+MYSQL_SQL = {"sqs"}
 """Scenarios whose direct SQL is written for MariaDB and SQLite only (not yet for PostgreSQL)."""
 
 
@@ -71,6 +72,10 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
             "worker_clients": 2,
             "worker_limit_s": 20,
             "sqs_tasks": 200,
+            "bloat_tasks": 600,
+            "bloat_round": 200,
+            "bloat_k": 10,
+            "bloat_retention": 1,
         }
     return {
         "repeat": repeat,
@@ -108,6 +113,10 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
         "worker_clients": 4,
         "worker_limit_s": 120,
         "sqs_tasks": 10_000,
+        "bloat_tasks": 300_000,
+        "bloat_round": 10_000,
+        "bloat_k": 10,
+        "bloat_retention": 10,
     }
 
 
@@ -167,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         help="service variants for the service scenario, interleaved: coalesced,uncoalesced",
     )
     parser.add_argument(
+        "--service-fair",
+        default="off",
+        help="the service scenario's fair scheduling, comma-separated: off,on runs every case both ways",
+    )
+    parser.add_argument(
         "--client",
         default="raw",
         choices=CLIENTS,
@@ -198,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg["table_prefix"] = args.table_prefix
     cfg["variants"] = args.variants.split(",")
     cfg["client"] = args.client
+    cfg["service_fair"] = [{"on": True, "off": False}[f] for f in args.service_fair.split(",")]
     cfg["latency_replicas"] = args.latency_replicas
     pool = {"pool_size": args.pool_size, "pool_overflow": args.pool_overflow}
     cfg["service_settings"] = {name: value for name, value in pool.items() if value is not None}

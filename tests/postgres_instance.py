@@ -96,12 +96,18 @@ class PostgreSQL:
         (killed alone, its backends would go on serving the sessions they have)."""
         if self.proc is None or self.proc.poll() is not None:
             return
+        self.signal_all(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def signal_all(self, signum: int) -> None:
+        """Send ``signum`` to the postmaster and to every process it started (SIGSTOP: the whole
+        server frozen, its kernel still acknowledging packets; SIGCONT: thawed)."""
+        assert self.proc is not None
         children = _children_of(self.proc.pid)
-        self.proc.send_signal(signal.SIGKILL)
+        self.proc.send_signal(signum)
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
+                os.kill(pid, signum)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

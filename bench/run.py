@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import bloat, ceiling, fair, latency, memory, profile, scale, service, sqs, worker
+from . import bloat, ceiling, fair, latency, memory, peer, profile, scale, service, sqs, worker
 from .common import CLIENTS, Backend
 
 SCENARIOS = {
@@ -27,6 +27,7 @@ SCENARIOS = {
     "worker": worker.run,
     "sqs": sqs.run,
     "bloat": bloat.run,
+    "procrastinate": peer.run,
 }
 DEFAULT = "ceiling,service,latency,fair,memory,scale,profile,worker,sqs"
 MYSQL_SQL = {"sqs"}
@@ -75,7 +76,9 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
             "bloat_tasks": 600,
             "bloat_round": 200,
             "bloat_k": 10,
-            "bloat_retention": 1,
+            "bloat_retention": 0,
+            "peer_tasks": 50,
+            "peer_concurrency": 10,
         }
     return {
         "repeat": repeat,
@@ -117,6 +120,8 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
         "bloat_round": 10_000,
         "bloat_k": 10,
         "bloat_retention": 10,
+        "peer_tasks": 5000,
+        "peer_concurrency": 10,
     }
 
 
@@ -196,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             type=int,
             help=f"the service scenario's services' {setting} (default: the service's own)",
         )
+    parser.add_argument(
+        "--bloat-tasks", type=int, help="the bloat scenario's tasks per case (default 300000)"
+    )
     parser.add_argument("--processors", help="the worker scenario's processor counts (default 1,2,4)")
     parser.add_argument(
         "--worker-cases",
@@ -219,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.processors:
         cfg["processors"] = [int(p) for p in args.processors.split(",")]
     cfg["worker_cases"] = args.worker_cases.split(",") if args.worker_cases else [""]
+    if args.bloat_tasks:
+        cfg["bloat_tasks"] = args.bloat_tasks
     if args.worker_tasks:
         cfg["worker_tasks"] = args.worker_tasks
     if args.fair_backlogs:

@@ -73,7 +73,7 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
             "worker_clients": 2,
             "worker_limit_s": 20,
             "sqs_tasks": 200,
-            "bloat_tasks": 600,
+            "bloat_tasks": 400,
             "bloat_round": 200,
             "bloat_k": 10,
             "bloat_retention": 0,

@@ -109,7 +109,7 @@ def test_bench_smoke_mysql(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)  # 100–120 s on a busy machine
+@pytest.mark.timeout(240)  # 100 to 120 s on a busy machine
 def test_bench_smoke_postgres_across_replicas(tmp_path: Path) -> None:
     """The service with fair scheduling off and on, and the latency scenario across two replicas."""
     require_postgres()
@@ -124,7 +124,7 @@ def test_bench_smoke_postgres_across_replicas(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)  # 100–120 s on a busy machine
+@pytest.mark.timeout(240)  # 100 to 120 s on a busy machine
 def test_bench_smoke_postgres_direct_sql(tmp_path: Path) -> None:
     """PostgreSQL's direct SQL: the ceiling, the fair scenario's backlog and cap watch, bloat; and
     Procrastinate for reference (said skipped where it is not installed)."""

@@ -195,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         "--fair-backlogs",
         help="the fair scenario's backlogs, comma-separated (default 20000,1000000; SQLite the first)",
     )
+    parser.add_argument(
+        "--fair-users",
+        help="the fair scenario's users x max_running, comma-separated (default 10x2,1000x1)",
+    )
     for setting in ("pool_size", "pool_overflow"):
         parser.add_argument(
             "--" + setting.replace("_", "-"),
@@ -231,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg["bloat_tasks"] = args.bloat_tasks
     if args.worker_tasks:
         cfg["worker_tasks"] = args.worker_tasks
+    if args.fair_users:
+        cfg["fair_users"] = [tuple(int(n) for n in pair.split("x")) for pair in args.fair_users.split(",")]
     if args.fair_backlogs:
         cfg["fair_backlogs"] = [int(b) for b in args.fair_backlogs.split(",")]
     outdir = Path(args.out)

@@ -1,5 +1,9 @@
 """The ceiling: acquire and finish done directly in SQL, with the best known statements.
 
+On MariaDB and PostgreSQL the lease reads with ``FOR UPDATE SKIP LOCKED`` (READ COMMITTED on
+PostgreSQL, as the service's store); on SQLite a writer transaction (``BEGIN IMMEDIATE``) serialises
+the drainers.
+
 Each drainer leases up to k rows in one transaction and finishes them (fenced by its lease) in a
 second one, as a worker does. A deadlock or lock-wait timeout is retried where it happened, as the
 service's store retries its transactions: on the lease, the rolled-back transaction leased
@@ -17,30 +21,33 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import psycopg
 import pymysql
 
-from .common import DELETE_OFFSET, HORIZON, Backend, run_clients, summarize, throughput
+from .common import CLOCK, DELETE_OFFSET, HORIZON, Backend, run_clients, summarize, throughput
 
 RETRY_ERRNOS = (1213, 1205)  # deadlock, lock wait timeout
+RETRY_SQLSTATES = ("40001", "40P01", "55P03")  # serialization failure, deadlock, lock timeout
 
 
 class Statements:
     """The drain's SQL for one backend."""
 
-    def __init__(self, backend: Backend, table: str, k: int) -> None:
+    def __init__(self, backend: Backend, table: str, k: int, retention: int = 300) -> None:
         self.mysql = backend.kind == "mysql"
-        now = "UNIX_TIMESTAMP()" if self.mysql else "CAST(strftime('%s','now') AS INTEGER)"
-        self.mark = "%s" if self.mysql else "?"
+        self.sqlite = backend.kind == "sqlite"
+        now = CLOCK[backend.kind]
+        self.mark = "?" if self.sqlite else "%s"
         self.select = (
             f"SELECT id, timeout, data, created_at, resource, max_running FROM {table}"
             + (f" FORCE INDEX (index_{table}_on_timeout)" if self.mysql else "")
             + f" WHERE timeout > {HORIZON} AND timeout <= {now} AND created_at IS NOT NULL"
             + f" ORDER BY timeout LIMIT {k}"
-            + (" FOR UPDATE SKIP LOCKED" if self.mysql else "")
+            + ("" if self.sqlite else " FOR UPDATE SKIP LOCKED")
         )
         self.lease = f"UPDATE {table} SET timeout = {now} + 300, owner = {self.mark} WHERE id IN "
         self.finish = (
-            f"UPDATE {table} SET timeout = {now} - {DELETE_OFFSET} + 300, created_at = NULL,"
+            f"UPDATE {table} SET timeout = {now} - {DELETE_OFFSET} + {retention}, created_at = NULL,"
             " resource = NULL WHERE id IN "
         )
 
@@ -49,22 +56,28 @@ class Statements:
 
 
 def transaction(conn: Any, stmts: Statements, body: Callable[[Any], Any]) -> tuple[Any, int]:
-    """``body(cursor)`` in a transaction, tried again after a deadlock or lock-wait timeout
-    (rolled back first); its result and the number of retries."""
+    """``body(cursor)`` in a transaction, tried again after a deadlock, a serialization failure
+    or a lock-wait timeout (rolled back first); its result and the number of retries."""
     retries = 0
     while True:
         cur = conn.cursor()
         try:
-            if not stmts.mysql:
+            if stmts.sqlite:
                 cur.execute("BEGIN IMMEDIATE")
             result = body(cur)
             conn.commit()
             return result, retries
-        except pymysql.err.OperationalError as exc:
-            if exc.args[0] not in RETRY_ERRNOS:
+        except (pymysql.err.OperationalError, psycopg.errors.OperationalError) as exc:
+            if not retryable(exc):
                 raise
             conn.rollback()
             retries += 1
+
+
+def retryable(exc: Exception) -> bool:
+    if isinstance(exc, psycopg.Error):
+        return exc.sqlstate in RETRY_SQLSTATES
+    return bool(exc.args[0] in RETRY_ERRNOS)
 
 
 def lease(cur: Any, stmts: Statements, token: int) -> list[str]:
@@ -79,10 +92,13 @@ def finish(cur: Any, stmts: Statements, ids: list[str], token: int) -> None:
     cur.execute(stmts.finish + stmts.marks(len(ids)) + f" AND owner = {stmts.mark}", [*ids, token])
 
 
-def drain(barrier: Any, backend: Backend, table: str, k: int, isolation: str | None) -> dict[str, Any]:
-    """Lease up to k waiting rows per transaction and finish them (fenced), until none is left."""
+def drain(
+    barrier: Any, backend: Backend, table: str, k: int, isolation: str | None, retention: int = 300
+) -> dict[str, Any]:
+    """Lease up to k waiting rows per transaction and finish them (fenced, retained ``retention``
+    seconds), until none is left."""
     conn = backend.connect(isolation)
-    stmts = Statements(backend, table, k)
+    stmts = Statements(backend, table, k, retention)
     count = lease_retries = finish_retries = 0
     barrier.wait()
     start = time.time()
@@ -104,7 +120,9 @@ def drain(barrier: Any, backend: Backend, table: str, k: int, isolation: str | N
 def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
     table = f"{cfg['table_prefix']}_ceiling"
     backend.create_table(table)
-    isolations = ["READ COMMITTED", "REPEATABLE READ"] if backend.kind == "mysql" else [None]
+    isolations = {"mysql": ["READ COMMITTED", "REPEATABLE READ"], "postgres": ["READ COMMITTED"]}.get(
+        backend.kind, [None]
+    )
     out: dict[str, Any] = {}
     for k in cfg["ks"]:
         tasks = cfg["tasks_per_k"][k]

@@ -30,11 +30,12 @@ from perfectqueue.service.store import Database, QueueStore
 HORIZON = 1_300_000_000
 DELETE_OFFSET = 1_000_000_000
 DATA = b'{"type":"bench"}'
-NOW = {  # the database's clock in unix seconds
-    "sqlite": "SELECT CAST(strftime('%s','now') AS INTEGER)",
-    "mysql": "SELECT UNIX_TIMESTAMP()",
-    "postgres": "SELECT floor(extract(epoch FROM statement_timestamp()))::int",
+CLOCK = {  # the database's clock in unix seconds, as an SQL expression
+    "sqlite": "CAST(strftime('%s','now') AS INTEGER)",
+    "mysql": "UNIX_TIMESTAMP()",
+    "postgres": "floor(extract(epoch FROM statement_timestamp()))::int",
 }
+NOW = {kind: "SELECT " + clock for kind, clock in CLOCK.items()}
 
 
 def summarize(samples: list[float]) -> dict[str, Any]:
@@ -101,7 +102,10 @@ class Backend:
             conn.execute("PRAGMA busy_timeout=60000")
             return conn
         if self.kind == "postgres":
-            return psycopg.connect(host=self.host, port=self.port, user=self.user, dbname=self.database)
+            conn = psycopg.connect(host=self.host, port=self.port, user=self.user, dbname=self.database)
+            if isolation:
+                conn.isolation_level = psycopg.IsolationLevel[isolation.replace(" ", "_")]
+            return conn
         conn = pymysql.connect(
             host=self.host, port=self.port, user=self.user, database=self.database, autocommit=False
         )

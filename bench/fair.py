@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from .common import HORIZON, Backend, metric_sums, run_clients, services, summarize, throughput
+from .common import CLOCK, HORIZON, Backend, metric_sums, run_clients, services, summarize, throughput
 from .service import drain
 
 LOCK_METRICS = {
@@ -36,7 +36,7 @@ class CapWatch(threading.Thread):
 
     def run(self) -> None:
         conn = self.backend.connect("READ COMMITTED")
-        now = "UNIX_TIMESTAMP()" if self.backend.kind == "mysql" else "CAST(strftime('%s','now') AS INTEGER)"
+        now = CLOCK[self.backend.kind]
         sql = (
             f"SELECT resource, COUNT(*) FROM {self.table} WHERE timeout > {now} AND timeout > {HORIZON}"
             " AND created_at IS NOT NULL AND resource IS NOT NULL GROUP BY resource"
@@ -57,7 +57,7 @@ def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
     backend.create_table(table)
     out: dict[str, Any] = {}
     workers, k = max(cfg["workers"]), cfg["fair_k"]
-    backlogs = cfg["fair_backlogs"] if backend.kind == "mysql" else cfg["fair_backlogs"][:1]
+    backlogs = cfg["fair_backlogs"] if backend.kind != "sqlite" else cfg["fair_backlogs"][:1]
     for backlog in backlogs:
         out.update(_cases(backend, table, cfg, backlog, workers, k))
     return out

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import ceiling, fair, latency, memory, profile, scale, service, sqs, worker
+from . import bloat, ceiling, fair, latency, memory, peer, profile, scale, service, sqs, worker
 from .common import CLIENTS, Backend
 
 SCENARIOS = {
@@ -26,9 +26,11 @@ SCENARIOS = {
     "profile": profile.run,
     "worker": worker.run,
     "sqs": sqs.run,
+    "bloat": bloat.run,
+    "procrastinate": peer.run,
 }
 DEFAULT = "ceiling,service,latency,fair,memory,scale,profile,worker,sqs"
-MYSQL_SQL = {"ceiling", "fair", "sqs"}
+MYSQL_SQL = {"sqs"}
 """Scenarios whose direct SQL is written for MariaDB and SQLite only (not yet for PostgreSQL)."""
 
 
@@ -71,6 +73,12 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
             "worker_clients": 2,
             "worker_limit_s": 20,
             "sqs_tasks": 200,
+            "bloat_tasks": 400,
+            "bloat_round": 200,
+            "bloat_k": 10,
+            "bloat_retention": 0,
+            "peer_tasks": 50,
+            "peer_concurrency": 10,
         }
     return {
         "repeat": repeat,
@@ -108,6 +116,12 @@ def config(smoke: bool, repeat: int, workers: list[int]) -> dict[str, Any]:
         "worker_clients": 4,
         "worker_limit_s": 120,
         "sqs_tasks": 10_000,
+        "bloat_tasks": 300_000,
+        "bloat_round": 10_000,
+        "bloat_k": 10,
+        "bloat_retention": 10,
+        "peer_tasks": 5000,
+        "peer_concurrency": 10,
     }
 
 
@@ -167,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         help="service variants for the service scenario, interleaved: coalesced,uncoalesced",
     )
     parser.add_argument(
+        "--service-fair",
+        default="off",
+        help="the service scenario's fair scheduling, comma-separated: off,on runs every case both ways",
+    )
+    parser.add_argument(
         "--client",
         default="raw",
         choices=CLIENTS,
@@ -177,12 +196,19 @@ def main(argv: list[str] | None = None) -> int:
         help="the fair scenario's backlogs, comma-separated (default 20000,1000000; SQLite the first)",
     )
     parser.add_argument("--fair-services", type=int, default=1, help="the fair scenario's service processes")
+    parser.add_argument(
+        "--fair-users",
+        help="the fair scenario's users x max_running, comma-separated (default 10x2,1000x1)",
+    )
     for setting in ("pool_size", "pool_overflow"):
         parser.add_argument(
             "--" + setting.replace("_", "-"),
             type=int,
             help=f"the service scenario's services' {setting} (default: the service's own)",
         )
+    parser.add_argument(
+        "--bloat-tasks", type=int, help="the bloat scenario's tasks per case (default 300000)"
+    )
     parser.add_argument("--processors", help="the worker scenario's processor counts (default 1,2,4)")
     parser.add_argument(
         "--worker-cases",
@@ -199,15 +225,20 @@ def main(argv: list[str] | None = None) -> int:
     cfg["table_prefix"] = args.table_prefix
     cfg["variants"] = args.variants.split(",")
     cfg["client"] = args.client
+    cfg["service_fair"] = [{"on": True, "off": False}[f] for f in args.service_fair.split(",")]
     cfg["latency_replicas"] = args.latency_replicas
     pool = {"pool_size": args.pool_size, "pool_overflow": args.pool_overflow}
     cfg["service_settings"] = {name: value for name, value in pool.items() if value is not None}
     if args.processors:
         cfg["processors"] = [int(p) for p in args.processors.split(",")]
     cfg["worker_cases"] = args.worker_cases.split(",") if args.worker_cases else [""]
+    if args.bloat_tasks:
+        cfg["bloat_tasks"] = args.bloat_tasks
     if args.worker_tasks:
         cfg["worker_tasks"] = args.worker_tasks
     cfg["fair_services"] = args.fair_services
+    if args.fair_users:
+        cfg["fair_users"] = [tuple(int(n) for n in pair.split("x")) for pair in args.fair_users.split(",")]
     if args.fair_backlogs:
         cfg["fair_backlogs"] = [int(b) for b in args.fair_backlogs.split(",")]
     outdir = Path(args.out)

@@ -145,18 +145,29 @@ def run(backend: Backend, cfg: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     peak_kb = 0
     variants = cfg.get("variants", ["coalesced"])
-    for nsvc in cfg["service_counts"]:
-        with contextlib.ExitStack() as stack:
-            started = {
-                v: stack.enter_context(
-                    services(backend, table, nsvc, v, disable_resource_limit=True, **cfg["service_settings"])
-                )
-                for v in variants
-            }
-            out.update(drain_cases(backend, table, started, cfg, nsvc))
-            out.update(submit_cases(backend, table, started, cfg, nsvc))
-            for svcs in started.values():
-                peak_kb = max(peak_kb, *(memory_kb(s.proc.pid).get("VmHWM", 0) for s in svcs))
+    for fair_on in cfg.get("service_fair", [False]):
+        for nsvc in cfg["service_counts"]:
+            with contextlib.ExitStack() as stack:
+                started = {
+                    v: stack.enter_context(
+                        services(
+                            backend,
+                            table,
+                            nsvc,
+                            v,
+                            disable_resource_limit=not fair_on,
+                            **cfg["service_settings"],
+                        )
+                    )
+                    for v in variants
+                }
+                cases = {**drain_cases(backend, table, started, cfg, nsvc)}
+                cases.update(submit_cases(backend, table, started, cfg, nsvc))
+                for svcs in started.values():
+                    peak_kb = max(peak_kb, *(memory_kb(s.proc.pid).get("VmHWM", 0) for s in svcs))
+            for name, case in cases.items():
+                # fair off is the service scenario's own case (named as ever); fair on is marked
+                out[name + (", fair on" if fair_on else "")] = {**case, "fair": fair_on}
     out["service_peak_rss_mb"] = round(peak_kb / 1024, 1)
     return out
 

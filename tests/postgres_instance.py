@@ -96,20 +96,31 @@ class PostgreSQL:
         (killed alone, its backends would go on serving the sessions they have)."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        children = _children_of(self.proc.pid)
-        self.proc.send_signal(signal.SIGKILL)
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        self.signal_all(signal.SIGKILL)
         self.proc.wait(timeout=30)
 
-    def stop(self) -> None:
+    def signal_all(self, signum: int) -> None:
+        """Send ``signum`` to the postmaster and to every process it started (SIGSTOP: the whole
+        server frozen, its kernel still acknowledging packets; SIGCONT: thawed)."""
+        assert self.proc is not None
+        children = _children_of(self.proc.pid)
+        self.proc.send_signal(signum)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def shut_down(self) -> None:
+        """A fast shutdown (SIGINT: sessions ended, a checkpoint written); :meth:`start` brings the
+        server back on the same data directory and port."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # fast shutdown
+            self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def stop(self) -> None:
+        self.shut_down()
         shutil.rmtree(self.base, ignore_errors=True)
 
 

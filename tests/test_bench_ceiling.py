@@ -1,5 +1,6 @@
 """The ceiling scenario's drain (bench/ceiling.py) loses no work when its finish meets a lock
-conflict after the lease was committed: the finish itself is tried again, and counted."""
+conflict after the lease was committed: the finish itself is tried again, and counted (on
+MariaDB and on PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -12,22 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_mysql
+from conftest import require_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the bench package, beside tests/
 from bench.ceiling import Statements, finish, lease, transaction
-from bench.common import Backend
+from bench.common import CLOCK, Backend
 
-pytestmark = pytest.mark.mysql
+WAITING = {
+    "mysql": "SELECT CONCAT(trx_id, '@', trx_wait_started) FROM information_schema.INNODB_TRX"
+    " WHERE trx_mysql_thread_id = %s AND trx_state = 'LOCK WAIT'",
+    "postgres": "SELECT xact_start::text FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+}
 
 
 def waiting_transaction(backend: Backend, connection_id: int) -> str | None:
     """While the connection waits for a lock: which wait (its transaction and when it began)."""
-    rows = backend.execute(
-        "SELECT CONCAT(trx_id, '@', trx_wait_started) FROM information_schema.INNODB_TRX"
-        " WHERE trx_mysql_thread_id = %s AND trx_state = 'LOCK WAIT'",
-        (connection_id,),
-    )
+    rows = backend.execute(WAITING[backend.kind], (connection_id,))
     return str(rows[0][0]) if rows else None
 
 
@@ -43,23 +44,30 @@ def hold_until_second_wait(backend: Backend, holder: Any, waiter_id: int) -> Non
     holder.rollback()
 
 
-def test_a_finish_that_meets_a_lock_timeout_is_retried_and_finishes(tmp_path: Path) -> None:
-    backend = Backend.create("mysql", tmp_path, require_mysql())
+@pytest.mark.parametrize("kind", [pytest.param("mysql", marks=pytest.mark.mysql), "postgres"])
+def test_a_finish_that_meets_a_lock_timeout_is_retried_and_finishes(kind: str, tmp_path: Path) -> None:
+    url = require_server(kind)
+    backend = Backend.create(kind, tmp_path, url, url)
     table = "t_ceiling_" + uuid.uuid4().hex[:12]
     backend.create_table(table)
     try:
         backend.execute(
             f"INSERT INTO {table} (id, timeout, data, created_at) VALUES"
-            " ('a', UNIX_TIMESTAMP() - 5, '{}', 1), ('b', UNIX_TIMESTAMP() - 4, '{}', 1)"
+            f" ('a', {CLOCK[kind]} - 5, '{{}}', 1), ('b', {CLOCK[kind]} - 4, '{{}}', 1)"
         )
         drainer, holder = backend.connect("READ COMMITTED"), backend.connect()
-        drainer.cursor().execute("SET SESSION innodb_lock_wait_timeout = 1")
+        if kind == "mysql":
+            drainer.cursor().execute("SET SESSION innodb_lock_wait_timeout = 1")
+            waiter_id = drainer.thread_id()
+        else:
+            drainer.execute("SET lock_timeout = '1s'")
+            drainer.commit()
+            waiter_id = drainer.info.backend_pid
         stmts = Statements(backend, table, 10)
         token = secrets.randbelow(2**62) + 1
         ids, _ = transaction(drainer, stmts, lambda cur: lease(cur, stmts, token))
         assert sorted(ids) == ["a", "b"]
         holder.cursor().execute(f"SELECT id FROM {table} WHERE id = 'a' FOR UPDATE")
-        waiter_id = drainer.thread_id()
         releaser = threading.Thread(target=hold_until_second_wait, args=(backend, holder, waiter_id))
         releaser.start()
         _, retries = transaction(drainer, stmts, lambda cur: finish(cur, stmts, ids, token))

@@ -5,6 +5,7 @@ No performance number is asserted: this only keeps the harness working.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -27,7 +28,7 @@ def run_bench(*args: str) -> str:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=200,
         env={  # this checkout first
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -108,17 +109,44 @@ def test_bench_smoke_mysql(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)  # 100 to 120 s on a busy machine
 def test_bench_smoke_postgres_across_replicas(tmp_path: Path) -> None:
-    """The scenarios whose SQL is the store's on PostgreSQL; the others say they were skipped."""
+    """The service with fair scheduling off and on, and the latency scenario across two replicas."""
     require_postgres()
-    names = ["ceiling", "service", "latency"]
-    results = run_smoke(tmp_path, "postgres", names, "--latency-replicas", "2")
+    names = ["service", "latency"]
+    results = run_smoke(tmp_path, "postgres", names, "--latency-replicas", "2", "--service-fair", "off,on")
     scenarios = results["scenarios"]
-    assert "skipped" in scenarios["ceiling"]
     single = [v for k, v in scenarios["service"].items() if k.startswith("single")]
-    assert single and single[0]["tasks_per_acquisition"] > 0
+    assert [case["fair"] for case in single] == [False, True]
+    assert all(case["tasks_per_acquisition"] > 0 for case in single)
     assert scenarios["latency"]["replicas"] == 2
     assert {"median_p50_ms", "median_p99_ms", "max_ms"} <= set(scenarios["latency"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)  # 100 to 120 s on a busy machine
+def test_bench_smoke_postgres_direct_sql(tmp_path: Path) -> None:
+    """PostgreSQL's direct SQL: the ceiling, the fair scenario's backlog and cap watch, bloat; and
+    Procrastinate for reference (said skipped where it is not installed)."""
+    require_postgres()
+    scenarios = run_smoke(tmp_path, "postgres", ["ceiling", "fair", "bloat", "procrastinate"])["scenarios"]
+    for case in (v for v in scenarios["ceiling"].values() if isinstance(v, dict)):
+        assert case["best_isolation"] == "READ COMMITTED" and case["tasks_per_s"] > 0
+        assert case["by_isolation"]["READ COMMITTED"]["missed"] == 0
+    fair = [v for v in scenarios["fair"].values() if isinstance(v, dict) and v["fair"]]
+    assert fair and fair[0]["users_over_cap"] == [] and fair[0]["tasks_per_s"]["median"] > 0
+    assert fair[0]["lock"]["held_share"] > 0  # the table's advisory lock
+    bloat = scenarios["bloat"]
+    assert {"default", "fillfactor 80"} <= set(bloat)
+    for case in (v for v in bloat.values() if isinstance(v, dict) and "samples" in v):
+        assert len(case["samples"]) == 2 and case["final"]["total_mb"] > 0
+        assert {"timeout", "resource", "outcome"} <= set(case["final"]["indexes_mb"])
+        assert sum(sample["deleted"] for sample in case["samples"]) > 0  # cleanup ran
+    peer = scenarios["procrastinate"]
+    if importlib.util.find_spec("procrastinate") is None:
+        assert peer["skipped"].startswith("procrastinate is not installed")
+    else:
+        assert peer["tasks_per_s"]["median"] > 0
 
 
 @pytest.mark.mysql

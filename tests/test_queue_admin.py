@@ -4,13 +4,16 @@ backends, and the API). Bulk actions: requeue or cancel every task a filter sele
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from conftest import drop_table
+from postgres_instance import PostgreSQL, postgres  # noqa: F401 - the fixture
 
 from perfectqueue.service.app import create_app
 from perfectqueue.service.config import settings_from
@@ -125,3 +128,35 @@ def test_bulk_requeue_of_a_types_dead_and_cancel_of_a_users_waiting(client: Test
     assert [(f["id"], f["code"]) for f in refused["failed"]] == [("w3", "not_dead")]
     invalid = client.post(f"{Q}/bulk", json={"action": "delete", "status": "dead"})
     assert invalid.json()["code"] == "invalid"
+
+
+def test_first_pauses_racing_an_init_on_postgresql_all_succeed(postgres: PostgreSQL) -> None:  # noqa: F811
+    """On a database without the paused queues' side table, the first pauses of several stores and
+    an ``init`` at once each succeed: a pause creates the side table as ``init`` does, under its
+    lock (PostgreSQL's concurrent CREATE TABLE IF NOT EXISTS fails on a catalog's unique index)."""
+    for attempt in range(4):
+        dbs = [Database(postgres.url) for _ in range(6)]
+        stores = [QueueStore(db, f"q{attempt}_{i}") for i, db in enumerate(dbs)]
+        dbs[0].transaction(lambda conn: conn.execute(sa.text("DROP TABLE IF EXISTS perfectqueue_paused")))
+        barrier = threading.Barrier(len(stores))
+        failed: list[BaseException] = []
+
+        def first_call(i: int, store: QueueStore) -> None:
+            barrier.wait()
+            try:
+                store.init() if i == 0 else store.pause()
+            except BaseException as exc:
+                failed.append(exc)
+
+        threads = [threading.Thread(target=first_call, args=pair) for pair in enumerate(stores)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        try:
+            assert not failed, (attempt, failed[:2])
+            paused = sa.text("SELECT COUNT(*) FROM perfectqueue_paused")
+            assert dbs[0].transaction(lambda conn: conn.execute(paused).scalar()) == len(stores) - 1
+        finally:
+            for db in dbs:
+                db.dispose()

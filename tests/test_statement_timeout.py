@@ -1,7 +1,8 @@
 """A database that does not answer costs a request ``statement_timeout`` seconds, not the driver's
 30 (CONTRACT.md §4, "Bounded"): a slow statement on MariaDB ends at the server's
 ``max_statement_time``, a frozen server (a private ``mariadbd`` under SIGSTOP) at the driver's
-read and connect timeouts. See docs/faults.md and service/store/deadline.py.
+read and connect timeouts, a frozen PostgreSQL at the store's watchdog. See docs/faults.md,
+service/store/deadline.py and service/store/watchdog.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import require_server
 from mariadb_instance import MariaDB, mariadb  # noqa: F401 - the fixture
+from postgres_instance import PostgreSQL, postgres  # noqa: F401 - the fixture
 from sdk_support import wait_for
 from servers import service_process, write_config
 
@@ -71,13 +73,39 @@ def test_a_frozen_database_is_answered_503_within_the_statement_timeout(
     """SIGSTOP the database: /readyz, a submit and the stats each answer 503 (the API's with
     Retry-After) within statement_timeout (2) plus the driver's margin, again and again (they took
     29.9 s each with the driver's 30 s read timeout); SIGCONT: served again."""
-    config = write_config(tmp_path / "service.yaml", mariadb.url, "pq_frozen", statement_timeout=2)
+    assert mariadb.proc is not None
+    proc = mariadb.proc
+    check_frozen(
+        mariadb.url,
+        tmp_path,
+        lambda: proc.send_signal(signal.SIGSTOP),
+        lambda: proc.send_signal(signal.SIGCONT),
+    )
+
+
+@pytest.mark.slow
+def test_a_frozen_postgresql_is_answered_503_within_the_statement_timeout(
+    postgres: PostgreSQL,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The same with every process of a private PostgreSQL stopped: its kernel still acknowledges
+    the packets (so neither keepalives nor ``tcp_user_timeout`` fire) and psycopg has no read
+    timeout; the store's watchdog cuts a statement a second after its deadline."""
+    check_frozen(
+        postgres.url,
+        tmp_path,
+        lambda: postgres.signal_all(signal.SIGSTOP),
+        lambda: postgres.signal_all(signal.SIGCONT),
+    )
+
+
+def check_frozen(url: str, tmp_path: Path, freeze: Callable[[], None], thaw: Callable[[], None]) -> None:
+    config = write_config(tmp_path / "service.yaml", url, "pq_frozen", statement_timeout=2)
     service = service_process(config, tmp_path / "service.log")
     with service as (base, _proc), httpx.Client(timeout=60) as client:
         queue = f"{base}/v1/queues/q"
         assert client.post(f"{queue}/submit", json={"id": "before", "type": "t"}).status_code == 201
-        assert mariadb.proc is not None
-        mariadb.proc.send_signal(signal.SIGSTOP)
+        freeze()
         try:
             for attempt in range(2):  # the pool's connections first, then new ones (connect timeout)
                 seconds, ready = timed(lambda: client.get(f"{base}/readyz"))
@@ -89,6 +117,6 @@ def test_a_frozen_database_is_answered_503_within_the_statement_timeout(
                 assert stats.status_code == 503 and seconds < 6, (attempt, seconds)
             assert client.get(f"{base}/healthz").status_code == 200
         finally:
-            mariadb.proc.send_signal(signal.SIGCONT)
+            thaw()
         wait_for(lambda: client.get(f"{base}/readyz").status_code == 200, timeout=30)
         assert client.post(f"{queue}/submit", json={"id": "after", "type": "t"}).status_code == 201

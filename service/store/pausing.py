@@ -4,7 +4,8 @@ One row per paused table (``perfectqueue_paused``: the table's name and when it 
 the queue's database, so every service replica and every process of the direct backend sees a
 pause. Submits, heartbeats, finishes and the operator's calls go on as ever; only acquisitions
 (polls) answer empty, and tasks already leased keep running. ``init`` creates the side table
-beside the queue's, and a pause creates it if an older ``init`` did not. Ruby PerfectQueue
+beside the queue's, and a pause or a resume creates it if an older ``init`` did not, the way
+``init`` does (under its lock: PostgreSQL's concurrent DDL would fail). Ruby PerfectQueue
 processes sharing the table do not read it: they keep acquiring.
 """
 
@@ -15,8 +16,9 @@ import time
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
-from ...errors import PerfectQueueError
+from ...errors import PerfectQueueError, UnavailableError
 from .database import Database
 
 PAUSED_TABLE = "perfectqueue_paused"
@@ -37,9 +39,17 @@ def create(conn: Connection) -> None:
     conn.execute(sa.schema.CreateTable(PAUSED, if_not_exists=True))
 
 
+def ensure(db: Database) -> None:
+    """Create the side table if it is missing, under ``init``'s lock, as ``init`` does."""
+    with db.engine.connect() as conn:
+        if sa.inspect(conn).has_table(PAUSED_TABLE):
+            return
+    with db.init_lock(), db.engine.begin() as conn:
+        create(conn)
+
+
 def pause(conn: Connection, table: str, now: int) -> None:
     """Pause ``table`` (a paused one keeps the time it was first paused)."""
-    create(conn)
     row = {"queue": table, "paused_at": now}
     if conn.dialect.name in ("sqlite", "postgresql"):
         lite = (sqlite if conn.dialect.name == "sqlite" else postgresql).insert(PAUSED)
@@ -50,7 +60,6 @@ def pause(conn: Connection, table: str, now: int) -> None:
 
 def resume(conn: Connection, table: str) -> None:
     """Resume ``table`` (one not paused stays so)."""
-    create(conn)
     conn.execute(sa.delete(PAUSED).where(PAUSED.c.queue == table))
 
 
@@ -68,6 +77,7 @@ class PauseFlag:
         self.db, self.table = db, table
         self._read_at = -PAUSE_RECHECK
         self._paused_at: int | None = None
+        self._ensured = False
 
     def paused_at(self) -> int | None:
         """When the queue was paused (None: it is not). A side table that cannot be read (an
@@ -83,6 +93,12 @@ class PauseFlag:
 
     def set(self, paused: bool) -> int | None:
         """Pause or resume the queue; when it was paused (None: resumed)."""
+        if not self._ensured:
+            try:
+                ensure(self.db)
+            except DBAPIError as exc:
+                raise UnavailableError(f"cannot create the table {PAUSED_TABLE}: {exc.orig}") from exc
+            self._ensured = True
 
         def work(conn: Connection) -> int | None:
             if paused:

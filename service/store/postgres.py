@@ -12,6 +12,7 @@ SQLite is answered here, one function per difference, and :class:`.database.Data
   the transaction's commit or rollback; the key is a stable 64-bit hash of the lock's name. A
   session waits at most ``lock_timeout`` for one, or for a row lock: 10 s, or less than the
   statement deadline (``statement_timeout``), so that the lock's own timeout answers first.
+- A server that does not answer at all is bounded on the client's side: ``watchdog.py``.
 - Errors are told by their SQLSTATE: serialization failures and deadlocks are retried; a
   statement or lock timeout answers 503 at once (waiting again would take as long); the classes
   of data exceptions and program limits are refusals no retry can change.
@@ -28,6 +29,9 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
+
+from . import watchdog
+from .deadline import CLIENT_MARGIN
 
 RETRYABLE = {"40001", "40P01"}  # serialization failure, deadlock detected
 TIMED_OUT = {"57014", "55P03"}  # statement_timeout, lock_timeout: waiting again would take as long
@@ -60,11 +64,16 @@ def normalize_url(url: str) -> str | None:
 
 def create_engine(url: str, pool: PoolSizes, deadline: float | None, lock_wait: int) -> Engine:
     """``deadline``: PostgreSQL's ``statement_timeout`` (a statement running longer is cancelled,
-    SQLSTATE 57014: answered 503, not retried); ``lock_wait``: its ``lock_timeout``, in seconds."""
+    SQLSTATE 57014: answered 503, not retried), and the client's own bound for a server that does
+    not answer at all (``watchdog.py``: a second later, the connection is cut; and the connect
+    timeout); ``lock_wait``: its ``lock_timeout``, in seconds."""
     options = f"-c lock_timeout={lock_wait * 1000}"
+    connect: dict[str, Any] = {"connect_timeout": 5, **watchdog.KEEPALIVES}
     if deadline is not None:
         options += f" -c statement_timeout={math.ceil(deadline * 1000)}"
-    return sa.create_engine(
+        client = deadline + CLIENT_MARGIN
+        connect.update(connect_timeout=max(2, math.ceil(client)), tcp_user_timeout=math.ceil(client * 1000))
+    engine = sa.create_engine(
         url,
         pool_size=pool.size,
         max_overflow=pool.overflow,
@@ -72,13 +81,17 @@ def create_engine(url: str, pool: PoolSizes, deadline: float | None, lock_wait: 
         pool_recycle=3600,
         pool_reset_on_return=None,  # every use ends its transaction itself, as on MariaDB
         isolation_level="READ COMMITTED",
-        connect_args={"connect_timeout": 5, "options": options},
+        connect_args={**connect, "options": options},
     )
+    if deadline is not None:
+        watchdog.WATCHDOG.attach(engine, deadline)
+    return engine
 
 
 def lift(conn: Connection) -> None:
     """No statement deadline for the rest of ``conn``'s transaction (schema changes: an index
     built on a large table takes minutes)."""
+    watchdog.lift(conn)
     conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
 
 
@@ -139,7 +152,7 @@ def is_retryable(exc: DBAPIError) -> bool:
 
 
 def timed_out(exc: DBAPIError) -> bool:
-    return sqlstate(exc) in TIMED_OUT
+    return sqlstate(exc) in TIMED_OUT or watchdog.passed_deadline(exc)
 
 
 def is_duplicate_key(exc: DBAPIError) -> bool:

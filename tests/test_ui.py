@@ -354,6 +354,23 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, artifacts: Path) -> None
         polled = httpx.post(f"{base}{Q}/poll", headers=app, json={"max": 5})
         assert sorted(t["id"] for t in polled.json()["tasks"]) == ["a-fresh", "doomed", "stale"]
 
+        # A task a Ruby PerfectQueue process holds (its fair acquisition moves only the timeout):
+        # the page says who holds it and offers a forced cancel, which ends it.
+        held = httpx.post(f"{base}{Q}/submit", headers=app, json={"id": "ruby-held", "type": "t"})
+        assert held.status_code == 201
+        with sqlite3.connect(tmp_path / "q.sqlite3") as db:
+            now = "CAST(strftime('%s', 'now') AS INTEGER)"
+            db.execute(f"UPDATE ui_q SET timeout = {now} + 300 WHERE id = 'ruby-held'")
+        page.goto(base + "/ui/#/queues/q/tasks/ruby-held")
+        expect(page.locator("#task-holder")).to_contain_text("Ruby PerfectQueue process")
+        if offered:
+            expect(page.locator("#cancel")).to_have_count(0)
+            page.click("#cancel-force")
+            expect(page.locator("#confirm-text")).to_contain_text("never sees a cancel request")
+            page.click("#confirm-ok")
+            expect(page.locator("#task-state")).to_have_text("cancelled", timeout=10_000)
+            page.screenshot(path=artifacts / "task-ruby-cancelled.png", full_page=True)
+
         # Every API call the signed-in pages made is one the admin key may make.
         api = [(method, url, status) for method, url, status in calls if url.startswith("/v1/")]
         assert api and all(status < 400 for _, _, status in api), api

@@ -610,16 +610,16 @@ async function taskPage(queue, id) {
   const body = h("div", { id: "task" });
   setMain(h("h1", { class: "mono", text: id }), flash, body);
   const optional = await detectOptional();
-  const act = (label, path, question, done) =>
+  const act = (label, path, question, done, extra = {}) =>
     h("button", {
       type: "button",
       class: "danger",
-      id: path,
+      id: extra.force ? `${path}-force` : path,
       text: label,
       onclick: () =>
         confirmThen(question, async () => {
           try {
-            await api("POST", `${queuePath(queue)}/${path}`, { id });
+            await api("POST", `${queuePath(queue)}/${path}`, { id, ...extra });
             flash.replaceChildren(notice("ok", done));
           } catch (err) {
             if (failed(err)) return;
@@ -652,7 +652,7 @@ async function taskPage(queue, id) {
           live ? null : field("Ended", stamp(unixOf(task.finished_at), "task-ended")),
           field(dueLabel(task.state)[0].toUpperCase() + dueLabel(task.state).slice(1), stamp(dueTime(task), "task-due")),
           field("max_running", task.max_running ?? "—"),
-          field("Leased", task.leased ? "yes (a worker holds it)" : "no"),
+          field("Leased", h("span", { id: "task-holder", text: holderText(task) })),
           task.attempts !== undefined ? field("Attempts", `${task.attempts}${task.max_attempts ? ` of ${task.max_attempts}` : ""}`) : null,
           task.last_error ? field("Last error", h("span", { class: "mono", text: task.last_error })) : null,
           task.cancel_requested ? field("Cancel requested", "yes: its worker is asked to stop") : null,
@@ -663,7 +663,10 @@ async function taskPage(queue, id) {
           { class: "actions" },
           live || dead ? act("Force finish", "force-finish", `Finish task ${task.id} now, whoever holds it? It will never run again.`, "Task finished.") : null,
           live ? act("Retry now", "force-release", `Make task ${task.id} deliverable now? A worker holding it loses its lease.`, "Task released: deliverable now.") : null,
-          live && optional.has("cancel") ? act("Cancel", "cancel", `Cancel task ${task.id}? A worker holding it is asked to stop.`, "Cancelled (or cancel requested from its worker).") : null,
+          live && optional.has("cancel") && task.holder !== "ruby" ? act("Cancel", "cancel", `Cancel task ${task.id}? A worker holding it is asked to stop.`, "Cancelled (or cancel requested from its worker).") : null,
+          live && optional.has("cancel") && task.holder === "ruby"
+            ? act("Force cancel", "cancel", `Task ${task.id} is held by a Ruby PerfectQueue process, which never sees a cancel request. End it cancelled now? That process's next heartbeat or finish fails.`, "Cancelled.", { force: true })
+            : null,
           dead && optional.has("requeue") ? act("Requeue", "requeue", `Make dead task ${task.id} waiting again, its attempts reset?`, "Task requeued.") : null,
           live || dead ? null : h("span", { class: "muted", text: `${task.state[0].toUpperCase()}${task.state.slice(1)}: no action applies.` }),
         ),
@@ -672,6 +675,11 @@ async function taskPage(queue, id) {
       h("pre", { class: "data", id: "task-data", text: JSON.stringify(task.data, null, 2) }),
     );
   };
+}
+
+function holderText(task) {
+  if (task.holder === "ruby") return "yes (a Ruby PerfectQueue process holds it: it does not see cancel requests)";
+  return task.leased ? "yes (a worker holds it)" : "no";
 }
 
 function crumbs(...items) {

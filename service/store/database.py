@@ -257,12 +257,14 @@ class Database:
                         self.wait_lock(conn, lock)
                     yield conn
             finally:
-                conn.info.pop(HELD, None)
-                if held.names:
-                    if self.is_mysql:  # PostgreSQL's end with the transaction
+                # an invalidated connection (a lost server) is not touched again: that would
+                # reconnect, and wait for a server that did not answer; its locks went with it
+                if not conn.invalidated:
+                    conn.info.pop(HELD, None)
+                    if held.names and self.is_mysql:  # PostgreSQL's end with the transaction
                         _release_locks(conn, held.names)
-                    if timed is not None:
-                        timed(held.waited, time.perf_counter() - held.since)
+                if held.names and timed is not None:
+                    timed(held.waited, time.perf_counter() - held.since)
 
     def wait_lock(self, conn: Connection, name: str) -> None:
         """Take the named lock ``name`` in ``conn``'s transaction, waiting for it at most

@@ -225,7 +225,7 @@ def test_max_running_is_never_exceeded_across_replicas(
     assert counts == {"name": "q", **NONE, "finished": len(ids)}
 
 
-BACKLOG = {"mysql": 2000, "postgres": 2000, "sqlite": 600}
+BACKLOG = {"mysql": 800, "postgres": 800, "sqlite": 600}
 """The large user's tasks, in the newcomer's test."""
 
 

@@ -361,6 +361,8 @@ def test_dashboard_in_headless_chromium(tmp_path: Path, artifacts: Path) -> None
         with sqlite3.connect(tmp_path / "q.sqlite3") as db:
             now = "CAST(strftime('%s', 'now') AS INTEGER)"
             db.execute(f"UPDATE ui_q SET timeout = {now} + 300 WHERE id = 'ruby-held'")
+        page.goto(base + "/ui/#/queues/q?state=leased")
+        expect(page.locator('#tasks tr[data-id="ruby-held"] .holder')).to_have_text("by Ruby")
         page.goto(base + "/ui/#/queues/q/tasks/ruby-held")
         expect(page.locator("#task-holder")).to_contain_text("Ruby PerfectQueue process")
         if offered:

@@ -462,7 +462,7 @@ function tasksTable(queue, page, now) {
       h("td", { class: "id mono" }, h("a", { href: `#/queues/${enc(queue)}/tasks/${enc(task.id)}`, text: task.id })),
       h("td", { text: task.type }),
       h("td", { text: task.user ?? "—" }),
-      h("td", {}, stateChip(task.state)),
+      h("td", {}, stateChip(task.state), task.holder === "ruby" ? h("span", { class: "muted holder", text: " by Ruby" }) : null),
       h("td", {}, when(unixOf(task.created_at), now)),
       h("td", { class: "age" }, task.created_at ? age(now - unixOf(task.created_at)) : "—"),
       h("td", {}, h("span", { class: "muted", text: `${dueLabel(task.state)} ` }), when(dueTime(task), now)),

@@ -16,6 +16,7 @@ from perfectqueue.client._http import error_of
 from perfectqueue.errors import AlreadyFinishedError, UnavailableError
 from perfectqueue.service.store import QueueStore, TaskStatus
 from perfectqueue.worker.acks import Acks
+from perfectqueue.worker.polling import Poll
 from perfectqueue.worker.task import WorkerTask
 from perfectqueue.worker.task_monitor import release_all
 
@@ -177,6 +178,21 @@ def test_tasks_given_back_together_go_in_one_release(
     assert ops == [("release_many", 3), *alone]
     assert [task.outcome for task in tasks] == ["released", "released", "preempted", "finished"]
     assert queue.stats().waiting == 2
+
+
+@pytest.mark.parametrize("refuse", [None, "release_many"])
+def test_an_abandoned_poll_gives_its_tasks_back_in_one_release(
+    queue: perfectqueue.Queue, refuse: str | None
+) -> None:
+    queue.submit_many([{"key": f"t{i}", "type": "x"} for i in range(3)])
+    ops = recorded(queue, refuse)
+    poll = Poll(queue, 3, 600, 0.0, close=lambda: None)
+    assert poll.take() is None  # abandoned before it answered: it gives back what it gets
+    poll.start()
+    alone = [("release", 1)] * 3 if refuse else []
+    wait_for(lambda: len(ops) == 2 + len(alone), timeout=10)
+    assert ops == [("poll", 1), ("release_many", 3), *alone]
+    assert queue.stats().waiting == 3
 
 
 def test_a_second_settle_is_refused_without_asking_the_queue(queue: perfectqueue.Queue) -> None:

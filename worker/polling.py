@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 
 from ..client import AcquiredTask, Queue
-from ..errors import PerfectQueueError
+from ..errors import PerfectQueueError, UnavailableError
 from . import logs
 
 log = logging.getLogger("perfectqueue.worker")
@@ -72,10 +72,17 @@ class Poll:
             self._give_back(tasks)
 
     def _give_back(self, tasks: list[AcquiredTask]) -> None:
+        failed: dict[str, PerfectQueueError] = {}
         try:
             failed = {f.key: f.error for f in self.queue.release_many(tasks).failed} if tasks else {}
-        except PerfectQueueError as exc:
+        except UnavailableError as exc:
             failed = {task.key: exc for task in tasks}
+        except PerfectQueueError:  # a service of an earlier version: one release per task
+            for task in tasks:
+                try:
+                    task.release()
+                except PerfectQueueError as exc:
+                    failed[task.key] = exc
         for task in tasks:
             if task.key in failed:
                 log.warning("%s", logs.fields(event="release_failed", id=task.key, error=failed[task.key]))

@@ -192,6 +192,15 @@ class Database:
             return postgres.now()
         return sa.func.unix_timestamp()
 
+    def in_list(self, column: sa.ColumnElement[Any], name: str) -> sa.ColumnElement[bool]:
+        """``column IN :name``, the list bound at execution. On PostgreSQL ``column = ANY(:name)``
+        with one array parameter: the statement's text does not change with the list's length,
+        so neither SQLAlchemy nor psycopg renders and parses it again for each length (and
+        psycopg prepares it once); elsewhere an expanding IN."""
+        if self.is_postgres:
+            return postgres.in_array(column, name)
+        return column.in_(sa.bindparam(name, expanding=True))
+
     def clock_skew(self) -> float:
         """Seconds the database's clock is ahead of this host's (negative: behind), measured
         against the middle of the round trip; 0 on SQLite (the same clock)."""

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -178,3 +179,8 @@ def is_nul_text(exc: DBAPIError) -> bool:
     """psycopg refused to send text with a NUL character, which PostgreSQL's text cannot hold
     (so no row has it: the request names what cannot exist)."""
     return is_own_error(exc) and sqlstate(exc) is None and "NUL" in str(exc.orig)
+
+
+def in_array(column: sa.ColumnElement[Any], name: str) -> sa.ColumnElement[bool]:
+    """``column = ANY(:name)``, ``:name`` one array of the column's type."""
+    return column == sa.any_(sa.bindparam(name, type_=ARRAY(column.type)))

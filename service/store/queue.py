@@ -234,7 +234,7 @@ class QueueStore(LeaseOperations, OperatorActions):
         round trip: one row (now, NULL, …) when none does, else one row per id present."""
         one = sa.select(sa.literal(1).label("one")).subquery("one")
         return sa.select(self.db.now().label("now"), self._t.id, self._t.data, self._t.resource).select_from(
-            one.outerjoin(self.table, self._t.id.in_(sa.bindparam("ids", expanding=True)))
+            one.outerjoin(self.table, self.db.in_list(self._t.id, "ids"))
         )
 
     def _row(self, task: NewTask) -> dict[str, Any]:
@@ -336,7 +336,7 @@ class QueueStore(LeaseOperations, OperatorActions):
         }
         return (
             sa.update(self.table)
-            .where(self._t.id.in_(sa.bindparam("ids", expanding=True)))
+            .where(self.db.in_list(self._t.id, "ids"))
             .values(self._columns.values(values))
         )
 

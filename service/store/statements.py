@@ -69,7 +69,7 @@ class QueueStatements(QueueReader):
     def _finish_held(self) -> sa.Update:
         """Finish the rows ``:ids`` that the lease ``:lease`` holds and no cancel was asked for."""
         held = sa.and_(
-            self._t.id.in_(sa.bindparam("ids", expanding=True)),
+            self.db.in_list(self._t.id, "ids"),
             held_by(self._t.owner, self._t.timeout, sa.bindparam("lease", type_=sa.BigInteger)),
             self._t.created_at.is_not(None),
             self._columns.not_cancel_requested(),

@@ -194,10 +194,10 @@ class QueueMetrics:
     def acquired(self, tasks: Sequence[AcquiredTask]) -> None:
         self.metrics.call_tasks.labels(self.queue, "acquire").observe(len(tasks))
         self.metrics.count("acquired", self.queue, len(tasks))
-        now = time.time()
+        now, queue_wait = time.time(), self.metrics.queue_wait.labels(self.queue)
         for acquired in tasks:
             if acquired.task.created_at is not None:
-                self.metrics.queue_wait.labels(self.queue).observe(max(0.0, now - acquired.task.created_at))
+                queue_wait.observe(max(0.0, now - acquired.task.created_at))
 
     def unavailable(self) -> None:
         self.metrics.database_errors.labels(self.queue).inc()

@@ -1,6 +1,6 @@
 """The service's CPU per request, by kind: one client, sequential requests, fair scheduling off.
 
-``python -m bench.request_cpu [--backend mysql|sqlite] [--requests N] [--client raw|httpx]``
+``python -m bench.request_cpu [--backend mysql|postgres|sqlite] [--requests N] [--client raw|httpx]``
 starts one ``perfectqueue serve`` (as the harness does), sends N requests of each kind one after
 another from this process (``http.client``, or httpx) and prints, per kind, the wall time per
 request, the service process's CPU time per request (from /proc: user + system) and this client's
@@ -71,13 +71,14 @@ def run(backend: Backend, requests: int, client: str = "raw") -> dict[str, tuple
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.request_cpu", description=__doc__)
-    parser.add_argument("--backend", default="mysql", choices=("mysql", "sqlite"))
+    parser.add_argument("--backend", default="mysql", choices=("mysql", "postgres", "sqlite"))
     parser.add_argument("--mysql-url", default="mysql://root@127.0.0.1:3306/test")
+    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--requests", type=int, default=1000, help="requests of each kind")
     parser.add_argument("--client", default="raw", choices=CLIENTS, help="raw (http.client) or httpx")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pqbench-") as tmp:
-        backend = Backend.create(args.backend, Path(tmp), args.mysql_url)
+        backend = Backend.create(args.backend, Path(tmp), args.mysql_url, args.postgres_url)
         for kind, (wall, cpu, own) in run(backend, args.requests, args.client).items():
             print(f"{kind:28} wall {wall:7.2f} ms   service CPU {cpu:7.2f} ms   client CPU {own:6.2f} ms")
     return 0

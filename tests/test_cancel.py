@@ -90,14 +90,17 @@ def test_a_running_task_is_told_at_its_heartbeat_and_ends_cancelled(store: Queue
     assert store.acquire(10, 60) == []
 
 
-def test_a_cancelled_task_whose_holder_died_is_never_delivered(store: QueueStore) -> None:
+@pytest.mark.parametrize("fair", [True, False], ids=["fair", "oldest first"])
+def test_a_cancelled_task_whose_holder_died_is_never_delivered(store: QueueStore, fair: bool) -> None:
+    store = QueueStore(store.db, store.table.name, fair=fair)
     store.submit_many([NewTask("gone", "x"), NewTask("ok", "x")])
     held = {a.task.id: a for a in store.acquire(10, 60)}
     store.cancel("gone")
     expire_lease(store, "gone")
     store.release("ok", held["ok"].lease)
     assert [a.task.id for a in store.acquire(10, 60)] == ["ok"]
-    assert store.get("gone").status is TaskStatus.CANCELLED
+    gone = store.get("gone")
+    assert (gone.status, gone.attempts) == (TaskStatus.CANCELLED, 1)  # ended, not counted again
     results = store.finish_many([("gone", held["gone"].lease)])
     assert isinstance(results[0], CancelRequestedError)
 

@@ -14,9 +14,9 @@ from perfectqueue.service.store.queue import LEASE_EXPIRED
 TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-def store_with(store: QueueStore, **policy: object) -> QueueStore:
+def store_with(store: QueueStore, fair: bool = True, **policy: object) -> QueueStore:
     """Another store on the same table with a retry policy of its own."""
-    return QueueStore(store.db, store.table.name, policy=RetryPolicy(**policy))  # type: ignore[arg-type]
+    return QueueStore(store.db, store.table.name, fair=fair, policy=RetryPolicy(**policy))  # type: ignore[arg-type]
 
 
 def test_each_acquisition_counts_an_attempt_and_a_release_gives_it_back(store: QueueStore) -> None:
@@ -52,9 +52,11 @@ def test_a_failing_task_is_dead_after_max_attempts_with_its_last_error(store: Qu
         store.finish("p", two.lease)  # the last holder cannot finish a dead task
 
 
-def test_a_task_whose_lease_keeps_expiring_ends_dead(store: QueueStore) -> None:
-    """What a worker killed on every attempt leaves behind: expired leases, each an attempt."""
-    limited = store_with(store, max_attempts=3)  # the queue's limit, for tasks without their own
+@pytest.mark.parametrize("fair", [True, False], ids=["fair", "oldest first"])
+def test_a_task_whose_lease_keeps_expiring_ends_dead(store: QueueStore, fair: bool) -> None:
+    """What a worker killed on every attempt leaves behind: expired leases, each an attempt. The
+    acquisition that finds its attempts used up ends it dead without counting one more."""
+    limited = store_with(store, fair, max_attempts=3)  # the queue's limit, for tasks without their own
     limited.submit(NewTask("k", "x", user="acme", max_running=1))
     limited.submit(NewTask("own", "x", max_attempts=1))
     for attempt in (1, 2, 3):

@@ -1,8 +1,10 @@
-"""The statements each hot store call sends to MariaDB, counted by the server itself.
+"""The statements each hot store call sends to MariaDB, counted by the server itself, and to
+PostgreSQL, counted as the driver's cursor sends them.
 
 Every statement is a round trip and a share of the database's CPU; these counts are what the
 benchmarks' numbers rest on, so a change that adds one fails here rather than only showing up as
-a slower benchmark. Counted with the session's own status counters on a pool of one connection.
+a slower benchmark. Counted on MariaDB with the session's own status counters on a pool of one
+connection.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import drop_table, require_mysql
+from conftest import drop_table, require_mysql, require_postgres
+from sqlalchemy import event
 
 from perfectqueue.errors import PreemptedError
 from perfectqueue.service.store import Database, NewTask, PoolOptions, QueueStore, pausing
@@ -128,6 +131,53 @@ def test_a_fair_acquisition_is_its_lock_plan_rows_and_lease(
         "Com_select": lock_plan_rows_lease["Com_select"] + 1,
     }
     assert store.counts(1000).waiting == 1
+
+
+PG_ACQUISITION = {
+    # oldest first: the rows read, locked and leased in one statement
+    "oldest first": ["WITH picked"],
+    # the table's advisory lock, the plan (clock, running counts and heads: one statement), the
+    # rows, the lease
+    "table": ["SELECT pg_advisory_xact_lock", "WITH RECURSIVE", "SELECT", "UPDATE"],
+    # the plan, the users' try-locks, their running count, the rows, the lease
+    "user": ["WITH RECURSIVE", "SELECT pg_try_advisory_xact_lock", "SELECT", "SELECT", "UPDATE"],
+}
+
+
+@pytest.mark.parametrize("mode", PG_ACQUISITION)
+def test_an_acquisition_on_postgresql_is_its_lock_plan_rows_and_lease(mode: str) -> None:
+    """Oldest first reads and leases in one statement. Under the table's lock every statement of
+    a fair acquisition is one round trip more with the lock held: the clock, the running counts
+    and every user's head are one statement."""
+    db = Database(require_postgres())
+    table = "t_" + uuid.uuid4().hex[:16]
+    fair = mode != "oldest first"
+    store = QueueStore(db, table, fair=fair, fair_lock=mode if fair else "table")
+    try:
+        store.init()
+        for user in "AB":
+            store.submit_many([NewTask(f"{user}{i}", "x", user=user, max_running=5) for i in range(4)])
+        store.acquire(2, 60)  # once: the table's indexes and columns
+        sent: list[str] = []
+
+        def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            sent.append(statement)
+
+        event.listen(db.engine, "before_cursor_execute", count)
+        try:
+            acquired = store.acquire(2, 60)
+        finally:
+            event.remove(db.engine, "before_cursor_execute", count)
+        if fair:  # one more of each user; oldest first, any two (they were submitted in one second)
+            assert sorted(t.task.id for t in acquired) == ["A1", "B1"]
+        assert len(acquired) == 2
+        expected = PG_ACQUISITION[mode]
+        assert len(sent) == len(expected), sent
+        for statement, start in zip(sent, expected, strict=True):
+            assert statement.startswith(start), (start, statement)
+    finally:
+        drop_table(db, table)
+        db.dispose()
 
 
 def test_a_batch_with_a_present_id_is_answered_per_item_in_the_same_round_trips(

@@ -45,6 +45,7 @@ class Acquisition:
         # then need not look up (SQLite's heads come with their max_running)
         self._next_heads = 1 if db.scans_heads_by_group else 0
         self._plan: tuple[sa.Select[Any] | None, sa.CompoundSelect[Any]] | None = None
+        self._skip_plan: sa.CompoundSelect[Any] | None = None  # see _skip_scan_plan
         self._shaped: dict[tuple[str, int, int], sa.Executable] = {}  # see _per_user
 
     @property
@@ -98,7 +99,15 @@ class Acquisition:
             self._t.timeout > EVENT_HORIZON, self._t.timeout <= now, self._t.created_at.is_not(None)
         )
 
-    def _oldest_rows(self, conn: Connection, limit: int) -> Sequence[Row[Any]]:
+    @property
+    def reads_as_it_leases(self) -> bool:
+        """Do the rows come with their lease, in one statement (``QueueStore``'s, from
+        :meth:`oldest`)? On PostgreSQL, oldest first, under row locks only."""
+        return self.db.is_postgres and not self.fair and self.lock_name() is None
+
+    def oldest(self) -> sa.Select[Any]:
+        """The ``:limit`` oldest waiting rows and the clock (``now``), locked (SKIP LOCKED unless
+        the table's lock is taken)."""
         if self._oldest is None:
             now = self.db.now()
             query = (
@@ -109,7 +118,10 @@ class Acquisition:
                 .with_hint(self.table, f"FORCE INDEX (`{timeout_index(self.table.name)}`)", "mysql")
             )
             self._oldest = self._lock_rows(query, skip_locked=self.lock_name() is None)
-        return conn.execute(self._oldest, {"limit": limit}).all()
+        return self._oldest
+
+    def _oldest_rows(self, conn: Connection, limit: int) -> Sequence[Row[Any]]:
+        return conn.execute(self.oldest(), {"limit": limit}).all()
 
     def _fair_rows(
         self,
@@ -161,12 +173,20 @@ class Acquisition:
 
     def _plan_inputs(self, conn: Connection) -> tuple[int, dict[str, int], list[fair.Head]]:
         """The database's clock, each user's running count and each user's head (its oldest
-        waiting task): on MySQL one statement, whose every ``UNIX_TIMESTAMP()`` is the same
-        instant (the statement's start)."""
+        waiting task), in one statement whose every clock reading is the same instant (the
+        statement's start): on MySQL by a loose index scan, elsewhere by ``_skip_scan_plan``."""
         if not self.db.scans_heads_by_group:
-            now = conn.execute(sa.select(self.db.now())).scalar_one()
-            running = {user: count for _, user, count in conn.execute(self._running_query(now)).all()}
-            return now, running, self._heads_by_skip_scan(conn, now)
+            if self._skip_plan is None:
+                self._skip_plan = self._skip_scan_plan()
+            clock, counts, found = 0, {}, []
+            for kind, user, value, max_running in conn.execute(self._skip_plan).all():
+                if kind == "now":
+                    clock = value
+                elif kind == "running":
+                    counts[user] = value
+                else:
+                    found.append(fair.Head(user, value, max_running))
+            return clock, counts, found
         if self._plan is None or not self._resource_indexed:
             self._plan = self._planning_statements(conn)
         as_json, as_rows = self._plan
@@ -256,10 +276,15 @@ class Acquisition:
             self._resource_indexed = resource_index(self.table.name) in names
         return self._resource_indexed
 
-    def _heads_by_skip_scan(self, conn: Connection, now: int) -> list[fair.Head]:
-        """SQLite and PostgreSQL have no loose index scan: a recursive query steps from user to user along the
-        (resource, timeout) index inside the database, one index seek per user."""
-        t, waiting = self._t, sa.and_(self._t.timeout > EVENT_HORIZON, self._t.timeout <= now)
+    def _skip_scan_plan(self) -> sa.CompoundSelect[Any]:
+        """The plan's inputs where there is no loose index scan (SQLite, PostgreSQL), in one
+        statement, one instant (its clock): rows ("now", None, clock, None), ("running", user,
+        count, None) and ("head", user, oldest waiting timeout, its max_running). A recursive
+        query steps from user to user along the (resource, timeout) index inside the database,
+        one index seek per user. One statement rather than four: under fair scheduling the plan
+        is read with the table's lock held, and each round trip was held with it."""
+        t, clock = self._t, self.db.now()
+        waiting = sa.and_(t.timeout > EVENT_HORIZON, t.timeout <= clock)
 
         def first_waiting(column: sa.ColumnElement[Any], *where: sa.ColumnElement[bool]) -> Any:
             return (
@@ -275,18 +300,25 @@ class Acquisition:
                 previous.c.user.is_not(None)
             )
         )
-        query = sa.select(
-            users.c.user,
-            first_waiting(t.timeout, t.resource == users.c.user),
-            first_waiting(t.max_running, t.resource == users.c.user),
-        ).where(users.c.user.is_not(None))
-        no_user = (
-            sa.select(t.resource, t.timeout, t.max_running)
+        no_user = (  # a subquery: SQLite takes no ORDER BY or LIMIT on a member of a UNION
+            sa.select(t.timeout, t.max_running)
             .where(t.resource.is_(None), waiting)
             .order_by(t.timeout)
             .limit(1)
+            .subquery("no_user")
         )
-        return [fair.Head(*row) for row in (*conn.execute(no_user).all(), *conn.execute(query).all())]
+        no_name, no_limit = sa.cast(sa.null(), t.resource.type), sa.cast(sa.null(), sa.Integer)
+        return sa.union_all(
+            sa.select(sa.literal("now"), no_name, clock, no_limit),
+            self._running_query(clock).add_columns(no_limit),
+            sa.select(sa.literal("head"), no_name, no_user.c.timeout, no_user.c.max_running),
+            sa.select(
+                sa.literal("head"),
+                users.c.user,
+                first_waiting(t.timeout, t.resource == users.c.user),
+                first_waiting(t.max_running, t.resource == users.c.user),
+            ).where(users.c.user.is_not(None)),
+        )
 
     def _rows_of_users(
         self, conn: Connection, now: int, wanted: dict[str | None, tuple[int, int]], skip_locked: bool

@@ -68,8 +68,11 @@ def scheduled(timeout: Any) -> Any:
     return sa.literal(SCHEDULED, sa.BigInteger) + timeout
 
 
-def leased(lease: int, timeout: Any) -> Any:
-    """The ``owner`` of a row ``lease`` holds until ``timeout`` (an int or an expression)."""
+def leased(lease: int | sa.BindParameter[int], timeout: Any) -> Any:
+    """The ``owner`` of a row ``lease`` holds until ``timeout`` (an int or an expression); a
+    bound ``lease`` is one of :func:`new_lease`'s."""
+    if isinstance(lease, sa.BindParameter):
+        return lease + timeout % SLOT
     if lease % SLOT:
         return lease  # a lease of an earlier version: written as it is
     if isinstance(timeout, int):

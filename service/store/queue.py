@@ -269,6 +269,8 @@ class QueueStore(LeaseOperations, OperatorActions):
 
         def work(conn: Connection) -> tuple[int, Sequence[Row[Any]]]:
             ended.clear()  # a retried transaction counts again
+            if self._acquisition.reads_as_it_leases:
+                return leased_as_read(conn)
             now, rows = self._acquisition.rows(conn, max_tasks, lock)
             live = [r for r in rows if not (r.cancel_requested or self._exhausted(r))]
             if len(live) < len(rows):
@@ -281,6 +283,15 @@ class QueueStore(LeaseOperations, OperatorActions):
                     {"ids": [r.id for r in live], "new_timeout": until, "owner": leased(lease, until)},
                 )
             return now, live
+
+        def leased_as_read(conn: Connection) -> tuple[int, Sequence[Row[Any]]]:
+            read_and_lease = self._columns.prepared("read and lease", self._read_and_lease)
+            limits = {"limit": max_tasks, "queue_max_attempts": self.policy.settings.max_attempts}
+            rows = conn.execute(read_and_lease, {**limits, "alive_time": alive_time, "lease": lease}).all()
+            live = [r for r in rows if r.leased]
+            if len(live) < len(rows):
+                ended.update(self._end_undeliverable(conn, [r for r in rows if not r.leased]))
+            return max((r.now for r in rows), default=0), live
 
         lock = self._acquisition.lock_name()
         now, rows = self.db.transaction(work, lock=lock, timed=self.observer.lock_held)
@@ -338,6 +349,37 @@ class QueueStore(LeaseOperations, OperatorActions):
             sa.update(self.table)
             .where(self.db.in_list(self._t.id, "ids"))
             .values(self._columns.values(values))
+        )
+
+    def _read_and_lease(self) -> sa.Select[Any]:
+        """The oldest waiting rows read, locked and, those deliverable, leased, in one statement
+        (PostgreSQL: a data-modifying CTE; one round trip where reading and leasing took two):
+        each row as it was before (``leased``: whether it was), oldest first. A row whose cancel
+        was requested, or whose attempts are used up (as ``_exhausted``), is not leased: the
+        acquisition ends it."""
+        picked = self._acquisition.oldest().cte("picked")
+        until = picked.c.now + sa.bindparam("alive_time", type_=sa.Integer)
+        own = sa.cast(picked.c.max_attempts, sa.Integer)  # NULL, untyped, in a table without the column
+        limit = sa.func.coalesce(own, sa.bindparam("queue_max_attempts", type_=sa.Integer))
+        deliverable = sa.and_(
+            picked.c.cancel_requested == 0, sa.not_(sa.func.coalesce(picked.c.attempts >= limit, sa.false()))
+        )
+        values = {
+            "timeout": until,
+            "owner": leased(sa.bindparam("lease", type_=sa.BigInteger), until),
+            "attempts": self._t.attempts + 1,
+        }
+        lease = (
+            sa.update(self.table)
+            .where(self._t.id == picked.c.id, deliverable)
+            .values(self._columns.values(values))
+            .returning(self._t.id)
+            .cte("lease")
+        )
+        return (
+            sa.select(picked, lease.c.id.is_not(None).label("leased"))
+            .select_from(picked.outerjoin(lease, lease.c.id == picked.c.id))
+            .order_by(picked.c.timeout)
         )
 
     def _exhausted(self, row: Any) -> bool:

@@ -135,7 +135,10 @@ def test_each_acquisition_reads_the_rows_of_its_own_users(store: QueueStore) -> 
     store.submit(NewTask("F0", "x", user="F", max_running=1))
     set_timeout(store, "F0", db_now(store.db) - 100)
     assert users_of(store.acquire(2, 600)) == {"F": 1, None: 1}
-    assert store.acquire(10, 600) == []  # A to D at their limit; no other task waits
+    store.submit(NewTask("n2", "x"))  # tasks without a user beside more users than before
+    store.submit_many([NewTask(f"{user}0", "x", user=user, max_running=1) for user in "GH"])
+    assert users_of(store.acquire(3, 600)) == {None: 1, "G": 1, "H": 1}
+    assert store.acquire(10, 600) == []  # A to H at their limit; no other task waits
 
 
 def test_the_heads_remembered_are_only_those_still_waiting(store: QueueStore) -> None:

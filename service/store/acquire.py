@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Row
 
 from . import fair
@@ -330,6 +331,12 @@ class Acquisition:
         found: dict[str | None, list[Row[Any]]] = {user: [] for user in users}
         if not users:
             return found
+        if self.db.is_postgres:
+            named = [user for user in users if user is not None]
+            lateral, bound = self._lateral_rows(now, named, wanted, skip_locked)
+            for row in conn.execute(lateral, bound).all():
+                found[(*named, None)[row.part]].append(row)
+            return found
         params: dict[str, Any] = {"now": now}
         for index, (limit, offset) in enumerate(wanted.values()):
             params.update({f"limit_{index}": limit, f"offset_{index}": offset})
@@ -339,16 +346,83 @@ class Acquisition:
             found[users[row.part]].append(row)
         return found
 
+    def _lateral_rows(
+        self, now: int, named: list[str], wanted: dict[str | None, tuple[int, int]], skip_locked: bool
+    ) -> tuple[sa.Executable, dict[str, Any]]:
+        """PostgreSQL: the named users' rows as one ``LATERAL`` subquery over arrays of users,
+        limits and offsets, and tasks without a user (if wanted) as one more part: the same
+        statement whatever the number of users, prepared once. A union of one part per user was
+        planned anew at each acquisition (9 ms for 50 users, the table's lock held meanwhile).
+        Each row's ``part`` is its user's index in ``named``; ``len(named)`` for no user."""
+        params: dict[str, Any] = {
+            "now": now,
+            "users": named,
+            "limits": [wanted[user][0] for user in named],
+            "offsets": [wanted[user][1] for user in named],
+        }
+        no_user = None in wanted
+        if no_user:
+            limit, offset = wanted[None]
+            params.update({"unnamed": len(named), "unnamed_limit": limit, "unnamed_offset": offset})
+        key = ("lateral", int(skip_locked), int(no_user))
+        statement = self._shaped.get(key)
+        if statement is None:
+            arrays = sa.func.unnest(
+                sa.bindparam("users", type_=ARRAY(self._t.resource.type)),
+                sa.bindparam("limits", type_=ARRAY(sa.Integer)),
+                sa.bindparam("offsets", type_=ARRAY(sa.Integer)),
+            ).table_valued(
+                sa.column("user", self._t.resource.type),
+                sa.column("first", sa.Integer),
+                sa.column("skip", sa.Integer),
+                with_ordinality="nth",
+            )
+            wanted_users = arrays.render_derived(name="wanted")
+            rows = self._lock_rows(
+                sa.select(*self.columns)
+                .where(
+                    self._t.resource == wanted_users.c.user,
+                    self._waiting(sa.bindparam("now", type_=sa.Integer)),
+                )
+                .order_by(self._t.timeout)
+                .limit(wanted_users.c.first)
+                .offset(wanted_users.c.skip),
+                skip_locked=skip_locked,
+            ).lateral("rows")
+            by_user = sa.select(rows, (wanted_users.c.nth - 1).label("part")).select_from(
+                wanted_users.join(rows, sa.true())
+            )
+            statement = by_user
+            if no_user:
+                part = sa.bindparam("unnamed", type_=sa.Integer).label("part")
+                unnamed = self._user_rows(
+                    self._t.resource.is_(None), part, "unnamed_limit", "unnamed_offset", skip_locked
+                )
+                statement = sa.union_all(by_user, sa.select(unnamed.subquery()))
+            self._shaped[key] = statement
+        return statement, params
+
     def _rows_part(
         self, index: int, user: sa.ColumnElement[bool], skip_locked: bool = False
     ) -> sa.Select[Any]:
         """Up to ``limit_<index>`` of one user's waiting rows, oldest first, after ``offset_<index>``."""
+        return self._user_rows(user, _part(index), f"limit_{index}", f"offset_{index}", skip_locked)
+
+    def _user_rows(
+        self,
+        user: sa.ColumnElement[bool],
+        part: sa.ColumnElement[int],
+        limit: str,
+        offset: str,
+        skip_locked: bool,
+    ) -> sa.Select[Any]:
+        """Up to ``:<limit>`` of the waiting rows ``user`` selects, oldest first, after ``:<offset>``."""
         return self._lock_rows(
-            sa.select(*self.columns, _part(index))
+            sa.select(*self.columns, part)
             .where(user, self._waiting(sa.bindparam("now", type_=sa.Integer)))
             .order_by(self._t.timeout)
-            .limit(sa.bindparam(f"limit_{index}", type_=sa.Integer))
-            .offset(sa.bindparam(f"offset_{index}", type_=sa.Integer)),
+            .limit(sa.bindparam(limit, type_=sa.Integer))
+            .offset(sa.bindparam(offset, type_=sa.Integer)),
             skip_locked=skip_locked,
         )
 

@@ -280,27 +280,12 @@ class Acquisition:
     def _skip_scan_plan(self) -> sa.CompoundSelect[Any]:
         """The plan's inputs where there is no loose index scan (SQLite, PostgreSQL), in one
         statement, one instant (its clock): rows ("now", None, clock, None), ("running", user,
-        count, None) and ("head", user, oldest waiting timeout, its max_running). A recursive
-        query steps from user to user along the (resource, timeout) index inside the database,
-        one index seek per user. One statement rather than four: under fair scheduling the plan
-        is read with the table's lock held, and each round trip was held with it."""
+        count, None) and ("head", user, oldest waiting timeout, its max_running), the heads from
+        a recursive query stepping from user to user along the (resource, timeout) index inside
+        the database (:meth:`_heads`). One statement rather than four: under fair scheduling the
+        plan is read with the table's lock held, and each round trip was held with it."""
         t, clock = self._t, self.db.now()
         waiting = sa.and_(t.timeout > EVENT_HORIZON, t.timeout <= clock)
-
-        def first_waiting(column: sa.ColumnElement[Any], *where: sa.ColumnElement[bool]) -> Any:
-            return (
-                sa.select(column).where(*where, waiting).order_by(t.resource, t.timeout).limit(1)
-            ).scalar_subquery()
-
-        users = sa.select(first_waiting(t.resource, t.resource.is_not(None)).label("user")).cte(
-            "users", recursive=True
-        )
-        previous = users.alias("previous")
-        users = users.union_all(
-            sa.select(first_waiting(t.resource, t.resource > previous.c.user)).where(
-                previous.c.user.is_not(None)
-            )
-        )
         no_user = (  # a subquery: SQLite takes no ORDER BY or LIMIT on a member of a UNION
             sa.select(t.timeout, t.max_running)
             .where(t.resource.is_(None), waiting)
@@ -313,13 +298,53 @@ class Acquisition:
             sa.select(sa.literal("now"), no_name, clock, no_limit),
             self._running_query(clock).add_columns(no_limit),
             sa.select(sa.literal("head"), no_name, no_user.c.timeout, no_user.c.max_running),
-            sa.select(
-                sa.literal("head"),
-                users.c.user,
-                first_waiting(t.timeout, t.resource == users.c.user),
-                first_waiting(t.max_running, t.resource == users.c.user),
-            ).where(users.c.user.is_not(None)),
+            self._heads(waiting),
         )
+
+    def _heads(self, waiting: sa.ColumnElement[bool]) -> sa.Select[Any]:
+        """("head", user, timeout, max_running) of every user with a waiting task. On PostgreSQL
+        each step of the recursion is one index seek that finds the next user's head row whole
+        (a ``LATERAL`` subquery: the first waiting row after the previous user in (resource,
+        timeout) order is the next user's oldest); SQLite, without ``LATERAL``, steps from user
+        to user and then looks up each head's timeout and max_running (three seeks per user)."""
+        t = self._t
+
+        def first(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+            return (
+                sa.select(t.resource.label("user"), t.timeout, t.max_running)
+                .where(*where, waiting)
+                .order_by(t.resource, t.timeout)
+                .limit(1)
+            )
+
+        if self.db.is_postgres:
+            anchor = first(t.resource.is_not(None)).subquery("anchor")
+            heads = sa.select(anchor).cte("heads", recursive=True)
+            previous = heads.alias("previous")
+            step = first(t.resource > previous.c.user).lateral("step")
+            heads = heads.union_all(sa.select(step).select_from(previous.join(step, sa.true())))
+            return sa.select(sa.literal("head"), heads.c.user, heads.c.timeout, heads.c.max_running)
+
+        def first_waiting(column: sa.ColumnElement[Any], *where: sa.ColumnElement[bool]) -> Any:
+            return (
+                sa.select(column).where(*where, waiting).order_by(t.resource, t.timeout).limit(1)
+            ).scalar_subquery()
+
+        users = sa.select(first_waiting(t.resource, t.resource.is_not(None)).label("user")).cte(
+            "users", recursive=True
+        )
+        previous_user = users.alias("previous")
+        users = users.union_all(
+            sa.select(first_waiting(t.resource, t.resource > previous_user.c.user)).where(
+                previous_user.c.user.is_not(None)
+            )
+        )
+        return sa.select(
+            sa.literal("head"),
+            users.c.user,
+            first_waiting(t.timeout, t.resource == users.c.user),
+            first_waiting(t.max_running, t.resource == users.c.user),
+        ).where(users.c.user.is_not(None))
 
     def _rows_of_users(
         self, conn: Connection, now: int, wanted: dict[str | None, tuple[int, int]], skip_locked: bool

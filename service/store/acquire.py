@@ -326,9 +326,7 @@ class Acquisition:
             return sa.select(sa.literal("head"), heads.c.user, heads.c.timeout, heads.c.max_running)
 
         def first_waiting(column: sa.ColumnElement[Any], *where: sa.ColumnElement[bool]) -> Any:
-            return (
-                sa.select(column).where(*where, waiting).order_by(t.resource, t.timeout).limit(1)
-            ).scalar_subquery()
+            return first(*where).with_only_columns(column).scalar_subquery()
 
         users = sa.select(first_waiting(t.resource, t.resource.is_not(None)).label("user")).cte(
             "users", recursive=True

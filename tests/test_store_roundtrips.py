@@ -236,3 +236,15 @@ def test_new_connections_share_one_preferred_tls_context() -> None:
         assert all(ctx is contexts[0] for ctx in contexts)
     finally:
         db.dispose()
+
+
+def test_postgresql_sessions_plan_every_statement_for_its_values() -> None:
+    """psycopg prepares a statement run often; a generic plan made while the table was small (a
+    new or truncated one) kept a sequential scan, checking each row against the id array, as the
+    table grew: the store's sessions plan every execution for its own values."""
+    db = Database(require_postgres())
+    try:
+        with db.connect() as conn:
+            assert conn.execute(sa.text("SHOW plan_cache_mode")).scalar_one() == "force_custom_plan"
+    finally:
+        db.dispose()

@@ -12,6 +12,10 @@ SQLite is answered here, one function per difference, and :class:`.database.Data
   the transaction's commit or rollback; the key is a stable 64-bit hash of the lock's name. A
   session waits at most ``lock_timeout`` for one, or for a row lock: 10 s, or less than the
   statement deadline (``statement_timeout``), so that the lock's own timeout answers first.
+- Every execution is planned for its own values (``plan_cache_mode = force_custom_plan``):
+  psycopg prepares a statement run often, and a generic plan made while a table was small kept
+  a sequential scan as it grew (a submit-batch's look-up of present ids slowed fourfold in the
+  benchmark after a truncate).
 - A server that does not answer at all is bounded on the client's side: ``watchdog.py``.
 - Errors are told by their SQLSTATE: serialization failures and deadlocks are retried; a
   statement or lock timeout answers 503 at once (waiting again would take as long); the classes
@@ -68,7 +72,10 @@ def create_engine(url: str, pool: PoolSizes, deadline: float | None, lock_wait: 
     SQLSTATE 57014: answered 503, not retried), and the client's own bound for a server that does
     not answer at all (``watchdog.py``: a second later, the connection is cut; and the connect
     timeout); ``lock_wait``: its ``lock_timeout``, in seconds."""
-    options = f"-c lock_timeout={lock_wait * 1000}"
+    # Every execution planned for its own values: psycopg prepares a statement run often, and a
+    # generic plan made while the table was small (a new or truncated table; autovacuum's ANALYZE
+    # not yet run) kept a sequential scan, with the id array checked row by row, as it grew.
+    options = f"-c lock_timeout={lock_wait * 1000} -c plan_cache_mode=force_custom_plan"
     connect: dict[str, Any] = {"connect_timeout": 5, **watchdog.KEEPALIVES}
     if deadline is not None:
         options += f" -c statement_timeout={math.ceil(deadline * 1000)}"

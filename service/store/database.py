@@ -195,8 +195,8 @@ class Database:
     def in_list(self, column: sa.ColumnElement[Any], name: str) -> sa.ColumnElement[bool]:
         """``column IN :name``, the list bound at execution. On PostgreSQL ``column = ANY(:name)``
         with one array parameter: the statement's text does not change with the list's length,
-        so neither SQLAlchemy nor psycopg renders and parses it again for each length (and
-        psycopg prepares it once); elsewhere an expanding IN."""
+        so neither SQLAlchemy nor psycopg renders and parses it again for each length (PostgreSQL
+        still plans each execution for its values: see ``postgres.py``); elsewhere an expanding IN."""
         if self.is_postgres:
             return postgres.in_array(column, name)
         return column.in_(sa.bindparam(name, expanding=True))

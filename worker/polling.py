@@ -17,13 +17,37 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from ..client import AcquiredTask, Queue
 from ..errors import PerfectQueueError, UnavailableError
 from . import logs
 
 log = logging.getLogger("perfectqueue.worker")
+
+T = TypeVar("T", bound=AcquiredTask)
+
+
+def release_together(
+    queue: Queue, tasks: Sequence[T], alone: Callable[[T], object]
+) -> dict[str, PerfectQueueError]:
+    """Give ``tasks`` back in one request (``release-batch``); one by one (``alone``) if the
+    service refuses the batch (an earlier version, without it). The error of each task that was
+    not given back, by key: every task's when the service did not answer."""
+    try:
+        return {failure.key: failure.error for failure in queue.release_many(tasks).failed}
+    except UnavailableError as exc:
+        return {task.key: exc for task in tasks}
+    except PerfectQueueError as exc:
+        log.warning("%s", logs.fields(event="release_batch_refused", error=exc))
+    errors: dict[str, PerfectQueueError] = {}
+    for task in tasks:
+        try:
+            alone(task)
+        except PerfectQueueError as exc:
+            errors[task.key] = exc
+    return errors
 
 
 class Poll:
@@ -72,17 +96,7 @@ class Poll:
             self._give_back(tasks)
 
     def _give_back(self, tasks: list[AcquiredTask]) -> None:
-        failed: dict[str, PerfectQueueError] = {}
-        try:
-            failed = {f.key: f.error for f in self.queue.release_many(tasks).failed} if tasks else {}
-        except UnavailableError as exc:
-            failed = {task.key: exc for task in tasks}
-        except PerfectQueueError:  # a service of an earlier version: one release per task
-            for task in tasks:
-                try:
-                    task.release()
-                except PerfectQueueError as exc:
-                    failed[task.key] = exc
+        failed = release_together(self.queue, tasks, AcquiredTask.release) if tasks else {}
         for task in tasks:
             if task.key in failed:
                 log.warning("%s", logs.fields(event="release_failed", id=task.key, error=failed[task.key]))

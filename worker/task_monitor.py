@@ -37,6 +37,7 @@ from contextlib import ExitStack, contextmanager
 from ..errors import CancelRequestedError, PerfectQueueError, TaskError, UnavailableError
 from . import logs, metrics
 from .acks import Acks
+from .polling import release_together
 from .signals import Signals
 from .task import WorkerTask
 
@@ -269,19 +270,7 @@ def release_all(tasks: Iterable[WorkerTask], reason: str) -> None:
             release(task, reason)
         return
     held = [task for task in in_hand if task.releasing()]
-    try:
-        result = in_hand[0].queue.release_many(held)
-        errors: dict[str, PerfectQueueError] = {failure.key: failure.error for failure in result.failed}
-    except UnavailableError as exc:
-        errors = {task.key: exc for task in held}
-    except PerfectQueueError as exc:
-        log.warning("%s", logs.fields(event="release_batch_refused", error=exc))
-        errors = {}
-        for task in held:
-            try:
-                task.send_release()
-            except PerfectQueueError as alone:
-                errors[task.key] = alone
+    errors = release_together(in_hand[0].queue, held, WorkerTask.send_release)
     for task in held:
         task.acknowledged(errors.get(task.key))
         _released(task, reason, errors.get(task.key))

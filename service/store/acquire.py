@@ -357,8 +357,9 @@ class Acquisition:
         if self.db.is_postgres:
             named = [user for user in users if user is not None]
             lateral, bound = self._lateral_rows(now, named, wanted, skip_locked)
+            by_part = [*named, None]  # the part after the named users' is tasks without a user
             for row in conn.execute(lateral, bound).all():
-                found[(*named, None)[row.part]].append(row)
+                found[by_part[row.part]].append(row)
             return found
         params: dict[str, Any] = {"now": now}
         for index, (limit, offset) in enumerate(wanted.values()):

@@ -19,28 +19,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the bench pac
 from bench.ceiling import Statements, finish, lease, transaction
 from bench.common import CLOCK, Backend
 
-WAITING = {
-    "mysql": "SELECT CONCAT(trx_id, '@', trx_wait_started) FROM information_schema.INNODB_TRX"
-    " WHERE trx_mysql_thread_id = %s AND trx_state = 'LOCK WAIT'",
-    "postgres": "SELECT xact_start::text FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+WAITING = {  # how long the connection's statement has been waiting for a row lock, if it is
+    # (MariaDB's INNODB_TRX does not list a transaction whose first statement waits)
+    "mysql": "SELECT TIME_MS / 1000 FROM information_schema.PROCESSLIST"
+    " WHERE ID = %s AND STATE = 'Updating' AND INFO LIKE 'UPDATE%%'",
+    "postgres": "SELECT EXTRACT(EPOCH FROM clock_timestamp() - query_start) FROM pg_stat_activity"
+    " WHERE pid = %s AND wait_event_type = 'Lock'",
 }
 
 
-def waiting_transaction(backend: Backend, connection_id: int) -> str | None:
-    """While the connection waits for a lock: which wait (its transaction and when it began)."""
+def waited(backend: Backend, connection_id: int) -> float | None:
+    """While the connection waits for a lock: for how many seconds."""
     rows = backend.execute(WAITING[backend.kind], (connection_id,))
-    return str(rows[0][0]) if rows else None
+    return float(rows[0][0]) if rows else None
 
 
-def hold_until_second_wait(backend: Backend, holder: Any, waiter_id: int) -> None:
-    """Keep ``holder``'s row lock until the waiter has timed out once and waits again (a second
-    wait)."""
-    waits: set[str] = set()
+def hold_until_second_wait(backend: Backend, holder: Any, waiter_id: int, seen: list[int]) -> None:
+    """Keep ``holder``'s row lock until the waiter has timed out once and waits again (a wait
+    seen shorter than the one seen before it is a second wait), or 30 s; ``seen`` gains how
+    many waits were seen."""
+    waits, last = 0, None
     deadline = time.monotonic() + 30
-    while len(waits) < 2 and time.monotonic() < deadline:
-        if (trx := waiting_transaction(backend, waiter_id)) is not None:
-            waits.add(trx)
+    while waits < 2 and time.monotonic() < deadline:
+        seconds = waited(backend, waiter_id)
+        if seconds is not None and (last is None or seconds < last):
+            waits += 1
+        last = seconds if seconds is not None else last
         time.sleep(0.02)
+    seen.append(waits)
     holder.rollback()
 
 
@@ -68,10 +74,12 @@ def test_a_finish_that_meets_a_lock_timeout_is_retried_and_finishes(kind: str, t
         ids, _ = transaction(drainer, stmts, lambda cur: lease(cur, stmts, token))
         assert sorted(ids) == ["a", "b"]
         holder.cursor().execute(f"SELECT id FROM {table} WHERE id = 'a' FOR UPDATE")
-        releaser = threading.Thread(target=hold_until_second_wait, args=(backend, holder, waiter_id))
+        seen: list[int] = []
+        releaser = threading.Thread(target=hold_until_second_wait, args=(backend, holder, waiter_id, seen))
         releaser.start()
         _, retries = transaction(drainer, stmts, lambda cur: finish(cur, stmts, ids, token))
         releaser.join()
+        assert seen == [2], "the finish was not seen waiting twice for the row"
         assert retries >= 1
         rows = backend.execute(f"SELECT COUNT(*) FROM {table} WHERE created_at IS NULL")
         assert rows[0][0] == 2  # both finished: nothing left leased for the lease's 300 s

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -133,8 +132,7 @@ class QueueRuntime:
         slots = slots or PollSlots(service.max_long_polls)
         check = service.poll_check_interval
         self.polls = LongPoll(self._acquire, self._has_waiting, self.give_back, check, slots)
-        self.origin = secrets.token_hex(8)  # this queue's runtime, in its announcements
-        self.announcer = Announcer(lambda: self.run(store.announce, self.origin), enabled=store.announces)
+        self.announcer = Announcer(lambda: self.run(store.announce), enabled=store.announces)
 
     # -- producing ------------------------------------------------------------------------------
 
@@ -144,7 +142,7 @@ class QueueRuntime:
         set_context(queue=self.name, task_id=task.id)
         check_data_size(task.data, self.service.max_data_bytes)
         await self.submits.call(task)
-        self._woke()
+        self.polls.notify()  # the other replicas: the store announced the task as it stored it
 
     async def submit_many(self, tasks: Sequence[NewTask]) -> Outcomes:
         set_context(queue=self.name)
@@ -153,7 +151,7 @@ class QueueRuntime:
         self.observer.carried("submit", len(tasks))
         outcomes = await self._call(self.store.submit_many, tasks)
         self._count(outcomes, "submitted", REFUSED_SUBMIT)
-        self._woke()
+        self.polls.notify()  # the other replicas: the store announced the tasks as it stored them
         return outcomes
 
     # -- working --------------------------------------------------------------------------------
@@ -399,7 +397,7 @@ class QueueRuntime:
     def heard(self, origin: str | None) -> None:
         """Tasks became waiting through another replica (``origin`` None: perhaps, as a listener
         that was down may have missed it): wake the polls waiting here."""
-        if origin != self.origin:
+        if origin != self.store.origin:
             self.polls.notify()
 
     # -- the store calls ------------------------------------------------------------------------

@@ -13,14 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 import sqlalchemy as sa
 from conftest import drop_table, require_postgres
 from sdk_support import wait_for
 from servers import running_services, write_config
 
-from perfectqueue.service.store import Database, QueueStore
-from perfectqueue.service.store.wakeups import Listener
+from perfectqueue.errors import AlreadyExistsError
+from perfectqueue.service.store import Database, NewTask, QueueStore
+from perfectqueue.service.store.wakeups import Listener, channel
 
 pytestmark = pytest.mark.slow
 ROUNDS = 20
@@ -102,8 +104,8 @@ def test_the_listener_hears_announcements_and_comes_back_after_losing_its_connec
     assert isinstance(listener, Listener)
     try:
         hears((table_name, None))  # connected: whatever was missed before, look now
-        store.announce("me")
-        hears((table_name, "me"))
+        store.announce()
+        hears((table_name, store.origin))
         with pg.engine.begin() as conn:  # the server ends the listener's session
             killed = conn.execute(
                 sa.text(
@@ -114,7 +116,32 @@ def test_the_listener_hears_announcements_and_comes_back_after_losing_its_connec
             assert any(killed)
         heard.clear()
         hears((table_name, None))  # reconnected
-        store.announce("again")
-        hears((table_name, "again"))
+        store.announce()
+        hears((table_name, store.origin))
     finally:
         listener.stop()
+
+
+def test_a_submit_announces_its_tasks_in_its_own_transaction_once(pg: Database, table_name: str) -> None:
+    """A submit's statements send the notification (no announcement after it): one per submit,
+    a merged or batch submit of many tasks included; a refused submit (its id taken) sends none,
+    as its transaction rolls back."""
+    store = QueueStore(pg, table_name)
+    store.init()
+    listening = psycopg.connect(pg.url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+    try:
+        listening.execute(f'LISTEN "{channel(table_name)}"')
+
+        def heard() -> list[str]:
+            time.sleep(0.3)  # a notification arrives at once after its commit
+            return [note.payload for note in listening.notifies(timeout=0.2)]
+
+        store.submit(NewTask("one", "t", {}))
+        assert heard() == [store.origin]
+        assert store.submit_many([NewTask(f"m{i}", "t", {}) for i in range(3)]) == [None] * 3
+        assert heard() == [store.origin]
+        with pytest.raises(AlreadyExistsError):
+            store.submit(NewTask("one", "t", {}))
+        assert heard() == []
+    finally:
+        listening.close()

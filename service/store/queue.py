@@ -25,6 +25,7 @@ operations (:mod:`.leases`), the operator's actions (:mod:`.actions`) and the re
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -106,6 +107,9 @@ class QueueStore(LeaseOperations, OperatorActions):
         """The table's column set; the hot statements are prepared once per set (``prepared``)."""
         self._listing = Listing(self.table, self._columns.selected)
         self._pause = pausing.PauseFlag(db, table)
+        self.origin = secrets.token_hex(8)
+        """Names this store's announcements of waiting tasks (PostgreSQL: see ``wakeups.py``),
+        which the replica that sent them ignores."""
 
     # -- pausing ---------------------------------------------------------------------------
 
@@ -224,18 +228,23 @@ class QueueStore(LeaseOperations, OperatorActions):
         return {task_id for task_id, r in stored.items() if not (repeated and _same(r, rows.get(task_id)))}
 
     def _insert(self) -> sa.Insert:
+        """One task's INSERT; on PostgreSQL it also announces the task (see ``wakeups.py``)."""
         now = self.db.now()
-        return sa.insert(self.table).values(
+        insert = sa.insert(self.table).values(
             created_at=now, timeout=sa.func.coalesce(sa.bindparam("run_at", type_=sa.Integer), now)
         )
+        return insert.returning(self._notify()) if self.db.is_postgres else insert
 
     def _present(self) -> sa.Select[Any]:
         """The database's clock and which of ``ids`` exist (with their data and user), in one
-        round trip: one row (now, NULL, …) when none does, else one row per id present."""
+        round trip: one row (now, NULL, …) when none does, else one row per id present. On
+        PostgreSQL it also announces the tasks the INSERT after it stores: the notification goes
+        out when their transaction commits (see ``wakeups.py``)."""
         one = sa.select(sa.literal(1).label("one")).subquery("one")
-        return sa.select(self.db.now().label("now"), self._t.id, self._t.data, self._t.resource).select_from(
-            one.outerjoin(self.table, self.db.in_list(self._t.id, "ids"))
-        )
+        notify = [self._notify()] if self.db.is_postgres else []
+        return sa.select(
+            self.db.now().label("now"), self._t.id, self._t.data, self._t.resource, *notify
+        ).select_from(one.outerjoin(self.table, self.db.in_list(self._t.id, "ids")))
 
     def _row(self, task: NewTask) -> dict[str, Any]:
         """The task's values to insert, less its times (the statements read the clock)."""

@@ -56,6 +56,7 @@ class QueueReader:
     retention_time: int
     policy: RetryPolicy
     _pause: PauseFlag
+    origin: str
 
     def _task(self, row: Any, now: int, with_data: bool = True) -> Task:
         """The task a row holds at ``now``, its data as :func:`.rows.to_task` reads it under
@@ -162,11 +163,15 @@ class QueueReader:
         """Can this store tell the other replicas' listeners of waiting tasks (``announce``)?"""
         return self.db.is_postgres
 
-    def announce(self, origin: str) -> None:
+    def announce(self) -> None:
         """Tell the other replicas' listeners that tasks became waiting (PostgreSQL; elsewhere
-        nothing: they find work by probing, see ``has_waiting``)."""
+        nothing: they find work by probing, see ``has_waiting``). A submit tells them itself."""
         if self.db.is_postgres:
-            self.db.transaction(lambda conn: wakeups.announce(conn, self.table.name, origin))
+            self.db.transaction(lambda conn: wakeups.announce(conn, self.table.name, self.origin))
+
+    def _notify(self) -> sa.ColumnElement[Any]:
+        """What a submit's statement returns to announce its tasks in its own transaction."""
+        return wakeups.notify(self.table.name, self.origin)
 
     def has_waiting(self) -> bool:
         """Is any task waiting now? (One index probe; used to wake long-polls.)"""

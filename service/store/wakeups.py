@@ -1,7 +1,9 @@
 """Wake-ups across service replicas: PostgreSQL's LISTEN/NOTIFY.
 
 A replica that made a task waiting (a submit, a release, a retry without a wait, …) sends
-``pg_notify('perfectqueue_<table>', <origin>)``; every replica keeps one connection per database
+``pg_notify('perfectqueue_<table>', <origin>)`` (a submit in its own transaction: its INSERT
+returns it, or the look-up of the ids present before a multi-row INSERT selects it; the others in
+a statement of their own after it); every replica keeps one connection per database
 that LISTENs on the channels of its queues (:class:`Listener`, a thread of its own, not one
 connection per waiting poll) and wakes that queue's long-polls. The origin lets a replica ignore
 its own announcements (it woke its polls already). A notification is a hint, never the only way
@@ -35,8 +37,14 @@ def channel(table: str) -> str:
     return fitted(CHANNEL_PREFIX, table, "", 63)
 
 
+def notify(table: str, origin: str) -> sa.ColumnElement[Any]:
+    """The expression that notifies the table's channel, when its transaction commits (one
+    notification however many times a transaction sends it: PostgreSQL drops repeats)."""
+    return sa.func.pg_notify(channel(table), origin)
+
+
 def announce(conn: Connection, table: str, origin: str) -> None:
-    conn.execute(sa.select(sa.func.pg_notify(channel(table), origin)))
+    conn.execute(sa.select(notify(table, origin)))
 
 
 class Listener:

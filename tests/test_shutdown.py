@@ -182,8 +182,11 @@ def test_work_a_queue_started_on_its_own_ends_before_the_databases_are_disposed(
 
     runtime.dispose = disposing
     with TestClient(app) as client:
-        queue.announcer = Announcer(lambda: runtime.run(slow_announcement), enabled=True)
         assert client.post("/v1/queues/q/submit", json={"id": "a", "type": "t"}).status_code == 201
+        [task] = client.post("/v1/queues/q/poll", json={"max": 1}).json()["tasks"]
+        queue.announcer = Announcer(lambda: runtime.run(slow_announcement), enabled=True)
+        released = client.post("/v1/queues/q/release", json={"id": "a", "lease": task["lease"]})
+        assert released.status_code == 204, released.text
         sending = queue.announcer.sending
         assert sending is not None and not sending.done()
     assert sending.done() and in_use == [0]

@@ -1,11 +1,10 @@
 """Announcing across replicas that tasks became waiting, without a statement per event.
 
-The runtime announces after each release, requeue, force-release, retry without a wait and
-(under fair scheduling) finish; a submit is announced by the store, in the submit's own
-transaction. An announcement is one store call (PostgreSQL's ``pg_notify``; a no-op
-elsewhere); while one is on its way, further ones only mark that another is due, so a burst of
-releases costs two announcements, not one each, and a slow or unreachable database never piles
-them up.
+The runtime announces after each release, requeue, force-release and retry without a wait; a
+submit, and under fair scheduling a finish, is announced by the store, in its own transaction.
+An announcement is one store call (PostgreSQL's ``pg_notify``; a no-op elsewhere); while one is
+on its way, further ones only mark that another is due, so a burst of releases costs two
+announcements, not one each, and a slow or unreachable database never piles them up.
 """
 
 from __future__ import annotations

@@ -461,9 +461,10 @@ class QueueRuntime:
 
     def _freed(self) -> None:
         """Tasks ended: under fair scheduling their users' max_running has room again, so the
-        polls waiting here try at once instead of at their next periodic check."""
+        polls waiting here try at once instead of at their next periodic check (the store told
+        the other replicas, in the tasks' own transaction)."""
         if self.store.fair:
-            self._woke()
+            self.polls.notify()
 
     def _woke(self) -> None:
         """Tasks became waiting through this replica (or, under fair scheduling, a user's slot

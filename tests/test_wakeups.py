@@ -8,8 +8,9 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,7 @@ from conftest import drop_table, require_postgres
 from sdk_support import wait_for
 from servers import running_services, write_config
 
-from perfectqueue.errors import AlreadyExistsError
+from perfectqueue.errors import AlreadyExistsError, PerfectQueueError
 from perfectqueue.service.store import Database, NewTask, QueueStore
 from perfectqueue.service.store.wakeups import Listener, channel
 
@@ -122,20 +123,29 @@ def test_the_listener_hears_announcements_and_comes_back_after_losing_its_connec
         listener.stop()
 
 
+@contextmanager
+def listening(pg: Database, table: str) -> Iterator[Callable[[], list[str]]]:
+    """What the table's channel hears: a call answers the notifications since the last call."""
+    conn = psycopg.connect(pg.url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+    try:
+        conn.execute(f'LISTEN "{channel(table)}"')
+
+        def heard() -> list[str]:
+            time.sleep(0.3)  # a notification arrives at once after its commit
+            return [note.payload for note in conn.notifies(timeout=0.2)]
+
+        yield heard
+    finally:
+        conn.close()
+
+
 def test_a_submit_announces_its_tasks_in_its_own_transaction_once(pg: Database, table_name: str) -> None:
     """A submit's statements send the notification (no announcement after it): one per submit,
     a merged or batch submit of many tasks included; a refused submit (its id taken) sends none,
     as its transaction rolls back."""
     store = QueueStore(pg, table_name)
     store.init()
-    listening = psycopg.connect(pg.url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
-    try:
-        listening.execute(f'LISTEN "{channel(table_name)}"')
-
-        def heard() -> list[str]:
-            time.sleep(0.3)  # a notification arrives at once after its commit
-            return [note.payload for note in listening.notifies(timeout=0.2)]
-
+    with listening(pg, table_name) as heard:
         store.submit(NewTask("one", "t", {}))
         assert heard() == [store.origin]
         assert store.submit_many([NewTask(f"m{i}", "t", {}) for i in range(3)]) == [None] * 3
@@ -143,5 +153,25 @@ def test_a_submit_announces_its_tasks_in_its_own_transaction_once(pg: Database, 
         with pytest.raises(AlreadyExistsError):
             store.submit(NewTask("one", "t", {}))
         assert heard() == []
-    finally:
-        listening.close()
+
+
+@pytest.mark.parametrize("fair", [True, False])
+def test_under_fair_scheduling_a_finish_announces_the_room_it_makes(
+    pg: Database, table_name: str, fair: bool
+) -> None:
+    """Under fair scheduling a finish frees a slot of its user's max_running: its own statement
+    tells the other replicas (once per finish, a batch included; nothing for a refused finish).
+    Without fair scheduling a finish makes nothing deliverable and says nothing."""
+    store = QueueStore(pg, table_name, fair=fair)
+    store.init()
+    store.submit_many([NewTask(f"t{i}", "t", {}, user="u", max_running=5) for i in range(4)])
+    first, *rest = store.acquire(4, 60)
+    with listening(pg, table_name) as heard:
+        heard()  # the submit's
+        store.finish(first.task.id, first.lease)
+        assert heard() == ([store.origin] if fair else [])
+        with pytest.raises(PerfectQueueError):
+            store.finish(first.task.id, first.lease)
+        assert heard() == []
+        assert store.finish_many([(t.task.id, t.lease) for t in rest]) == [None] * 3
+        assert heard() == ([store.origin] if fair else [])

@@ -233,7 +233,9 @@ class LeaseOperations(QueueStatements):
         if finishes.done:
             conn.execute(self._finish_where(self._t.id.in_(sorted(finishes.done))))
         if finishes.cancelled:
-            conn.execute(self._end(self._t.id.in_(sorted(finishes.cancelled)), Outcome.CANCELLED))
+            conn.execute(
+                self._freeing(self._end(self._t.id.in_(sorted(finishes.cancelled)), Outcome.CANCELLED))
+            )
         return finishes.answers
 
 

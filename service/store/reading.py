@@ -57,6 +57,7 @@ class QueueReader:
     policy: RetryPolicy
     _pause: PauseFlag
     origin: str
+    fair: bool
 
     def _task(self, row: Any, now: int, with_data: bool = True) -> Task:
         """The task a row holds at ``now``, its data as :func:`.rows.to_task` reads it under

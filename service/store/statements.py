@@ -77,7 +77,13 @@ class QueueStatements(QueueReader):
         return self._finish_where(held)
 
     def _finish_where(self, where: sa.ColumnElement[bool]) -> sa.Update:
-        return self._end(where, None)
+        return self._freeing(self._end(where, None))
+
+    def _freeing(self, update: sa.Update) -> sa.Update:
+        """``update``, which ends leased tasks: under fair scheduling on PostgreSQL it also
+        announces that their users' ``max_running`` has room (see ``wakeups.py``), delivered
+        when its transaction commits."""
+        return update.returning(self._notify()) if self.fair and self.db.is_postgres else update
 
     def _end(self, where: sa.ColumnElement[bool], outcome: Outcome | None) -> sa.Update:
         """Finish rows: normally (``outcome`` None), dead or cancelled. A dead row keeps its

@@ -20,8 +20,11 @@ import sqlalchemy as sa
 from conftest import drop_table, require_postgres
 from sdk_support import wait_for
 from servers import running_services, write_config
+from test_api import TestClient
 
 from perfectqueue.errors import AlreadyExistsError, PerfectQueueError
+from perfectqueue.service.app import create_app
+from perfectqueue.service.config import settings_from
 from perfectqueue.service.store import Database, NewTask, QueueStore
 from perfectqueue.service.store.wakeups import Listener, channel
 
@@ -175,3 +178,24 @@ def test_under_fair_scheduling_a_finish_announces_the_room_it_makes(
         assert heard() == []
         assert store.finish_many([(t.task.id, t.lease) for t in rest]) == [None] * 3
         assert heard() == ([store.origin] if fair else [])
+
+
+def test_through_the_service_a_submit_and_a_fair_finish_send_one_notification_each(
+    pg: Database, table_name: str
+) -> None:
+    """The runtime sends no announcement of its own after a submit or (under fair scheduling) a
+    finish: the store's statement carried it, and one more would be a second transaction and a
+    second notification (PostgreSQL drops repeats only within one transaction)."""
+    app = create_app(
+        settings_from({"url": pg.url, "queues": {"q": {"table": table_name}}, "auto_init": True})
+    )
+    with TestClient(app) as client, listening(pg, table_name) as heard:
+        origin = app.state.runtime.queues["q"].store.origin
+        submitted = client.post("/v1/queues/q/submit", json={"id": "a", "type": "t", "user": "u"})
+        assert submitted.status_code == 201, submitted.text
+        assert heard() == [origin]
+        [task] = client.post("/v1/queues/q/poll", json={"max": 1}).json()["tasks"]
+        assert heard() == []
+        finished = client.post("/v1/queues/q/finish", json={"id": "a", "lease": task["lease"]})
+        assert finished.status_code == 204, finished.text
+        assert heard() == [origin]

@@ -1,13 +1,14 @@
 """Wake-ups across service replicas: PostgreSQL's LISTEN/NOTIFY.
 
 A replica that made a task waiting (a submit, a release, a retry without a wait, …) sends
-``pg_notify('perfectqueue_<table>', <origin>)``: a submit in its own transaction (its INSERT
-returns it, or the look-up of the ids present before a multi-row INSERT selects it), and so does
-a finish under fair scheduling (its UPDATE returns it: a slot of its user's ``max_running`` is
-free); the others in a transaction of their own after theirs; every replica keeps one connection per database
-that LISTENs on the channels of its queues (:class:`Listener`, a thread of its own, not one
-connection per waiting poll) and wakes that queue's long-polls. The origin lets a replica ignore
-its own announcements (it woke its polls already). A notification is a hint, never the only way
+``pg_notify('perfectqueue_<table>', <origin>)``. A submit sends it from its own statement (its
+INSERT returns it, or the look-up of the ids present before a multi-row INSERT selects it), and
+so does a finish under fair scheduling (its UPDATE returns it: a slot of its user's
+``max_running`` is free); the others send it in a transaction of their own after theirs. Every
+replica keeps one connection per database that LISTENs on the channels of its queues
+(:class:`Listener`, a thread of its own, not one connection per waiting poll) and wakes that
+queue's long-polls. The origin lets a replica ignore its own announcements (it woke its polls
+already). A notification is a hint, never the only way
 to learn of work: while the listening connection is down the periodic probe still finds it, and
 after each (re)connection every queue is woken once, for what was missed meanwhile.
 """
